@@ -1,0 +1,89 @@
+//! Stable, machine-readable error codes.
+//!
+//! The server puts one of these in the `dynamokv-error` metadata of every error status, and
+//! client-core turns it back into the matching error variant, so no client parses messages.
+
+use std::fmt;
+
+/// gRPC metadata key that carries an [`ErrorCode`] on error statuses.
+pub const ERROR_CODE_METADATA: &str = "dynamokv-error";
+
+/// Why a request failed, as both ends name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The key is empty.
+    EmptyKey,
+    /// The key is longer than the limit.
+    KeyTooLarge,
+    /// The value is longer than the limit.
+    ValueTooLarge,
+    /// The version context is not one this cluster issued for this key.
+    InvalidContext,
+    /// A per-request R or W is outside 1..=N.
+    InvalidQuorum,
+    /// A required request field is missing.
+    MissingField,
+    /// Fewer replicas than the quorum answered in time.
+    QuorumNotReached,
+    /// The node cannot serve requests now (shutting down, storage failed).
+    Unavailable,
+    /// A bug or storage corruption; the message has details.
+    Internal,
+}
+
+impl ErrorCode {
+    /// All codes, for exhaustive tests.
+    pub const ALL: [ErrorCode; 9] = [
+        ErrorCode::EmptyKey,
+        ErrorCode::KeyTooLarge,
+        ErrorCode::ValueTooLarge,
+        ErrorCode::InvalidContext,
+        ErrorCode::InvalidQuorum,
+        ErrorCode::MissingField,
+        ErrorCode::QuorumNotReached,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+    ];
+
+    /// The wire spelling, also used as the `code` of JavaScript errors.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::EmptyKey => "EMPTY_KEY",
+            ErrorCode::KeyTooLarge => "KEY_TOO_LARGE",
+            ErrorCode::ValueTooLarge => "VALUE_TOO_LARGE",
+            ErrorCode::InvalidContext => "INVALID_CONTEXT",
+            ErrorCode::InvalidQuorum => "INVALID_QUORUM",
+            ErrorCode::MissingField => "MISSING_FIELD",
+            ErrorCode::QuorumNotReached => "QUORUM_NOT_REACHED",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::Internal => "INTERNAL",
+        }
+    }
+
+    /// Parses the wire spelling; unknown codes (from a newer server) give `None`.
+    pub fn parse(s: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_round_trips_and_spellings_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+            assert!(seen.insert(code.as_str()));
+        }
+        assert_eq!(ErrorCode::parse("NO_SUCH_CODE"), None);
+    }
+}

@@ -1,0 +1,260 @@
+//! Node configuration: a TOML file holding every setting, overridden by command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use dynamokv_common::Limits;
+use dynamokv_common::limits::{DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_VALUE_BYTES};
+use dynamokv_common::ring::DEFAULT_PARTITIONS;
+
+/// Which storage engine holds the data (paper 4.1: pluggable local persistence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// Durable, on disk (default).
+    Rocksdb,
+    /// Lost at exit; for tests.
+    Memory,
+}
+
+/// Everything a node needs to start. Field names are the TOML keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This node's id: unique in the cluster and stable across restarts.
+    pub node_id: String,
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Address other nodes and clients reach this node at; defaults to the bound address.
+    pub advertise: Option<String>,
+    /// Where the RocksDB engine keeps its files.
+    pub data_dir: PathBuf,
+    pub engine: Engine,
+    /// RocksDB: fsync the write-ahead log on every write. Off, an acknowledged write survives a
+    /// crash of the process (the log is in the OS page cache) and, with W >= 2, the loss of a
+    /// whole machine; on, it also survives power loss of every replica at once, at ~3.5 ms a write.
+    pub sync_writes: bool,
+    pub cluster: ClusterConfig,
+    pub limits: LimitsConfig,
+    /// Deadline for a request to another replica, in milliseconds.
+    pub replica_timeout_ms: u64,
+    /// Version vectors longer than this are truncated (paper 4.4).
+    pub max_vector_entries: usize,
+}
+
+/// The cluster this node belongs to. Membership is static here; gossip replaces it later.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    pub name: String,
+    /// Q, the number of equal partitions; a power of two fixed when the cluster is created.
+    pub partitions: u32,
+    /// Replication factor; defaults to 3, or 1 for a node without configured members.
+    pub n: Option<u32>,
+    /// Read quorum; defaults to 2, or 1 for a node without configured members.
+    pub r: Option<u32>,
+    /// Write quorum; defaults to 2, or 1 for a node without configured members.
+    pub w: Option<u32>,
+    /// Every member, this node included. Empty means a one-node cluster of this node.
+    pub members: Vec<MemberConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    pub id: String,
+    pub address: String,
+    #[serde(default)]
+    pub zone: String,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: "node-1".to_string(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            advertise: None,
+            data_dir: PathBuf::from("dynamokv-data"),
+            engine: Engine::Rocksdb,
+            sync_writes: false,
+            cluster: ClusterConfig::default(),
+            limits: LimitsConfig::default(),
+            replica_timeout_ms: 2_000,
+            max_vector_entries: 10,
+        }
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            name: "dynamokv".to_string(),
+            partitions: DEFAULT_PARTITIONS,
+            n: None,
+            r: None,
+            w: None,
+            members: Vec::new(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_key_bytes: DEFAULT_MAX_KEY_BYTES,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+        }
+    }
+}
+
+/// A configuration that cannot start a node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// N, R and W after defaults, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quorums {
+    pub n: u32,
+    pub r: u32,
+    pub w: u32,
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_key_bytes: self.limits.max_key_bytes,
+            max_value_bytes: self.limits.max_value_bytes,
+        }
+    }
+
+    pub fn replica_timeout(&self) -> Duration {
+        Duration::from_millis(self.replica_timeout_ms)
+    }
+
+    /// N, R, W with defaults applied, refusing impossible combinations.
+    pub fn quorums(&self) -> Result<Quorums, ConfigError> {
+        let single = self.cluster.members.is_empty();
+        let d = if single { 1 } else { 3.min(self.cluster.members.len() as u32) };
+        let dq = if single { 1 } else { 2.min(d) };
+        let n = self.cluster.n.unwrap_or(d);
+        let r = self.cluster.r.unwrap_or(dq);
+        let w = self.cluster.w.unwrap_or(dq);
+        let members = self.cluster.members.len().max(1) as u32;
+        if n == 0 || n > members {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.n = {n} must be between 1 and the number of members ({members})"
+            )));
+        }
+        for (name, v) in [("r", r), ("w", w)] {
+            if v == 0 || v > n {
+                return Err(ConfigError::Invalid(format!(
+                    "cluster.{name} = {v} must be between 1 and cluster.n = {n}"
+                )));
+            }
+        }
+        Ok(Quorums { n, r, w })
+    }
+
+    /// Checks what can be checked before binding.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id.is_empty() {
+            return Err(ConfigError::Invalid("node_id must not be empty".into()));
+        }
+        self.quorums()?;
+        if !self.cluster.members.is_empty()
+            && !self.cluster.members.iter().any(|m| m.id == self.node_id)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "node_id {:?} is not among cluster.members",
+                self.node_id
+            )));
+        }
+        if self.limits.max_key_bytes == 0 || self.limits.max_value_bytes == 0 {
+            return Err(ConfigError::Invalid("limits must be positive".into()));
+        }
+        if self.max_vector_entries == 0 {
+            return Err(ConfigError::Invalid("max_vector_entries must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_a_working_single_node() {
+        let c: Config = toml::from_str("").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.quorums().unwrap(), Quorums { n: 1, r: 1, w: 1 });
+    }
+
+    #[test]
+    fn cluster_defaults_to_3_2_2_and_refuses_bad_quorums() {
+        let text = r#"
+            node_id = "a"
+            [cluster]
+            members = [
+              { id = "a", address = "127.0.0.1:1" },
+              { id = "b", address = "127.0.0.1:2" },
+              { id = "c", address = "127.0.0.1:3", zone = "z", weight = 2 },
+            ]
+        "#;
+        let mut c: Config = toml::from_str(text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.quorums().unwrap(), Quorums { n: 3, r: 2, w: 2 });
+        c.cluster.w = Some(4);
+        assert!(c.validate().unwrap_err().to_string().contains("cluster.w = 4"));
+        c.cluster.w = None;
+        c.node_id = "zz".into();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(toml::from_str::<Config>("node_idd = \"x\"").is_err());
+    }
+}
