@@ -1,0 +1,436 @@
+//! The client: options, connections to seed nodes, and the get/put/delete calls.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+use dynamokv_common::Limits;
+use dynamokv_common::limits::{MAX_MESSAGE_BYTES, check_quorum};
+use dynamokv_proto::v1 as pb;
+use dynamokv_proto::v1::kv_client::KvClient;
+
+use crate::Error;
+
+/// An opaque version context. Get one from [`Client::get`] and hand it back, unchanged, with
+/// the put or delete that follows, so that the write supersedes exactly what the get saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Context(Bytes);
+
+impl Context {
+    /// The empty context: a write with it supersedes nothing.
+    pub fn empty() -> Context {
+        Context(Bytes::new())
+    }
+
+    /// A context from bytes an SDK stored; the server checks it.
+    pub fn from_bytes(bytes: impl Into<Bytes>) -> Context {
+        Context(bytes.into())
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn to_bytes(&self) -> Bytes {
+        self.0.clone()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The result of a get: every causally concurrent value (siblings) and one context covering
+/// all of them. `values` is empty when the key does not exist or was deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetResult {
+    pub values: Vec<Vec<u8>>,
+    pub context: Context,
+}
+
+impl GetResult {
+    /// Whether the key has no live value.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+/// One cluster member, as a node reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub id: String,
+    pub address: String,
+    pub zone: String,
+    pub weight: u32,
+}
+
+/// The cluster as a node reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterInfo {
+    pub cluster_name: String,
+    pub partitions: u32,
+    pub n: u32,
+    pub r: u32,
+    pub w: u32,
+    pub members: Vec<MemberInfo>,
+    /// The node that answered.
+    pub answered_by: String,
+}
+
+/// Options for a [`Client`]. Every SDK exposes the same options with the same defaults.
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    seeds: Vec<String>,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    max_retries: u32,
+    limits: Limits,
+}
+
+/// Default time to establish a connection to a node.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default deadline for a whole call, retries included.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default number of further nodes tried when one cannot be reached.
+pub const DEFAULT_MAX_RETRIES: u32 = 2;
+
+impl ClientBuilder {
+    /// Options for a client of the cluster reachable at `seeds` (`host:port` each).
+    pub fn new<I, S>(seeds: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ClientBuilder {
+            seeds: seeds.into_iter().map(Into::into).collect(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_retries: DEFAULT_MAX_RETRIES,
+            limits: Limits::default(),
+        }
+    }
+
+    /// Time allowed to connect to one node.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Deadline for a whole call, retries included.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// How many further nodes to try when one cannot be reached (0 tries one node only).
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.max_retries = retries;
+        self
+    }
+
+    /// Key and value limits checked before sending (the server checks its own too).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Builds the client. Connections are made on first use, so this does no I/O and needs no
+    /// async runtime.
+    pub fn build(self) -> Result<Client, Error> {
+        if self.seeds.is_empty() {
+            return Err(Error::InvalidConfig {
+                message: "no seed addresses: give at least one host:port".into(),
+            });
+        }
+        if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
+            return Err(Error::InvalidConfig {
+                message: "timeouts must be greater than zero".into(),
+            });
+        }
+        if self.limits.max_key_bytes == 0 {
+            return Err(Error::InvalidConfig {
+                message: "max_key_bytes must be at least 1".into(),
+            });
+        }
+        let mut endpoints = Vec::with_capacity(self.seeds.len());
+        for seed in &self.seeds {
+            endpoints.push(endpoint(seed, self.connect_timeout)?);
+        }
+        Ok(Client {
+            inner: Arc::new(Inner {
+                endpoints,
+                channels: Mutex::new(HashMap::new()),
+                next: AtomicUsize::new(0),
+                options: self,
+            }),
+        })
+    }
+}
+
+fn endpoint(seed: &str, connect_timeout: Duration) -> Result<(String, Endpoint), Error> {
+    let trimmed = seed.trim();
+    let bad = || Error::InvalidConfig {
+        message: format!("seed {seed:?} is not a host:port address"),
+    };
+    let (host, port) = trimmed.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    let ep = Endpoint::from_shared(format!("http://{trimmed}"))
+        .map_err(|_| bad())?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true);
+    Ok((trimmed.to_string(), ep))
+}
+
+/// A DynamoKV client. Cheap to clone; clones share connections.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    endpoints: Vec<(String, Endpoint)>,
+    channels: Mutex<HashMap<usize, Channel>>,
+    next: AtomicUsize,
+    options: ClientBuilder,
+}
+
+impl Client {
+    /// Options for a client of the cluster at `seeds`.
+    pub fn builder<I, S>(seeds: I) -> ClientBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ClientBuilder::new(seeds)
+    }
+
+    /// A client with default options that has reached at least one node.
+    pub async fn connect<I, S>(seeds: I) -> Result<Client, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let client = ClientBuilder::new(seeds).build()?;
+        client.cluster_info().await?;
+        Ok(client)
+    }
+
+    /// The limits this client checks before sending.
+    pub fn limits(&self) -> Limits {
+        self.inner.options.limits
+    }
+
+    /// Every concurrent value of `key` and one context covering them, with the cluster's R.
+    pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<GetResult, Error> {
+        self.get_with_quorum(key, None).await
+    }
+
+    /// As [`get`](Self::get) with a read quorum of `r` replicas for this call.
+    pub async fn get_with_quorum(
+        &self,
+        key: impl AsRef<[u8]>,
+        r: Option<u32>,
+    ) -> Result<GetResult, Error> {
+        let key = key.as_ref();
+        self.inner.options.limits.check_key(key)?;
+        check_override("R", r)?;
+        let key = Bytes::copy_from_slice(key);
+        let reply = self
+            .call(true, move |mut kv| {
+                let req = pb::GetRequest {
+                    key: Some(key.clone()),
+                    r,
+                };
+                async move { kv.get(req).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        Ok(GetResult {
+            values: reply.values.into_iter().map(|b| b.to_vec()).collect(),
+            context: Context(reply.context),
+        })
+    }
+
+    /// Writes `value` under `key`. With the context of a get it supersedes exactly what that get
+    /// saw; with `None` it becomes a sibling of whatever is stored. Returns the new version's
+    /// context.
+    pub async fn put(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl Into<Vec<u8>>,
+        context: Option<&Context>,
+    ) -> Result<Context, Error> {
+        self.put_with_quorum(key, value, context, None).await
+    }
+
+    /// As [`put`](Self::put) with a write quorum of `w` replicas for this call.
+    pub async fn put_with_quorum(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl Into<Vec<u8>>,
+        context: Option<&Context>,
+        w: Option<u32>,
+    ) -> Result<Context, Error> {
+        let key = key.as_ref();
+        let value: Vec<u8> = value.into();
+        let limits = self.inner.options.limits;
+        limits.check_key(key)?;
+        limits.check_value(&value)?;
+        check_override("W", w)?;
+        let (key, value) = (Bytes::copy_from_slice(key), Bytes::from(value));
+        let context = context.map(Context::to_bytes).unwrap_or_default();
+        let reply = self
+            .call(false, move |mut kv| {
+                let req = pb::PutRequest {
+                    key: Some(key.clone()),
+                    value: Some(value.clone()),
+                    context: context.clone(),
+                    w,
+                };
+                async move { kv.put(req).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        Ok(Context(reply.context))
+    }
+
+    /// Deletes what `context` saw of `key` (a tombstone; gets no longer show those values).
+    pub async fn delete(&self, key: impl AsRef<[u8]>, context: &Context) -> Result<Context, Error> {
+        self.delete_with_quorum(key, context, None).await
+    }
+
+    /// As [`delete`](Self::delete) with a write quorum of `w` replicas for this call.
+    pub async fn delete_with_quorum(
+        &self,
+        key: impl AsRef<[u8]>,
+        context: &Context,
+        w: Option<u32>,
+    ) -> Result<Context, Error> {
+        let key = key.as_ref();
+        self.inner.options.limits.check_key(key)?;
+        check_override("W", w)?;
+        let key = Bytes::copy_from_slice(key);
+        let context = context.to_bytes();
+        let reply = self
+            .call(false, move |mut kv| {
+                let req = pb::DeleteRequest {
+                    key: Some(key.clone()),
+                    context: context.clone(),
+                    w,
+                };
+                async move { kv.delete(req).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        Ok(Context(reply.context))
+    }
+
+    /// The cluster's membership and settings, as one node reports them.
+    pub async fn cluster_info(&self) -> Result<ClusterInfo, Error> {
+        let reply = self
+            .call(true, |mut kv| async move {
+                kv.membership(pb::MembershipRequest {})
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await?;
+        Ok(ClusterInfo {
+            cluster_name: reply.cluster_name,
+            partitions: reply.partitions,
+            n: reply.n,
+            r: reply.r,
+            w: reply.w,
+            members: reply
+                .members
+                .into_iter()
+                .map(|m| MemberInfo {
+                    id: m.id,
+                    address: m.address,
+                    zone: m.zone,
+                    weight: m.weight,
+                })
+                .collect(),
+            answered_by: reply.self_id,
+        })
+    }
+
+    fn kv(&self, index: usize) -> KvClient<Channel> {
+        let mut channels = self.inner.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = channels
+            .entry(index)
+            .or_insert_with(|| self.inner.endpoints[index].1.connect_lazy())
+            .clone();
+        KvClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Runs `f` against one node after another (round robin) until one answers, a retry would
+    /// be unsafe, the retries run out, or the deadline passes. A write is retried only when the
+    /// node certainly did not apply it.
+    async fn call<T, F, Fut>(&self, idempotent: bool, f: F) -> Result<T, Error>
+    where
+        F: Fn(KvClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let opts = &self.inner.options;
+        let deadline = Instant::now() + opts.request_timeout;
+        let count = self.inner.endpoints.len();
+        let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let attempts = (opts.max_retries as usize + 1).max(1);
+        let mut failures: Vec<String> = Vec::new();
+        for attempt in 0..attempts {
+            let index = (start + attempt) % count;
+            let outcome = tokio::time::timeout_at(deadline, f(self.kv(index))).await;
+            let err = match outcome {
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        after: opts.request_timeout,
+                    });
+                }
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(status)) => Error::from(status),
+            };
+            let retry = attempt + 1 < attempts && (err.not_applied() || idempotent && is_transient(&err));
+            if !retry {
+                return Err(match err {
+                    Error::Unavailable { message } if !failures.is_empty() => {
+                        failures.push(format!("{}: {message}", self.inner.endpoints[index].0));
+                        Error::Unavailable {
+                            message: failures.join("; "),
+                        }
+                    }
+                    Error::Unavailable { message } => Error::Unavailable {
+                        message: format!("{}: {message}", self.inner.endpoints[index].0),
+                    },
+                    other => other,
+                });
+            }
+            if let Error::Unavailable { message } = &err {
+                failures.push(format!("{}: {message}", self.inner.endpoints[index].0));
+            }
+            tracing::debug!(node = %self.inner.endpoints[index].0, error = %err, "retrying on another node");
+        }
+        Err(Error::Unavailable {
+            message: failures.join("; "),
+        })
+    }
+}
+
+fn is_transient(err: &Error) -> bool {
+    matches!(err, Error::Unavailable { .. } | Error::QuorumNotReached { .. })
+}
+
+/// A per-call quorum is checked against N on the server; 0 is refused here already.
+fn check_override(name: &'static str, value: Option<u32>) -> Result<(), Error> {
+    match value {
+        Some(v) => check_quorum(name, v, u32::MAX).map_err(Error::from),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,150 @@
+//! The one error type of client-core. Every binding maps its variants one-to-one onto host
+//! errors (Python exception classes, JavaScript `code`s, Swift enum cases).
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+
+use dynamokv_common::error_code::ERROR_CODE_METADATA;
+use dynamokv_common::{ErrorCode, InputError};
+
+/// Metadata keys the server sets on quorum failures (see the server's `error.rs`).
+const QUORUM_NEEDED_METADATA: &str = "dynamokv-quorum-needed";
+const QUORUM_GOT_METADATA: &str = "dynamokv-quorum-got";
+const SIZE_METADATA: &str = "dynamokv-size";
+const MAX_METADATA: &str = "dynamokv-max";
+
+/// Why a client call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The client was configured wrongly (no seeds, a malformed address, a zero timeout).
+    #[error("invalid client configuration: {message}")]
+    InvalidConfig { message: String },
+    /// The key is empty. Nothing was written.
+    #[error("the key is empty: keys must be 1 to {max} bytes")]
+    EmptyKey { max: usize },
+    /// The key is over the limit. Nothing was written.
+    #[error("the key is {size} bytes, over the limit of {max} bytes: use a shorter key")]
+    KeyTooLarge { size: usize, max: usize },
+    /// The value is over the limit. Nothing was written.
+    #[error(
+        "the value is {size} bytes, over the limit of {max} bytes: split it or store it elsewhere"
+    )]
+    ValueTooLarge { size: usize, max: usize },
+    /// The context is malformed or belongs to another key. Nothing was written.
+    #[error("{message}")]
+    InvalidContext { message: String },
+    /// A per-request R or W outside 1..=N. Nothing was written.
+    #[error("{message}")]
+    InvalidQuorum { message: String },
+    /// A request lacked a required field (only a non-conforming client can cause this).
+    #[error("{message}")]
+    MissingField { message: String },
+    /// Fewer than the needed replicas answered. For a write, it may be stored on those that did.
+    #[error("{message}")]
+    QuorumNotReached {
+        needed: u32,
+        got: u32,
+        message: String,
+    },
+    /// No node could be reached, or every node tried was shutting down.
+    #[error("no DynamoKV node could serve the request: {message}")]
+    Unavailable { message: String },
+    /// The request did not finish before its deadline.
+    #[error("the request did not finish within {after:?}: the cluster may be overloaded or unreachable")]
+    Timeout { after: Duration },
+    /// A server bug or storage failure; the message has details.
+    #[error("internal server error: {message}")]
+    Internal { message: String },
+}
+
+impl Error {
+    /// A stable code for this error; JavaScript errors carry it as `code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidConfig { .. } => "INVALID_CONFIG",
+            Error::EmptyKey { .. } => ErrorCode::EmptyKey.as_str(),
+            Error::KeyTooLarge { .. } => ErrorCode::KeyTooLarge.as_str(),
+            Error::ValueTooLarge { .. } => ErrorCode::ValueTooLarge.as_str(),
+            Error::InvalidContext { .. } => ErrorCode::InvalidContext.as_str(),
+            Error::InvalidQuorum { .. } => ErrorCode::InvalidQuorum.as_str(),
+            Error::MissingField { .. } => ErrorCode::MissingField.as_str(),
+            Error::QuorumNotReached { .. } => ErrorCode::QuorumNotReached.as_str(),
+            Error::Unavailable { .. } => ErrorCode::Unavailable.as_str(),
+            Error::Timeout { .. } => "TIMEOUT",
+            Error::Internal { .. } => ErrorCode::Internal.as_str(),
+        }
+    }
+
+    /// Whether the request certainly did not change anything, so retrying it elsewhere is safe.
+    pub(crate) fn not_applied(&self) -> bool {
+        matches!(self, Error::Unavailable { .. })
+    }
+}
+
+impl From<InputError> for Error {
+    fn from(e: InputError) -> Self {
+        match e {
+            InputError::EmptyKey { max } => Error::EmptyKey { max },
+            InputError::KeyTooLarge { size, max } => Error::KeyTooLarge { size, max },
+            InputError::ValueTooLarge { size, max } => Error::ValueTooLarge { size, max },
+            other => Error::InvalidQuorum {
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+fn md<T: std::str::FromStr + Default>(status: &Status, key: &str) -> T {
+    status
+        .metadata()
+        .get(key)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_default()
+}
+
+impl From<Status> for Error {
+    fn from(status: Status) -> Self {
+        let message = status.message().to_string();
+        let code = status
+            .metadata()
+            .get(ERROR_CODE_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .and_then(ErrorCode::parse);
+        match code {
+            Some(ErrorCode::EmptyKey) => Error::EmptyKey {
+                max: md(&status, MAX_METADATA),
+            },
+            Some(ErrorCode::KeyTooLarge) => Error::KeyTooLarge {
+                size: md(&status, SIZE_METADATA),
+                max: md(&status, MAX_METADATA),
+            },
+            Some(ErrorCode::ValueTooLarge) => Error::ValueTooLarge {
+                size: md(&status, SIZE_METADATA),
+                max: md(&status, MAX_METADATA),
+            },
+            Some(ErrorCode::InvalidContext) => Error::InvalidContext { message },
+            Some(ErrorCode::InvalidQuorum) => Error::InvalidQuorum { message },
+            Some(ErrorCode::MissingField) => Error::MissingField { message },
+            Some(ErrorCode::QuorumNotReached) => Error::QuorumNotReached {
+                needed: md(&status, QUORUM_NEEDED_METADATA),
+                got: md(&status, QUORUM_GOT_METADATA),
+                message,
+            },
+            Some(ErrorCode::Unavailable) => Error::Unavailable { message },
+            Some(ErrorCode::Internal) | Some(_) => Error::Internal { message },
+            // Not from a DynamoKV node: the transport failed or something else answered.
+            None => match status.code() {
+                Code::Unavailable | Code::Unknown | Code::Cancelled => Error::Unavailable {
+                    message: format!("{message} ({:?})", status.code()),
+                },
+                Code::DeadlineExceeded => Error::Unavailable { message },
+                _ => Error::Internal {
+                    message: format!("{:?}: {message}", status.code()),
+                },
+            },
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Starting and stopping a node: open storage, build the coordinator, serve gRPC until the
+//! shutdown token fires, then finish in-flight requests and flush storage.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use dynamokv_common::limits::MAX_MESSAGE_BYTES;
+use dynamokv_proto::v1::kv_server::KvServer;
+use dynamokv_proto::v1::replica_server::ReplicaServer;
+
+use crate::config::{Config, ConfigError, Engine};
+use crate::coordinator::Coordinator;
+use crate::membership::Membership;
+use crate::peers::Peers;
+use crate::replica::LocalReplica;
+use crate::service::{KvService, ReplicaService};
+use crate::storage::{MemoryStorage, Storage, StorageError};
+
+/// A node that could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("the rocksdb engine is not compiled in (build with the `rocksdb` feature)")]
+    NoRocksdb,
+}
+
+fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, ServerError> {
+    match config.engine {
+        Engine::Memory => Ok(Arc::new(MemoryStorage::default())),
+        #[cfg(feature = "rocksdb")]
+        Engine::Rocksdb => Ok(Arc::new(crate::storage::RocksStorage::open(
+            &config.data_dir,
+            config.sync_writes,
+        )?)),
+        #[cfg(not(feature = "rocksdb"))]
+        Engine::Rocksdb => Err(ServerError::NoRocksdb),
+    }
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct NodeHandle {
+    /// The address it listens on (the real port when configured with port 0).
+    pub addr: SocketAddr,
+    pub node_id: String,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl NodeHandle {
+    /// Stops the node gracefully and waits for it.
+    pub async fn stop(self) -> Result<(), ServerError> {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .unwrap_or_else(|e| panic!("node task panicked: {e}"))
+    }
+
+    /// A token that stops the node when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Binds `config.listen` and starts serving in the background.
+pub async fn start(config: Config) -> Result<NodeHandle, ServerError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    start_on(config, listener).await
+}
+
+/// Starts serving on an already bound listener (tests bind port 0 first, to learn every
+/// node's address before building the membership).
+pub async fn start_on(config: Config, listener: TcpListener) -> Result<NodeHandle, ServerError> {
+    let shutdown = CancellationToken::new();
+    let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let node_id = config.node_id.clone();
+    let ready = prepare(&config, addr)?;
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move { serve(ready, listener, token).await });
+    Ok(NodeHandle {
+        addr,
+        node_id,
+        shutdown,
+        task,
+    })
+}
+
+/// Runs a node on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let ready = prepare(&config, addr)?;
+    serve(ready, listener, shutdown).await
+}
+
+struct Ready {
+    local: Arc<LocalReplica>,
+    kv: KvService,
+    replica: ReplicaService,
+}
+
+fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
+    config.validate()?;
+    let advertised = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let membership = Membership::fixed(config, &advertised)?;
+    let store = open_storage(config)?;
+    let local = Arc::new(LocalReplica::open(
+        store,
+        &config.node_id,
+        config.max_vector_entries,
+    )?);
+    let peers = Arc::new(Peers::new(config.replica_timeout()));
+    let coordinator = Arc::new(Coordinator::new(
+        membership,
+        Arc::clone(&local),
+        peers,
+        config.limits(),
+        config.replica_timeout(),
+    ));
+    tracing::info!(
+        node_id = %config.node_id,
+        %addr,
+        actor = %local.actor(),
+        engine = ?config.engine,
+        data_dir = %config.data_dir.display(),
+        "node ready"
+    );
+    Ok(Ready {
+        kv: KvService::new(coordinator),
+        replica: ReplicaService::new(config.node_id.clone(), Arc::clone(&local)),
+        local,
+    })
+}
+
+async fn serve(
+    ready: Ready,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let result = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            KvServer::new(ready.kv)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            ReplicaServer::new(ready.replica)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
+        .await;
+    // In-flight requests have finished; make what they wrote durable before exiting.
+    let flushed = ready.local.flush();
+    tracing::info!("node stopped");
+    result?;
+    flushed?;
+    Ok(())
+}
