@@ -361,7 +361,11 @@ impl Client {
     }
 
     fn kv(&self, index: usize) -> KvClient<Channel> {
-        let mut channels = self.inner.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let mut channels = self
+            .inner
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let channel = channels
             .entry(index)
             .or_insert_with(|| self.inner.endpoints[index].1.connect_lazy())
@@ -397,7 +401,8 @@ impl Client {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(status)) => Error::from(status),
             };
-            let retry = attempt + 1 < attempts && (err.not_applied() || idempotent && is_transient(&err));
+            let retry =
+                attempt + 1 < attempts && (err.not_applied() || idempotent && is_transient(&err));
             if !retry {
                 return Err(match err {
                     Error::Unavailable { message } if !failures.is_empty() => {
@@ -424,7 +429,10 @@ impl Client {
 }
 
 fn is_transient(err: &Error) -> bool {
-    matches!(err, Error::Unavailable { .. } | Error::QuorumNotReached { .. })
+    matches!(
+        err,
+        Error::Unavailable { .. } | Error::QuorumNotReached { .. }
+    )
 }
 
 /// A per-call quorum is checked against N on the server; 0 is refused here already.

@@ -52,7 +52,9 @@ pub enum Error {
     #[error("no DynamoKV node could serve the request: {message}")]
     Unavailable { message: String },
     /// The request did not finish before its deadline.
-    #[error("the request did not finish within {after:?}: the cluster may be overloaded or unreachable")]
+    #[error(
+        "the request did not finish within {after:?}: the cluster may be overloaded or unreachable"
+    )]
     Timeout { after: Duration },
     /// A server bug or storage failure; the message has details.
     #[error("internal server error: {message}")]

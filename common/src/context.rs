@@ -115,7 +115,10 @@ mod tests {
         for i in 0..ctx.len() {
             let mut bad = ctx.clone();
             bad[i] ^= 0x40;
-            assert!(decode_context(b"k", &bad).is_err(), "flip at byte {i} accepted");
+            assert!(
+                decode_context(b"k", &bad).is_err(),
+                "flip at byte {i} accepted"
+            );
             assert!(decode_context(b"k", &ctx[..i]).is_err() || i == 0);
         }
         assert!(decode_context(b"k", b"not a context").is_err());

@@ -109,10 +109,7 @@ mod tests {
             max_key_bytes: 4,
             max_value_bytes: 8,
         };
-        assert_eq!(
-            limits.check_key(b""),
-            Err(InputError::EmptyKey { max: 4 })
-        );
+        assert_eq!(limits.check_key(b""), Err(InputError::EmptyKey { max: 4 }));
         assert_eq!(limits.check_key(b"abcd"), Ok(()));
         assert_eq!(
             limits.check_key(b"abcde"),

@@ -213,7 +213,9 @@ impl Ring {
 
     /// The partitions `id` owns.
     pub fn partitions_of(&self, id: &str) -> Vec<u32> {
-        (0..self.partitions).filter(|p| self.owner(*p).id == id).collect()
+        (0..self.partitions)
+            .filter(|p| self.owner(*p).id == id)
+            .collect()
     }
 
     /// The preference list of `key` with `n` replicas.
@@ -274,7 +276,10 @@ impl Ring {
 fn assign(partitions: u32, members: &[Member]) -> Vec<u32> {
     let q = partitions as u64;
     let total: u64 = members.iter().map(|m| m.weight as u64).sum();
-    let mut quota: Vec<u64> = members.iter().map(|m| q * m.weight as u64 / total).collect();
+    let mut quota: Vec<u64> = members
+        .iter()
+        .map(|m| q * m.weight as u64 / total)
+        .collect();
     let mut leftover = q - quota.iter().sum::<u64>();
     let mut by_remainder: Vec<usize> = (0..members.len()).collect();
     // Largest fractional share first; ties to the lower id, for determinism.
@@ -381,8 +386,14 @@ mod tests {
     #[test]
     fn bad_memberships_are_refused() {
         assert_eq!(Ring::new(256, vec![]), Err(RingError::NoMembers));
-        assert_eq!(Ring::new(100, nodes(2)), Err(RingError::BadPartitionCount(100)));
-        assert!(matches!(Ring::new(2, nodes(3)), Err(RingError::TooFewPartitions { .. })));
+        assert_eq!(
+            Ring::new(100, nodes(2)),
+            Err(RingError::BadPartitionCount(100))
+        );
+        assert!(matches!(
+            Ring::new(2, nodes(3)),
+            Err(RingError::TooFewPartitions { .. })
+        ));
         let mut dup = nodes(2);
         dup[1].id = dup[0].id.clone();
         assert!(matches!(Ring::new(8, dup), Err(RingError::DuplicateId(_))));
@@ -458,14 +469,19 @@ mod tests {
         let keys = 100_000;
         for _ in 0..keys {
             let key: [u8; 16] = rng.random();
-            *per_node.entry(ring.owner(ring.partition_of(&key)).id.as_str()).or_default() += 1;
+            *per_node
+                .entry(ring.owner(ring.partition_of(&key)).id.as_str())
+                .or_default() += 1;
         }
         let mean = keys as f64 / 5.0;
         let worst = per_node
             .values()
             .map(|c| ((*c as f64 - mean) / mean).abs())
             .fold(0.0, f64::max);
-        println!("load balance: worst node deviates {:.2}% from the mean", worst * 100.0);
+        println!(
+            "load balance: worst node deviates {:.2}% from the mean",
+            worst * 100.0
+        );
         assert!(worst < 0.15, "worst deviation {worst}");
     }
 

@@ -176,7 +176,11 @@ impl Config {
     /// N, R, W with defaults applied, refusing impossible combinations.
     pub fn quorums(&self) -> Result<Quorums, ConfigError> {
         let single = self.cluster.members.is_empty();
-        let d = if single { 1 } else { 3.min(self.cluster.members.len() as u32) };
+        let d = if single {
+            1
+        } else {
+            3.min(self.cluster.members.len() as u32)
+        };
         let dq = if single { 1 } else { 2.min(d) };
         let n = self.cluster.n.unwrap_or(d);
         let r = self.cluster.r.unwrap_or(dq);
@@ -215,7 +219,9 @@ impl Config {
             return Err(ConfigError::Invalid("limits must be positive".into()));
         }
         if self.max_vector_entries == 0 {
-            return Err(ConfigError::Invalid("max_vector_entries must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "max_vector_entries must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -247,7 +253,12 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.quorums().unwrap(), Quorums { n: 3, r: 2, w: 2 });
         c.cluster.w = Some(4);
-        assert!(c.validate().unwrap_err().to_string().contains("cluster.w = 4"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("cluster.w = 4")
+        );
         c.cluster.w = None;
         c.node_id = "zz".into();
         assert!(c.validate().is_err());

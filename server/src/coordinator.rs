@@ -178,7 +178,8 @@ impl Coordinator {
             .iter()
             .filter(|m| m.id != view.self_id)
             .map(|m| {
-                let (this, m, key, state) = (Arc::clone(self), m.clone(), key.clone(), state.clone());
+                let (this, m, key, state) =
+                    (Arc::clone(self), m.clone(), key.clone(), state.clone());
                 async move { this.write_replica(m, key, state).await }
             })
             .collect();
@@ -288,8 +289,10 @@ impl Coordinator {
 }
 
 fn mark_forwarded<T>(req: &mut Request<T>) {
-    req.metadata_mut()
-        .insert(FORWARDED_METADATA, tonic::metadata::MetadataValue::from_static("1"));
+    req.metadata_mut().insert(
+        FORWARDED_METADATA,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
 }
 
 /// Whether a status came from a DynamoKV node's own verdict rather than the transport.

@@ -98,7 +98,10 @@ impl From<Error> for Status {
         }
         let mut status = Status::new(grpc, e.to_string());
         let md = status.metadata_mut();
-        md.insert(ERROR_CODE_METADATA, MetadataValue::from_static(code.as_str()));
+        md.insert(
+            ERROR_CODE_METADATA,
+            MetadataValue::from_static(code.as_str()),
+        );
         match e {
             Error::QuorumNotReached { needed, got, .. } => {
                 md.insert(QUORUM_NEEDED_METADATA, MetadataValue::from(needed));

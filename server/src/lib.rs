@@ -7,8 +7,10 @@
 //! - [`coordinator`]: quorum reads and writes, forwarding, read repair (paper 4.5).
 //! - [`service`]: the gRPC services; [`server`] starts and stops it all.
 
+pub mod admin;
 pub mod config;
 pub mod coordinator;
+pub mod dev;
 pub mod error;
 pub mod membership;
 pub mod peers;

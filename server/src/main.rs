@@ -10,7 +10,11 @@ use tokio_util::sync::CancellationToken;
 use dynamokv_server::config::{Config, Engine};
 
 #[derive(Parser, Debug)]
-#[command(name = "dynamokv", version, about = "A Dynamo (SOSP 2007) key-value store node")]
+#[command(
+    name = "dynamokv",
+    version,
+    about = "A Dynamo (SOSP 2007) key-value store node"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,6 +24,47 @@ struct Cli {
 enum Command {
     /// Run a node.
     Serve(ServeArgs),
+    /// Run a local cluster: one `dynamokv serve` process per node, on loopback.
+    Dev(DevArgs),
+    /// Print the ring: each node's partitions and, with --key, a key's preference list.
+    Ring {
+        /// Any node of the cluster.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        node: String,
+        /// A key whose partition and preference list to print.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Read one replica's local copy of a key, without coordination (for debugging).
+    DebugRead {
+        /// The node whose copy to read.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        node: String,
+        #[arg(long)]
+        key: String,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct DevArgs {
+    /// How many nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Where node data, configs and logs go.
+    #[arg(long, default_value = "dynamokv-data")]
+    base_dir: PathBuf,
+    /// First node's port; node i listens on base-port + i - 1.
+    #[arg(long, default_value_t = 7070)]
+    base_port: u16,
+    /// Number of partitions (Q).
+    #[arg(long, default_value_t = 256)]
+    partitions: u32,
+    /// Shell command run once the cluster is up, with DYNAMOKV_SEEDS set.
+    #[arg(long)]
+    exec: Option<String>,
+    /// Stop the cluster once --exec finishes.
+    #[arg(long, requires = "exec")]
+    exit_after_exec: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -66,8 +111,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -80,6 +124,37 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Dev(args) => runtime.block_on(dynamokv_server::dev::run(
+            dynamokv_server::dev::DevOptions {
+                nodes: args.nodes,
+                base_dir: args.base_dir,
+                host: "127.0.0.1".into(),
+                base_port: args.base_port,
+                partitions: args.partitions,
+                exec: args.exec,
+                exit_after_exec: args.exit_after_exec,
+            },
+        )),
+        Command::Ring { node, key } => runtime.block_on(async {
+            let (view, ring) = dynamokv_server::admin::fetch_ring(&node).await?;
+            print!(
+                "{}",
+                dynamokv_server::admin::describe_ring(
+                    &view,
+                    &ring,
+                    key.as_deref().map(str::as_bytes)
+                )
+            );
+            Ok(())
+        }),
+        Command::DebugRead { node, key } => runtime.block_on(async {
+            let (actor, state) = dynamokv_server::admin::debug_read(&node, key.as_bytes()).await?;
+            print!(
+                "{}",
+                dynamokv_server::admin::describe_state(&actor, state.as_ref())
+            );
+            Ok(())
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

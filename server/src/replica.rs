@@ -93,7 +93,10 @@ impl LocalReplica {
     }
 
     /// Reads this replica's state of `key`.
-    pub async fn read(self: &Arc<Self>, key: Bytes) -> Result<Option<VersionedState>, StorageError> {
+    pub async fn read(
+        self: &Arc<Self>,
+        key: Bytes,
+    ) -> Result<Option<VersionedState>, StorageError> {
         let this = Arc::clone(self);
         blocking(move || storage::read_state(this.store.as_ref(), &key)).await
     }
@@ -144,7 +147,8 @@ impl LocalReplica {
     fn truncate(&self, state: &mut VersionedState) {
         let dropped = state.truncate_clock(self.max_vector_entries);
         if dropped > 0 {
-            self.truncations.fetch_add(dropped as u64, Ordering::Relaxed);
+            self.truncations
+                .fetch_add(dropped as u64, Ordering::Relaxed);
             tracing::warn!(dropped, "version vector truncated (paper 4.4 safety valve)");
         }
     }
@@ -176,23 +180,35 @@ mod tests {
         for i in 0..50u32 {
             let r = Arc::clone(&replica);
             tasks.push(tokio::spawn(async move {
-                r.coordinate(Bytes::from_static(b"k"), VersionVector::new(), Some(Bytes::from(i.to_string())))
-                    .await
-                    .unwrap();
+                r.coordinate(
+                    Bytes::from_static(b"k"),
+                    VersionVector::new(),
+                    Some(Bytes::from(i.to_string())),
+                )
+                .await
+                .unwrap();
             }));
         }
         for t in tasks {
             t.await.unwrap();
         }
-        let state = replica.read(Bytes::from_static(b"k")).await.unwrap().unwrap();
+        let state = replica
+            .read(Bytes::from_static(b"k"))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(state.live_values().len(), 50);
     }
 
     #[tokio::test]
     async fn actor_is_kept_across_reopen_and_store_is_bound_to_its_node() {
         let store: Arc<dyn Storage> = Arc::new(MemoryStorage::default());
-        let a = LocalReplica::open(Arc::clone(&store), "n1", 10).unwrap().actor();
-        let b = LocalReplica::open(Arc::clone(&store), "n1", 10).unwrap().actor();
+        let a = LocalReplica::open(Arc::clone(&store), "n1", 10)
+            .unwrap()
+            .actor();
+        let b = LocalReplica::open(Arc::clone(&store), "n1", 10)
+            .unwrap()
+            .actor();
         assert_eq!(a, b);
         let err = LocalReplica::open(Arc::clone(&store), "n2", 10).unwrap_err();
         assert!(err.to_string().contains("belongs to node"));

@@ -100,7 +100,10 @@ impl ReplicaService {
 
 #[tonic::async_trait]
 impl pb::replica_server::Replica for ReplicaService {
-    async fn ping(&self, _req: Request<pb::PingRequest>) -> Result<Response<pb::PingResponse>, Status> {
+    async fn ping(
+        &self,
+        _req: Request<pb::PingRequest>,
+    ) -> Result<Response<pb::PingResponse>, Status> {
         Ok(Response::new(pb::PingResponse {
             node_id: self.node_id.clone(),
             actor: self.local.actor().0,

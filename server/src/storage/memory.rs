@@ -18,7 +18,12 @@ fn poisoned<T>(_: T) -> StorageError {
 
 impl Storage for MemoryStorage {
     fn get_raw(&self, storage_key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.data.read().map_err(poisoned)?.get(storage_key).cloned())
+        Ok(self
+            .data
+            .read()
+            .map_err(poisoned)?
+            .get(storage_key)
+            .cloned())
     }
 
     fn put_raw(&self, storage_key: &[u8], value: &[u8]) -> Result<(), StorageError> {

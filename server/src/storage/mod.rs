@@ -97,7 +97,9 @@ fn decode_state(raw: &[u8]) -> Result<VersionedState, StorageError> {
                 .map_err(|e| StorageError::Corrupt(e.to_string()))?;
             VersionedState::from_proto(&proto).map_err(|e| StorageError::Corrupt(e.to_string()))
         }
-        Some((other, _)) => Err(StorageError::Corrupt(format!("unknown format byte {other}"))),
+        Some((other, _)) => Err(StorageError::Corrupt(format!(
+            "unknown format byte {other}"
+        ))),
         None => Err(StorageError::Corrupt("empty record".into())),
     }
 }
@@ -110,7 +112,12 @@ mod tests {
     pub(crate) fn exercise(store: &dyn Storage) {
         assert_eq!(read_state(store, b"k").unwrap(), None);
         let mut s = VersionedState::new();
-        s.update(&VersionVector::new(), Some(Bytes::from_static(b"v")), Actor(9), 5);
+        s.update(
+            &VersionVector::new(),
+            Some(Bytes::from_static(b"v")),
+            Actor(9),
+            5,
+        );
         write_state(store, b"k", &s).unwrap();
         assert_eq!(read_state(store, b"k").unwrap(), Some(s));
         assert_eq!(store.get_meta("m").unwrap(), None);

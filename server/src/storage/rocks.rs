@@ -35,7 +35,10 @@ impl RocksStorage {
     /// Opens (creating if needed) the database under `dir`.
     pub fn open(dir: &Path, sync_writes: bool) -> Result<RocksStorage, StorageError> {
         std::fs::create_dir_all(dir).map_err(|e| {
-            StorageError::Engine(format!("cannot create data directory {}: {e}", dir.display()))
+            StorageError::Engine(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
         })?;
         let mut opts = Options::default();
         opts.create_if_missing(true);
@@ -64,12 +67,19 @@ impl RocksStorage {
 
 impl Storage for RocksStorage {
     fn get_raw(&self, storage_key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.db.get_cf(self.cf(CF_DATA)?, storage_key).map_err(engine)
+        self.db
+            .get_cf(self.cf(CF_DATA)?, storage_key)
+            .map_err(engine)
     }
 
     fn put_raw(&self, storage_key: &[u8], value: &[u8]) -> Result<(), StorageError> {
         self.db
-            .put_cf_opt(self.cf(CF_DATA)?, storage_key, value, &self.write_opts(self.sync_writes))
+            .put_cf_opt(
+                self.cf(CF_DATA)?,
+                storage_key,
+                value,
+                &self.write_opts(self.sync_writes),
+            )
             .map_err(engine)
     }
 

@@ -1,0 +1,194 @@
+//! Operator commands: print the ring, a key's preference list, and one replica's local copy of
+//! a key. They ask a running node over gRPC and compute placement with the same shared code
+//! the node and clients use.
+
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+
+use dynamokv_common::{Member, Ring, VersionedState, key_position};
+use dynamokv_proto::v1 as pb;
+use dynamokv_proto::v1::kv_client::KvClient;
+use dynamokv_proto::v1::replica_client::ReplicaClient;
+
+/// Fetches the cluster view from the node at `addr` and builds its ring.
+pub async fn fetch_ring(addr: &str) -> Result<(pb::MembershipResponse, Ring), String> {
+    let mut kv = KvClient::connect(format!("http://{addr}"))
+        .await
+        .map_err(|e| format!("cannot reach {addr}: {e}"))?;
+    let view = kv
+        .membership(pb::MembershipRequest {})
+        .await
+        .map_err(|s| format!("{addr} refused the membership call: {}", s.message()))?
+        .into_inner();
+    let members = view.members.iter().map(Member::from_proto).collect();
+    let ring = Ring::new(view.partitions, members).map_err(|e| e.to_string())?;
+    Ok((view, ring))
+}
+
+/// Contiguous runs of partitions, as "a-b" or "a".
+fn runs(parts: &[u32]) -> String {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < parts.len() {
+        let start = parts[i];
+        let mut end = start;
+        while i + 1 < parts.len() && parts[i + 1] == end + 1 {
+            i += 1;
+            end = parts[i];
+        }
+        out.push(if start == end {
+            format!("{start}")
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    out.join(",")
+}
+
+/// The ring as text: each node's partitions, and with `key`, its preference list.
+pub fn describe_ring(view: &pb::MembershipResponse, ring: &Ring, key: Option<&[u8]>) -> String {
+    let mut out = String::new();
+    let q = ring.partition_count();
+    let _ = writeln!(
+        out,
+        "cluster {:?}: {} nodes, Q = {q} partitions, N = {}, R = {}, W = {}",
+        view.cluster_name,
+        ring.members().len(),
+        view.n,
+        view.r,
+        view.w
+    );
+    for m in ring.members() {
+        let parts = ring.partitions_of(&m.id);
+        let zone = if m.zone.is_empty() {
+            String::new()
+        } else {
+            format!(" zone {}", m.zone)
+        };
+        let _ = writeln!(
+            out,
+            "  {} at {}{zone} weight {}: {} partitions ({:.1}%): {}",
+            m.id,
+            m.address,
+            m.weight,
+            parts.len(),
+            100.0 * parts.len() as f64 / q as f64,
+            runs(&parts)
+        );
+    }
+    if let Some(key) = key {
+        let pl = ring.preference_list(key, view.n as usize);
+        let (start, end) = ring.partition_range(pl.partition);
+        let _ = writeln!(
+            out,
+            "key {:?}: position {:032x}, partition {} [{start:032x}..{end:032x}]",
+            String::from_utf8_lossy(key),
+            key_position(key),
+            pl.partition
+        );
+        let ids = |ms: &[&Member]| {
+            ms.iter()
+                .map(|m| m.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(out, "  preference list (top N): {}", ids(&pl.nodes));
+        let _ = writeln!(out, "  fallbacks: {}", ids(&pl.fallbacks));
+    }
+    out
+}
+
+/// One replica's local state of `key`, read without coordination.
+pub async fn debug_read(
+    addr: &str,
+    key: &[u8],
+) -> Result<(String, Option<VersionedState>), String> {
+    let mut client = ReplicaClient::connect(format!("http://{addr}"))
+        .await
+        .map_err(|e| format!("cannot reach {addr}: {e}"))?;
+    let reply = client
+        .read_local(pb::ReadLocalRequest {
+            key: Some(Bytes::copy_from_slice(key)),
+        })
+        .await
+        .map_err(|s| format!("{addr} refused the read: {}", s.message()))?
+        .into_inner();
+    let state = reply
+        .state
+        .map(|s| VersionedState::from_proto(&s).map_err(|e| e.to_string()))
+        .transpose()?;
+    Ok((format!("{:016x}", reply.actor), state))
+}
+
+/// A replica state as text.
+pub fn describe_state(actor: &str, state: Option<&VersionedState>) -> String {
+    let mut out = format!("replica actor {actor}\n");
+    let Some(state) = state else {
+        out.push_str("  no local copy\n");
+        return out;
+    };
+    let clock: Vec<String> = state
+        .clock()
+        .iter()
+        .map(|(a, c, _)| format!("{a}:{c}"))
+        .collect();
+    let _ = writeln!(out, "  clock [{}]", clock.join(", "));
+    for s in state.siblings() {
+        let what = match &s.value {
+            Some(v) => format!(
+                "{} bytes {:?}",
+                v.len(),
+                String::from_utf8_lossy(&v[..v.len().min(64)])
+            ),
+            None => "tombstone".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "  sibling {}:{} at {} ms: {what}",
+            s.dot.actor, s.dot.counter, s.timestamp_ms
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_compress_consecutive_partitions() {
+        assert_eq!(runs(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");
+        assert_eq!(runs(&[]), "");
+    }
+
+    #[test]
+    fn ring_description_names_every_node_and_the_keys_list() {
+        let members = vec![
+            Member::new("a", "h:1"),
+            Member::new("b", "h:2"),
+            Member::new("c", "h:3"),
+        ];
+        let ring = Ring::new(16, members).unwrap();
+        let view = pb::MembershipResponse {
+            cluster_name: "t".into(),
+            partitions: 16,
+            n: 2,
+            r: 1,
+            w: 1,
+            members: vec![],
+            self_id: "a".into(),
+        };
+        let text = describe_ring(&view, &ring, Some(b"k"));
+        for id in [
+            "a at h:1",
+            "b at h:2",
+            "c at h:3",
+            "preference list (top N)",
+            "fallbacks",
+        ] {
+            assert!(text.contains(id), "{text}");
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! `dynamokv dev`: a real local cluster in one command, one `dynamokv serve` process per node,
+//! each with its own RocksDB directory, so that killing one shows failure handling.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Options of `dynamokv dev`.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    pub nodes: usize,
+    pub base_dir: PathBuf,
+    pub host: String,
+    pub base_port: u16,
+    pub partitions: u32,
+    /// A shell command to run once the cluster is up, with `DYNAMOKV_SEEDS` set.
+    pub exec: Option<String>,
+    /// Stop the cluster when `exec` finishes instead of waiting for Ctrl-C.
+    pub exit_after_exec: bool,
+}
+
+struct DevNode {
+    id: String,
+    address: String,
+    child: Child,
+}
+
+fn node_config(opts: &DevOptions, i: usize, members: &[(String, String)], dir: &Path) -> String {
+    let mut toml = format!(
+        "# Written by `dynamokv dev`; rewritten at every start.\nnode_id = \"{}\"\nlisten = \"{}\"\ndata_dir = \"{}\"\n\n[cluster]\nname = \"dev\"\npartitions = {}\nmembers = [\n",
+        members[i].0,
+        members[i].1,
+        dir.display(),
+        opts.partitions
+    );
+    for (id, addr) in members {
+        toml.push_str(&format!("  {{ id = \"{id}\", address = \"{addr}\" }},\n"));
+    }
+    toml.push_str("]\n");
+    toml
+}
+
+/// Starts the cluster, runs `exec` if given, and stops every node on Ctrl-C or SIGTERM.
+pub async fn run(opts: DevOptions) -> Result<(), String> {
+    if opts.nodes == 0 {
+        return Err("--nodes must be at least 1".into());
+    }
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find the dynamokv binary: {e}"))?;
+    std::fs::create_dir_all(&opts.base_dir)
+        .map_err(|e| format!("cannot create {}: {e}", opts.base_dir.display()))?;
+    let members: Vec<(String, String)> = (0..opts.nodes)
+        .map(|i| {
+            let port = opts.base_port.checked_add(i as u16).unwrap_or(0);
+            (format!("node-{}", i + 1), format!("{}:{port}", opts.host))
+        })
+        .collect();
+
+    let mut nodes: Vec<DevNode> = Vec::new();
+    for i in 0..opts.nodes {
+        let dir = opts.base_dir.join(&members[i].0);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let config_path = opts.base_dir.join(format!("{}.toml", members[i].0));
+        std::fs::write(&config_path, node_config(&opts, i, &members, &dir))
+            .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+        let log_path = opts.base_dir.join(format!("{}.log", members[i].0));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+        let mut child = Command::new(&exe)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", members[i].0))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
+        match first {
+            Ok(Ok(Some(line))) if line.contains("listening on") => {}
+            _ => {
+                stop_all(&mut nodes).await;
+                return Err(format!(
+                    "{} did not start; see {} (is {} already in use? try --base-port)",
+                    members[i].0,
+                    log_path.display(),
+                    members[i].1
+                ));
+            }
+        }
+        println!(
+            "{:<8} {:<21} pid {:<8} data {}",
+            members[i].0,
+            members[i].1,
+            child.id().unwrap_or(0),
+            dir.display()
+        );
+        nodes.push(DevNode {
+            id: members[i].0.clone(),
+            address: members[i].1.clone(),
+            child,
+        });
+    }
+
+    // Every node answers before the cluster is declared up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in 0..nodes.len() {
+        while crate::admin::fetch_ring(&nodes[i].address).await.is_err() {
+            if Instant::now() > deadline {
+                let err = format!("{} at {} does not answer", nodes[i].id, nodes[i].address);
+                stop_all(&mut nodes).await;
+                return Err(err);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let seeds: Vec<String> = nodes.iter().map(|n| n.address.clone()).collect();
+    println!(
+        "cluster up: {} node(s), seeds {} (logs and data under {})",
+        nodes.len(),
+        seeds.join(","),
+        opts.base_dir.display()
+    );
+
+    let mut exec_failed = None;
+    if let Some(cmd) = &opts.exec {
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .env("DYNAMOKV_SEEDS", seeds.join(","))
+            .status()
+            .await
+            .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+        if !status.success() {
+            exec_failed = Some(format!("{cmd:?} failed: {status}"));
+        }
+        if opts.exit_after_exec {
+            stop_all(&mut nodes).await;
+            return exec_failed.map_or(Ok(()), Err);
+        }
+        if let Some(e) = &exec_failed {
+            eprintln!("{e}");
+        }
+    }
+
+    println!("press Ctrl-C to stop the cluster (kill a node's pid to see failure handling)");
+    wait_for_signal(&mut nodes).await;
+    stop_all(&mut nodes).await;
+    Ok(())
+}
+
+async fn wait_for_signal(nodes: &mut [DevNode]) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return;
+    };
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    let mut reported = vec![false; nodes.len()];
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = ticker.tick() => {
+                for (i, n) in nodes.iter_mut().enumerate() {
+                    if !reported[i] {
+                        if let Ok(Some(status)) = n.child.try_wait() {
+                            println!("{} exited ({status}); the others keep serving", n.id);
+                            reported[i] = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// SIGTERM to every node, then SIGKILL to any still running after 10 s.
+async fn stop_all(nodes: &mut [DevNode]) {
+    for n in nodes.iter() {
+        if let Some(pid) = n.child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+    }
+    for n in nodes.iter_mut() {
+        match tokio::time::timeout(Duration::from_secs(10), n.child.wait()).await {
+            Ok(Ok(status)) => println!("{} stopped ({status})", n.id),
+            _ => {
+                let _ = n.child.kill().await;
+                println!("{} killed after 10 s", n.id);
+            }
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Every class of bad input gets its own error and changes nothing, checked both where
+//! client-core refuses it before sending and where the server refuses it.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use dynamokv_client::{Client, Context, Error, Limits};
+use dynamokv_proto::v1 as pb;
+use dynamokv_proto::v1::kv_client::KvClient;
+
+use crate::support::Cluster;
+
+/// A client whose own limits are far above the server's, so the server's checks are tested.
+fn lax_client(cluster: &Cluster) -> Client {
+    Client::builder([cluster.seed(0)])
+        .limits(Limits {
+            max_key_bytes: 1 << 20,
+            max_value_bytes: 8 << 20,
+        })
+        .build()
+        .unwrap()
+}
+
+async fn assert_unchanged(client: &Client, key: &str, expected: &[u8]) {
+    let got = client.get(key).await.unwrap();
+    assert_eq!(got.values, vec![expected.to_vec()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_bad_input_class_is_refused_and_changes_nothing() {
+    let cluster = Cluster::start_with(1, |c| c.cluster.members.clear()).await;
+    for (round, client) in [cluster.client_of(0), lax_client(&cluster)]
+        .into_iter()
+        .enumerate()
+    {
+        let existing = format!("existing-{round}");
+        let existing = existing.as_str();
+        let ctx = client
+            .put(existing, b"original".to_vec(), None)
+            .await
+            .unwrap();
+
+        // Empty key.
+        assert!(matches!(client.get("").await, Err(Error::EmptyKey { .. })));
+        assert!(matches!(
+            client.put("", b"x".to_vec(), None).await,
+            Err(Error::EmptyKey { .. })
+        ));
+        assert!(matches!(
+            client.delete("", &ctx).await,
+            Err(Error::EmptyKey { .. })
+        ));
+
+        // Key over the limit.
+        let long_key = vec![b'k'; 4097];
+        match client.put(&long_key, b"x".to_vec(), None).await {
+            Err(Error::KeyTooLarge {
+                size: 4097,
+                max: 4096,
+            }) => {}
+            other => panic!("expected KeyTooLarge, got {other:?}"),
+        }
+        assert!(matches!(
+            client.get(&long_key).await,
+            Err(Error::KeyTooLarge { .. })
+        ));
+
+        // Value over the limit, even with a valid context.
+        let big = vec![0u8; 1024 * 1024 + 1];
+        match client.put(existing, big, Some(&ctx)).await {
+            Err(Error::ValueTooLarge {
+                size: 1_048_577,
+                max: 1_048_576,
+            }) => {}
+            other => panic!("expected ValueTooLarge, got {other:?}"),
+        }
+        assert_unchanged(&client, existing, b"original").await;
+
+        // A context that does not decode, and one from another key.
+        let garbage = Context::from_bytes(b"garbage".to_vec());
+        assert!(matches!(
+            client.put(existing, b"x".to_vec(), Some(&garbage)).await,
+            Err(Error::InvalidContext { .. })
+        ));
+        let other_ctx = client.put("other-key", b"o".to_vec(), None).await.unwrap();
+        match client.put(existing, b"x".to_vec(), Some(&other_ctx)).await {
+            Err(Error::InvalidContext { message }) => assert!(message.contains("another key")),
+            other => panic!("expected InvalidContext, got {other:?}"),
+        }
+        assert!(matches!(
+            client.delete(existing, &garbage).await,
+            Err(Error::InvalidContext { .. })
+        ));
+        // A context with one byte flipped fails its checksum.
+        let mut flipped = ctx.as_bytes().to_vec();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 1;
+        assert!(matches!(
+            client
+                .put(existing, b"x".to_vec(), Some(&Context::from_bytes(flipped)))
+                .await,
+            Err(Error::InvalidContext { .. })
+        ));
+
+        // Quorums outside 1..=N (N = 1 here): 0 is refused by the client, 2 by the server.
+        assert!(matches!(
+            client.get_with_quorum(existing, Some(0)).await,
+            Err(Error::InvalidQuorum { .. })
+        ));
+        assert!(matches!(
+            client.get_with_quorum(existing, Some(2)).await,
+            Err(Error::InvalidQuorum { .. })
+        ));
+        assert!(matches!(
+            client
+                .put_with_quorum(existing, b"x".to_vec(), Some(&ctx), Some(2))
+                .await,
+            Err(Error::InvalidQuorum { .. })
+        ));
+
+        assert_unchanged(&client, existing, b"original").await;
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_missing_required_fields_are_refused() {
+    let cluster = Cluster::start_with(1, |c| c.cluster.members.clear()).await;
+    let client = cluster.client_of(0);
+    client
+        .put("existing", b"original".to_vec(), None)
+        .await
+        .unwrap();
+    let mut raw = KvClient::connect(format!("http://{}", cluster.addrs[0]))
+        .await
+        .unwrap();
+    let no_key = raw
+        .get(pb::GetRequest { key: None, r: None })
+        .await
+        .unwrap_err();
+    assert_eq!(no_key.code(), tonic::Code::InvalidArgument);
+    assert!(matches!(Error::from(no_key), Error::MissingField { .. }));
+    let no_value = raw
+        .put(pb::PutRequest {
+            key: Some(Bytes::from_static(b"existing")),
+            value: None,
+            context: Bytes::new(),
+            w: None,
+        })
+        .await
+        .unwrap_err();
+    match Error::from(no_value) {
+        Error::MissingField { message } => assert!(message.contains("value"), "{message}"),
+        other => panic!("expected MissingField, got {other:?}"),
+    }
+    assert_unchanged(&client, "existing", b"original").await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_configuration_errors_and_unreachable_nodes() {
+    assert!(matches!(
+        Client::builder(Vec::<String>::new()).build(),
+        Err(Error::InvalidConfig { .. })
+    ));
+    assert!(matches!(
+        Client::builder(["no-port"]).build(),
+        Err(Error::InvalidConfig { .. })
+    ));
+    assert!(matches!(
+        Client::builder(["127.0.0.1:1"])
+            .request_timeout(Duration::ZERO)
+            .build(),
+        Err(Error::InvalidConfig { .. })
+    ));
+    let mut cluster = Cluster::start_with(1, |c| c.cluster.members.clear()).await;
+    let client = cluster.client_of(0);
+    client.put("k", b"v".to_vec(), None).await.unwrap();
+    cluster.stop(0).await;
+    let err = client.get("k").await.unwrap_err();
+    assert!(
+        matches!(err, Error::Unavailable { .. } | Error::Timeout { .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.code(),
+        if matches!(err, Error::Timeout { .. }) {
+            "TIMEOUT"
+        } else {
+            "UNAVAILABLE"
+        }
+    );
+}

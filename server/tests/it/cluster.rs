@@ -1,0 +1,156 @@
+//! Replication, quorums, coordination and read repair across real nodes (paper 4.3 to 4.5).
+
+use std::time::Duration;
+
+use dynamokv_client::Error;
+
+use crate::support::{Cluster, eventually};
+
+fn sorted(mut v: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_put_reaches_all_n_replicas() {
+    let cluster = Cluster::start(3).await;
+    let client = cluster.client_of(1);
+    client.put("everywhere", b"v".to_vec(), None).await.unwrap();
+    for i in 0..3 {
+        eventually(
+            "replica to hold the put",
+            Duration::from_secs(5),
+            || async { cluster.local_values(i, b"everywhere").await == vec![b"v".to_vec()] },
+        )
+        .await;
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_one_node_down_w2_r2_succeed_and_w3_fails_with_the_quorum_error() {
+    let mut cluster = Cluster::start(3).await;
+    cluster.stop(2).await;
+    let client = cluster.client_of(0);
+    let ctx = client.put("k", b"v1".to_vec(), None).await.unwrap();
+    assert_eq!(client.get("k").await.unwrap().values, vec![b"v1".to_vec()]);
+    assert_eq!(
+        client.get_with_quorum("k", Some(2)).await.unwrap().values,
+        vec![b"v1".to_vec()]
+    );
+    match client
+        .put_with_quorum("k", b"v2".to_vec(), Some(&ctx), Some(3))
+        .await
+    {
+        Err(Error::QuorumNotReached {
+            needed,
+            got,
+            message,
+        }) => {
+            assert_eq!((needed, got), (3, 2), "{message}");
+            assert!(
+                message.contains("node-2"),
+                "the failure names the missing node: {message}"
+            );
+        }
+        other => panic!("expected QuorumNotReached, got {other:?}"),
+    }
+    match client.get_with_quorum("k", Some(3)).await {
+        Err(Error::QuorumNotReached {
+            needed: 3, got: 2, ..
+        }) => {}
+        other => panic!("expected QuorumNotReached, got {other:?}"),
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn same_context_through_two_coordinators_gives_siblings_resolved_everywhere() {
+    let cluster = Cluster::start(3).await;
+    let (c0, c1) = (cluster.client_of(0), cluster.client_of(1));
+    c0.put("cart", b"base".to_vec(), None).await.unwrap();
+    let ctx = c0.get("cart").await.unwrap().context;
+    c0.put("cart", b"from-0".to_vec(), Some(&ctx))
+        .await
+        .unwrap();
+    c1.put("cart", b"from-1".to_vec(), Some(&ctx))
+        .await
+        .unwrap();
+
+    let both = c1.get_with_quorum("cart", Some(3)).await.unwrap();
+    assert_eq!(
+        sorted(both.values.clone()),
+        vec![b"from-0".to_vec(), b"from-1".to_vec()]
+    );
+
+    c0.put_with_quorum("cart", b"merged".to_vec(), Some(&both.context), Some(3))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        assert_eq!(
+            cluster.local_values(i, b"cart").await,
+            vec![b"merged".to_vec()],
+            "node-{i}"
+        );
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn read_repair_brings_a_stale_replica_up_to_date() {
+    let mut cluster = Cluster::start(3).await;
+    cluster.stop(2).await;
+    let client = cluster.client_of(0);
+    client
+        .put("repair-me", b"fresh".to_vec(), None)
+        .await
+        .unwrap();
+    cluster.restart(2).await;
+    assert!(cluster.local_values(2, b"repair-me").await.is_empty());
+
+    let got = client.get_with_quorum("repair-me", Some(3)).await.unwrap();
+    assert_eq!(got.values, vec![b"fresh".to_vec()]);
+    eventually("read repair of node-2", Duration::from_secs(5), || async {
+        cluster.local_values(2, b"repair-me").await == vec![b"fresh".to_vec()]
+    })
+    .await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_put_sent_outside_the_preference_list_is_forwarded() {
+    // Five nodes, N = 3: for some keys node-0 is not a replica and must forward.
+    let cluster = Cluster::start(5).await;
+    let client = cluster.client_of(0);
+    for k in 0..20 {
+        let key = format!("fwd-{k}");
+        client.put(&key, b"v".to_vec(), None).await.unwrap();
+        let holders = {
+            let mut n = 0;
+            for i in 0..5 {
+                if !cluster.local_values(i, key.as_bytes()).await.is_empty() {
+                    n += 1;
+                }
+            }
+            n
+        };
+        assert!(holders >= 2, "{key} held by {holders}");
+        assert_eq!(client.get(&key).await.unwrap().values, vec![b"v".to_vec()]);
+    }
+    // node-0 holds only keys of its partitions: at most N of 5 nodes hold each key.
+    let mut held_by_0 = 0;
+    for k in 0..20 {
+        if !cluster
+            .local_values(0, format!("fwd-{k}").as_bytes())
+            .await
+            .is_empty()
+        {
+            held_by_0 += 1;
+        }
+    }
+    assert!(
+        held_by_0 < 20,
+        "node-0 coordinated keys it does not replicate"
+    );
+    cluster.shutdown().await;
+}
