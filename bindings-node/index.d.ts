@@ -1,0 +1,121 @@
+// Type declarations for the DynamoKV Node.js SDK (hand-written; test/types-check.ts keeps them
+// honest against the facade in index.js).
+
+/// <reference types="node" />
+
+/** Anything accepted as a key or value: strings are encoded as UTF-8. */
+export type Bytes = string | Buffer | Uint8Array;
+
+/** The stable codes a {@link DynamoKVError} can carry. */
+export type ErrorCodeName =
+  | 'INVALID_CONFIG'
+  | 'EMPTY_KEY'
+  | 'KEY_TOO_LARGE'
+  | 'VALUE_TOO_LARGE'
+  | 'INVALID_CONTEXT'
+  | 'INVALID_QUORUM'
+  | 'MISSING_FIELD'
+  | 'QUORUM_NOT_REACHED'
+  | 'UNAVAILABLE'
+  | 'TIMEOUT'
+  | 'INTERNAL';
+
+/** The codes as constants, e.g. `ErrorCode.KEY_TOO_LARGE`. */
+export declare const ErrorCode: Readonly<{ [K in ErrorCodeName]: K }>;
+
+/** Every failure of a DynamoKV call. Only the fields that apply to `code` are set. */
+export declare class DynamoKVError extends Error {
+  readonly name: 'DynamoKVError';
+  readonly code: ErrorCodeName;
+  /** KEY_TOO_LARGE, VALUE_TOO_LARGE: the size that was refused, in bytes. */
+  readonly size?: number;
+  /** EMPTY_KEY, KEY_TOO_LARGE, VALUE_TOO_LARGE: the limit, in bytes. */
+  readonly max?: number;
+  /** QUORUM_NOT_REACHED: replicas needed. */
+  readonly needed?: number;
+  /** QUORUM_NOT_REACHED: replicas that answered. */
+  readonly got?: number;
+  /** TIMEOUT: the request deadline that passed, in milliseconds. */
+  readonly afterMs?: number;
+  constructor(
+    code: ErrorCodeName,
+    message: string,
+    fields?: { size?: number; max?: number; needed?: number; got?: number; afterMs?: number },
+    options?: ErrorOptions,
+  );
+}
+
+/** Client options; any left out take the client core's defaults. */
+export interface ClientOptions {
+  /** Time allowed to connect to one node, in milliseconds. */
+  connectTimeoutMs?: number;
+  /** Deadline for a whole call, retries included, in milliseconds. */
+  requestTimeoutMs?: number;
+  /** How many further nodes to try when one cannot be reached (0 tries one node only). */
+  maxRetries?: number;
+  /** Largest key checked before sending, in bytes. */
+  maxKeyBytes?: number;
+  /** Largest value checked before sending, in bytes. */
+  maxValueBytes?: number;
+}
+
+/** The values of a key (several when concurrent writes happened) and one context for them all. */
+export interface GetResult {
+  /** Empty when the key does not exist or was deleted. */
+  values: Buffer[];
+  /** Opaque: hand it back unchanged with the put or delete that follows. */
+  context: Buffer;
+}
+
+export interface ReadOptions {
+  /** Read quorum for this call, 1..=N. */
+  r?: number;
+}
+
+export interface WriteOptions {
+  /** Write quorum for this call, 1..=N. */
+  w?: number;
+}
+
+export interface MemberInfo {
+  id: string;
+  address: string;
+  zone: string;
+  weight: number;
+}
+
+export interface ClusterInfo {
+  clusterName: string;
+  partitions: number;
+  n: number;
+  r: number;
+  w: number;
+  members: MemberInfo[];
+  /** The id of the node that answered. */
+  answeredBy: string;
+}
+
+/** A DynamoKV client. Connections are made on first use; every call returns a Promise. */
+export declare class Client {
+  /**
+   * @param seeds nodes to contact, each `"host:port"`
+   * @throws {DynamoKVError} INVALID_CONFIG for no seeds, a malformed seed or a bad option
+   */
+  constructor(seeds: string[], options?: ClientOptions);
+  /** Every concurrent value of `key` and one context covering them. */
+  get(key: Bytes, options?: ReadOptions): Promise<GetResult>;
+  /**
+   * Writes `value`. With the context of a get it supersedes exactly what that get saw; without
+   * one it becomes a sibling of whatever is stored. Resolves to the new version's context.
+   */
+  put(
+    key: Bytes,
+    value: Bytes,
+    context?: Buffer | Uint8Array | null,
+    options?: WriteOptions,
+  ): Promise<Buffer>;
+  /** Deletes what `context` (from a get) saw of `key`. Resolves to the tombstone's context. */
+  delete(key: Bytes, context: Buffer | Uint8Array, options?: WriteOptions): Promise<Buffer>;
+  /** The cluster's membership and settings, as one node reports them. */
+  clusterInfo(): Promise<ClusterInfo>;
+}
