@@ -14,6 +14,9 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/dynamokv/target
 export ROCKSDB_LIB_DIR ?= /usr/lib/$(MULTIARCH)
 export ROCKSDB_INCLUDE_DIR ?= /usr/include
 export DYNAMOKV_BIN := $(CARGO_TARGET_DIR)/release/dynamokv
+# The interpreter config maturin would generate (abi3, Python 3.9+), so plain cargo builds
+# (clippy, tests) and maturin share one pyo3 build instead of rebuilding it in turn.
+export PYO3_CONFIG_FILE ?= $(CURDIR)/bindings-python/pyo3-build.cfg
 export CARGO_TERM_COLOR ?= never
 
 APT_PACKAGES := librocksdb-dev libclang-dev pkg-config

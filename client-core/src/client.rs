@@ -10,8 +10,8 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
-use dynamokv_common::Limits;
-use dynamokv_common::limits::{MAX_MESSAGE_BYTES, check_quorum};
+use dynamokv_common::limits::MAX_MESSAGE_BYTES;
+use dynamokv_common::{Limits, Member, Ring};
 use dynamokv_proto::v1 as pb;
 use dynamokv_proto::v1::kv_client::KvClient;
 
@@ -360,6 +360,25 @@ impl Client {
         })
     }
 
+    /// The cluster's ring, computed here from the membership a node reports, with the same
+    /// shared code the nodes use: `ring.preference_list(key, n)` names the replicas of a key.
+    pub async fn ring(&self) -> Result<(Ring, ClusterInfo), Error> {
+        let info = self.cluster_info().await?;
+        let members = info
+            .members
+            .iter()
+            .map(|m| {
+                Member::new(m.id.clone(), m.address.clone())
+                    .with_zone(m.zone.clone())
+                    .with_weight(m.weight)
+            })
+            .collect();
+        let ring = Ring::new(info.partitions, members).map_err(|e| Error::Internal {
+            message: format!("the cluster reported a membership that forms no ring: {e}"),
+        })?;
+        Ok((ring, info))
+    }
+
     fn kv(&self, index: usize) -> KvClient<Channel> {
         let mut channels = self
             .inner
@@ -438,7 +457,11 @@ fn is_transient(err: &Error) -> bool {
 /// A per-call quorum is checked against N on the server; 0 is refused here already.
 fn check_override(name: &'static str, value: Option<u32>) -> Result<(), Error> {
     match value {
-        Some(v) => check_quorum(name, v, u32::MAX).map_err(Error::from),
-        None => Ok(()),
+        Some(0) => Err(Error::InvalidQuorum {
+            message: format!(
+                "{name} = 0 is invalid: a quorum must be between 1 and N, the replication factor"
+            ),
+        }),
+        _ => Ok(()),
     }
 }

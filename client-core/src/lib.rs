@@ -18,5 +18,5 @@ mod client;
 mod error;
 
 pub use client::{Client, ClientBuilder, ClusterInfo, Context, GetResult, MemberInfo};
-pub use dynamokv_common::Limits;
+pub use dynamokv_common::{Limits, Member, PreferenceList, Ring};
 pub use error::Error;

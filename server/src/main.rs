@@ -170,18 +170,6 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    // One line on stdout that people and scripts (tests, `dynamokv dev`) can read.
-    println!(
-        "dynamokv node {} listening on {} (pid {}, data in {})",
-        config.node_id,
-        addr,
-        std::process::id(),
-        match config.engine {
-            Engine::Rocksdb => config.data_dir.display().to_string(),
-            Engine::Memory => "memory".to_string(),
-        }
-    );
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     tokio::spawn(async move {
@@ -189,9 +177,21 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         tracing::info!("signal received, shutting down");
         token.cancel();
     });
-    dynamokv_server::run(config, listener, shutdown)
-        .await
-        .map_err(|e| e.to_string())
+    let node =
+        dynamokv_server::server::Prepared::new(&config, listener).map_err(|e| e.to_string())?;
+    // One line on stdout, printed once storage is open, that people and scripts (tests,
+    // `dynamokv dev`) read to learn the address.
+    println!(
+        "dynamokv node {} listening on {} (pid {}, data in {})",
+        config.node_id,
+        node.addr,
+        std::process::id(),
+        match config.engine {
+            Engine::Rocksdb => config.data_dir.display().to_string(),
+            Engine::Memory => "memory".to_string(),
+        }
+    );
+    node.serve(shutdown).await.map_err(|e| e.to_string())
 }
 
 async fn wait_for_signal() {

@@ -115,14 +115,38 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
-    let addr = listener.local_addr().map_err(|source| ServerError::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    let ready = prepare(&config, addr)?;
-    serve(ready, listener, shutdown).await
+    Prepared::new(&config, listener)?.serve(shutdown).await
 }
 
+/// A node whose storage is open and whose listener is bound, not yet serving. `main` prints
+/// its "listening" line only once this exists, so scripts never see a node that cannot start.
+#[derive(Debug)]
+pub struct Prepared {
+    ready: Ready,
+    listener: TcpListener,
+    pub addr: SocketAddr,
+}
+
+impl Prepared {
+    pub fn new(config: &Config, listener: TcpListener) -> Result<Prepared, ServerError> {
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        Ok(Prepared {
+            ready: prepare(config, addr)?,
+            listener,
+            addr,
+        })
+    }
+
+    /// Serves until `shutdown` is cancelled.
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<(), ServerError> {
+        serve(self.ready, self.listener, shutdown).await
+    }
+}
+
+#[derive(Debug)]
 struct Ready {
     local: Arc<LocalReplica>,
     kv: KvService,

@@ -107,6 +107,7 @@ impl pb::replica_server::Replica for ReplicaService {
         Ok(Response::new(pb::PingResponse {
             node_id: self.node_id.clone(),
             actor: self.local.actor().0,
+            vector_truncations: self.local.truncations(),
         }))
     }
 

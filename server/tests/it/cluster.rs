@@ -154,3 +154,77 @@ async fn a_put_sent_outside_the_preference_list_is_forwarded() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_are_exactly_the_preference_list_the_client_computes() {
+    let cluster = Cluster::start(5).await;
+    let client = cluster.client_of(3);
+    let (ring, info) = client.ring().await.unwrap();
+    assert_eq!((info.n, ring.members().len()), (3, 5));
+    for k in 0..25 {
+        let key = format!("placed-{k}");
+        client
+            .put_with_quorum(&key, b"v".to_vec(), None, Some(3))
+            .await
+            .unwrap();
+        let expected: Vec<String> = ring
+            .preference_list(key.as_bytes(), 3)
+            .nodes
+            .iter()
+            .map(|m| m.id.clone())
+            .collect();
+        let mut holders = Vec::new();
+        for i in 0..5 {
+            if !cluster.local_values(i, key.as_bytes()).await.is_empty() {
+                holders.push(format!("node-{i}"));
+            }
+        }
+        let mut expected_sorted = expected.clone();
+        expected_sorted.sort();
+        assert_eq!(holders, expected_sorted, "{key}");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_restarted_on_an_empty_disk_writes_as_a_new_actor() {
+    use dynamokv_proto::v1::PingRequest;
+    use dynamokv_proto::v1::replica_client::ReplicaClient;
+
+    async fn actor(addr: std::net::SocketAddr) -> u64 {
+        let mut c = ReplicaClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        c.ping(PingRequest {}).await.unwrap().into_inner().actor
+    }
+
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client_of(0);
+    client.put("survivor", b"v1".to_vec(), None).await.unwrap();
+    let before = actor(cluster.addrs[0]).await;
+    cluster.stop(0).await;
+    // Same disk: same actor.
+    cluster.restart(0).await;
+    assert_eq!(actor(cluster.addrs[0]).await, before);
+    // Lost disk: a new actor, so its counters can never collide with the old ones.
+    cluster.stop(0).await;
+    std::fs::remove_dir_all(&cluster.configs[0].data_dir).unwrap();
+    cluster.restart(0).await;
+    let after = actor(cluster.addrs[0]).await;
+    assert_ne!(after, before);
+    // A write it coordinates with the context read from the others supersedes the old value.
+    let got = client.get_with_quorum("survivor", Some(2)).await.unwrap();
+    assert_eq!(got.values, vec![b"v1".to_vec()]);
+    client
+        .put_with_quorum("survivor", b"v2".to_vec(), Some(&got.context), Some(3))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        assert_eq!(
+            cluster.local_values(i, b"survivor").await,
+            vec![b"v2".to_vec()],
+            "node-{i}"
+        );
+    }
+    cluster.shutdown().await;
+}

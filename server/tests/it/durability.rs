@@ -60,7 +60,7 @@ async fn a_data_directory_refuses_another_node_id() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = Process::spawn(dir.path(), &[]);
     node.signal("TERM");
-    node.wait(Duration::from_secs(10));
+    assert!(node.wait(Duration::from_secs(10)).success());
     drop(node);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_dynamokv"))
         .args([

@@ -1,0 +1,132 @@
+//! Python values to client-core arguments and client-core results to Python values.
+
+use std::time::Duration;
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyString, PyTuple};
+
+use dynamokv_client::{ClusterInfo, Context, GetResult};
+
+use crate::error;
+
+/// A key: any bytes-like object, or a `str`, which is encoded as UTF-8.
+pub(crate) struct Key(pub(crate) Vec<u8>);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Key {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        if let Ok(s) = obj.cast::<PyString>() {
+            return Ok(Key(s.to_cow()?.as_bytes().to_vec()));
+        }
+        bytes_like(obj, "key", "bytes-like or str").map(Key)
+    }
+}
+
+/// A value or context: `bytes`, `bytearray` or `memoryview`. `str` is refused on purpose:
+/// values are bytes, and an implicit encoding would hide bugs.
+pub(crate) struct Blob(pub(crate) Vec<u8>);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Blob {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        bytes_like(obj, "value or context", "bytes-like").map(Blob)
+    }
+}
+
+impl From<Blob> for Context {
+    fn from(blob: Blob) -> Context {
+        Context::from_bytes(blob.0)
+    }
+}
+
+fn bytes_like(obj: Borrowed<'_, '_, PyAny>, what: &str, expected: &str) -> PyResult<Vec<u8>> {
+    if let Ok(b) = obj.cast::<PyBytes>() {
+        return Ok(b.as_bytes().to_vec());
+    }
+    if let Ok(b) = obj.cast::<PyByteArray>() {
+        return Ok(b.to_vec());
+    }
+    // The buffer protocol is not in the abi3 API before 3.11, so a memoryview is copied out.
+    if obj.cast::<PyMemoryView>().is_ok() {
+        let bytes = obj.call_method0("tobytes")?;
+        return Ok(bytes.cast::<PyBytes>()?.as_bytes().to_vec());
+    }
+    Err(PyTypeError::new_err(format!(
+        "a {what} must be {expected}, not {}",
+        obj.get_type().qualname()?
+    )))
+}
+
+/// Seconds (Python's unit for timeouts) as a `Duration`. Zero passes through so client-core
+/// refuses it with its own message.
+pub(crate) fn seconds(option: &str, secs: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(secs).map_err(|_| {
+        error::invalid_config(format!(
+            "invalid client configuration: {option} must be a finite, non-negative number of seconds, got {secs}"
+        ))
+    })
+}
+
+/// A get result as the tuple `(values: list[bytes], context: bytes)`; the facade wraps it in
+/// `dynamokv.GetResult`.
+pub(crate) struct Got(pub(crate) GetResult);
+
+impl<'py> IntoPyObject<'py> for Got {
+    type Target = PyTuple;
+    type Output = Bound<'py, PyTuple>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
+        let values = PyList::new(py, self.0.values.iter().map(|v| PyBytes::new(py, v)))?;
+        let context = PyBytes::new(py, self.0.context.as_bytes());
+        PyTuple::new(py, [values.into_any(), context.into_any()])
+    }
+}
+
+/// A context as `bytes`.
+pub(crate) struct Ctx(pub(crate) Context);
+
+impl<'py> IntoPyObject<'py> for Ctx {
+    type Target = PyBytes;
+    type Output = Bound<'py, PyBytes>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
+        Ok(PyBytes::new(py, self.0.as_bytes()))
+    }
+}
+
+/// Cluster information as a dict (members as a list of dicts); the facade wraps it in
+/// `dynamokv.ClusterInfo`.
+pub(crate) struct Info(pub(crate) ClusterInfo);
+
+impl<'py> IntoPyObject<'py> for Info {
+    type Target = PyDict;
+    type Output = Bound<'py, PyDict>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
+        let info = self.0;
+        let members = PyList::empty(py);
+        for m in info.members {
+            let member = PyDict::new(py);
+            member.set_item("id", m.id)?;
+            member.set_item("address", m.address)?;
+            member.set_item("zone", m.zone)?;
+            member.set_item("weight", m.weight)?;
+            members.append(member)?;
+        }
+        let dict = PyDict::new(py);
+        dict.set_item("cluster_name", info.cluster_name)?;
+        dict.set_item("partitions", info.partitions)?;
+        dict.set_item("n", info.n)?;
+        dict.set_item("r", info.r)?;
+        dict.set_item("w", info.w)?;
+        dict.set_item("members", members)?;
+        dict.set_item("answered_by", info.answered_by)?;
+        Ok(dict)
+    }
+}

@@ -1,0 +1,164 @@
+"""Versioning and bad-input behaviour, each test run against both the blocking and the asyncio
+client (the `kv` / `make_client` fixtures are parametrized; see conftest.py)."""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Type
+
+import pytest
+
+import dynamokv
+
+MAX_KEY = 4096
+MAX_VALUE = 1024 * 1024
+
+
+async def raises(exc: Type[BaseException], call: Awaitable[Any]) -> Any:
+    with pytest.raises(exc) as info:
+        await call
+    assert isinstance(info.value, dynamokv.DynamoKVError)
+    return info.value
+
+
+async def test_siblings_reconcile_delete_and_recreate(kv: Any, key: bytes) -> None:
+    first = await kv.put(key, b"v0")
+    assert isinstance(first, bytes) and first
+    ctx0 = (await kv.get(key)).context
+
+    # Two writers with the same stale context: neither supersedes the other.
+    await kv.put(key, b"a", ctx0)
+    await kv.put(key, b"b", ctx0)
+    got = await kv.get(key)
+    assert sorted(got.values) == [b"a", b"b"]
+    ctx1 = got.context
+    assert ctx1 != ctx0
+
+    # Writing with the context that saw both reconciles them.
+    await kv.put(key, b"c", ctx1)
+    got = await kv.get(key)
+    assert got.values == [b"c"]
+
+    await kv.delete(key, got.context)
+    assert (await kv.get(key)).values == []
+
+    await kv.put(key, b"d")
+    assert (await kv.get(key)).values == [b"d"]
+
+
+async def test_missing_key_has_no_values(kv: Any, key: bytes) -> None:
+    got = await kv.get(key)
+    assert got.values == []
+    assert isinstance(got.context, bytes)
+
+
+async def test_str_keys_are_utf8_and_values_any_bytes_like(kv: Any, key: bytes) -> None:
+    text = key.decode() + ":é"
+    await kv.put(text, bytearray(b"from bytearray"))
+    got = await kv.get(text.encode("utf-8"))
+    assert got.values == [b"from bytearray"]
+    await kv.put(memoryview(text.encode()), memoryview(b"from memoryview"), bytearray(got.context))
+    assert (await kv.get(text)).values == [b"from memoryview"]
+    empty = key + b":empty"
+    await kv.put(empty, b"")
+    assert (await kv.get(empty)).values == [b""]
+
+
+async def test_wrong_argument_types_raise_type_error(kv: Any, key: bytes) -> None:
+    with pytest.raises(TypeError):
+        await kv.put(key, "not bytes")
+    with pytest.raises(TypeError):
+        await kv.get(42)
+    with pytest.raises(TypeError):
+        await kv.put(key, b"v", context="not bytes")
+
+
+async def stored(kv: Any, key: bytes) -> dynamokv.GetResult:
+    await kv.put(key, b"original")
+    return await kv.get(key)
+
+
+async def test_empty_key(kv: Any, key: bytes) -> None:
+    before = await stored(kv, key)
+    for call in (kv.get(b""), kv.get(""), kv.put(b"", b"x"), kv.delete(b"", before.context)):
+        err = await raises(dynamokv.EmptyKeyError, call)
+        assert err.code == "EMPTY_KEY" and err.max == MAX_KEY
+        assert isinstance(err, dynamokv.InvalidInputError)
+    assert await kv.get(key) == before
+
+
+async def test_key_too_large(kv: Any, make_client: Any, key: bytes) -> None:
+    before = await stored(kv, key)
+    long_key = b"k" * (MAX_KEY + 1)
+    for call in (kv.put(long_key, b"x"), kv.get(long_key), kv.delete(long_key, before.context)):
+        err = await raises(dynamokv.KeyTooLargeError, call)
+        assert (err.code, err.size, err.max) == ("KEY_TOO_LARGE", MAX_KEY + 1, MAX_KEY)
+    # The server refuses it too (this client's own limit is larger), and stored nothing.
+    lax = make_client(max_key_bytes=1 << 20)
+    for call in (lax.put(long_key, b"x"), lax.get(long_key)):
+        err = await raises(dynamokv.KeyTooLargeError, call)
+        assert (err.size, err.max) == (MAX_KEY + 1, MAX_KEY)
+    # The limit is inclusive.
+    at_limit = (key * MAX_KEY)[:MAX_KEY]
+    await kv.put(at_limit, b"fits")
+    assert (await kv.get(at_limit)).values == [b"fits"]
+    assert await kv.get(key) == before
+
+
+async def test_value_too_large(kv: Any, make_client: Any, key: bytes) -> None:
+    before = await stored(kv, key)
+    big = b"v" * (MAX_VALUE + 1)
+    err = await raises(dynamokv.ValueTooLargeError, kv.put(key, big, before.context))
+    assert (err.code, err.size, err.max) == ("VALUE_TOO_LARGE", MAX_VALUE + 1, MAX_VALUE)
+    assert await kv.get(key) == before
+    # The server refuses it too.
+    lax = make_client(max_value_bytes=4 * MAX_VALUE)
+    err = await raises(dynamokv.ValueTooLargeError, lax.put(key, big, before.context))
+    assert (err.size, err.max) == (MAX_VALUE + 1, MAX_VALUE)
+    assert await kv.get(key) == before
+    # The limit is inclusive.
+    await kv.put(key, big[:MAX_VALUE], before.context)
+    assert (await kv.get(key)).values == [big[:MAX_VALUE]]
+
+
+async def test_invalid_context(kv: Any, key: bytes) -> None:
+    before = await stored(kv, key)
+    other = key + b":other"
+    await kv.put(other, b"elsewhere")
+    foreign = (await kv.get(other)).context
+    for ctx in (b"garbage", foreign, before.context[:-1]):
+        for call in (kv.put(key, b"x", ctx), kv.delete(key, ctx)):
+            err = await raises(dynamokv.InvalidContextError, call)
+            assert err.code == "INVALID_CONTEXT" and err.message
+    assert await kv.get(key) == before
+    assert (await kv.get(other)).values == [b"elsewhere"]
+
+
+async def test_invalid_quorum(kv: Any, key: bytes) -> None:
+    before = await stored(kv, key)
+    ctx = before.context
+    calls = (
+        kv.get(key, r=0),  # refused by client-core
+        kv.put(key, b"x", ctx, w=0),
+        kv.delete(key, ctx, w=0),
+        kv.get(key, r=2),  # refused by the server: N is 1
+        kv.put(key, b"x", ctx, w=2),
+        kv.put(key, b"x", ctx, w=5),
+        kv.delete(key, ctx, w=5),
+    )
+    for call in calls:
+        err = await raises(dynamokv.InvalidQuorumError, call)
+        assert err.code == "INVALID_QUORUM"
+    assert await kv.get(key) == before
+    # A quorum within 1..=N is accepted.
+    await kv.put(key, b"w1", ctx, w=1)
+    assert (await kv.get(key, r=1)).values == [b"w1"]
+
+
+async def test_cluster_info(kv: Any, node: Any) -> None:
+    info = await kv.cluster_info()
+    assert isinstance(info, dynamokv.ClusterInfo)
+    assert (info.n, info.r, info.w) == (1, 1, 1)
+    assert info.partitions > 0 and info.cluster_name
+    assert info.answered_by == "test-1"
+    assert [(m.id, m.address) for m in info.members] == [("test-1", node.address)]
+    assert all(isinstance(m, dynamokv.MemberInfo) and m.weight >= 1 for m in info.members)

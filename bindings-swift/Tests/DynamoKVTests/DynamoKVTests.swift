@@ -1,0 +1,427 @@
+// Tests of the Swift SDK against a live single-node DynamoKV server (memory engine, ephemeral
+// port). The server binary comes from DYNAMOKV_BIN, else $CARGO_TARGET_DIR/release/dynamokv,
+// else <repo>/target/release/dynamokv. tests/test_ffi.py drives the same scaffolding from
+// Python on machines without Swift.
+
+import DynamoKV
+import Foundation
+import XCTest
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+enum TestNodeError: Error, CustomStringConvertible {
+    case noBinary([String])
+    case noAddress(String)
+
+    var description: String {
+        switch self {
+        case .noBinary(let tried):
+            return "no dynamokv server binary; tried \(tried) (set DYNAMOKV_BIN)"
+        case .noAddress(let line):
+            return "the node did not print its address: \(line)"
+        }
+    }
+}
+
+/// Collects a child's stdout on a background queue and hands out its first line.
+final class FirstLineReader: @unchecked Sendable {
+    private let lock = NSLock()
+    private let ready = DispatchSemaphore(value: 0)
+    private var buffer = Data()
+    private var line: String?
+    private var ended = false
+
+    init(_ handle: FileHandle) {
+        // Keeps draining after the first line so the node never blocks writing to stdout.
+        DispatchQueue.global().async {
+            while true {
+                let chunk = handle.availableData
+                if chunk.isEmpty {
+                    break
+                }
+                self.append(chunk)
+            }
+            self.finish()
+        }
+    }
+
+    private func append(_ chunk: Data) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard line == nil else { return }
+        buffer.append(chunk)
+        if let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
+            line = String(decoding: buffer[buffer.startIndex..<newline], as: UTF8.self)
+            ready.signal()
+        }
+    }
+
+    private func finish() {
+        lock.lock()
+        defer { lock.unlock() }
+        if line == nil && !ended {
+            ready.signal()
+        }
+        ended = true
+    }
+
+    /// The first line, or nil if none came before the deadline or the stream ended.
+    func firstLine(within seconds: Double) -> String? {
+        _ = ready.wait(timeout: .now() + seconds)
+        lock.lock()
+        defer { lock.unlock() }
+        return line
+    }
+}
+
+/// One memory-engine node, stopped (SIGTERM, then SIGKILL after a deadline) by `stop()`.
+final class TestNode {
+    let process: Process
+    let address: String
+
+    static func binary() throws -> String {
+        let env = ProcessInfo.processInfo.environment
+        var candidates: [String] = []
+        if let bin = env["DYNAMOKV_BIN"], !bin.isEmpty {
+            candidates.append(bin)
+        }
+        if let target = env["CARGO_TARGET_DIR"], !target.isEmpty {
+            candidates.append(target + "/release/dynamokv")
+        }
+        // This file is <repo>/bindings-swift/Tests/DynamoKVTests/DynamoKVTests.swift.
+        var repo = URL(fileURLWithPath: #filePath)
+        for _ in 0..<4 {
+            repo = repo.deletingLastPathComponent()
+        }
+        candidates.append(repo.appendingPathComponent("target/release/dynamokv").path)
+        for path in candidates where FileManager.default.isExecutableFile(atPath: path) {
+            return path
+        }
+        throw TestNodeError.noBinary(candidates)
+    }
+
+    init() throws {
+        let binary = try TestNode.binary()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = [
+            "serve", "--listen", "127.0.0.1:0", "--engine", "memory", "--node-id", "test-1",
+        ]
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        let reader = FirstLineReader(output.fileHandleForReading)
+        let line = reader.firstLine(within: 30) ?? ""
+        // "dynamokv node test-1 listening on 127.0.0.1:PORT (pid N, data in memory)"
+        guard let marker = line.range(of: " listening on ") else {
+            TestNode.stop(process)
+            throw TestNodeError.noAddress(line)
+        }
+        self.process = process
+        self.address = String(line[marker.upperBound...].prefix { $0 != " " })
+    }
+
+    func stop() {
+        TestNode.stop(process)
+    }
+
+    private static func stop(_ process: Process) {
+        guard process.isRunning else { return }
+        process.terminate()
+        let deadline = Date().addingTimeInterval(10)
+        while process.isRunning && Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.01)
+        }
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+    }
+
+    deinit {
+        stop()
+    }
+}
+
+final class DynamoKVTests: XCTestCase {
+    private var node: TestNode!
+    private var client: DynamoKvClient!
+
+    override func setUpWithError() throws {
+        try super.setUpWithError()
+        node = try TestNode()
+        client = try DynamoKvClient(seeds: [node.address])
+    }
+
+    override func tearDown() {
+        client = nil
+        node?.stop()
+        node = nil
+        super.tearDown()
+    }
+
+    private func uniqueKey(_ name: String) -> Data {
+        Data("swift-\(name)-\(UUID().uuidString)".utf8)
+    }
+
+    private func bytes(_ text: String) -> Data {
+        Data(text.utf8)
+    }
+
+    private func assertValues(
+        _ key: Data, _ expected: [Data], file: StaticString = #filePath, line: UInt = #line
+    ) async throws {
+        let got = try await client.get(key: key)
+        XCTAssertEqual(got.values, expected, file: file, line: line)
+    }
+
+    // MARK: 1. Siblings, overwrite, delete
+
+    func testSiblingsThenOverwriteThenDelete() async throws {
+        let key = uniqueKey("siblings")
+        _ = try await client.put(key: key, value: bytes("v0"))
+        let first = try await client.get(key: key)
+        XCTAssertEqual(first.values, [bytes("v0")])
+        let ctx0 = first.context
+        XCTAssertFalse(ctx0.isEmpty)
+
+        // Two writes from the same stale context are concurrent: both survive as siblings.
+        _ = try await client.put(key: key, value: bytes("a"), context: ctx0)
+        _ = try await client.put(key: key, value: bytes("b"), context: ctx0)
+        let siblings = try await client.get(key: key)
+        XCTAssertEqual(siblings.values.count, 2)
+        XCTAssertEqual(Set(siblings.values), Set([bytes("a"), bytes("b")]))
+
+        // A write with the context covering both supersedes them.
+        _ = try await client.put(key: key, value: bytes("c"), context: siblings.context)
+        let resolved = try await client.get(key: key)
+        XCTAssertEqual(resolved.values, [bytes("c")])
+
+        _ = try await client.delete(key: key, context: resolved.context)
+        let deleted = try await client.get(key: key)
+        XCTAssertTrue(deleted.values.isEmpty)
+
+        _ = try await client.put(key: key, value: bytes("d"))
+        try await assertValues(key, [bytes("d")])
+    }
+
+    func testFacadeStringKeysAndValues() async throws {
+        let key = "swift-facade-\(UUID().uuidString)"
+        try await client.put(key, "hello")
+        let got = try await client.get(key)
+        XCTAssertEqual(got.strings, ["hello"])
+        try await client.put(key, bytes("bye"), context: got.context)
+        let replaced = try await client.get(key, r: 1)
+        XCTAssertEqual(replaced.strings, ["bye"])
+        try await client.delete(key, context: replaced.context, w: 1)
+        let gone = try await client.get(key)
+        XCTAssertTrue(gone.isEmpty)
+    }
+
+    // MARK: 2. Bad input: the right error, nothing changed
+
+    func testClientRefusesBadKeysAndValues() async throws {
+        let key = uniqueKey("limits")
+        _ = try await client.put(key: key, value: bytes("kept"))
+
+        do {
+            _ = try await client.put(key: Data(), value: bytes("x"))
+            XCTFail("an empty key was accepted")
+        } catch DynamoKvError.EmptyKey(let max) {
+            XCTAssertEqual(max, 4096)
+        }
+        do {
+            _ = try await client.get(key: Data())
+            XCTFail("an empty key was accepted")
+        } catch DynamoKvError.EmptyKey(let max) {
+            XCTAssertEqual(max, 4096)
+        }
+        do {
+            _ = try await client.put(key: Data(repeating: 0x6B, count: 4097), value: bytes("x"))
+            XCTFail("a 4097-byte key was accepted")
+        } catch DynamoKvError.KeyTooLarge(let size, let max) {
+            XCTAssertEqual(size, 4097)
+            XCTAssertEqual(max, 4096)
+        }
+        do {
+            _ = try await client.put(key: key, value: Data(repeating: 0, count: 1_048_577))
+            XCTFail("a 1048577-byte value was accepted")
+        } catch DynamoKvError.ValueTooLarge(let size, let max) {
+            XCTAssertEqual(size, 1_048_577)
+            XCTAssertEqual(max, 1_048_576)
+        }
+
+        try await assertValues(key, [bytes("kept")])
+    }
+
+    func testServerRefusesBadKeysAndValuesToo() async throws {
+        // Larger client-side limits, so the requests reach the server and its own check.
+        let lax = try DynamoKvClient(
+            seeds: [node.address],
+            options: ClientOptions(maxKeyBytes: 1 << 20, maxValueBytes: 8 << 20))
+        let key = uniqueKey("server-limits")
+        _ = try await lax.put(key: key, value: bytes("kept"))
+
+        do {
+            _ = try await lax.put(key: Data(repeating: 0x6B, count: 4097), value: bytes("x"))
+            XCTFail("the server accepted a 4097-byte key")
+        } catch DynamoKvError.KeyTooLarge(let size, let max) {
+            XCTAssertEqual(size, 4097)
+            XCTAssertEqual(max, 4096)
+        }
+        do {
+            _ = try await lax.put(key: key, value: Data(repeating: 0, count: 1_048_577))
+            XCTFail("the server accepted a 1048577-byte value")
+        } catch DynamoKvError.ValueTooLarge(let size, let max) {
+            XCTAssertEqual(size, 1_048_577)
+            XCTAssertEqual(max, 1_048_576)
+        }
+
+        let got = try await lax.get(key: key)
+        XCTAssertEqual(got.values, [bytes("kept")])
+    }
+
+    func testInvalidContextIsRefused() async throws {
+        let key = uniqueKey("ctx")
+        let other = uniqueKey("ctx-other")
+        _ = try await client.put(key: key, value: bytes("kept"))
+        _ = try await client.put(key: other, value: bytes("theirs"))
+        let foreign = try await client.get(key: other).context
+
+        for context in [bytes("garbage"), foreign] {
+            do {
+                _ = try await client.put(key: key, value: bytes("x"), context: context)
+                XCTFail("a bad context was accepted by put")
+            } catch DynamoKvError.InvalidContext(let message) {
+                XCTAssertFalse(message.isEmpty)
+            }
+            do {
+                _ = try await client.delete(key: key, context: context)
+                XCTFail("a bad context was accepted by delete")
+            } catch DynamoKvError.InvalidContext(let message) {
+                XCTAssertFalse(message.isEmpty)
+            }
+        }
+
+        try await assertValues(key, [bytes("kept")])
+        try await assertValues(other, [bytes("theirs")])
+    }
+
+    func testQuorumOutsideOneToNIsRefused() async throws {
+        let key = uniqueKey("quorum")
+        _ = try await client.put(key: key, value: bytes("kept"))
+        let context = try await client.get(key: key).context
+
+        // 0 is refused by the client; 2 and 5 by the server, whose N is 1.
+        for r: UInt32 in [0, 2] {
+            do {
+                _ = try await client.get(key: key, r: r)
+                XCTFail("r = \(r) was accepted")
+            } catch DynamoKvError.InvalidQuorum(let message) {
+                XCTAssertFalse(message.isEmpty)
+            }
+        }
+        for w: UInt32 in [0, 2, 5] {
+            do {
+                _ = try await client.put(key: key, value: bytes("x"), context: context, w: w)
+                XCTFail("put with w = \(w) was accepted")
+            } catch DynamoKvError.InvalidQuorum(let message) {
+                XCTAssertFalse(message.isEmpty)
+            }
+            do {
+                _ = try await client.delete(key: key, context: context, w: w)
+                XCTFail("delete with w = \(w) was accepted")
+            } catch DynamoKvError.InvalidQuorum(let message) {
+                XCTAssertFalse(message.isEmpty)
+            }
+        }
+
+        try await assertValues(key, [bytes("kept")])
+    }
+
+    func testInvalidConfigIsRefused() throws {
+        let address: String = node.address
+        let cases: [([String], ClientOptions?)] = [
+            ([], nil),
+            (["not-an-address"], nil),
+            (["127.0.0.1:notaport"], nil),
+            ([":7070"], nil),
+            ([address], ClientOptions(requestTimeoutMs: 0)),
+            ([address], ClientOptions(connectTimeoutMs: 0)),
+            ([address], ClientOptions(maxKeyBytes: 0)),
+        ]
+        for (seeds, options) in cases {
+            do {
+                _ = try DynamoKvClient(seeds: seeds, options: options)
+                XCTFail("seeds \(seeds) with \(String(describing: options)) were accepted")
+            } catch DynamoKvError.InvalidConfig(let message) {
+                XCTAssertFalse(message.isEmpty)
+            }
+        }
+    }
+
+    func testStoppedNodeIsUnavailable() async throws {
+        let doomed = try TestNode()
+        let address = doomed.address
+        doomed.stop()
+        let lonely = try DynamoKvClient(
+            seeds: [address],
+            options: ClientOptions(connectTimeoutMs: 500, requestTimeoutMs: 2000, maxRetries: 0))
+        do {
+            _ = try await lonely.get(key: uniqueKey("gone"))
+            XCTFail("a stopped node answered")
+        } catch DynamoKvError.Unavailable(let message) {
+            XCTAssertTrue(message.contains(address))
+        } catch DynamoKvError.Timeout(let after) {
+            XCTAssertEqual(after, 2.0, accuracy: 0.001)
+        }
+    }
+
+    // MARK: Records, errors, concurrency
+
+    func testClusterInfo() async throws {
+        let info = try await client.clusterInfo()
+        XCTAssertEqual(info.n, 1)
+        XCTAssertGreaterThan(info.partitions, 0)
+        XCTAssertEqual(info.answeredBy, "test-1")
+        XCTAssertEqual(info.members.map { $0.id }, ["test-1"])
+        XCTAssertGreaterThan(info.members.first?.weight ?? 0, 0)
+    }
+
+    func testErrorsCarryCodeAndMessage() async throws {
+        do {
+            _ = try await client.get(key: Data())
+            XCTFail("an empty key was accepted")
+        } catch let error as DynamoKvError {
+            XCTAssertEqual(error, DynamoKvError.EmptyKey(max: 4096))
+            XCTAssertEqual(error.code(), "EMPTY_KEY")
+            XCTAssertTrue("\(error)".contains("key is empty"))
+            XCTAssertTrue(error.localizedDescription.contains("key is empty"))
+        }
+        XCTAssertEqual(DynamoKvError.Timeout(after: 1.5).code(), "TIMEOUT")
+        XCTAssertEqual(
+            DynamoKvError.QuorumNotReached(needed: 2, got: 1, message: "m").code(),
+            "QUORUM_NOT_REACHED")
+    }
+
+    func testConcurrentCallsShareOneClient() async throws {
+        let shared: DynamoKvClient = client
+        let prefix = "swift-concurrent-\(UUID().uuidString)-"
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for i in 0..<32 {
+                group.addTask {
+                    _ = try await shared.put("\(prefix)\(i)", "\(i)")
+                }
+            }
+            try await group.waitForAll()
+        }
+        for i in 0..<32 {
+            let got = try await shared.get("\(prefix)\(i)")
+            XCTAssertEqual(got.strings, ["\(i)"])
+        }
+    }
+}

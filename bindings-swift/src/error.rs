@@ -1,0 +1,209 @@
+//! The one place client-core errors become Swift errors: `DynamoKvError`, a uniffi error enum
+//! with one case per `dynamokv_client::Error` variant and the same fields. Its message and
+//! `code()` come from client-core (by converting back), so no text is duplicated here.
+
+use std::fmt;
+use std::time::Duration;
+
+use dynamokv_client as kv;
+
+/// Why a DynamoKV call failed. `code()` gives the stable code shared by every SDK
+/// (`EMPTY_KEY`, `QUORUM_NOT_REACHED`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Error)]
+#[uniffi::export(Display)]
+pub enum DynamoKvError {
+    /// The client was configured wrongly (no seeds, a malformed address, a zero timeout).
+    InvalidConfig { message: String },
+    /// The key is empty. Nothing was written.
+    EmptyKey { max: u64 },
+    /// The key is over the limit. Nothing was written.
+    KeyTooLarge { size: u64, max: u64 },
+    /// The value is over the limit. Nothing was written.
+    ValueTooLarge { size: u64, max: u64 },
+    /// The context is malformed or belongs to another key. Nothing was written.
+    InvalidContext { message: String },
+    /// A per-request R or W outside 1..=N. Nothing was written.
+    InvalidQuorum { message: String },
+    /// A request lacked a required field (only a non-conforming client can cause this).
+    MissingField { message: String },
+    /// Fewer than the needed replicas answered. For a write, it may be stored on those that did.
+    QuorumNotReached {
+        needed: u32,
+        got: u32,
+        message: String,
+    },
+    /// No node could be reached, or every node tried was shutting down.
+    Unavailable { message: String },
+    /// The request did not finish before its deadline.
+    Timeout { after: Duration },
+    /// A server bug or storage failure (or a failure inside this SDK); the message has details.
+    Internal { message: String },
+}
+
+fn wide(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+fn narrow(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+impl From<kv::Error> for DynamoKvError {
+    fn from(e: kv::Error) -> Self {
+        use kv::Error as E;
+        match e {
+            E::InvalidConfig { message } => DynamoKvError::InvalidConfig { message },
+            E::EmptyKey { max } => DynamoKvError::EmptyKey { max: wide(max) },
+            E::KeyTooLarge { size, max } => DynamoKvError::KeyTooLarge {
+                size: wide(size),
+                max: wide(max),
+            },
+            E::ValueTooLarge { size, max } => DynamoKvError::ValueTooLarge {
+                size: wide(size),
+                max: wide(max),
+            },
+            E::InvalidContext { message } => DynamoKvError::InvalidContext { message },
+            E::InvalidQuorum { message } => DynamoKvError::InvalidQuorum { message },
+            E::MissingField { message } => DynamoKvError::MissingField { message },
+            E::QuorumNotReached {
+                needed,
+                got,
+                message,
+            } => DynamoKvError::QuorumNotReached {
+                needed,
+                got,
+                message,
+            },
+            E::Unavailable { message } => DynamoKvError::Unavailable { message },
+            E::Timeout { after } => DynamoKvError::Timeout { after },
+            E::Internal { message } => DynamoKvError::Internal { message },
+            // client-core's enum is non-exhaustive: a variant added there surfaces as Internal
+            // with its own message until it gets a case here.
+            other => DynamoKvError::Internal {
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+/// The reverse mapping, so that messages and codes have one source: client-core.
+impl From<&DynamoKvError> for kv::Error {
+    fn from(e: &DynamoKvError) -> Self {
+        use DynamoKvError as D;
+        match e.clone() {
+            D::InvalidConfig { message } => kv::Error::InvalidConfig { message },
+            D::EmptyKey { max } => kv::Error::EmptyKey { max: narrow(max) },
+            D::KeyTooLarge { size, max } => kv::Error::KeyTooLarge {
+                size: narrow(size),
+                max: narrow(max),
+            },
+            D::ValueTooLarge { size, max } => kv::Error::ValueTooLarge {
+                size: narrow(size),
+                max: narrow(max),
+            },
+            D::InvalidContext { message } => kv::Error::InvalidContext { message },
+            D::InvalidQuorum { message } => kv::Error::InvalidQuorum { message },
+            D::MissingField { message } => kv::Error::MissingField { message },
+            D::QuorumNotReached {
+                needed,
+                got,
+                message,
+            } => kv::Error::QuorumNotReached {
+                needed,
+                got,
+                message,
+            },
+            D::Unavailable { message } => kv::Error::Unavailable { message },
+            D::Timeout { after } => kv::Error::Timeout { after },
+            D::Internal { message } => kv::Error::Internal { message },
+        }
+    }
+}
+
+/// Failures of this SDK's own machinery (the runtime, a panicked task) are internal errors.
+impl From<std::io::Error> for DynamoKvError {
+    fn from(e: std::io::Error) -> Self {
+        DynamoKvError::Internal {
+            message: format!("could not start the DynamoKV client runtime: {e}"),
+        }
+    }
+}
+
+impl From<tokio::task::JoinError> for DynamoKvError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        DynamoKvError::Internal {
+            message: format!("the DynamoKV call did not complete: {e}"),
+        }
+    }
+}
+
+impl fmt::Display for DynamoKvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        kv::Error::from(self).fmt(f)
+    }
+}
+
+impl std::error::Error for DynamoKvError {}
+
+#[uniffi::export]
+impl DynamoKvError {
+    /// The stable code of this error, the same in every SDK (`EMPTY_KEY`, `TIMEOUT`, ...).
+    pub fn code(&self) -> String {
+        kv::Error::from(self).code().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_variant() -> Vec<kv::Error> {
+        vec![
+            kv::Error::InvalidConfig {
+                message: "m".into(),
+            },
+            kv::Error::EmptyKey { max: 4096 },
+            kv::Error::KeyTooLarge {
+                size: 4097,
+                max: 4096,
+            },
+            kv::Error::ValueTooLarge {
+                size: 1_048_577,
+                max: 1_048_576,
+            },
+            kv::Error::InvalidContext {
+                message: "m".into(),
+            },
+            kv::Error::InvalidQuorum {
+                message: "m".into(),
+            },
+            kv::Error::MissingField {
+                message: "m".into(),
+            },
+            kv::Error::QuorumNotReached {
+                needed: 2,
+                got: 1,
+                message: "m".into(),
+            },
+            kv::Error::Unavailable {
+                message: "m".into(),
+            },
+            kv::Error::Timeout {
+                after: Duration::from_millis(1500),
+            },
+            kv::Error::Internal {
+                message: "m".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_variant_round_trips_with_its_fields_code_and_message() {
+        for core in every_variant() {
+            let swift = DynamoKvError::from(core.clone());
+            assert_eq!(kv::Error::from(&swift), core);
+            assert_eq!(swift.code(), core.code());
+            assert_eq!(swift.to_string(), core.to_string());
+        }
+    }
+}
