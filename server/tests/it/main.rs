@@ -1,5 +1,8 @@
 //! Integration tests of the `dynamokv` node, one binary with a module per topic.
 
+// Test helpers panic on failure by design.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 mod bad_input;
