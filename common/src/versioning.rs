@@ -279,15 +279,17 @@ impl VersionedState {
     }
 
     /// Truncates the clock to at most `max_entries` by dropping the entries with the oldest
-    /// timestamps (paper 4.4's safety valve), never an actor that still has a sibling here.
+    /// timestamps (paper 4.4's safety valve). Never dropped: an actor that still has a sibling
+    /// here, and `keep`, the local node's own actor, whose counter it must never reissue.
     /// Returns how many entries were dropped.
-    pub fn truncate_clock(&mut self, max_entries: usize) -> usize {
+    pub fn truncate_clock(&mut self, max_entries: usize, keep: Actor) -> usize {
         let mut dropped = 0;
         while self.clock.len() > max_entries {
             let victim = self
                 .clock
                 .entries
                 .iter()
+                .filter(|(actor, _)| **actor != keep)
                 .filter(|(actor, _)| !self.siblings.iter().any(|s| s.dot.actor == **actor))
                 .min_by_key(|(actor, e)| (e.timestamp_ms, **actor))
                 .map(|(actor, _)| *actor);
@@ -436,11 +438,15 @@ mod tests {
             s.update(&ctx, v("x"), Actor(100 + i), i);
         }
         assert_eq!(s.clock().len(), 15);
-        let dropped = s.truncate_clock(10);
+        let dropped = s.truncate_clock(10, Actor(101));
         assert_eq!(dropped, 5);
         assert_eq!(s.clock().len(), 10);
-        // The oldest (actors 100..105) went; the live sibling's actor (114) stayed.
+        // The oldest went (actors 100 and 102..=105); the protected local actor (101) and the
+        // live sibling's actor (114) stayed.
         assert_eq!(s.clock().counter(Actor(100)), 0);
+        assert_eq!(s.clock().counter(Actor(101)), 1);
+        assert_eq!(s.clock().counter(Actor(105)), 0);
+        assert_eq!(s.clock().counter(Actor(106)), 1);
         assert_eq!(s.clock().counter(Actor(114)), 1);
         assert_eq!(values(&s), vec!["x"]);
     }

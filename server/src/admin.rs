@@ -44,6 +44,12 @@ fn runs(parts: &[u32]) -> String {
         });
         i += 1;
     }
+    const SHOWN: usize = 16;
+    if out.len() > SHOWN {
+        let more = out.len() - SHOWN;
+        out.truncate(SHOWN);
+        out.push(format!("... ({more} more runs)"));
+    }
     out.join(",")
 }
 
@@ -161,6 +167,12 @@ mod tests {
     fn runs_compress_consecutive_partitions() {
         assert_eq!(runs(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");
         assert_eq!(runs(&[]), "");
+        let spread: Vec<u32> = (0..40).map(|i| i * 2).collect();
+        assert!(
+            runs(&spread).ends_with(",30,... (24 more runs)"),
+            "{}",
+            runs(&spread)
+        );
     }
 
     #[test]

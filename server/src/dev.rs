@@ -43,6 +43,32 @@ fn node_config(opts: &DevOptions, i: usize, members: &[(String, String)], dir: &
     toml
 }
 
+/// The nodes' ports: consecutive from `base_port`, or with `base_port == 0` free ports the OS
+/// picks (probed by binding and releasing them; membership is static, so every address must be
+/// known before the first node starts).
+fn ports(opts: &DevOptions) -> Result<Vec<u16>, String> {
+    if opts.base_port == 0 {
+        let probes: Vec<std::net::TcpListener> = (0..opts.nodes)
+            .map(|_| std::net::TcpListener::bind((opts.host.as_str(), 0)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("cannot find free ports on {}: {e}", opts.host))?;
+        return probes
+            .iter()
+            .map(|l| l.local_addr().map(|a| a.port()).map_err(|e| e.to_string()))
+            .collect();
+    }
+    (0..opts.nodes)
+        .map(|i| {
+            u16::try_from(opts.base_port as usize + i).map_err(|_| {
+                format!(
+                    "--base-port {} leaves no room for {} nodes",
+                    opts.base_port, opts.nodes
+                )
+            })
+        })
+        .collect()
+}
+
 /// Starts the cluster, runs `exec` if given, and stops every node on Ctrl-C or SIGTERM.
 pub async fn run(opts: DevOptions) -> Result<(), String> {
     if opts.nodes == 0 {
@@ -52,11 +78,11 @@ pub async fn run(opts: DevOptions) -> Result<(), String> {
         std::env::current_exe().map_err(|e| format!("cannot find the dynamokv binary: {e}"))?;
     std::fs::create_dir_all(&opts.base_dir)
         .map_err(|e| format!("cannot create {}: {e}", opts.base_dir.display()))?;
-    let members: Vec<(String, String)> = (0..opts.nodes)
-        .map(|i| {
-            let port = opts.base_port.checked_add(i as u16).unwrap_or(0);
-            (format!("node-{}", i + 1), format!("{}:{port}", opts.host))
-        })
+    let ports = ports(&opts)?;
+    let members: Vec<(String, String)> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| (format!("node-{}", i + 1), format!("{}:{port}", opts.host)))
         .collect();
 
     let mut nodes: Vec<DevNode> = Vec::new();

@@ -53,11 +53,11 @@ struct DevArgs {
     /// Where node data, configs and logs go.
     #[arg(long, default_value = "dynamokv-data")]
     base_dir: PathBuf,
-    /// First node's port; node i listens on base-port + i - 1.
+    /// First node's port; node i listens on base-port + i - 1. 0 picks free ports.
     #[arg(long, default_value_t = 7070)]
     base_port: u16,
     /// Number of partitions (Q).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = dynamokv_common::ring::DEFAULT_PARTITIONS)]
     partitions: u32,
     /// Shell command run once the cluster is up, with DYNAMOKV_SEEDS set.
     #[arg(long)]

@@ -145,7 +145,7 @@ impl LocalReplica {
     }
 
     fn truncate(&self, state: &mut VersionedState) {
-        let dropped = state.truncate_clock(self.max_vector_entries);
+        let dropped = state.truncate_clock(self.max_vector_entries, self.actor);
         if dropped > 0 {
             self.truncations
                 .fetch_add(dropped as u64, Ordering::Relaxed);

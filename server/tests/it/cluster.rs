@@ -228,3 +228,46 @@ async fn a_node_restarted_on_an_empty_disk_writes_as_a_new_actor() {
     }
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overlong_version_vectors_are_truncated_and_counted() {
+    use dynamokv_proto::v1::PingRequest;
+    use dynamokv_proto::v1::replica_client::ReplicaClient;
+
+    let cluster = Cluster::start_with(3, |c| c.max_vector_entries = 2).await;
+    // Each node coordinates one write in turn, so the key's clock would name three actors.
+    for i in 0..3 {
+        let client = cluster.client_of(i);
+        let read = client.get_with_quorum("busy", Some(3)).await.unwrap();
+        client
+            .put_with_quorum(
+                "busy",
+                format!("v{i}").into_bytes(),
+                Some(&read.context),
+                Some(3),
+            )
+            .await
+            .unwrap();
+    }
+    let mut truncations = 0;
+    for i in 0..3 {
+        let state = cluster.local_state(i, b"busy").await.unwrap();
+        assert!(
+            state.clock().len() <= 2,
+            "node-{i} clock {:?}",
+            state.clock()
+        );
+        assert_eq!(cluster.local_values(i, b"busy").await, vec![b"v2".to_vec()]);
+        let mut c = ReplicaClient::connect(format!("http://{}", cluster.addrs[i]))
+            .await
+            .unwrap();
+        truncations += c
+            .ping(PingRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .vector_truncations;
+    }
+    assert!(truncations > 0);
+    cluster.shutdown().await;
+}
