@@ -25,7 +25,7 @@ use dynamokv_common::{
 use dynamokv_proto::v1 as pb;
 
 use crate::error::{Error, ReplicaFailure};
-use crate::membership::Membership;
+use crate::membership::{ClusterView, Membership};
 use crate::peers::Peers;
 use crate::replica::LocalReplica;
 
@@ -80,13 +80,7 @@ impl Coordinator {
         let n = view.quorums.n;
         let r = r.unwrap_or(view.quorums.r);
         check_quorum("R", r, n)?;
-        let replicas: Vec<Member> = view
-            .ring
-            .preference_list(&key, n as usize)
-            .nodes
-            .into_iter()
-            .cloned()
-            .collect();
+        let replicas = top_n(&view, &key);
 
         let mut pending: FuturesUnordered<_> = replicas
             .iter()
@@ -158,13 +152,7 @@ impl Coordinator {
         let w = w.unwrap_or(view.quorums.w);
         check_quorum("W", w, n)?;
         let op = if value.is_some() { "put" } else { "delete" };
-        let replicas: Vec<Member> = view
-            .ring
-            .preference_list(&key, n as usize)
-            .nodes
-            .into_iter()
-            .cloned()
-            .collect();
+        let replicas = top_n(&view, &key);
 
         if !forwarded && !replicas.iter().any(|m| m.id == view.self_id) {
             return self.forward(op, key, value, context, w, &replicas).await;
@@ -286,6 +274,16 @@ impl Coordinator {
         let result = remote_merge(&self.peers, &m, key, &state, self.timeout).await;
         (m.id, result)
     }
+}
+
+/// The key's N replicas: the top of its preference list.
+fn top_n(view: &ClusterView, key: &[u8]) -> Vec<Member> {
+    view.ring
+        .preference_list(key, view.quorums.n as usize)
+        .nodes
+        .into_iter()
+        .cloned()
+        .collect()
 }
 
 fn mark_forwarded<T>(req: &mut Request<T>) {
