@@ -3,10 +3,13 @@
 // Test helpers panic on failure by design.
 #![allow(clippy::unwrap_used)]
 
+mod proxy;
 mod support;
 
 mod bad_input;
+mod causality;
 mod cli;
 mod cluster;
 mod durability;
+mod faults;
 mod versioning;

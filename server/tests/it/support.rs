@@ -15,6 +15,8 @@ use dynamokv_proto::v1::replica_client::ReplicaClient;
 use dynamokv_server::config::{Config, Engine, MemberConfig};
 use dynamokv_server::{NodeHandle, start_on};
 
+use crate::proxy::Proxy;
+
 /// Polls `check` until it returns true or `deadline` passes.
 pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut check: F)
 where
@@ -33,7 +35,11 @@ where
 
 /// A cluster of in-process nodes. Node `i` is `node-i`.
 pub struct Cluster {
+    /// Where each node listens.
     pub addrs: Vec<SocketAddr>,
+    /// Where each node is reached: its proxy when the cluster has proxies, else `addrs`.
+    pub member_addrs: Vec<SocketAddr>,
+    pub proxies: Vec<Proxy>,
     pub configs: Vec<Config>,
     pub nodes: Vec<Option<NodeHandle>>,
     _dirs: Vec<tempfile::TempDir>,
@@ -47,12 +53,35 @@ impl Cluster {
     }
 
     pub async fn start_with(n: usize, tweak: impl Fn(&mut Config)) -> Cluster {
+        Self::build(n, false, tweak).await
+    }
+
+    /// As [`start_with`](Self::start_with), with a [`Proxy`] in front of every node: members,
+    /// clients from [`client_of`](Self::client_of) and node-to-node calls all go through it.
+    pub async fn start_proxied(n: usize, tweak: impl Fn(&mut Config)) -> Cluster {
+        Self::build(n, true, tweak).await
+    }
+
+    async fn build(n: usize, proxied: bool, tweak: impl Fn(&mut Config)) -> Cluster {
         let mut listeners = Vec::new();
         for _ in 0..n {
             listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
         }
         let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-        let members: Vec<MemberConfig> = addrs
+        let mut proxies = Vec::new();
+        if proxied {
+            for a in &addrs {
+                let p = Proxy::start().await;
+                p.point_at(*a);
+                proxies.push(p);
+            }
+        }
+        let member_addrs: Vec<SocketAddr> = if proxied {
+            proxies.iter().map(|p| p.addr).collect()
+        } else {
+            addrs.clone()
+        };
+        let members: Vec<MemberConfig> = member_addrs
             .iter()
             .enumerate()
             .map(|(i, a)| MemberConfig {
@@ -86,14 +115,47 @@ impl Cluster {
         }
         Cluster {
             addrs,
+            member_addrs,
+            proxies,
             configs,
             nodes,
             _dirs: dirs,
         }
     }
 
+    /// The address clients use for node `i` (through its proxy, if any).
     pub fn seed(&self, i: usize) -> String {
-        self.addrs[i].to_string()
+        self.member_addrs[i].to_string()
+    }
+
+    /// The proxy in front of node `i` (proxied clusters only).
+    pub fn proxy(&self, i: usize) -> &Proxy {
+        &self.proxies[i]
+    }
+
+    /// The ids of `key`'s top-N replicas, in preference order, as the shared ring computes them.
+    pub fn replicas_of(&self, key: &[u8]) -> Vec<usize> {
+        let members = self.configs[0]
+            .cluster
+            .members
+            .iter()
+            .map(|m| dynamokv_common::Member::new(m.id.clone(), m.address.clone()))
+            .collect();
+        let ring = dynamokv_common::Ring::new(self.configs[0].cluster.partitions, members).unwrap();
+        let n = self.configs[0].quorums().unwrap().n as usize;
+        ring.preference_list(key, n)
+            .nodes
+            .iter()
+            .map(|m| m.id.trim_start_matches("node-").parse().unwrap())
+            .collect()
+    }
+
+    /// A key whose top-N replicas leave out node `outside` (needs more than N nodes).
+    pub fn key_not_replicated_on(&self, outside: usize, prefix: &str) -> String {
+        (0..10_000)
+            .map(|i| format!("{prefix}-{i}"))
+            .find(|k| !self.replicas_of(k.as_bytes()).contains(&outside))
+            .expect("some key is not replicated on the node")
     }
 
     /// A client that talks to node `i` only.
@@ -113,23 +175,21 @@ impl Cluster {
 
     pub async fn restart(&mut self, i: usize) {
         assert!(self.nodes[i].is_none(), "node-{i} is running");
-        let listener = TcpListener::bind(self.addrs[i]).await.unwrap();
+        let listener = if self.proxies.is_empty() {
+            TcpListener::bind(self.addrs[i]).await.unwrap()
+        } else {
+            // Behind a proxy the node may come back on any port.
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            self.addrs[i] = l.local_addr().unwrap();
+            self.proxies[i].point_at(self.addrs[i]);
+            l
+        };
         self.nodes[i] = Some(start_on(self.configs[i].clone(), listener).await.unwrap());
     }
 
-    /// Node `i`'s own copy of `key`, read without coordination.
+    /// Node `i`'s own copy of `key`, read without coordination (directly, not via its proxy).
     pub async fn local_state(&self, i: usize, key: &[u8]) -> Option<VersionedState> {
-        let mut client = ReplicaClient::connect(format!("http://{}", self.addrs[i]))
-            .await
-            .unwrap();
-        let reply = client
-            .read_local(pb::ReadLocalRequest {
-                key: Some(Bytes::copy_from_slice(key)),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        reply.state.map(|s| VersionedState::from_proto(&s).unwrap())
+        read_local(self.addrs[i], key).await
     }
 
     pub async fn local_values(&self, i: usize, key: &[u8]) -> Vec<Vec<u8>> {
@@ -158,17 +218,29 @@ pub struct Process {
 impl Process {
     /// Starts `dynamokv serve` on an ephemeral port with its data in `dir`.
     pub fn spawn(dir: &Path, extra: &[&str]) -> Process {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dynamokv"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--node-id",
-                "solo",
-                "--data-dir",
-            ])
-            .arg(dir)
-            .args(extra)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dynamokv"));
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--node-id",
+            "solo",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .args(extra);
+        Self::spawn_command(cmd)
+    }
+
+    /// Starts `dynamokv serve --config path`.
+    pub fn spawn_with_config(path: &Path) -> Process {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dynamokv"));
+        cmd.arg("serve").arg("--config").arg(path);
+        Self::spawn_command(cmd)
+    }
+
+    fn spawn_command(mut cmd: Command) -> Process {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -216,4 +288,101 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A cluster of `dynamokv serve` processes (RocksDB), each behind a [`Proxy`] whose address is
+/// its member address, so a node can be SIGKILLed and restarted on a new ephemeral port.
+pub struct ProcCluster {
+    pub proxies: Vec<Proxy>,
+    pub procs: Vec<Option<Process>>,
+    pub dirs: Vec<tempfile::TempDir>,
+    configs: Vec<std::path::PathBuf>,
+}
+
+impl ProcCluster {
+    /// `n` nodes; `extra_toml` is appended to the top level of every node's config file.
+    pub async fn start(n: usize, extra_toml: &str) -> ProcCluster {
+        let mut proxies = Vec::new();
+        for _ in 0..n {
+            proxies.push(Proxy::start().await);
+        }
+        let members: String = proxies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("  {{ id = \"node-{i}\", address = \"{}\" }},\n", p.addr))
+            .collect();
+        let mut dirs = Vec::new();
+        let mut configs = Vec::new();
+        for (i, p) in proxies.iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("node.toml");
+            let text = format!(
+                "node_id = \"node-{i}\"\nlisten = \"127.0.0.1:0\"\nadvertise = \"{}\"\n\
+                 data_dir = \"{}\"\nreplica_timeout_ms = 1000\n{extra_toml}\n\
+                 [cluster]\npartitions = 64\nmembers = [\n{members}]\n",
+                p.addr,
+                dir.path().join("data").display(),
+            );
+            std::fs::write(&path, text).unwrap();
+            dirs.push(dir);
+            configs.push(path);
+        }
+        let mut cluster = ProcCluster {
+            proxies,
+            procs: (0..n).map(|_| None).collect(),
+            dirs,
+            configs,
+        };
+        for i in 0..n {
+            cluster.start_node(i);
+        }
+        cluster
+    }
+
+    /// Starts node `i`'s process and points its proxy at it.
+    pub fn start_node(&mut self, i: usize) {
+        assert!(self.procs[i].is_none(), "node-{i} is running");
+        let p = Process::spawn_with_config(&self.configs[i]);
+        self.proxies[i].point_at(p.addr);
+        self.procs[i] = Some(p);
+    }
+
+    /// SIGKILLs node `i` and waits for it to die.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut p) = self.procs[i].take() {
+            p.signal("KILL");
+            p.wait(Duration::from_secs(10));
+        }
+    }
+
+    pub fn seed(&self, i: usize) -> String {
+        self.proxies[i].addr.to_string()
+    }
+
+    pub fn seeds(&self) -> Vec<String> {
+        (0..self.proxies.len()).map(|i| self.seed(i)).collect()
+    }
+
+    /// Node `i`'s own copy of `key`, read from the process directly.
+    pub async fn local_state(&self, i: usize, key: &[u8]) -> Option<VersionedState> {
+        let addr = self.procs[i].as_ref().expect("node is running").addr;
+        read_local(addr, key).await
+    }
+}
+
+/// A node's own copy of `key`, read without coordination.
+pub async fn read_local(addr: SocketAddr, key: &[u8]) -> Option<VersionedState> {
+    let mut client = ReplicaClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+        .max_decoding_message_size(usize::MAX);
+    let reply = client
+        .read_local(pb::ReadLocalRequest {
+            key: Some(Bytes::copy_from_slice(key)),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    reply.state.map(|s| VersionedState::from_proto(&s).unwrap())
 }

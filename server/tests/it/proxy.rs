@@ -1,0 +1,158 @@
+//! A TCP proxy in front of a node, for fault tests on loopback: it can hang the node (bytes
+//! stop moving both ways while connections stay open, as with a stopped process) and cut a
+//! connection just as the node starts answering a chosen request.
+//!
+//! Cluster members are configured with their proxy's address, so node-to-node traffic goes
+//! through the proxies too, and the proxy's port never changes when the node behind it is
+//! restarted on another ephemeral port.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// What the proxy does with the bytes it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Carries bytes both ways.
+    Pass,
+    /// Holds every byte (new connections are accepted and held too) until the mode changes;
+    /// held bytes are then delivered, as a resumed process would read them.
+    Hang,
+    /// Carries bytes until a client-to-node stream has carried `marker`; then, on the first
+    /// bytes the node sends back on that connection, closes both sides without passing them on,
+    /// and returns to `Pass`.
+    CutResponseAfter(Vec<u8>),
+}
+
+#[derive(Debug)]
+pub struct Proxy {
+    pub addr: SocketAddr,
+    mode: watch::Sender<Mode>,
+    target: Arc<Mutex<SocketAddr>>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// A proxy on a fresh loopback port, not yet pointed anywhere useful.
+    pub async fn start() -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (mode, _) = watch::channel(Mode::Pass);
+        let target = Arc::new(Mutex::new(addr));
+        let accept = {
+            let (mode, target) = (mode.clone(), Arc::clone(&target));
+            tokio::spawn(async move {
+                while let Ok((inbound, _)) = listener.accept().await {
+                    let to = *target.lock().unwrap();
+                    tokio::spawn(carry(inbound, to, mode.clone()));
+                }
+            })
+        };
+        Proxy {
+            addr,
+            mode,
+            target,
+            accept,
+        }
+    }
+
+    /// Where new connections go.
+    pub fn point_at(&self, target: SocketAddr) {
+        *self.target.lock().unwrap() = target;
+    }
+
+    pub fn set(&self, mode: Mode) {
+        self.mode.send_replace(mode);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn carry(inbound: TcpStream, to: SocketAddr, mode: watch::Sender<Mode>) {
+    let mut rx = mode.subscribe();
+    // A hung node accepts nothing either.
+    while *rx.borrow_and_update() == Mode::Hang {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+    let Ok(outbound) = TcpStream::connect(to).await else {
+        return;
+    };
+    let _ = inbound.set_nodelay(true);
+    let _ = outbound.set_nodelay(true);
+    let (mut in_r, mut in_w) = inbound.into_split();
+    let (mut out_r, mut out_w) = outbound.into_split();
+    // Set once the client has sent the marker the mode names.
+    let (armed_tx, armed_rx) = watch::channel(false);
+
+    let upstream = {
+        let mode = mode.clone();
+        async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut tail: Vec<u8> = Vec::new();
+            loop {
+                let n = match in_r.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if let Mode::CutResponseAfter(marker) = &*mode.borrow() {
+                    tail.extend_from_slice(&buf[..n]);
+                    if contains(&tail, marker) {
+                        armed_tx.send_replace(true);
+                    }
+                    let keep = tail.len().saturating_sub(marker.len());
+                    tail.drain(..keep);
+                }
+                if !wait_while_hung(&mode).await || out_w.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    let downstream = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match out_r.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if *armed_rx.borrow() {
+                // Cut: the node has started answering the marked request.
+                mode.send_replace(Mode::Pass);
+                return;
+            }
+            if !wait_while_hung(&mode).await || in_w.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    // When either direction ends, both sockets are dropped: the connection closes.
+    tokio::select! {
+        _ = upstream => {}
+        _ = downstream => {}
+    }
+}
+
+/// Waits while the mode is `Hang`; false if the proxy is gone.
+async fn wait_while_hung(mode: &watch::Sender<Mode>) -> bool {
+    let mut rx = mode.subscribe();
+    while *rx.borrow_and_update() == Mode::Hang {
+        if rx.changed().await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
