@@ -1,20 +1,23 @@
 //! The opaque version context (paper 4.4: "context ... encodes system metadata such as the
 //! version of the object").
 //!
-//! A context is the version vector of what a read saw, bound to the key it was read from. Its
-//! bytes are `"DKV" 0x01 | key tag (8 bytes) | prost VersionVector | CRC-32 (4 bytes, LE)`.
+//! A context is what a read saw ([`CausalContext`]: the version vector it covers and the ids of
+//! the writes it showed), bound to the key it was read from. Its bytes are
+//! `"DKV" 0x02 | key tag (8 bytes) | prost CausalContext | CRC-32 (4 bytes, LE)`.
 //! The key tag (the first 8 bytes of the key's MD5) lets the server refuse a context from
 //! another key, and the checksum refuses truncated or hand-edited bytes; both would otherwise
 //! make a put silently supersede the wrong versions. Clients treat contexts as opaque bytes.
+//! Contexts of the first format (`"DKV" 0x01`, a bare version vector) are still accepted.
 
 use prost::Message;
 use thiserror::Error;
 
 use crate::ring::key_position;
-use crate::versioning::{VersionError, VersionVector};
+use crate::versioning::{CausalContext, VersionError, VersionVector};
 use dynamokv_proto::v1 as pb;
 
-const MAGIC: &[u8; 4] = b"DKV\x01";
+const MAGIC: &[u8; 4] = b"DKV\x02";
+const MAGIC_V1: &[u8; 4] = b"DKV\x01";
 const TAG_LEN: usize = 8;
 const CRC_LEN: usize = 4;
 
@@ -41,12 +44,18 @@ fn key_tag(key: &[u8]) -> [u8; TAG_LEN] {
     tag
 }
 
-/// Encodes the context of `key` for the history `vv`. The empty history encodes as no bytes.
-pub fn encode_context(key: &[u8], vv: &VersionVector) -> Vec<u8> {
-    if vv.is_empty() {
+/// Encodes the context of `key` for what a read or write saw. The empty context encodes as no
+/// bytes. Timestamps are dropped: they only matter inside replicas.
+pub fn encode_context(key: &[u8], ctx: &CausalContext) -> Vec<u8> {
+    if ctx.is_empty() {
         return Vec::new();
     }
-    let body = vv.to_proto().encode_to_vec();
+    let proto = CausalContext {
+        clock: ctx.clock.without_timestamps(),
+        seen: ctx.seen.clone(),
+    }
+    .to_proto();
+    let body = proto.encode_to_vec();
     let mut out = Vec::with_capacity(MAGIC.len() + TAG_LEN + body.len() + CRC_LEN);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&key_tag(key));
@@ -56,12 +65,16 @@ pub fn encode_context(key: &[u8], vv: &VersionVector) -> Vec<u8> {
     out
 }
 
-/// Decodes a context that a get of `key` returned. Empty bytes mean "no context".
-pub fn decode_context(key: &[u8], bytes: &[u8]) -> Result<VersionVector, ContextError> {
+/// Decodes a context that a get or put of `key` returned. Empty bytes mean "no context".
+pub fn decode_context(key: &[u8], bytes: &[u8]) -> Result<CausalContext, ContextError> {
     if bytes.is_empty() {
-        return Ok(VersionVector::new());
+        return Ok(CausalContext::new());
     }
-    if bytes.len() < MAGIC.len() + TAG_LEN + CRC_LEN || !bytes.starts_with(MAGIC) {
+    if bytes.len() < MAGIC.len() + TAG_LEN + CRC_LEN {
+        return Err(ContextError::Malformed);
+    }
+    let v1 = bytes.starts_with(MAGIC_V1);
+    if !v1 && !bytes.starts_with(MAGIC) {
         return Err(ContextError::Malformed);
     }
     let (signed, crc) = bytes.split_at(bytes.len() - CRC_LEN);
@@ -75,32 +88,74 @@ pub fn decode_context(key: &[u8], bytes: &[u8]) -> Result<VersionVector, Context
         return Err(ContextError::WrongKey);
     }
     let body = &signed[MAGIC.len() + TAG_LEN..];
-    let proto = pb::VersionVector::decode(body).map_err(|_| ContextError::Malformed)?;
-    Ok(VersionVector::from_proto(&proto)?)
+    if v1 {
+        let proto = pb::VersionVector::decode(body).map_err(|_| ContextError::Malformed)?;
+        return Ok(CausalContext {
+            clock: VersionVector::from_proto(&proto)?,
+            seen: Default::default(),
+        });
+    }
+    let proto = pb::CausalContext::decode(body).map_err(|_| ContextError::Malformed)?;
+    let ctx = CausalContext::from_proto(&proto)?;
+    if ctx.is_empty() {
+        // No writer produces the empty context as bytes.
+        return Err(ContextError::Malformed);
+    }
+    Ok(ctx)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::versioning::Actor;
+    use crate::versioning::{Actor, Dot, WriteId};
 
-    fn sample() -> VersionVector {
-        let mut vv = VersionVector::new();
-        vv.insert(Actor(7), 3, 1_000);
-        vv.insert(Actor(u64::MAX), 1, 2_000);
-        vv
+    fn sample() -> CausalContext {
+        let mut clock = VersionVector::new();
+        clock.insert(Actor(7), 3, 0);
+        clock.insert(Actor(u64::MAX), 1, 0);
+        clock.add_dot(Dot {
+            actor: Actor(7),
+            counter: 9,
+        });
+        CausalContext {
+            clock,
+            seen: [WriteId(1), WriteId(u128::MAX)].into_iter().collect(),
+        }
     }
 
     #[test]
-    fn round_trips() {
+    fn round_trips_with_single_events_and_seen_writes() {
         let ctx = encode_context(b"cart:42", &sample());
         assert_eq!(decode_context(b"cart:42", &ctx), Ok(sample()));
     }
 
     #[test]
-    fn empty_history_is_empty_bytes() {
-        assert!(encode_context(b"k", &VersionVector::new()).is_empty());
-        assert_eq!(decode_context(b"k", b""), Ok(VersionVector::new()));
+    fn timestamps_stay_inside_replicas() {
+        let mut with_ts = sample();
+        with_ts.clock.insert(Actor(7), 3, 123_456);
+        let decoded = decode_context(b"k", &encode_context(b"k", &with_ts)).unwrap();
+        assert!(decoded.clock.iter().all(|(_, _, ts)| ts == 0));
+    }
+
+    #[test]
+    fn empty_context_is_empty_bytes() {
+        assert!(encode_context(b"k", &CausalContext::new()).is_empty());
+        assert_eq!(decode_context(b"k", b""), Ok(CausalContext::new()));
+    }
+
+    #[test]
+    fn first_format_contexts_are_still_accepted() {
+        let mut vv = VersionVector::new();
+        vv.insert(Actor(7), 3, 1_000);
+        let body = vv.to_proto().encode_to_vec();
+        let mut bytes = MAGIC_V1.to_vec();
+        bytes.extend_from_slice(&key_tag(b"k"));
+        bytes.extend_from_slice(&body);
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        let ctx = decode_context(b"k", &bytes).unwrap();
+        assert_eq!(ctx.clock.counter(Actor(7)), 3);
+        assert!(ctx.seen.is_empty());
     }
 
     #[test]

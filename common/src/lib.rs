@@ -19,4 +19,7 @@ pub use context::{ContextError, decode_context, encode_context};
 pub use error_code::ErrorCode;
 pub use limits::{InputError, Limits};
 pub use ring::{Member, PreferenceList, Ring, RingError, key_position};
-pub use versioning::{Actor, Dot, Sibling, VersionVector, VersionedState};
+pub use versioning::{
+    Actor, CausalContext, Dot, HistoryLimits, Sibling, Truncated, UpdateOutcome, VersionVector,
+    VersionedState, WriteId,
+};

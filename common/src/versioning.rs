@@ -1,8 +1,9 @@
 //! Data versioning (paper 4.4) with dotted version vectors.
 //!
 //! A key's replica state is a [`VersionedState`]: a version vector (`clock`) summarising every
-//! write this replica has seen for the key, and the siblings, the causally concurrent versions
-//! still alive, each tagged with the *dot* (actor, counter) of the one event that wrote it.
+//! write this replica has seen for the key, the siblings (the causally concurrent versions still
+//! alive, each tagged with the *dot* (actor, counter) of the one event that wrote it), and the
+//! ids of recently superseded writes.
 //!
 //! Plain version vectors tag a whole key with one clock, so two clients writing with the same
 //! stale context make the server either lose one write or keep growing siblings it cannot tell
@@ -14,16 +15,34 @@
 //!   dropped it. Merge is commutative, associative and idempotent (property-tested below), so
 //!   replicas converge whatever order states arrive in (read repair, hinted handoff, anti-entropy).
 //!
+//! Four refinements make it exact under real failures:
+//! - **Exact contexts.** A vector covers, per actor, every event up to a counter, plus single
+//!   events beyond it (the *dot cloud*). The context a put returns is the writer's context plus
+//!   the one new dot, so reusing it supersedes the writer's own write and what it had read, never
+//!   another client's concurrent write from the same coordinator.
+//! - **Dots are never reissued.** An actor is one incarnation of a node (a fresh random id at
+//!   every process start, so storage that rolled back cannot make it reuse a dot) and draws
+//!   counters from one node-wide sequence, so a dot names one write for good even after its
+//!   clock entry was truncated. An actor's counters for one key still only grow, which is what
+//!   lets one entry stand for all of its earlier events of that key.
+//! - **Write ids.** Every sibling carries the id the client gave its write. A write retried after
+//!   its answer was lost may be applied twice, under two dots; reads show it once, and a context
+//!   that saw either copy supersedes both: the id joins the state's *retired* set, which merges
+//!   by union and drops any other copy it meets.
+//! - **Safe truncation.** A clock entry is dropped only when the clock is over its size target
+//!   *and* the entry is older than the history horizon, its timestamp being refreshed whenever a
+//!   write supersedes its events; an entry with a live sibling is never dropped. Replicas that
+//!   catch up within the horizon therefore never see a superseded value come back.
+//!
 //! Deletes write a tombstone sibling so the delete itself has a dot and replicates like a put;
 //! reads hide tombstones.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use bytes::Bytes;
 use dynamokv_proto::v1 as pb;
 
-/// A writer of versions: one incarnation of a node. A node draws a fresh random actor whenever
-/// it starts on an empty data directory, so a node that lost its disk never reuses counters.
+/// A writer of versions: one incarnation of a node (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Actor(pub u64);
 
@@ -33,25 +52,58 @@ impl std::fmt::Display for Actor {
     }
 }
 
-/// The identity of one write event: the `counter`-th event of `actor` for a key.
+/// The identity of one write event: the `counter`-th event of `actor`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Dot {
     pub actor: Actor,
     pub counter: u64,
 }
 
+/// The id a client gives one logical write, the same on every attempt of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WriteId(pub u128);
+
+impl WriteId {
+    /// Length of the wire form.
+    pub const LEN: usize = 16;
+
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0.to_be_bytes()
+    }
+
+    /// The id in `bytes`, which must be exactly 16 bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Option<WriteId> {
+        let b: [u8; 16] = bytes.try_into().ok()?;
+        Some(WriteId(u128::from_be_bytes(b)))
+    }
+
+    /// The id of a sibling stored before write ids existed: unique per dot.
+    fn legacy(dot: Dot) -> WriteId {
+        WriteId((u128::from(dot.actor.0) << 64) | u128::from(dot.counter))
+    }
+}
+
+impl std::fmt::Display for WriteId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ClockEntry {
+    /// Every event of the actor up to this counter has been seen (0: none contiguously).
     counter: u64,
+    /// Last use: a write by the actor or one that superseded its events (for truncation only).
     timestamp_ms: u64,
 }
 
-/// A version vector: for each actor, the highest counter seen. Dots are issued in order by the
-/// actor that owns them and every actor stores its own writes first, so seeing counter `c` of
-/// an actor means having seen (or superseded) all of its earlier dots for that key.
+/// A version vector with exceptions: per actor, every event up to a counter, plus single
+/// events beyond it (the dot cloud). Every actor of the cloud has an entry, so timestamps and
+/// truncation stay per actor.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VersionVector {
     entries: BTreeMap<Actor, ClockEntry>,
+    cloud: BTreeSet<Dot>,
 }
 
 impl VersionVector {
@@ -69,14 +121,29 @@ impl VersionVector {
         self.entries.len()
     }
 
-    /// The highest counter of `actor` seen, 0 if none.
+    /// The counter up to which every event of `actor` has been seen, 0 if none.
     pub fn counter(&self, actor: Actor) -> u64 {
         self.entries.get(&actor).map_or(0, |e| e.counter)
     }
 
+    /// The highest event of `actor` seen, contiguous or not.
+    pub fn max_counter(&self, actor: Actor) -> u64 {
+        let cloud_max = self
+            .cloud
+            .range(
+                Dot { actor, counter: 0 }..=Dot {
+                    actor,
+                    counter: u64::MAX,
+                },
+            )
+            .next_back()
+            .map_or(0, |d| d.counter);
+        self.counter(actor).max(cloud_max)
+    }
+
     /// Whether the event `dot` is in this vector's history.
     pub fn contains(&self, dot: Dot) -> bool {
-        self.counter(dot.actor) >= dot.counter
+        self.counter(dot.actor) >= dot.counter || self.cloud.contains(&dot)
     }
 
     /// Whether this vector has seen everything `other` has (`self >= other`).
@@ -85,6 +152,7 @@ impl VersionVector {
             .entries
             .iter()
             .all(|(actor, e)| self.counter(*actor) >= e.counter)
+            && other.cloud.iter().all(|d| self.contains(*d))
     }
 
     /// Least upper bound: the history of both.
@@ -93,29 +161,55 @@ impl VersionVector {
             self.entries
                 .entry(*actor)
                 .and_modify(|ours| {
-                    if (theirs.counter, theirs.timestamp_ms) > (ours.counter, ours.timestamp_ms) {
-                        *ours = *theirs;
-                    }
+                    ours.counter = ours.counter.max(theirs.counter);
+                    ours.timestamp_ms = ours.timestamp_ms.max(theirs.timestamp_ms);
                 })
                 .or_insert(*theirs);
         }
+        self.cloud.extend(other.cloud.iter().copied());
+        self.normalize();
     }
 
-    /// Issues the next dot of `actor` and records it.
-    pub fn advance(&mut self, actor: Actor, now_ms: u64) -> Dot {
+    /// Adds the single event `dot` (and nothing before it).
+    pub fn add_dot(&mut self, dot: Dot) {
+        self.entries.entry(dot.actor).or_insert(ClockEntry {
+            counter: 0,
+            timestamp_ms: 0,
+        });
+        self.cloud.insert(dot);
+        self.normalize();
+    }
+
+    /// Issues `actor`'s next event for this key: a counter above both `floor` (the node-wide
+    /// sequence, so a dot is never reissued even once truncation forgot the entry) and every
+    /// event of the actor seen here. Only the actor's own coordinator calls this, on a state
+    /// that holds all of the actor's earlier events for the key, so the entry may cover the gap.
+    pub fn advance(&mut self, actor: Actor, floor: u64, now_ms: u64) -> Dot {
+        let counter = floor.max(self.max_counter(actor) + 1);
         let entry = self.entries.entry(actor).or_insert(ClockEntry {
             counter: 0,
             timestamp_ms: now_ms,
         });
-        entry.counter += 1;
+        entry.counter = counter;
         entry.timestamp_ms = entry.timestamp_ms.max(now_ms);
-        Dot {
-            actor,
-            counter: entry.counter,
+        self.cloud.retain(|d| d.actor != actor);
+        Dot { actor, counter }
+    }
+
+    /// Marks `actor`'s entry as used at `now_ms` (it just superseded something).
+    fn touch(&mut self, actor: Actor, now_ms: u64) {
+        if let Some(e) = self.entries.get_mut(&actor) {
+            e.timestamp_ms = e.timestamp_ms.max(now_ms);
         }
     }
 
-    /// Sets an entry directly; used when decoding.
+    /// Forgets everything about `actor`.
+    fn remove_actor(&mut self, actor: Actor) {
+        self.entries.remove(&actor);
+        self.cloud.retain(|d| d.actor != actor);
+    }
+
+    /// Sets an entry directly (tests and decoding).
     pub fn insert(&mut self, actor: Actor, counter: u64, timestamp_ms: u64) {
         self.entries.insert(
             actor,
@@ -124,6 +218,36 @@ impl VersionVector {
                 timestamp_ms,
             },
         );
+        self.normalize();
+    }
+
+    /// The same history without timestamps, as handed to clients in contexts.
+    pub fn without_timestamps(&self) -> VersionVector {
+        let mut v = self.clone();
+        for e in v.entries.values_mut() {
+            e.timestamp_ms = 0;
+        }
+        v
+    }
+
+    /// Drops cloud dots that entries cover and folds those that extend an entry.
+    fn normalize(&mut self) {
+        let cloud = std::mem::take(&mut self.cloud);
+        // Sorted by (actor, counter), so chains of consecutive dots fold in one pass.
+        for dot in cloud {
+            let entry = self.entries.entry(dot.actor).or_insert(ClockEntry {
+                counter: 0,
+                timestamp_ms: 0,
+            });
+            if dot.counter <= entry.counter {
+                continue;
+            }
+            if dot.counter == entry.counter + 1 {
+                entry.counter += 1;
+            } else {
+                self.cloud.insert(dot);
+            }
+        }
     }
 
     /// `(actor, counter, timestamp_ms)` for every entry, in actor order.
@@ -131,6 +255,11 @@ impl VersionVector {
         self.entries
             .iter()
             .map(|(a, e)| (*a, e.counter, e.timestamp_ms))
+    }
+
+    /// The single events beyond their actor's entry.
+    pub fn cloud(&self) -> impl Iterator<Item = Dot> + '_ {
+        self.cloud.iter().copied()
     }
 
     pub fn to_proto(&self) -> pb::VersionVector {
@@ -143,23 +272,112 @@ impl VersionVector {
                     timestamp_ms,
                 })
                 .collect(),
+            cloud: self
+                .cloud
+                .iter()
+                .map(|d| pb::Dot {
+                    actor: d.actor.0,
+                    counter: d.counter,
+                })
+                .collect(),
         }
     }
 
-    /// Builds a vector from its wire form, refusing duplicate actors and zero counters, which
-    /// no correct writer produces.
+    /// Builds a vector from its wire form, refusing what no correct writer produces: duplicate
+    /// actors, zero counters, cloud dots of an actor without an entry, empty entries.
     pub fn from_proto(pb: &pb::VersionVector) -> Result<Self, VersionError> {
         let mut vv = VersionVector::new();
         for e in &pb.entries {
-            if e.counter == 0 {
-                return Err(VersionError::ZeroCounter);
-            }
             if vv.entries.contains_key(&Actor(e.actor)) {
                 return Err(VersionError::DuplicateActor);
             }
-            vv.insert(Actor(e.actor), e.counter, e.timestamp_ms);
+            vv.entries.insert(
+                Actor(e.actor),
+                ClockEntry {
+                    counter: e.counter,
+                    timestamp_ms: e.timestamp_ms,
+                },
+            );
         }
+        for d in &pb.cloud {
+            if d.counter == 0 {
+                return Err(VersionError::ZeroCounter);
+            }
+            if !vv.entries.contains_key(&Actor(d.actor)) {
+                return Err(VersionError::CloudWithoutEntry);
+            }
+            vv.cloud.insert(Dot {
+                actor: Actor(d.actor),
+                counter: d.counter,
+            });
+        }
+        for (actor, e) in &vv.entries {
+            if e.counter == 0 && !vv.cloud.iter().any(|d| d.actor == *actor) {
+                return Err(VersionError::ZeroCounter);
+            }
+        }
+        vv.normalize();
         Ok(vv)
+    }
+}
+
+/// What a client's read saw: the history it covers and the writes it showed. A write with this
+/// context supersedes exactly those writes (every copy of them) and nothing else.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CausalContext {
+    pub clock: VersionVector,
+    pub seen: BTreeSet<WriteId>,
+}
+
+impl CausalContext {
+    /// The empty context: a write with it supersedes nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clock.is_empty() && self.seen.is_empty()
+    }
+
+    /// The context of a read that returned `state`.
+    pub fn of_read(state: &VersionedState) -> CausalContext {
+        CausalContext {
+            clock: state.clock.without_timestamps(),
+            seen: state.siblings.iter().map(|s| s.write_id).collect(),
+        }
+    }
+
+    /// The context a write returns: this one plus the write itself, stored under `dots`.
+    pub fn with_write(&self, write_id: WriteId, dots: &[Dot]) -> CausalContext {
+        let mut out = self.clone();
+        for d in dots {
+            out.clock.add_dot(*d);
+        }
+        out.seen.insert(write_id);
+        out
+    }
+
+    pub fn to_proto(&self) -> pb::CausalContext {
+        pb::CausalContext {
+            clock: Some(self.clock.to_proto()),
+            seen_writes: self
+                .seen
+                .iter()
+                .map(|w| Bytes::copy_from_slice(&w.to_bytes()))
+                .collect(),
+        }
+    }
+
+    pub fn from_proto(pb: &pb::CausalContext) -> Result<Self, VersionError> {
+        let clock = match &pb.clock {
+            Some(c) => VersionVector::from_proto(c)?,
+            None => VersionVector::new(),
+        };
+        let mut seen = BTreeSet::new();
+        for w in &pb.seen_writes {
+            seen.insert(WriteId::from_bytes(w).ok_or(VersionError::BadWriteId)?);
+        }
+        Ok(CausalContext { clock, seen })
     }
 }
 
@@ -167,6 +385,7 @@ impl VersionVector {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sibling {
     pub dot: Dot,
+    pub write_id: WriteId,
     pub value: Option<Bytes>,
     pub timestamp_ms: u64,
 }
@@ -177,14 +396,87 @@ pub struct Sibling {
 pub enum VersionError {
     #[error("a version vector names the same actor twice")]
     DuplicateActor,
-    #[error("a version vector entry has counter 0")]
+    #[error("a version vector entry or event has counter 0")]
     ZeroCounter,
+    #[error("a version vector has single events of an actor it has no entry for")]
+    CloudWithoutEntry,
     #[error("two siblings carry the same dot")]
     DuplicateDot,
     #[error("a sibling's dot is not covered by the state's clock")]
     DotOutsideClock,
+    #[error("a write id is not 16 bytes")]
+    BadWriteId,
+    #[error("a sibling's write id is also among the retired writes")]
+    LiveAndRetired,
     #[error("the state has no clock")]
     MissingClock,
+}
+
+/// What a coordinator's [`VersionedState::update`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateOutcome {
+    /// The write is stored under this new dot.
+    Applied(Dot),
+    /// The write was already here (an earlier attempt of it), under these dots; nothing added.
+    AlreadyApplied(Vec<Dot>),
+    /// The write was applied earlier and has since been superseded; nothing added.
+    AlreadySuperseded,
+}
+
+impl UpdateOutcome {
+    /// The dots under which the write is stored.
+    pub fn dots(&self) -> Vec<Dot> {
+        match self {
+            UpdateOutcome::Applied(d) => vec![*d],
+            UpdateOutcome::AlreadyApplied(ds) => ds.clone(),
+            UpdateOutcome::AlreadySuperseded => Vec::new(),
+        }
+    }
+}
+
+/// How much superseded history a replica keeps (see [`VersionedState::truncate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// Clock entries kept before older ones may go (paper 4.4's threshold).
+    pub max_vector_entries: usize,
+    /// History younger than this is never forgotten: clock entries and retired write ids.
+    pub horizon_ms: u64,
+    /// Retired write ids kept per key once older than `retired_grace_ms`; the oldest beyond
+    /// this go even within the horizon.
+    pub max_retired_writes: usize,
+    /// Retired write ids younger than this are always kept, whatever the cap: long enough for
+    /// every retry of a write still in flight to be recognised.
+    pub retired_grace_ms: u64,
+}
+
+/// Default size target of a key's clock: the paper's "say 10".
+pub const DEFAULT_MAX_VECTOR_ENTRIES: usize = 10;
+/// Default history horizon: one day, Riak's `old_vclock`.
+pub const DEFAULT_HISTORY_HORIZON_MS: u64 = 24 * 60 * 60 * 1000;
+/// Default number of retired write ids kept per key past the grace period.
+pub const DEFAULT_MAX_RETIRED_WRITES: usize = 8;
+/// Default grace period of retired write ids: far beyond any client's request deadline.
+pub const DEFAULT_RETIRED_GRACE_MS: u64 = 10 * 60 * 1000;
+
+impl Default for HistoryLimits {
+    fn default() -> Self {
+        HistoryLimits {
+            max_vector_entries: DEFAULT_MAX_VECTOR_ENTRIES,
+            horizon_ms: DEFAULT_HISTORY_HORIZON_MS,
+            max_retired_writes: DEFAULT_MAX_RETIRED_WRITES,
+            retired_grace_ms: DEFAULT_RETIRED_GRACE_MS,
+        }
+    }
+}
+
+/// What one [`VersionedState::truncate`] dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Truncated {
+    /// Clock entries dropped (all older than the horizon).
+    pub clock_entries: usize,
+    /// Retired write ids dropped for the per-key cap, past their grace period but within the
+    /// horizon.
+    pub retired_evicted: usize,
 }
 
 /// Everything one replica knows about one key (see the module docs).
@@ -193,6 +485,8 @@ pub struct VersionedState {
     clock: VersionVector,
     /// Kept sorted by dot so that equal states compare equal.
     siblings: Vec<Sibling>,
+    /// Superseded writes, with the time this replica learned it.
+    retired: BTreeMap<WriteId, u64>,
 }
 
 impl VersionedState {
@@ -206,16 +500,48 @@ impl VersionedState {
         &self.clock
     }
 
-    /// All siblings, tombstones included, in dot order.
+    /// All siblings, tombstones and second copies of retried writes included, in dot order.
     pub fn siblings(&self) -> &[Sibling] {
         &self.siblings
     }
 
-    /// The values a read returns: live siblings in the order they were written.
+    /// Ids of writes known to be superseded.
+    pub fn retired(&self) -> impl Iterator<Item = WriteId> + '_ {
+        self.retired.keys().copied()
+    }
+
+    /// One sibling per write (the first copy of a retried write), tombstones included, in the
+    /// order they were written.
+    fn distinct_writes(&self) -> Vec<&Sibling> {
+        let mut all: Vec<&Sibling> = self.siblings.iter().collect();
+        all.sort_by_key(|s| (s.timestamp_ms, s.dot));
+        let mut seen = HashSet::new();
+        all.retain(|s| seen.insert(s.write_id));
+        all
+    }
+
+    /// The values a read returns: one per live write, in the order they were written.
     pub fn live_values(&self) -> Vec<Bytes> {
-        let mut live: Vec<&Sibling> = self.siblings.iter().filter(|s| s.value.is_some()).collect();
-        live.sort_by_key(|s| (s.timestamp_ms, s.dot));
-        live.into_iter().filter_map(|s| s.value.clone()).collect()
+        self.distinct_writes()
+            .into_iter()
+            .filter_map(|s| s.value.clone())
+            .collect()
+    }
+
+    /// How many live values a read returns.
+    pub fn live_count(&self) -> usize {
+        self.distinct_writes()
+            .into_iter()
+            .filter(|s| s.value.is_some())
+            .count()
+    }
+
+    /// Bytes of every stored value, second copies included (what a state costs to ship).
+    pub fn value_bytes(&self) -> usize {
+        self.siblings
+            .iter()
+            .map(|s| s.value.as_ref().map_or(0, Bytes::len))
+            .sum()
     }
 
     /// Whether nothing but tombstones (or nothing at all) is stored.
@@ -223,44 +549,106 @@ impl VersionedState {
         self.siblings.iter().all(|s| s.value.is_none())
     }
 
-    /// A coordinator's write (a put, or a delete with `value == None`): supersedes the siblings
-    /// `context` covers and adds the new version under a fresh dot of `actor`. Returns the dot.
+    /// A coordinator's write (a put, or a delete with `value == None`) by `actor`: supersedes
+    /// the siblings `context` covers (and every other copy of their writes), then adds the new
+    /// version under a fresh dot, unless this write (`write_id`) is already here or was already
+    /// superseded, as when a retry of it arrives.
     pub fn update(
         &mut self,
-        context: &VersionVector,
+        context: &CausalContext,
+        write_id: WriteId,
         value: Option<Bytes>,
         actor: Actor,
+        counter_floor: u64,
         now_ms: u64,
-    ) -> Dot {
-        self.siblings.retain(|s| !context.contains(s.dot));
-        self.clock.merge(context);
-        let dot = self.clock.advance(actor, now_ms);
+    ) -> UpdateOutcome {
+        let superseded: Vec<(WriteId, Actor)> = self
+            .siblings
+            .iter()
+            .filter(|s| context.clock.contains(s.dot) || context.seen.contains(&s.write_id))
+            .map(|s| (s.write_id, s.dot.actor))
+            .collect();
+        for (w, a) in superseded {
+            self.retire(w, now_ms);
+            self.clock.touch(a, now_ms);
+        }
+        // What the writer saw is superseded even where this replica has not received it yet.
+        for w in &context.seen {
+            self.retire(*w, now_ms);
+        }
+        self.clock.merge(&context.clock);
+        // The entries the writer's context holds may be all that records what it superseded on
+        // replicas not yet reached: keep them for a full horizon from now.
+        for (actor, _, _) in context.clock.iter() {
+            self.clock.touch(actor, now_ms);
+        }
+        self.drop_retired_siblings();
+        if self.retired.contains_key(&write_id) {
+            return UpdateOutcome::AlreadySuperseded;
+        }
+        let copies: Vec<Dot> = self
+            .siblings
+            .iter()
+            .filter(|s| s.write_id == write_id)
+            .map(|s| s.dot)
+            .collect();
+        if !copies.is_empty() {
+            return UpdateOutcome::AlreadyApplied(copies);
+        }
+        let dot = self.clock.advance(actor, counter_floor, now_ms);
         self.siblings.push(Sibling {
             dot,
+            write_id,
             value,
             timestamp_ms: now_ms,
         });
         self.siblings.sort_by_key(|s| s.dot);
-        dot
+        UpdateOutcome::Applied(dot)
     }
 
-    /// Joins another replica's state into this one (the DVV "sync").
-    pub fn merge(&mut self, other: &VersionedState) {
+    /// Joins another replica's state into this one (the DVV "sync"). A sibling one side has
+    /// dropped although the other still holds it was superseded there: its write is retired.
+    pub fn merge(&mut self, other: &VersionedState, now_ms: u64) {
         let mut kept: Vec<Sibling> = Vec::with_capacity(self.siblings.len() + other.siblings.len());
+        let mut newly_retired = Vec::new();
         for s in &self.siblings {
             if !other.clock.contains(s.dot) || other.has_dot(s.dot) {
                 kept.push(s.clone());
+            } else {
+                newly_retired.push(s.write_id);
             }
         }
         for s in &other.siblings {
+            if self.has_dot(s.dot) {
+                continue; // decided above
+            }
             if !self.clock.contains(s.dot) {
                 kept.push(s.clone());
+            } else {
+                newly_retired.push(s.write_id);
             }
         }
+        for (w, at) in &other.retired {
+            let e = self.retired.entry(*w).or_insert(*at);
+            *e = (*e).max(*at);
+        }
+        for w in newly_retired {
+            self.retire(w, now_ms);
+        }
         kept.sort_by_key(|s| s.dot);
-        kept.dedup_by_key(|s| s.dot);
         self.siblings = kept;
+        self.drop_retired_siblings();
         self.clock.merge(&other.clock);
+    }
+
+    fn retire(&mut self, w: WriteId, now_ms: u64) {
+        let at = self.retired.entry(w).or_insert(now_ms);
+        *at = (*at).max(now_ms);
+    }
+
+    fn drop_retired_siblings(&mut self) {
+        let retired = &self.retired;
+        self.siblings.retain(|s| !retired.contains_key(&s.write_id));
     }
 
     fn has_dot(&self, dot: Dot) -> bool {
@@ -270,38 +658,69 @@ impl VersionedState {
     /// Whether this state has seen everything `other` has, so merging `other` in changes
     /// nothing (read repair skips replicas for which this holds).
     pub fn descends(&self, other: &VersionedState) -> bool {
-        if !self.clock.descends(&other.clock) {
+        if !self.clock.descends(&other.clock)
+            || !other.retired.keys().all(|w| self.retired.contains_key(w))
+        {
             return false;
         }
         let mut merged = self.clone();
-        merged.merge(other);
-        merged == *self
+        merged.merge(other, 0);
+        merged.siblings == self.siblings && merged.retired.len() == self.retired.len()
     }
 
-    /// Truncates the clock to at most `max_entries` by dropping the entries with the oldest
-    /// timestamps (paper 4.4's safety valve). Never dropped: an actor that still has a sibling
-    /// here, and `keep`, the local node's own actor, whose counter it must never reissue.
-    /// Returns how many entries were dropped.
-    pub fn truncate_clock(&mut self, max_entries: usize, keep: Actor) -> usize {
-        let mut dropped = 0;
-        while self.clock.len() > max_entries {
+    /// Forgets old history (paper 4.4's safety valve), deterministically, so every replica
+    /// given the same state and time keeps the same:
+    /// - while the clock has more than `max_vector_entries` entries, the oldest entry goes, if it
+    ///   is older than the horizon and no sibling here is its actor's;
+    /// - retired write ids older than the horizon go, and beyond `max_retired_writes` the
+    ///   oldest past their grace period go too (counted in [`Truncated::retired_evicted`]).
+    pub fn truncate(&mut self, limits: &HistoryLimits, now_ms: u64) -> Truncated {
+        let mut out = Truncated::default();
+        let old = |ts: u64| ts.saturating_add(limits.horizon_ms) <= now_ms;
+        while self.clock.len() > limits.max_vector_entries {
             let victim = self
                 .clock
                 .entries
                 .iter()
-                .filter(|(actor, _)| **actor != keep)
+                .filter(|(_, e)| old(e.timestamp_ms))
                 .filter(|(actor, _)| !self.siblings.iter().any(|s| s.dot.actor == **actor))
                 .min_by_key(|(actor, e)| (e.timestamp_ms, **actor))
                 .map(|(actor, _)| *actor);
             match victim {
                 Some(actor) => {
-                    self.clock.entries.remove(&actor);
-                    dropped += 1;
+                    self.clock.remove_actor(actor);
+                    out.clock_entries += 1;
                 }
                 None => break,
             }
         }
-        dropped
+        self.retired.retain(|_, at| !old(*at));
+        if self.retired.len() > limits.max_retired_writes {
+            let mut evictable: Vec<(u64, WriteId)> = self
+                .retired
+                .iter()
+                .filter(|(_, at)| at.saturating_add(limits.retired_grace_ms) <= now_ms)
+                .map(|(w, at)| (*at, *w))
+                .collect();
+            evictable.sort();
+            let excess = self.retired.len() - limits.max_retired_writes;
+            for (_, w) in evictable.into_iter().take(excess) {
+                self.retired.remove(&w);
+                out.retired_evicted += 1;
+            }
+        }
+        out
+    }
+
+    /// The same state without values (tombstone flags kept), for reads that need only versions.
+    pub fn without_values(&self) -> VersionedState {
+        let mut s = self.clone();
+        for sib in &mut s.siblings {
+            if sib.value.is_some() {
+                sib.value = Some(Bytes::new());
+            }
+        }
+        s
     }
 
     pub fn to_proto(&self) -> pb::VersionedState {
@@ -316,6 +735,15 @@ impl VersionedState {
                     value: s.value.clone().unwrap_or_default(),
                     tombstone: s.value.is_none(),
                     timestamp_ms: s.timestamp_ms,
+                    write_id: Bytes::copy_from_slice(&s.write_id.to_bytes()),
+                })
+                .collect(),
+            retired: self
+                .retired
+                .iter()
+                .map(|(w, at)| pb::RetiredWrite {
+                    write_id: Bytes::copy_from_slice(&w.to_bytes()),
+                    retired_at_ms: *at,
                 })
                 .collect(),
         }
@@ -325,266 +753,49 @@ impl VersionedState {
     pub fn from_proto(pb: &pb::VersionedState) -> Result<Self, VersionError> {
         let clock =
             VersionVector::from_proto(pb.clock.as_ref().ok_or(VersionError::MissingClock)?)?;
-        let mut siblings: Vec<Sibling> = pb
-            .siblings
-            .iter()
-            .map(|s| Sibling {
-                dot: Dot {
-                    actor: Actor(s.actor),
-                    counter: s.counter,
-                },
+        let mut siblings = Vec::with_capacity(pb.siblings.len());
+        for s in &pb.siblings {
+            let dot = Dot {
+                actor: Actor(s.actor),
+                counter: s.counter,
+            };
+            let write_id = if s.write_id.is_empty() {
+                WriteId::legacy(dot)
+            } else {
+                WriteId::from_bytes(&s.write_id).ok_or(VersionError::BadWriteId)?
+            };
+            siblings.push(Sibling {
+                dot,
+                write_id,
                 value: (!s.tombstone).then(|| s.value.clone()),
                 timestamp_ms: s.timestamp_ms,
-            })
-            .collect();
+            });
+        }
         siblings.sort_by_key(|s| s.dot);
         if siblings.windows(2).any(|w| w[0].dot == w[1].dot) {
             return Err(VersionError::DuplicateDot);
         }
         if siblings
             .iter()
-            .any(|s| !clock.contains(s.dot) || s.dot.counter == 0)
+            .any(|s| s.dot.counter == 0 || !clock.contains(s.dot))
         {
             return Err(VersionError::DotOutsideClock);
         }
-        Ok(VersionedState { clock, siblings })
+        let mut retired = BTreeMap::new();
+        for r in &pb.retired {
+            let w = WriteId::from_bytes(&r.write_id).ok_or(VersionError::BadWriteId)?;
+            retired.insert(w, r.retired_at_ms);
+        }
+        if siblings.iter().any(|s| retired.contains_key(&s.write_id)) {
+            return Err(VersionError::LiveAndRetired);
+        }
+        Ok(VersionedState {
+            clock,
+            siblings,
+            retired,
+        })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    const A: Actor = Actor(1);
-    const B: Actor = Actor(2);
-
-    fn v(s: &str) -> Option<Bytes> {
-        Some(Bytes::copy_from_slice(s.as_bytes()))
-    }
-
-    fn values(s: &VersionedState) -> Vec<String> {
-        let mut out: Vec<String> = s
-            .live_values()
-            .iter()
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .collect();
-        out.sort();
-        out
-    }
-
-    #[test]
-    fn same_stale_context_gives_siblings_and_read_context_collapses_them() {
-        let mut s = VersionedState::new();
-        s.update(&VersionVector::new(), v("base"), A, 1);
-        let stale = s.clock().clone();
-        s.update(&stale, v("x"), A, 2);
-        s.update(&stale, v("y"), A, 3);
-        assert_eq!(values(&s), vec!["x", "y"]);
-        let read = s.clock().clone();
-        s.update(&read, v("z"), A, 4);
-        assert_eq!(values(&s), vec!["z"]);
-        assert_eq!(s.siblings().len(), 1);
-    }
-
-    #[test]
-    fn put_supersedes_exactly_what_its_context_saw() {
-        let mut s = VersionedState::new();
-        s.update(&VersionVector::new(), v("one"), A, 1);
-        let saw_one = s.clock().clone();
-        s.update(&VersionVector::new(), v("two"), B, 2); // concurrent, unseen by the reader
-        s.update(&saw_one, v("three"), A, 3);
-        assert_eq!(values(&s), vec!["three", "two"]);
-    }
-
-    #[test]
-    fn deletes_are_hidden_tombstones_and_blind_puts_after_them_work() {
-        let mut s = VersionedState::new();
-        s.update(&VersionVector::new(), v("x"), A, 1);
-        let ctx = s.clock().clone();
-        s.update(&ctx, None, A, 2);
-        assert!(s.live_values().is_empty());
-        assert!(s.is_deleted());
-        s.update(&VersionVector::new(), v("again"), A, 3);
-        assert_eq!(values(&s), vec!["again"]);
-    }
-
-    #[test]
-    fn replicas_converge_after_concurrent_writes() {
-        let mut r1 = VersionedState::new();
-        let mut r2 = VersionedState::new();
-        r1.update(&VersionVector::new(), v("from-a"), A, 1);
-        r2.update(&VersionVector::new(), v("from-b"), B, 1);
-        let mut m1 = r1.clone();
-        m1.merge(&r2);
-        let mut m2 = r2.clone();
-        m2.merge(&r1);
-        assert_eq!(m1, m2);
-        assert_eq!(values(&m1), vec!["from-a", "from-b"]);
-        // A write with the merged context resolves them everywhere once merged back.
-        let ctx = m1.clock().clone();
-        m1.update(&ctx, v("resolved"), A, 2);
-        r2.merge(&m1);
-        assert_eq!(values(&r2), vec!["resolved"]);
-        assert!(m1.descends(&r1) && m1.descends(&r2));
-        assert!(!r1.descends(&m1));
-    }
-
-    #[test]
-    fn truncation_drops_oldest_entries_but_keeps_sibling_actors() {
-        let mut s = VersionedState::new();
-        for i in 0..15u64 {
-            let ctx = s.clock().clone();
-            s.update(&ctx, v("x"), Actor(100 + i), i);
-        }
-        assert_eq!(s.clock().len(), 15);
-        let dropped = s.truncate_clock(10, Actor(101));
-        assert_eq!(dropped, 5);
-        assert_eq!(s.clock().len(), 10);
-        // The oldest went (actors 100 and 102..=105); the protected local actor (101) and the
-        // live sibling's actor (114) stayed.
-        assert_eq!(s.clock().counter(Actor(100)), 0);
-        assert_eq!(s.clock().counter(Actor(101)), 1);
-        assert_eq!(s.clock().counter(Actor(105)), 0);
-        assert_eq!(s.clock().counter(Actor(106)), 1);
-        assert_eq!(s.clock().counter(Actor(114)), 1);
-        assert_eq!(values(&s), vec!["x"]);
-    }
-
-    #[test]
-    fn proto_round_trip_and_validation() {
-        let mut s = VersionedState::new();
-        s.update(&VersionVector::new(), v("x"), A, 1);
-        s.update(&VersionVector::new(), None, B, 2);
-        assert_eq!(VersionedState::from_proto(&s.to_proto()), Ok(s.clone()));
-        let mut bad = s.to_proto();
-        bad.siblings[0].counter = 99;
-        assert_eq!(
-            VersionedState::from_proto(&bad),
-            Err(VersionError::DotOutsideClock)
-        );
-        let mut dup = s.to_proto();
-        let first = dup.siblings[0].clone();
-        dup.siblings.push(first);
-        assert_eq!(
-            VersionedState::from_proto(&dup),
-            Err(VersionError::DuplicateDot)
-        );
-    }
-
-    // --- Laws, on states generated by random histories of writes and merges. ---
-
-    #[derive(Debug, Clone)]
-    enum Op {
-        /// Write by actor `a` (at replica `a`) with the context of replica `ctx_from` (or none).
-        Write {
-            a: u64,
-            ctx_from: Option<usize>,
-            delete: bool,
-        },
-        /// Merge replica `from` into `into`.
-        Sync { from: usize, into: usize },
-    }
-
-    fn op() -> impl Strategy<Value = Op> {
-        prop_oneof![
-            (0u64..3, proptest::option::of(0usize..3), any::<bool>()).prop_map(
-                |(a, ctx_from, delete)| Op::Write {
-                    a,
-                    ctx_from,
-                    delete
-                }
-            ),
-            (0usize..3, 0usize..3).prop_map(|(from, into)| Op::Sync { from, into }),
-        ]
-    }
-
-    /// Three replicas; actor `a` writes only at replica `a` (each node coordinates with its
-    /// own actor, which is what keeps dots unique).
-    fn run(ops: &[Op]) -> Vec<VersionedState> {
-        let mut reps = vec![VersionedState::new(); 3];
-        for (t, o) in ops.iter().enumerate() {
-            match *o {
-                Op::Write {
-                    a,
-                    ctx_from,
-                    delete,
-                } => {
-                    let r = a as usize;
-                    let ctx = ctx_from
-                        .map(|c| reps[c].clock().clone())
-                        .unwrap_or_default();
-                    let val = (!delete).then(|| Bytes::from(format!("v{t}")));
-                    reps[r].update(&ctx, val, Actor(a), t as u64);
-                }
-                Op::Sync { from, into } => {
-                    let src = reps[from].clone();
-                    reps[into].merge(&src);
-                }
-            }
-        }
-        reps
-    }
-
-    fn merged(a: &VersionedState, b: &VersionedState) -> VersionedState {
-        let mut m = a.clone();
-        m.merge(b);
-        m
-    }
-
-    proptest! {
-        #[test]
-        fn merge_is_commutative_associative_idempotent(ops in proptest::collection::vec(op(), 0..40)) {
-            let r = run(&ops);
-            let (a, b, c) = (&r[0], &r[1], &r[2]);
-            prop_assert_eq!(merged(a, b), merged(b, a));
-            prop_assert_eq!(merged(&merged(a, b), c), merged(a, &merged(b, c)));
-            prop_assert_eq!(merged(a, a), a.clone());
-        }
-
-        #[test]
-        fn merge_result_descends_both_and_descends_is_a_partial_order(
-            ops in proptest::collection::vec(op(), 0..40)
-        ) {
-            let r = run(&ops);
-            let (a, b, c) = (&r[0], &r[1], &r[2]);
-            let m = merged(a, b);
-            prop_assert!(m.descends(a) && m.descends(b));
-            // Reflexive.
-            prop_assert!(a.descends(a));
-            // Antisymmetric.
-            if a.descends(b) && b.descends(a) {
-                prop_assert_eq!(a, b);
-            }
-            // Transitive.
-            if a.descends(b) && b.descends(c) {
-                prop_assert!(a.descends(c));
-            }
-            // Same for plain vectors.
-            let (x, y, z) = (a.clock(), b.clock(), c.clock());
-            prop_assert!(x.descends(x));
-            if x.descends(y) && y.descends(z) { prop_assert!(x.descends(z)); }
-            if x.descends(y) && y.descends(x) { prop_assert_eq!(x, y); }
-        }
-
-        #[test]
-        fn a_context_supersedes_exactly_what_it_saw(
-            ops in proptest::collection::vec(op(), 0..40), writer in 0u64..3, reader in 0usize..3
-        ) {
-            let mut r = run(&ops);
-            let seen: Vec<Dot> = r[reader].siblings().iter().map(|s| s.dot).collect();
-            let ctx = r[reader].clock().clone();
-            let before: Vec<Dot> = r[writer as usize].siblings().iter().map(|s| s.dot).collect();
-            let new_dot = r[writer as usize].update(&ctx, v("new"), Actor(writer), 1_000);
-            let after: Vec<Dot> = r[writer as usize].siblings().iter().map(|s| s.dot).collect();
-            prop_assert!(after.contains(&new_dot));
-            for d in before {
-                // Gone if and only if the context covered it.
-                prop_assert_eq!(after.contains(&d), !ctx.contains(d));
-            }
-            for d in seen {
-                prop_assert!(!after.contains(&d));
-            }
-        }
-    }
-}
+mod tests;
