@@ -16,6 +16,7 @@ use dynamokv_proto::v1 as pb;
 use dynamokv_proto::v1::kv_client::KvClient;
 
 use crate::Error;
+use crate::error::Failure;
 
 /// An opaque version context. Get one from [`Client::get`] and hand it back, unchanged, with
 /// the put or delete that follows, so that the write supersedes exactly what the get saw.
@@ -58,6 +59,24 @@ impl GetResult {
     /// Whether the key has no live value.
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()
+    }
+}
+
+/// Per-call options of a put or delete.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// Write quorum for this call; `None` uses the cluster's W.
+    pub w: Option<u32>,
+    /// The write's id. Left `None`, the client draws a fresh one. Give the id an
+    /// [`Error::OutcomeUnknown`] reported to retry that write: a write is never applied twice,
+    /// however many times it is sent under one id.
+    pub write_id: Option<u128>,
+}
+
+impl WriteOptions {
+    /// Options with a write quorum of `w`.
+    pub fn with_quorum(w: Option<u32>) -> Self {
+        WriteOptions { w, write_id: None }
     }
 }
 
@@ -245,11 +264,12 @@ impl Client {
         check_override("R", r)?;
         let key = Bytes::copy_from_slice(key);
         let reply = self
-            .call(true, move |mut kv| {
-                let req = pb::GetRequest {
+            .read(move |mut kv, budget| {
+                let mut req = tonic::Request::new(pb::GetRequest {
                     key: Some(key.clone()),
                     r,
-                };
+                });
+                req.set_timeout(budget);
                 async move { kv.get(req).await.map(|r| r.into_inner()) }
             })
             .await?;
@@ -279,26 +299,44 @@ impl Client {
         context: Option<&Context>,
         w: Option<u32>,
     ) -> Result<Context, Error> {
+        self.put_with_options(key, value, context, WriteOptions::with_quorum(w))
+            .await
+    }
+
+    /// As [`put`](Self::put) with per-call options.
+    pub async fn put_with_options(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl Into<Vec<u8>>,
+        context: Option<&Context>,
+        options: WriteOptions,
+    ) -> Result<Context, Error> {
         let key = key.as_ref();
         let value: Vec<u8> = value.into();
         let limits = self.inner.options.limits;
         limits.check_key(key)?;
         limits.check_value(&value)?;
-        check_override("W", w)?;
+        check_override("W", options.w)?;
         let (key, value) = (Bytes::copy_from_slice(key), Bytes::from(value));
         let context = context.map(Context::to_bytes).unwrap_or_default();
+        let write_id = options.write_id.unwrap_or_else(rand::random);
+        let id_bytes = Bytes::copy_from_slice(&write_id.to_be_bytes());
+        let w = options.w;
         let reply = self
-            .call(false, move |mut kv| {
-                let req = pb::PutRequest {
+            .write(write_id, move |mut kv, attempt, budget| {
+                let mut req = tonic::Request::new(pb::PutRequest {
                     key: Some(key.clone()),
                     value: Some(value.clone()),
                     context: context.clone(),
                     w,
-                };
-                async move { kv.put(req).await.map(|r| r.into_inner()) }
+                    write_id: id_bytes.clone(),
+                    attempt,
+                });
+                req.set_timeout(budget);
+                async move { kv.put(req).await.map(|r| r.into_inner().context) }
             })
             .await?;
-        Ok(Context(reply.context))
+        Ok(Context(reply))
     }
 
     /// Deletes what `context` saw of `key` (a tombstone; gets no longer show those values).
@@ -313,31 +351,48 @@ impl Client {
         context: &Context,
         w: Option<u32>,
     ) -> Result<Context, Error> {
+        self.delete_with_options(key, context, WriteOptions::with_quorum(w))
+            .await
+    }
+
+    /// As [`delete`](Self::delete) with per-call options.
+    pub async fn delete_with_options(
+        &self,
+        key: impl AsRef<[u8]>,
+        context: &Context,
+        options: WriteOptions,
+    ) -> Result<Context, Error> {
         let key = key.as_ref();
         self.inner.options.limits.check_key(key)?;
-        check_override("W", w)?;
+        check_override("W", options.w)?;
         let key = Bytes::copy_from_slice(key);
         let context = context.to_bytes();
+        let write_id = options.write_id.unwrap_or_else(rand::random);
+        let id_bytes = Bytes::copy_from_slice(&write_id.to_be_bytes());
+        let w = options.w;
         let reply = self
-            .call(false, move |mut kv| {
-                let req = pb::DeleteRequest {
+            .write(write_id, move |mut kv, attempt, budget| {
+                let mut req = tonic::Request::new(pb::DeleteRequest {
                     key: Some(key.clone()),
                     context: context.clone(),
                     w,
-                };
-                async move { kv.delete(req).await.map(|r| r.into_inner()) }
+                    write_id: id_bytes.clone(),
+                    attempt,
+                });
+                req.set_timeout(budget);
+                async move { kv.delete(req).await.map(|r| r.into_inner().context) }
             })
             .await?;
-        Ok(Context(reply.context))
+        Ok(Context(reply))
     }
 
     /// The cluster's membership and settings, as one node reports them.
     pub async fn cluster_info(&self) -> Result<ClusterInfo, Error> {
         let reply = self
-            .call(true, |mut kv| async move {
-                kv.membership(pb::MembershipRequest {})
-                    .await
-                    .map(|r| r.into_inner())
+            .read(|mut kv, budget| async move {
+                let mut req = tonic::Request::new(pb::MembershipRequest {});
+                req.set_timeout(budget);
+                kv.membership(req).await.map(|r| r.into_inner())
             })
             .await?;
         Ok(ClusterInfo {
@@ -394,24 +449,22 @@ impl Client {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    /// Runs `f` against one node after another (round robin) until one answers, a retry would
-    /// be unsafe, the retries run out, or the deadline passes. A write is retried only when the
-    /// node certainly did not apply it.
-    async fn call<T, F, Fut>(&self, idempotent: bool, f: F) -> Result<T, Error>
+    /// Runs a read against one node after another (round robin) until one answers, the
+    /// retries run out, or the deadline passes. `f` gets a node and the time left.
+    async fn read<T, F, Fut>(&self, f: F) -> Result<T, Error>
     where
-        F: Fn(KvClient<Channel>) -> Fut,
+        F: Fn(KvClient<Channel>, Duration) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
         let opts = &self.inner.options;
         let deadline = Instant::now() + opts.request_timeout;
-        let count = self.inner.endpoints.len();
         let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
-        let attempts = (opts.max_retries as usize + 1).max(1);
+        let attempts = opts.max_retries as usize + 1;
         let mut failures: Vec<String> = Vec::new();
         for attempt in 0..attempts {
-            let index = (start + attempt) % count;
-            let outcome = tokio::time::timeout_at(deadline, f(self.kv(index))).await;
-            let err = match outcome {
+            let index = (start + attempt) % self.inner.endpoints.len();
+            let left = deadline.saturating_duration_since(Instant::now());
+            let err = match tokio::time::timeout_at(deadline, f(self.kv(index), left)).await {
                 Err(_) => {
                     return Err(Error::Timeout {
                         after: opts.request_timeout,
@@ -420,29 +473,78 @@ impl Client {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(status)) => Error::from(status),
             };
-            let retry =
-                attempt + 1 < attempts && (err.not_applied() || idempotent && is_transient(&err));
-            if !retry {
-                return Err(match err {
-                    Error::Unavailable { message } if !failures.is_empty() => {
-                        failures.push(format!("{}: {message}", self.inner.endpoints[index].0));
-                        Error::Unavailable {
-                            message: failures.join("; "),
-                        }
-                    }
-                    Error::Unavailable { message } => Error::Unavailable {
-                        message: format!("{}: {message}", self.inner.endpoints[index].0),
-                    },
-                    other => other,
-                });
+            if !is_transient(&err) {
+                return Err(err);
             }
-            if let Error::Unavailable { message } = &err {
-                failures.push(format!("{}: {message}", self.inner.endpoints[index].0));
+            failures.push(format!("{}: {err}", self.inner.endpoints[index].0));
+            if attempt + 1 < attempts {
+                tracing::debug!(node = %self.inner.endpoints[index].0, error = %err, "retrying on another node");
+            } else if !matches!(err, Error::Unavailable { .. }) {
+                return Err(err);
             }
-            tracing::debug!(node = %self.inner.endpoints[index].0, error = %err, "retrying on another node");
         }
         Err(Error::Unavailable {
             message: failures.join("; "),
+        })
+    }
+
+    /// Runs a write against one node after another (round robin) until one answers with a
+    /// verdict, the retries run out, or the deadline passes. A node that certainly did not get
+    /// the write is skipped as if never tried; after one that may have applied it, the next is
+    /// sent the same write id as a further attempt (`f` gets a node, the attempt number and the
+    /// time left), so the write is applied at most once. When the client cannot tell whether
+    /// it was, the error says so: [`Error::OutcomeUnknown`].
+    async fn write<F, Fut>(&self, write_id: u128, f: F) -> Result<Bytes, Error>
+    where
+        F: Fn(KvClient<Channel>, u32, Duration) -> Fut,
+        Fut: Future<Output = Result<Bytes, tonic::Status>>,
+    {
+        let opts = &self.inner.options;
+        let deadline = Instant::now() + opts.request_timeout;
+        let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let tries = opts.max_retries as usize + 1;
+        let mut attempt = 1u32;
+        let mut maybe_applied = false;
+        let mut failures: Vec<String> = Vec::new();
+        let unknown = |failures: &[String]| Error::OutcomeUnknown {
+            write_id,
+            message: failures.join("; "),
+        };
+        for i in 0..tries {
+            let index = (start + i) % self.inner.endpoints.len();
+            let node = &self.inner.endpoints[index].0;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let call = f(self.kv(index), attempt, left);
+            let status = match tokio::time::timeout_at(deadline, call).await {
+                Ok(Ok(context)) => return Ok(context),
+                Ok(Err(status)) => status,
+                Err(_) => {
+                    // The request was in flight: it may have been applied.
+                    failures.push(format!(
+                        "{node}: no answer within the {:?} deadline",
+                        opts.request_timeout
+                    ));
+                    return Err(unknown(&failures));
+                }
+            };
+            let err = Error::from(status.clone());
+            match Failure::of(&status, &err) {
+                Failure::Verdict => return Err(err),
+                Failure::NotApplied => {}
+                Failure::MaybeApplied => {
+                    maybe_applied = true;
+                    attempt += 1;
+                }
+            }
+            failures.push(format!("{node}: {err}"));
+            tracing::debug!(%node, error = %err, attempt, "retrying the write on another node");
+        }
+        Err(if maybe_applied {
+            unknown(&failures)
+        } else {
+            Error::Unavailable {
+                message: failures.join("; "),
+            }
         })
     }
 }

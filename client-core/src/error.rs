@@ -48,6 +48,17 @@ pub enum Error {
         got: u32,
         message: String,
     },
+    /// A write whose answer was lost: it was applied once or not at all, and the client could
+    /// not find out which before its deadline. Read the key to see; retrying with the same
+    /// `write_id` (see [`WriteOptions`](crate::WriteOptions)) can never apply it twice.
+    #[error(
+        "the write's outcome is unknown (it is applied at most once; read the key, or retry with write id {write_id:032x}): {message}"
+    )]
+    OutcomeUnknown { write_id: u128, message: String },
+    /// A blind write would grow the key past its sibling or size limit. Nothing was written:
+    /// read the key and write a resolution with the read's context.
+    #[error("{message}")]
+    SiblingLimit { message: String },
     /// No node could be reached, or every node tried was shutting down.
     #[error("no DynamoKV node could serve the request: {message}")]
     Unavailable { message: String },
@@ -73,15 +84,43 @@ impl Error {
             Error::InvalidQuorum { .. } => ErrorCode::InvalidQuorum.as_str(),
             Error::MissingField { .. } => ErrorCode::MissingField.as_str(),
             Error::QuorumNotReached { .. } => ErrorCode::QuorumNotReached.as_str(),
+            Error::OutcomeUnknown { .. } => ErrorCode::OutcomeUnknown.as_str(),
+            Error::SiblingLimit { .. } => ErrorCode::SiblingLimit.as_str(),
             Error::Unavailable { .. } => ErrorCode::Unavailable.as_str(),
             Error::Timeout { .. } => "TIMEOUT",
             Error::Internal { .. } => ErrorCode::Internal.as_str(),
         }
     }
+}
 
-    /// Whether the request certainly did not change anything, so retrying it elsewhere is safe.
-    pub(crate) fn not_applied(&self) -> bool {
-        matches!(self, Error::Unavailable { .. })
+/// What a failed call tells about the request, for deciding whether and how to retry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// The node refused it before doing anything, or it never reached a node: another node may
+    /// be tried as if this attempt had not happened.
+    NotApplied,
+    /// It may have been applied (the answer was lost): a write may be retried only as a
+    /// further attempt of the same write id.
+    MaybeApplied,
+    /// The node's verdict, final.
+    Verdict,
+}
+
+impl Failure {
+    /// Classifies a status a call failed with; `err` is what it became.
+    pub(crate) fn of(status: &Status, err: &Error) -> Failure {
+        if status.metadata().contains_key(ERROR_CODE_METADATA) {
+            return match err {
+                Error::Unavailable { .. } => Failure::NotApplied,
+                Error::OutcomeUnknown { .. } => Failure::MaybeApplied,
+                _ => Failure::Verdict,
+            };
+        }
+        if dynamokv_proto::transport::certainly_not_sent(status) {
+            Failure::NotApplied
+        } else {
+            Failure::MaybeApplied
+        }
     }
 }
 
@@ -135,6 +174,11 @@ impl From<Status> for Error {
                 got: md(&status, QUORUM_GOT_METADATA),
                 message,
             },
+            Some(ErrorCode::OutcomeUnknown) => Error::OutcomeUnknown {
+                write_id: 0,
+                message,
+            },
+            Some(ErrorCode::SiblingLimit) => Error::SiblingLimit { message },
             Some(ErrorCode::Unavailable) => Error::Unavailable { message },
             Some(ErrorCode::Internal) | Some(_) => Error::Internal { message },
             // Not from a DynamoKV node: the transport failed or something else answered.

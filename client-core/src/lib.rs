@@ -17,6 +17,8 @@
 mod client;
 mod error;
 
-pub use client::{Client, ClientBuilder, ClusterInfo, Context, GetResult, MemberInfo};
+pub use client::{
+    Client, ClientBuilder, ClusterInfo, Context, GetResult, MemberInfo, WriteOptions,
+};
 pub use dynamokv_common::{Limits, Member, PreferenceList, Ring};
 pub use error::Error;

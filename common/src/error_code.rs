@@ -26,6 +26,11 @@ pub enum ErrorCode {
     MissingField,
     /// Fewer replicas than the quorum answered in time.
     QuorumNotReached,
+    /// A write's outcome cannot be known (its answer was lost); retrying it with the same write
+    /// id is safe.
+    OutcomeUnknown,
+    /// A blind write would grow a key past its sibling or size limit; read it and resolve.
+    SiblingLimit,
     /// The node cannot serve requests now (shutting down, storage failed).
     Unavailable,
     /// A bug or storage corruption; the message has details.
@@ -34,7 +39,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// All codes, for exhaustive tests.
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::EmptyKey,
         ErrorCode::KeyTooLarge,
         ErrorCode::ValueTooLarge,
@@ -42,6 +47,8 @@ impl ErrorCode {
         ErrorCode::InvalidQuorum,
         ErrorCode::MissingField,
         ErrorCode::QuorumNotReached,
+        ErrorCode::OutcomeUnknown,
+        ErrorCode::SiblingLimit,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
     ];
@@ -56,6 +63,8 @@ impl ErrorCode {
             ErrorCode::InvalidQuorum => "INVALID_QUORUM",
             ErrorCode::MissingField => "MISSING_FIELD",
             ErrorCode::QuorumNotReached => "QUORUM_NOT_REACHED",
+            ErrorCode::OutcomeUnknown => "OUTCOME_UNKNOWN",
+            ErrorCode::SiblingLimit => "SIBLING_LIMIT",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Internal => "INTERNAL",
         }

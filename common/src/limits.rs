@@ -11,8 +11,20 @@ pub const DEFAULT_MAX_KEY_BYTES: usize = 4 * 1024;
 /// Default largest value, in bytes.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
 
-/// Largest gRPC message either end accepts: room for several siblings of the largest value.
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Default largest total of a key's values, siblings included (Riak's `max_object_size` is 50 MB):
+/// past it, blind writes that would grow the key are refused until it is resolved.
+pub const DEFAULT_MAX_OBJECT_BYTES: usize = 32 * 1024 * 1024;
+/// Default key size (all siblings) past which a node logs a warning.
+pub const DEFAULT_WARN_OBJECT_BYTES: usize = 4 * 1024 * 1024;
+/// Default largest number of siblings (Riak's `max_siblings`): past it, blind writes are refused.
+pub const DEFAULT_MAX_SIBLINGS: usize = 100;
+/// Default sibling count past which a node logs a warning (Riak's `warn_siblings`).
+pub const DEFAULT_WARN_SIBLINGS: usize = 25;
+
+/// Largest gRPC message either end accepts. A key is kept under the object limit by refusing
+/// blind writes, but replicas that each took writes during a partition can merge into more than
+/// that; the cap leaves room for several times the largest object, so every key stays readable.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 /// Size limits on keys and values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -568,8 +568,17 @@ impl VersionedState {
             .filter(|s| context.clock.contains(s.dot) || context.seen.contains(&s.write_id))
             .map(|s| (s.write_id, s.dot.actor))
             .collect();
+        // Whether the writer saw something this replica has not received: then only the
+        // context's entries record which events those were.
+        let unseen_here = context.seen.is_empty()
+            || context
+                .seen
+                .iter()
+                .any(|w| !self.retired.contains_key(w) && !superseded.iter().any(|(s, _)| s == w));
         for (w, a) in superseded {
             self.retire(w, now_ms);
+            // The entry that covers a superseded value must outlive the horizon from now, or a
+            // stale replica's copy could come back.
             self.clock.touch(a, now_ms);
         }
         // What the writer saw is superseded even where this replica has not received it yet.
@@ -577,10 +586,10 @@ impl VersionedState {
             self.retire(*w, now_ms);
         }
         self.clock.merge(&context.clock);
-        // The entries the writer's context holds may be all that records what it superseded on
-        // replicas not yet reached: keep them for a full horizon from now.
-        for (actor, _, _) in context.clock.iter() {
-            self.clock.touch(actor, now_ms);
+        if unseen_here {
+            for (actor, _, _) in context.clock.iter() {
+                self.clock.touch(actor, now_ms);
+            }
         }
         self.drop_retired_siblings();
         if self.retired.contains_key(&write_id) {

@@ -8,3 +8,21 @@
 pub mod v1 {
     tonic::include_proto!("dynamokv.v1");
 }
+
+/// What a failed call says about whether the request reached the other end.
+pub mod transport {
+    /// Whether a call that failed with `status` certainly never reached the server, so the
+    /// request cannot have been applied: the connection could not be made. Any other failure
+    /// (a reset, a timeout, a closed stream) may have come after the server acted on it.
+    pub fn certainly_not_sent(status: &tonic::Status) -> bool {
+        let mut source: Option<&(dyn std::error::Error + 'static)> =
+            std::error::Error::source(status);
+        while let Some(err) = source {
+            if err.downcast_ref::<tonic::ConnectError>().is_some() {
+                return true;
+            }
+            source = err.source();
+        }
+        false
+    }
+}

@@ -6,9 +6,16 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use dynamokv_common::Limits;
-use dynamokv_common::limits::{DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_VALUE_BYTES};
+use dynamokv_common::limits::{
+    DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_OBJECT_BYTES, DEFAULT_MAX_SIBLINGS, DEFAULT_MAX_VALUE_BYTES,
+    DEFAULT_WARN_OBJECT_BYTES, DEFAULT_WARN_SIBLINGS, MAX_MESSAGE_BYTES,
+};
 use dynamokv_common::ring::DEFAULT_PARTITIONS;
+use dynamokv_common::versioning::{
+    DEFAULT_HISTORY_HORIZON_MS, DEFAULT_MAX_RETIRED_WRITES, DEFAULT_MAX_VECTOR_ENTRIES,
+    DEFAULT_RETIRED_GRACE_MS,
+};
+use dynamokv_common::{HistoryLimits, Limits};
 
 /// Which storage engine holds the data (paper 4.1: pluggable local persistence).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -35,14 +42,21 @@ pub struct Config {
     pub engine: Engine,
     /// RocksDB: fsync the write-ahead log on every write. Off, an acknowledged write survives a
     /// crash of the process (the log is in the OS page cache) and, with W >= 2, the loss of a
-    /// whole machine; on, it also survives power loss of every replica at once, at ~3.5 ms a write.
+    /// whole machine (a node restarted after losing its unsynced log tail writes as a new actor,
+    /// so it never reissues a version, and gets the lost writes back from the other replicas);
+    /// on, it also survives power loss of every replica at once, at ~3.5 ms a write.
     pub sync_writes: bool,
     pub cluster: ClusterConfig,
     pub limits: LimitsConfig,
     /// Deadline for a request to another replica, in milliseconds.
     pub replica_timeout_ms: u64,
-    /// Version vectors longer than this are truncated (paper 4.4).
+    /// Version vectors longer than this lose their oldest entries, once those are older than
+    /// `history_horizon_ms` (paper 4.4). At least N.
     pub max_vector_entries: usize,
+    /// Superseded history younger than this is never forgotten (version-vector entries, ids of
+    /// superseded writes), so a replica that catches up within it never sees a superseded or
+    /// deleted value come back. A replica away for longer should be wiped before it rejoins.
+    pub history_horizon_ms: u64,
 }
 
 /// The cluster this node belongs to. Membership is static here; gossip replaces it later.
@@ -82,6 +96,14 @@ fn one() -> u32 {
 pub struct LimitsConfig {
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
+    /// Sibling guardrails (as Riak's): past `max_siblings` live values, or `max_object_bytes` of
+    /// values in all, a write that would grow the key further is refused with an error that
+    /// says to read and resolve it (a write that supersedes siblings is always accepted). The
+    /// `warn_` thresholds log a warning.
+    pub max_siblings: usize,
+    pub warn_siblings: usize,
+    pub max_object_bytes: usize,
+    pub warn_object_bytes: usize,
 }
 
 impl Default for Config {
@@ -96,7 +118,8 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             limits: LimitsConfig::default(),
             replica_timeout_ms: 2_000,
-            max_vector_entries: 10,
+            max_vector_entries: DEFAULT_MAX_VECTOR_ENTRIES,
+            history_horizon_ms: DEFAULT_HISTORY_HORIZON_MS,
         }
     }
 }
@@ -119,6 +142,10 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            max_siblings: DEFAULT_MAX_SIBLINGS,
+            warn_siblings: DEFAULT_WARN_SIBLINGS,
+            max_object_bytes: DEFAULT_MAX_OBJECT_BYTES,
+            warn_object_bytes: DEFAULT_WARN_OBJECT_BYTES,
         }
     }
 }
@@ -173,6 +200,16 @@ impl Config {
         Duration::from_millis(self.replica_timeout_ms)
     }
 
+    /// How much superseded history replicas keep.
+    pub fn history_limits(&self) -> HistoryLimits {
+        HistoryLimits {
+            max_vector_entries: self.max_vector_entries,
+            horizon_ms: self.history_horizon_ms,
+            max_retired_writes: DEFAULT_MAX_RETIRED_WRITES,
+            retired_grace_ms: DEFAULT_RETIRED_GRACE_MS.min(self.history_horizon_ms),
+        }
+    }
+
     /// N, R, W with defaults applied, refusing impossible combinations.
     pub fn quorums(&self) -> Result<Quorums, ConfigError> {
         let single = self.cluster.members.is_empty();
@@ -215,13 +252,32 @@ impl Config {
                 self.node_id
             )));
         }
-        if self.limits.max_key_bytes == 0 || self.limits.max_value_bytes == 0 {
+        let l = &self.limits;
+        if l.max_key_bytes == 0 || l.max_value_bytes == 0 || l.max_siblings == 0 {
             return Err(ConfigError::Invalid("limits must be positive".into()));
         }
-        if self.max_vector_entries == 0 {
-            return Err(ConfigError::Invalid(
-                "max_vector_entries must be at least 1".into(),
-            ));
+        if l.max_object_bytes < l.max_value_bytes {
+            return Err(ConfigError::Invalid(format!(
+                "limits.max_object_bytes = {} is below limits.max_value_bytes = {}: one value must fit in a key",
+                l.max_object_bytes, l.max_value_bytes
+            )));
+        }
+        // Replicas that each accepted writes up to the limit during a partition merge into a
+        // larger state; keep room for N of them in a message so every key stays readable.
+        let n = self.quorums()?.n as usize;
+        if l.max_object_bytes.saturating_mul(n) > MAX_MESSAGE_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "limits.max_object_bytes = {} is too large: N ({n}) keys of that size must fit in one message ({} bytes)",
+                l.max_object_bytes, MAX_MESSAGE_BYTES
+            )));
+        }
+        // A clock names up to N coordinators in ordinary operation; fewer entries than that
+        // would truncate on every write.
+        if self.max_vector_entries < n {
+            return Err(ConfigError::Invalid(format!(
+                "max_vector_entries = {} is below cluster.n = {n}: a key written through its N replicas needs N entries",
+                self.max_vector_entries
+            )));
         }
         Ok(())
     }
@@ -262,6 +318,49 @@ mod tests {
         c.cluster.w = None;
         c.node_id = "zz".into();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused() {
+        let three = r#"
+            node_id = "a"
+            [cluster]
+            members = [
+              { id = "a", address = "127.0.0.1:1" },
+              { id = "b", address = "127.0.0.1:2" },
+              { id = "c", address = "127.0.0.1:3" },
+            ]
+        "#;
+        for bad in [1, 2] {
+            let mut c: Config = toml::from_str(three).unwrap();
+            c.max_vector_entries = bad;
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("max_vector_entries"), "{err}");
+        }
+        let mut c: Config = toml::from_str(three).unwrap();
+        c.max_vector_entries = 3;
+        c.validate().unwrap();
+        c.limits.max_object_bytes = 1024;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_object_bytes")
+        );
+        c.limits.max_object_bytes = 100 << 20;
+        c.cluster.n = Some(3);
+        assert!(c.validate().unwrap_err().to_string().contains("too large"));
+        // More replicas than members is refused outright, so W = N can always be met.
+        let mut c: Config = toml::from_str(three).unwrap();
+        c.cluster.members.pop();
+        c.cluster.members.retain(|m| m.id == "a" || m.id == "b");
+        c.cluster.n = Some(3);
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("cluster.n = 3")
+        );
     }
 
     #[test]

@@ -2,42 +2,83 @@
 //! and read repair (paper 4.5, 5).
 //!
 //! - A **put** (or delete) is coordinated by a node among the key's top N. Any other node
-//!   forwards it to the first of those that answers. The coordinator writes the new version
-//!   locally under a fresh dot of its own actor, sends the key's resulting state to the other
-//!   N-1 replicas, and answers once W replicas (itself included) hold it.
+//!   forwards it to the first of those that answers, trying the next when one fails. The
+//!   coordinator writes the new version locally under a fresh dot of its own actor, sends the
+//!   key's resulting state to the other N-1 replicas, and answers once W replicas (itself
+//!   included) hold it. The write runs in a task of its own, so a request cancelled halfway
+//!   still reaches every replica.
+//! - Every write carries the client's **write id**, the same on each attempt. A retried write
+//!   (attempt > 1) first gathers what the other replicas hold of the key, so an earlier attempt
+//!   that was applied is found and the write is not applied again; where an earlier attempt
+//!   cannot be found (its replica is down), the replicas' merges recognise the two copies as one
+//!   write.
+//! - Requests carry a **deadline** (gRPC's `grpc-timeout`). A coordinator answers before it,
+//!   with its own verdict (such as `QuorumNotReached`), so a forwarder never mistakes a slow
+//!   verdict for a lost request.
 //! - A **get** asks all N replicas, answers after R replies with every concurrent version and
 //!   one context covering them, and keeps listening for the late replies. Once all have
 //!   answered (or timed out), every replica that was missing something is sent the merged state:
 //!   read repair.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tonic::Request;
 
 use dynamokv_common::limits::check_quorum;
 use dynamokv_common::{
-    Limits, Member, VersionVector, VersionedState, decode_context, encode_context,
+    CausalContext, InputError, Limits, Member, VersionedState, WriteId, decode_context,
+    encode_context,
 };
+use dynamokv_proto::transport::certainly_not_sent;
 use dynamokv_proto::v1 as pb;
 
 use crate::error::{Error, ReplicaFailure};
 use crate::membership::{ClusterView, Membership};
 use crate::peers::Peers;
-use crate::replica::LocalReplica;
+use crate::replica::{LocalReplica, WriteError, now_ms};
 
 /// Metadata marking a put that a node forwarded to a coordinator, so it is never forwarded
-/// twice.
+/// twice. It gives the request no other power: a node that is not a replica refuses it.
 pub const FORWARDED_METADATA: &str = "dynamokv-forwarded";
+
+/// Deadline assumed for a request that states none.
+pub const DEFAULT_REQUEST_BUDGET: Duration = Duration::from_secs(10);
+/// How long before its caller's deadline a coordinator gives its verdict, so that the verdict
+/// arrives in time.
+const VERDICT_MARGIN: Duration = Duration::from_millis(200);
+/// What a forwarder gives a coordinator beyond the coordinator's own replica timeout.
+const FORWARD_MARGIN: Duration = Duration::from_millis(500);
 
 /// What a get returns.
 #[derive(Debug, Clone)]
 pub struct GetResult {
     pub values: Vec<Bytes>,
     pub context: Bytes,
+}
+
+/// A put (`value` set) or delete, as a client or a forwarding node sent it.
+#[derive(Debug, Clone)]
+pub struct WriteRequest {
+    pub key: Bytes,
+    pub value: Option<Bytes>,
+    /// The context bytes as sent (decoded and checked by the coordinator).
+    pub context: Bytes,
+    pub w: Option<u32>,
+    /// The client's id of the write; absent, the node draws one.
+    pub write_id: Option<WriteId>,
+    /// 1 for a first attempt, more when an earlier attempt may have been applied.
+    pub attempt: u32,
+    /// Sent by another node's forwarding.
+    pub forwarded: bool,
+    /// Time left before the caller's deadline, if it stated one.
+    pub budget: Option<Duration>,
 }
 
 /// Coordinates client requests on this node.
@@ -48,6 +89,7 @@ pub struct Coordinator {
     peers: Arc<Peers>,
     limits: Limits,
     timeout: Duration,
+    read_repairs: AtomicU64,
 }
 
 type ReplicaReply<T> = (String, Result<T, String>);
@@ -66,11 +108,17 @@ impl Coordinator {
             peers,
             limits,
             timeout,
+            read_repairs: AtomicU64::new(0),
         }
     }
 
     pub fn membership(&self) -> &Membership {
         &self.membership
+    }
+
+    /// Read repairs sent since start.
+    pub fn read_repairs(&self) -> u64 {
+        self.read_repairs.load(Ordering::Relaxed)
     }
 
     /// A quorum read of `key`.
@@ -81,6 +129,7 @@ impl Coordinator {
         let r = r.unwrap_or(view.quorums.r);
         check_quorum("R", r, n)?;
         let replicas = top_n(&view, &key);
+        check_replica_count("R", r, &replicas)?;
 
         let mut pending: FuturesUnordered<_> = replicas
             .iter()
@@ -106,104 +155,222 @@ impl Coordinator {
                 failures,
             });
         }
-        let mut merged = VersionedState::new();
-        for (_, state) in &replies {
-            if let Some(s) = state {
-                merged.merge(s);
-            }
-        }
+        let merged = merge_all(replies.iter().filter_map(|(_, s)| s.as_ref()));
         let result = GetResult {
             values: merged.live_values(),
-            context: Bytes::from(encode_context(&key, merged.clock())),
+            context: Bytes::from(encode_context(&key, &CausalContext::of_read(&merged))),
         };
 
         // Late replies and read repair happen after the client has its answer.
-        let local = Arc::clone(&self.local);
-        let peers = Arc::clone(&self.peers);
-        let self_id = view.self_id.clone();
-        let timeout = self.timeout;
+        let this = Arc::clone(self);
         tokio::spawn(async move {
             while let Some((node, reply)) = pending.next().await {
                 if let Ok(state) = reply {
                     replies.push((node, state));
                 }
             }
-            read_repair(key, replies, &replicas, &self_id, &local, &peers, timeout).await;
+            this.read_repair(key, replies, &replicas).await;
         });
         Ok(result)
     }
 
-    /// A quorum write of `value` (a delete when `None`) superseding what `context` saw.
-    pub async fn put(
-        self: &Arc<Self>,
-        key: Bytes,
-        value: Option<Bytes>,
-        context: &[u8],
-        w: Option<u32>,
-        forwarded: bool,
-    ) -> Result<Bytes, Error> {
+    /// A quorum write: a put, or a delete when `value` is `None`, superseding what the
+    /// request's context saw. Returns the context covering that and the new write.
+    pub async fn put(self: &Arc<Self>, req: WriteRequest) -> Result<Bytes, Error> {
+        let key = req.key.clone();
         self.limits.check_key(&key)?;
-        if let Some(v) = &value {
+        if let Some(v) = &req.value {
             self.limits.check_value(v)?;
         }
-        let context = decode_context(&key, context)?;
+        let context = decode_context(&key, &req.context)?;
         let view = self.membership.current();
         let n = view.quorums.n;
-        let w = w.unwrap_or(view.quorums.w);
+        let w = req.w.unwrap_or(view.quorums.w);
         check_quorum("W", w, n)?;
-        let op = if value.is_some() { "put" } else { "delete" };
+        let op = if req.value.is_some() { "put" } else { "delete" };
         let replicas = top_n(&view, &key);
+        check_replica_count("W", w, &replicas)?;
+        let budget = req.budget.unwrap_or(DEFAULT_REQUEST_BUDGET);
+        let verdict_at = Instant::now() + budget.saturating_sub(VERDICT_MARGIN);
 
-        if !forwarded && !replicas.iter().any(|m| m.id == view.self_id) {
-            return self.forward(op, key, value, context, w, &replicas).await;
-        }
-
-        let state = self.local.coordinate(key.clone(), context, value).await?;
-        let reply_context = Bytes::from(encode_context(&key, state.clock()));
-        let mut acks = 1u32;
-        let mut failures = Vec::new();
-        let mut pending: FuturesUnordered<_> = replicas
-            .iter()
-            .filter(|m| m.id != view.self_id)
-            .map(|m| {
-                let (this, m, key, state) =
-                    (Arc::clone(self), m.clone(), key.clone(), state.clone());
-                async move { this.write_replica(m, key, state).await }
-            })
-            .collect();
-        while acks < w {
-            match pending.next().await {
-                Some((_, Ok(()))) => acks += 1,
-                Some((node, Err(reason))) => failures.push(ReplicaFailure { node, reason }),
-                None => break,
+        if !replicas.iter().any(|m| m.id == view.self_id) {
+            if req.forwarded {
+                // The forwarder thinks this node is a replica and it is not: their views of the
+                // membership differ. Never count a non-replica toward W.
+                return Err(Error::NotReplica {
+                    node: view.self_id.clone(),
+                });
             }
+            return self.forward(op, req, w, &replicas, verdict_at).await;
         }
-        // The remaining replicas still get the write; nobody waits for them.
-        tokio::spawn(async move { while pending.next().await.is_some() {} });
-        if acks < w {
-            return Err(Error::QuorumNotReached {
+
+        let write_id = req.write_id.unwrap_or_else(|| WriteId(rand::random()));
+        if req.attempt > 1 {
+            self.gather_earlier_attempts(&key, &replicas, &view.self_id, verdict_at)
+                .await;
+        }
+        // The write runs to the end in its own task, whatever becomes of this request.
+        let (tx, rx) = oneshot::channel();
+        let this = Arc::clone(self);
+        let self_id = view.self_id.clone();
+        tokio::spawn(async move {
+            let write = Write {
                 op,
-                needed: w,
-                got: acks,
-                failures,
-            });
-        }
-        Ok(reply_context)
+                key,
+                context,
+                write_id,
+                value: req.value,
+                w,
+            };
+            this.write(write, replicas, self_id, verdict_at, tx).await;
+        });
+        rx.await.unwrap_or_else(|_| {
+            Err(Error::Internal(
+                "the write task ended without a verdict".into(),
+            ))
+        })
     }
 
-    /// Sends a write this node may not coordinate to the first replica that takes it.
+    /// Coordinates a write: local update, then copies to the other replicas, answering `tx`
+    /// once W hold it or at `verdict_at`, and carrying on with the remaining copies after.
+    async fn write(
+        self: Arc<Self>,
+        w: Write,
+        replicas: Vec<Member>,
+        self_id: String,
+        verdict_at: Instant,
+        tx: oneshot::Sender<Result<Bytes, Error>>,
+    ) {
+        let (state, outcome) = match self
+            .local
+            .coordinate(w.key.clone(), w.context.clone(), w.write_id, w.value)
+            .await
+        {
+            Ok(done) => done,
+            Err(WriteError::Storage(e)) => {
+                let _ = tx.send(Err(e.into()));
+                return;
+            }
+            Err(e @ WriteError::SiblingLimit { .. }) => {
+                let _ = tx.send(Err(Error::SiblingLimit(e.to_string())));
+                return;
+            }
+        };
+        let reply = Bytes::from(encode_context(
+            &w.key,
+            &w.context.with_write(w.write_id, &outcome.dots()),
+        ));
+        let mut tx = Some(tx);
+        let mut acks = 1u32;
+        let mut failures = Vec::new();
+        if acks >= w.w {
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(Ok(reply.clone()));
+            }
+        }
+        let mut pending: FuturesUnordered<_> = replicas
+            .iter()
+            .filter(|m| m.id != self_id)
+            .map(|m| {
+                let (peers, m, key, state) = (
+                    Arc::clone(&self.peers),
+                    m.clone(),
+                    w.key.clone(),
+                    state.clone(),
+                );
+                let timeout = self.timeout;
+                async move {
+                    let result = remote_merge(&peers, &m, key, &state, timeout).await;
+                    (m.id, result)
+                }
+            })
+            .collect();
+        let deadline = tokio::time::sleep_until(verdict_at);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                next = pending.next() => match next {
+                    None => break,
+                    Some((_, Ok(()))) => {
+                        acks += 1;
+                        if acks >= w.w {
+                            if let Some(tx) = tx.take() {
+                                let _ = tx.send(Ok(reply.clone()));
+                            }
+                        }
+                    }
+                    Some((node, Err(reason))) => failures.push(ReplicaFailure { node, reason }),
+                },
+                () = &mut deadline, if tx.is_some() => {
+                    let mut failures = failures.clone();
+                    failures.push(ReplicaFailure {
+                        node: format!("{} other replica(s)", pending.len()),
+                        reason: "no answer before the request's deadline".into(),
+                    });
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(Err(Error::QuorumNotReached { op: w.op, needed: w.w, got: acks, failures }));
+                    }
+                }
+            }
+        }
+        if let Some(tx) = tx {
+            let _ = tx.send(Err(Error::QuorumNotReached {
+                op: w.op,
+                needed: w.w,
+                got: acks,
+                failures,
+            }));
+        }
+    }
+
+    /// For a retried write: merges what the other replicas hold of the key into this one, so
+    /// that an earlier attempt applied elsewhere is found rather than applied again. Waits at
+    /// most half the time left; a replica that does not answer by then is left to the merges.
+    async fn gather_earlier_attempts(
+        self: &Arc<Self>,
+        key: &Bytes,
+        replicas: &[Member],
+        self_id: &str,
+        verdict_at: Instant,
+    ) {
+        let left = verdict_at.saturating_duration_since(Instant::now());
+        let wait = (left / 2).min(self.timeout);
+        let mut pending: FuturesUnordered<_> = replicas
+            .iter()
+            .filter(|m| m.id != self_id)
+            .map(|m| remote_read(&self.peers, m, key.clone(), wait))
+            .collect();
+        while let Some(reply) = pending.next().await {
+            if let Ok(Some(state)) = reply {
+                if let Err(e) = self.local.merge(key.clone(), state).await {
+                    tracing::warn!(error = %e, "could not merge an earlier attempt's state");
+                }
+            }
+        }
+    }
+
+    /// Sends a write this node does not replicate to the first replica that takes it. When a
+    /// replica fails after the request may have reached it, the next one gets the same write id
+    /// as a further attempt, so the write is applied once whichever replicas end up holding it.
     async fn forward(
         &self,
         op: &'static str,
-        key: Bytes,
-        value: Option<Bytes>,
-        context: VersionVector,
+        req: WriteRequest,
         w: u32,
         replicas: &[Member],
+        verdict_at: Instant,
     ) -> Result<Bytes, Error> {
-        let ctx = Bytes::from(encode_context(&key, &context));
+        let write_id = req.write_id.unwrap_or_else(|| WriteId(rand::random()));
+        let mut attempt = req.attempt.max(1);
+        let mut unknown = false;
         let mut failures = Vec::new();
         for m in replicas {
+            let left = verdict_at.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            // Room for the coordinator's own replica timeout, so that its verdict comes back.
+            let budget = left.min(self.timeout + FORWARD_MARGIN);
             let mut client = match self.peers.kv(&m.address) {
                 Ok(c) => c,
                 Err(reason) => {
@@ -214,38 +381,62 @@ impl Coordinator {
                     continue;
                 }
             };
-            let result = match &value {
-                Some(v) => {
-                    let mut req = Request::new(pb::PutRequest {
-                        key: Some(key.clone()),
-                        value: Some(v.clone()),
-                        context: ctx.clone(),
-                        w: Some(w),
-                    });
-                    mark_forwarded(&mut req);
-                    client.put(req).await.map(|r| r.into_inner().context)
-                }
-                None => {
-                    let mut req = Request::new(pb::DeleteRequest {
-                        key: Some(key.clone()),
-                        context: ctx.clone(),
-                        w: Some(w),
-                    });
-                    mark_forwarded(&mut req);
-                    client.delete(req).await.map(|r| r.into_inner().context)
+            let (key, context, write_id) = (
+                req.key.clone(),
+                req.context.clone(),
+                Bytes::copy_from_slice(&write_id.to_bytes()),
+            );
+            let call = async {
+                match &req.value {
+                    Some(v) => {
+                        let mut r = Request::new(pb::PutRequest {
+                            key: Some(key),
+                            value: Some(v.clone()),
+                            context,
+                            w: Some(w),
+                            write_id,
+                            attempt,
+                        });
+                        mark_forwarded(&mut r, budget);
+                        client.put(r).await.map(|r| r.into_inner().context)
+                    }
+                    None => {
+                        let mut r = Request::new(pb::DeleteRequest {
+                            key: Some(key),
+                            context,
+                            w: Some(w),
+                            write_id,
+                            attempt,
+                        });
+                        mark_forwarded(&mut r, budget);
+                        client.delete(r).await.map(|r| r.into_inner().context)
+                    }
                 }
             };
-            match result {
-                Ok(context) => return Ok(context),
-                // The coordinator answered with a verdict (e.g. its own quorum failed): pass it on.
-                Err(status) if status.code() != tonic::Code::Unavailable || is_ours(&status) => {
+            let status = match tokio::time::timeout(budget, call).await {
+                Ok(Ok(context)) => return Ok(context),
+                Ok(Err(status)) => status,
+                Err(_) => tonic::Status::deadline_exceeded(format!("no answer within {budget:?}")),
+            };
+            let reason = format!("{:?}: {}", status.code(), status.message());
+            if is_ours(&status) {
+                // The coordinator's own verdict: pass it on, unless it refused the request
+                // before doing anything (not a replica after all, shutting down).
+                if status_code(&status) != Some(dynamokv_common::ErrorCode::Unavailable) {
                     return Err(Error::Remote(status));
                 }
-                Err(status) => failures.push(ReplicaFailure {
-                    node: m.id.clone(),
-                    reason: status.message().to_string(),
-                }),
+            } else if !certainly_not_sent(&status) {
+                // It may have been applied: the next replica gets it as a further attempt.
+                unknown = true;
+                attempt += 1;
             }
+            failures.push(ReplicaFailure {
+                node: m.id.clone(),
+                reason,
+            });
+        }
+        if unknown {
+            return Err(Error::OutcomeUnknown { op, failures });
         }
         Err(Error::QuorumNotReached {
             op,
@@ -265,15 +456,63 @@ impl Coordinator {
         (m.id, result)
     }
 
-    async fn write_replica(
+    /// Sends the merged state to every replica whose reply lacked part of it.
+    async fn read_repair(
         &self,
-        m: Member,
         key: Bytes,
-        state: VersionedState,
-    ) -> ReplicaReply<()> {
-        let result = remote_merge(&self.peers, &m, key, &state, self.timeout).await;
-        (m.id, result)
+        replies: Vec<(String, Option<VersionedState>)>,
+        replicas: &[Member],
+    ) {
+        let mut merged = merge_all(replies.iter().filter_map(|(_, s)| s.as_ref()));
+        if merged.clock().is_empty() {
+            return;
+        }
+        // Compare against what a replica would store after merging: truncated as it would be.
+        self.local.truncate(&mut merged, now_ms());
+        let self_id = self.membership.current().self_id.clone();
+        for (node, state) in &replies {
+            let stale = state.as_ref().is_none_or(|s| !s.descends(&merged));
+            if !stale {
+                continue;
+            }
+            let Some(m) = replicas.iter().find(|m| &m.id == node) else {
+                continue;
+            };
+            self.read_repairs.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(node = %m.id, "read repair");
+            let result = if m.id == self_id {
+                self.local
+                    .merge(key.clone(), merged.clone())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            } else {
+                remote_merge(&self.peers, m, key.clone(), &merged, self.timeout).await
+            };
+            if let Err(reason) = result {
+                tracing::debug!(node = %m.id, %reason, "read repair failed");
+            }
+        }
     }
+}
+
+/// A write being coordinated.
+struct Write {
+    op: &'static str,
+    key: Bytes,
+    context: CausalContext,
+    write_id: WriteId,
+    value: Option<Bytes>,
+    w: u32,
+}
+
+fn merge_all<'a>(states: impl Iterator<Item = &'a VersionedState>) -> VersionedState {
+    let now = now_ms();
+    let mut merged = VersionedState::new();
+    for s in states {
+        merged.merge(s, now);
+    }
+    merged
 }
 
 /// The key's N replicas: the top of its preference list.
@@ -286,11 +525,25 @@ fn top_n(view: &ClusterView, key: &[u8]) -> Vec<Member> {
         .collect()
 }
 
-fn mark_forwarded<T>(req: &mut Request<T>) {
+/// A quorum can never be met by more replicas than the key has.
+fn check_replica_count(name: &'static str, q: u32, replicas: &[Member]) -> Result<(), Error> {
+    if q as usize > replicas.len() {
+        return Err(InputError::InvalidQuorum {
+            name,
+            value: q,
+            n: replicas.len() as u32,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn mark_forwarded<T>(req: &mut Request<T>, budget: Duration) {
     req.metadata_mut().insert(
         FORWARDED_METADATA,
         tonic::metadata::MetadataValue::from_static("1"),
     );
+    req.set_timeout(budget);
 }
 
 /// Whether a status came from a DynamoKV node's own verdict rather than the transport.
@@ -300,6 +553,14 @@ fn is_ours(status: &tonic::Status) -> bool {
         .contains_key(dynamokv_common::error_code::ERROR_CODE_METADATA)
 }
 
+fn status_code(status: &tonic::Status) -> Option<dynamokv_common::ErrorCode> {
+    status
+        .metadata()
+        .get(dynamokv_common::error_code::ERROR_CODE_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .and_then(dynamokv_common::ErrorCode::parse)
+}
+
 async fn remote_read(
     peers: &Peers,
     m: &Member,
@@ -307,8 +568,9 @@ async fn remote_read(
     timeout: Duration,
 ) -> Result<Option<VersionedState>, String> {
     let mut client = peers.replica(&m.address)?;
-    let call = client.read_local(pb::ReadLocalRequest { key: Some(key) });
-    let reply = tokio::time::timeout(timeout, call)
+    let mut req = Request::new(pb::ReadLocalRequest { key: Some(key) });
+    req.set_timeout(timeout);
+    let reply = tokio::time::timeout(timeout, client.read_local(req))
         .await
         .map_err(|_| format!("no answer within {timeout:?}"))?
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
@@ -327,56 +589,14 @@ async fn remote_merge(
     timeout: Duration,
 ) -> Result<(), String> {
     let mut client = peers.replica(&m.address)?;
-    let call = client.merge_local(pb::MergeLocalRequest {
+    let mut req = Request::new(pb::MergeLocalRequest {
         key: Some(key),
         state: Some(state.to_proto()),
     });
-    tokio::time::timeout(timeout, call)
+    req.set_timeout(timeout);
+    tokio::time::timeout(timeout, client.merge_local(req))
         .await
         .map_err(|_| format!("no answer within {timeout:?}"))?
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
     Ok(())
-}
-
-/// Sends the merged state to every replica whose reply lacked part of it.
-async fn read_repair(
-    key: Bytes,
-    replies: Vec<(String, Option<VersionedState>)>,
-    replicas: &[Member],
-    self_id: &str,
-    local: &Arc<LocalReplica>,
-    peers: &Peers,
-    timeout: Duration,
-) {
-    let mut merged = VersionedState::new();
-    for (_, s) in replies.iter() {
-        if let Some(s) = s {
-            merged.merge(s);
-        }
-    }
-    if merged.clock().is_empty() {
-        return;
-    }
-    for (node, state) in &replies {
-        let stale = state.as_ref().is_none_or(|s| !s.descends(&merged));
-        if !stale {
-            continue;
-        }
-        let Some(m) = replicas.iter().find(|m| &m.id == node) else {
-            continue;
-        };
-        tracing::debug!(node = %m.id, "read repair");
-        let result = if m.id == self_id {
-            local
-                .merge(key.clone(), merged.clone())
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        } else {
-            remote_merge(peers, m, key.clone(), &merged, timeout).await
-        };
-        if let Err(reason) = result {
-            tracing::debug!(node = %m.id, %reason, "read repair failed");
-        }
-    }
 }

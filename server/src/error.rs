@@ -32,6 +32,8 @@ pub enum Error {
     Context(#[from] ContextError),
     #[error("the request has no {0}: it is required")]
     MissingField(&'static str),
+    #[error("the request's {0}")]
+    MalformedField(&'static str),
     /// The verdict of the node this one forwarded the request to, passed on unchanged.
     #[error("{}", .0.message())]
     Remote(Status),
@@ -46,10 +48,28 @@ pub enum Error {
         got: u32,
         failures: Vec<ReplicaFailure>,
     },
+    /// The forwarder's replicas and every later attempt failed, and some may have applied the
+    /// write: it is stored once or not at all, and may still spread.
+    #[error(
+        "the outcome of this {op} is unknown: a replica that was sent it did not answer ({}). It is applied at most once; retry with the same write id, or read the key, to find out",
+        describe(.failures)
+    )]
+    OutcomeUnknown {
+        op: &'static str,
+        failures: Vec<ReplicaFailure>,
+    },
+    /// The write would grow the key past its sibling limits; nothing was written.
+    #[error("{0}")]
+    SiblingLimit(String),
+    /// A forwarded request reached a node that is not among the key's replicas.
+    #[error(
+        "node {node} is not a replica of this key (the forwarding node's view of the cluster differs): nothing was written, retry on another node"
+    )]
+    NotReplica { node: String },
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("the node is shutting down: retry on another node")]
-    ShuttingDown,
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 fn describe(failures: &[ReplicaFailure]) -> String {
@@ -74,10 +94,12 @@ impl Error {
                 .and_then(|v| v.to_str().ok())
                 .and_then(ErrorCode::parse)
                 .unwrap_or(ErrorCode::Internal),
-            Error::MissingField(_) => ErrorCode::MissingField,
+            Error::MissingField(_) | Error::MalformedField(_) => ErrorCode::MissingField,
             Error::QuorumNotReached { .. } => ErrorCode::QuorumNotReached,
-            Error::Storage(_) => ErrorCode::Internal,
-            Error::ShuttingDown => ErrorCode::Unavailable,
+            Error::OutcomeUnknown { .. } => ErrorCode::OutcomeUnknown,
+            Error::SiblingLimit(_) => ErrorCode::SiblingLimit,
+            Error::NotReplica { .. } => ErrorCode::Unavailable,
+            Error::Storage(_) | Error::Internal(_) => ErrorCode::Internal,
         }
     }
 }
@@ -89,7 +111,10 @@ impl From<Error> for Status {
         }
         let code = e.code();
         let grpc = match code {
-            ErrorCode::QuorumNotReached | ErrorCode::Unavailable => Code::Unavailable,
+            ErrorCode::QuorumNotReached | ErrorCode::Unavailable | ErrorCode::OutcomeUnknown => {
+                Code::Unavailable
+            }
+            ErrorCode::SiblingLimit => Code::FailedPrecondition,
             ErrorCode::Internal => Code::Internal,
             _ => Code::InvalidArgument,
         };

@@ -1,4 +1,7 @@
 //! Connections to the other nodes, one lazily connected HTTP/2 channel per address.
+//!
+//! Channels have no overall timeout: each call sets its own (a replica read or merge gets the
+//! replica timeout, a forwarded write enough for its coordinator to give a verdict).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -32,7 +35,6 @@ impl Peers {
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| format!("bad peer address {address:?}: {e}"))?
             .connect_timeout(self.timeout)
-            .timeout(self.timeout)
             .tcp_nodelay(true);
         let ch = endpoint.connect_lazy();
         map.insert(address.to_string(), ch.clone());

@@ -5,6 +5,10 @@
 //! ([`LocalReplica::merge`]) both read the key's state, change it and write it back under a
 //! per-key lock (striped), so concurrent writes to one key never lose each other. Storage calls
 //! run on blocking threads.
+//!
+//! Every process start is a new incarnation with a new random actor, and its dots come from one
+//! node-wide counter: whatever the storage lost (an unsynced log tail after a power cut, a data
+//! directory restored from a backup), this node never issues a version it issued before.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,38 +16,72 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use dynamokv_common::{Actor, VersionVector, VersionedState, key_position};
+use dynamokv_common::{
+    Actor, CausalContext, HistoryLimits, UpdateOutcome, VersionedState, WriteId, key_position,
+};
 
 use crate::storage::{self, Storage, StorageError};
 
 const LOCK_STRIPES: usize = 1024;
-const META_ACTOR: &str = "actor";
 const META_NODE_ID: &str = "node_id";
+const META_INCARNATIONS: &str = "incarnations";
+
+/// Limits on how big one key may grow through blind writes (see `LimitsConfig`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SiblingLimits {
+    pub max_siblings: usize,
+    pub warn_siblings: usize,
+    pub max_object_bytes: usize,
+    pub warn_object_bytes: usize,
+}
+
+/// Why a coordinator's write was not applied.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The write would grow a key past its sibling limits; nothing was written.
+    #[error(
+        "nothing was written: the key holds {siblings} sibling(s) with {} of values, and this write would take it past the limit of {limit}. Read the key and resolve its siblings: write the resolved value with the read's context (a write that supersedes siblings is always accepted)",
+        human_bytes(*.bytes)
+    )]
+    SiblingLimit {
+        siblings: usize,
+        bytes: usize,
+        limit: String,
+    },
+}
 
 /// This node's local replica.
 #[derive(Debug)]
 pub struct LocalReplica {
     store: Arc<dyn Storage>,
     actor: Actor,
+    incarnation: u64,
+    /// The next counter this incarnation may issue, for any key.
+    next_counter: AtomicU64,
     stripes: Vec<Mutex<()>>,
-    max_vector_entries: usize,
+    history: HistoryLimits,
+    siblings: SiblingLimits,
     truncations: AtomicU64,
+    retired_evicted: AtomicU64,
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl LocalReplica {
-    /// Opens the replica on `store`, drawing a fresh actor if the store is new (a node that
-    /// restarts on an empty data directory must never reuse its old counters) and refusing a
-    /// store that belongs to another node id.
+    /// Opens the replica on `store` as a new incarnation with a fresh actor, refusing a store
+    /// that belongs to another node id.
     pub fn open(
         store: Arc<dyn Storage>,
         node_id: &str,
-        max_vector_entries: usize,
+        history: HistoryLimits,
+        siblings: SiblingLimits,
     ) -> Result<LocalReplica, StorageError> {
         match store.get_meta(META_NODE_ID)? {
             Some(found) if found != node_id.as_bytes() => {
@@ -56,25 +94,25 @@ impl LocalReplica {
             Some(_) => {}
             None => store.put_meta(META_NODE_ID, node_id.as_bytes())?,
         }
-        let actor = match store.get_meta(META_ACTOR)? {
-            Some(raw) if raw.len() == 8 => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&raw);
-                Actor(u64::from_be_bytes(b))
-            }
-            Some(_) => return Err(StorageError::Corrupt("actor metadata".into())),
-            None => {
-                let actor = Actor(rand::random::<u64>());
-                store.put_meta(META_ACTOR, &actor.0.to_be_bytes())?;
-                actor
-            }
-        };
+        // Counted for operators only; uniqueness comes from the random actor, which must not
+        // depend on anything storage could have rolled back.
+        let incarnation = match store.get_meta(META_INCARNATIONS)? {
+            Some(raw) => <[u8; 8]>::try_from(raw.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| StorageError::Corrupt("incarnation count".into()))?,
+            None => 0,
+        } + 1;
+        store.put_meta(META_INCARNATIONS, &incarnation.to_be_bytes())?;
         Ok(LocalReplica {
             store,
-            actor,
+            actor: Actor(rand::random::<u64>()),
+            incarnation,
+            next_counter: AtomicU64::new(1),
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
-            max_vector_entries,
+            history,
+            siblings,
             truncations: AtomicU64::new(0),
+            retired_evicted: AtomicU64::new(0),
         })
     }
 
@@ -83,9 +121,19 @@ impl LocalReplica {
         self.actor
     }
 
+    /// How many times this data directory has been opened, this time included.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
     /// How many version-vector entries were dropped by truncation since start.
     pub fn truncations(&self) -> u64 {
         self.truncations.load(Ordering::Relaxed)
+    }
+
+    /// How many retired write ids were dropped for the per-key cap since start.
+    pub fn retired_evicted(&self) -> u64 {
+        self.retired_evicted.load(Ordering::Relaxed)
     }
 
     fn stripe(&self, key: &[u8]) -> &Mutex<()> {
@@ -102,24 +150,71 @@ impl LocalReplica {
     }
 
     /// A coordinator's write: a new version (or a tombstone, `value == None`) superseding what
-    /// `context` saw, under a fresh dot of this node's actor. Returns the key's whole new state,
-    /// which the coordinator then sends to the other replicas.
+    /// `context` saw, under a fresh dot of this incarnation, unless the write (`write_id`) is
+    /// already here. Returns the key's whole new state, which the coordinator then sends to the
+    /// other replicas, and what happened to the write.
     pub async fn coordinate(
         self: &Arc<Self>,
         key: Bytes,
-        context: VersionVector,
+        context: CausalContext,
+        write_id: WriteId,
         value: Option<Bytes>,
-    ) -> Result<VersionedState, StorageError> {
+    ) -> Result<(VersionedState, UpdateOutcome), WriteError> {
         let this = Arc::clone(self);
-        blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let _guard = this.stripe(&key).lock().unwrap_or_else(|p| p.into_inner());
-            let mut state = storage::read_state(this.store.as_ref(), &key)?.unwrap_or_default();
-            state.update(&context, value, this.actor, now_ms());
-            this.truncate(&mut state);
-            storage::write_state(this.store.as_ref(), &key, &state)?;
-            Ok(state)
+            let current = storage::read_state(this.store.as_ref(), &key)?.unwrap_or_default();
+            let mut state = current.clone();
+            let floor = this.next_counter.fetch_add(1, Ordering::Relaxed);
+            let now = now_ms();
+            let outcome = state.update(&context, write_id, value, this.actor, floor, now);
+            if let UpdateOutcome::Applied(dot) = outcome {
+                this.next_counter
+                    .fetch_max(dot.counter + 1, Ordering::Relaxed);
+                this.check_growth(&key, &current, &state)?;
+            }
+            this.truncate(&mut state, now);
+            if state != current {
+                storage::write_state(this.store.as_ref(), &key, &state)?;
+            }
+            Ok((state, outcome))
         })
         .await
+        .map_err(|e| StorageError::Engine(format!("storage task failed: {e}")))?
+    }
+
+    /// Refuses a write that grows a key past its limits; warns past the warning thresholds.
+    fn check_growth(
+        &self,
+        key: &[u8],
+        before: &VersionedState,
+        after: &VersionedState,
+    ) -> Result<(), WriteError> {
+        let l = &self.siblings;
+        let (count, bytes) = (after.live_count(), after.value_bytes());
+        let over = if count > l.max_siblings && count > before.live_count() {
+            Some(format!("{} siblings", l.max_siblings))
+        } else if bytes > l.max_object_bytes && bytes > before.value_bytes() {
+            Some(format!("{} of values", human_bytes(l.max_object_bytes)))
+        } else {
+            None
+        };
+        if let Some(limit) = over {
+            return Err(WriteError::SiblingLimit {
+                siblings: before.live_count(),
+                bytes: before.value_bytes(),
+                limit,
+            });
+        }
+        if count >= l.warn_siblings || bytes >= l.warn_object_bytes {
+            tracing::warn!(
+                key = %String::from_utf8_lossy(key),
+                siblings = count,
+                bytes,
+                "key is growing large: read it and resolve its siblings"
+            );
+        }
+        Ok(())
     }
 
     /// Merges another replica's state of `key` into this one's, writing only if it changes
@@ -134,8 +229,9 @@ impl LocalReplica {
             let _guard = this.stripe(&key).lock().unwrap_or_else(|p| p.into_inner());
             let current = storage::read_state(this.store.as_ref(), &key)?;
             let mut state = current.clone().unwrap_or_default();
-            state.merge(&incoming);
-            this.truncate(&mut state);
+            let now = now_ms();
+            state.merge(&incoming, now);
+            this.truncate(&mut state, now);
             if current.as_ref() != Some(&state) {
                 storage::write_state(this.store.as_ref(), &key, &state)?;
             }
@@ -144,18 +240,42 @@ impl LocalReplica {
         .await
     }
 
-    fn truncate(&self, state: &mut VersionedState) {
-        let dropped = state.truncate_clock(self.max_vector_entries, self.actor);
-        if dropped > 0 {
+    /// Applies the history limits to a state, as every replica does before storing one.
+    pub fn truncate(&self, state: &mut VersionedState, now: u64) {
+        let t = state.truncate(&self.history, now);
+        if t.clock_entries > 0 {
             self.truncations
-                .fetch_add(dropped as u64, Ordering::Relaxed);
-            tracing::warn!(dropped, "version vector truncated (paper 4.4 safety valve)");
+                .fetch_add(t.clock_entries as u64, Ordering::Relaxed);
+            tracing::debug!(
+                dropped = t.clock_entries,
+                "version vector truncated (paper 4.4)"
+            );
+        }
+        if t.retired_evicted > 0 {
+            self.retired_evicted
+                .fetch_add(t.retired_evicted as u64, Ordering::Relaxed);
         }
     }
 
     /// Flushes storage; called at shutdown.
     pub fn flush(&self) -> Result<(), StorageError> {
         self.store.flush()
+    }
+}
+
+/// `n` bytes in the largest binary unit that keeps it at least 1 (e.g. "32.0 MiB").
+fn human_bytes(n: usize) -> String {
+    const UNITS: [&str; 4] = ["bytes", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} bytes")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
     }
 }
 
@@ -172,17 +292,31 @@ mod tests {
     use super::*;
     use crate::storage::MemoryStorage;
 
+    fn limits() -> SiblingLimits {
+        SiblingLimits {
+            max_siblings: 100,
+            warn_siblings: 25,
+            max_object_bytes: 1 << 20,
+            warn_object_bytes: 1 << 19,
+        }
+    }
+
+    fn open(store: &Arc<dyn Storage>, node: &str) -> Result<LocalReplica, StorageError> {
+        LocalReplica::open(Arc::clone(store), node, HistoryLimits::default(), limits())
+    }
+
     #[tokio::test]
     async fn concurrent_blind_writes_to_one_key_all_survive_as_siblings() {
         let store: Arc<dyn Storage> = Arc::new(MemoryStorage::default());
-        let replica = Arc::new(LocalReplica::open(store, "n", 10).unwrap());
+        let replica = Arc::new(open(&store, "n").unwrap());
         let mut tasks = Vec::new();
         for i in 0..50u32 {
             let r = Arc::clone(&replica);
             tasks.push(tokio::spawn(async move {
                 r.coordinate(
                     Bytes::from_static(b"k"),
-                    VersionVector::new(),
+                    CausalContext::new(),
+                    WriteId(u128::from(i)),
                     Some(Bytes::from(i.to_string())),
                 )
                 .await
@@ -201,18 +335,62 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn actor_is_kept_across_reopen_and_store_is_bound_to_its_node() {
+    async fn every_start_is_a_new_actor_and_the_store_is_bound_to_its_node() {
         let store: Arc<dyn Storage> = Arc::new(MemoryStorage::default());
-        let a = LocalReplica::open(Arc::clone(&store), "n1", 10)
-            .unwrap()
-            .actor();
-        let b = LocalReplica::open(Arc::clone(&store), "n1", 10)
-            .unwrap()
-            .actor();
-        assert_eq!(a, b);
-        let err = LocalReplica::open(Arc::clone(&store), "n2", 10).unwrap_err();
+        let a = open(&store, "n1").unwrap();
+        let b = open(&store, "n1").unwrap();
+        assert_ne!(a.actor(), b.actor());
+        assert_eq!((a.incarnation(), b.incarnation()), (1, 2));
+        let err = open(&store, "n2").unwrap_err();
         assert!(err.to_string().contains("belongs to node"));
-        let fresh: Arc<dyn Storage> = Arc::new(MemoryStorage::default());
-        assert_ne!(LocalReplica::open(fresh, "n1", 10).unwrap().actor(), a);
+    }
+
+    #[tokio::test]
+    async fn blind_writes_past_the_limits_are_refused_and_resolving_writes_are_not() {
+        let store: Arc<dyn Storage> = Arc::new(MemoryStorage::default());
+        let l = SiblingLimits {
+            max_siblings: 3,
+            warn_siblings: 2,
+            max_object_bytes: 1 << 20,
+            warn_object_bytes: 1 << 20,
+        };
+        let replica =
+            Arc::new(LocalReplica::open(store, "n", HistoryLimits::default(), l).unwrap());
+        let key = Bytes::from_static(b"k");
+        for i in 0..3u128 {
+            replica
+                .coordinate(
+                    key.clone(),
+                    CausalContext::new(),
+                    WriteId(i),
+                    Some(Bytes::from_static(b"v")),
+                )
+                .await
+                .unwrap();
+        }
+        let refused = replica
+            .coordinate(
+                key.clone(),
+                CausalContext::new(),
+                WriteId(9),
+                Some(Bytes::from_static(b"v")),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, WriteError::SiblingLimit { siblings: 3, .. }),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("3 siblings"), "{refused}");
+        assert_eq!(human_bytes(33_554_432), "32.0 MiB");
+        assert_eq!(human_bytes(100), "100 bytes");
+        let state = replica.read(key.clone()).await.unwrap().unwrap();
+        assert_eq!(state.live_count(), 3, "a refused write changes nothing");
+        let ctx = CausalContext::of_read(&state);
+        let (state, _) = replica
+            .coordinate(key, ctx, WriteId(10), Some(Bytes::from_static(b"resolved")))
+            .await
+            .unwrap();
+        assert_eq!(state.live_values(), vec![Bytes::from_static(b"resolved")]);
     }
 }

@@ -17,7 +17,7 @@ use crate::config::{Config, ConfigError, Engine};
 use crate::coordinator::Coordinator;
 use crate::membership::Membership;
 use crate::peers::Peers;
-use crate::replica::LocalReplica;
+use crate::replica::{LocalReplica, SiblingLimits};
 use crate::service::{KvService, ReplicaService};
 use crate::storage::{MemoryStorage, Storage, StorageError};
 
@@ -161,7 +161,13 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
     let local = Arc::new(LocalReplica::open(
         store,
         &config.node_id,
-        config.max_vector_entries,
+        config.history_limits(),
+        SiblingLimits {
+            max_siblings: config.limits.max_siblings,
+            warn_siblings: config.limits.warn_siblings,
+            max_object_bytes: config.limits.max_object_bytes,
+            warn_object_bytes: config.limits.warn_object_bytes,
+        },
     )?);
     let peers = Arc::new(Peers::new(config.replica_timeout()));
     let coordinator = Arc::new(Coordinator::new(
@@ -175,13 +181,14 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
         node_id = %config.node_id,
         %addr,
         actor = %local.actor(),
+        incarnation = local.incarnation(),
         engine = ?config.engine,
         data_dir = %config.data_dir.display(),
         "node ready"
     );
     Ok(Ready {
-        kv: KvService::new(coordinator),
-        replica: ReplicaService::new(config.node_id.clone(), Arc::clone(&local)),
+        kv: KvService::new(Arc::clone(&coordinator)),
+        replica: ReplicaService::new(config.node_id.clone(), Arc::clone(&local), coordinator),
         local,
     })
 }

@@ -2,13 +2,14 @@
 //! [`Coordinator`]; `Replica` serves other nodes from the [`LocalReplica`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use dynamokv_common::VersionedState;
+use dynamokv_common::{VersionedState, WriteId};
 use dynamokv_proto::v1 as pb;
 
-use crate::coordinator::{Coordinator, FORWARDED_METADATA};
+use crate::coordinator::{Coordinator, FORWARDED_METADATA, WriteRequest};
 use crate::error::Error;
 use crate::replica::LocalReplica;
 
@@ -31,6 +32,36 @@ fn forwarded<T>(req: &Request<T>) -> bool {
     req.metadata().contains_key(FORWARDED_METADATA)
 }
 
+/// The time left before the caller's deadline, from gRPC's `grpc-timeout` header: up to eight
+/// digits and a unit (H, M, S, m, u, n).
+fn budget<T>(req: &Request<T>) -> Option<Duration> {
+    let raw = req.metadata().get("grpc-timeout")?.to_str().ok()?;
+    if raw.len() < 2 || raw.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = raw.split_at(raw.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The client's write id: empty means none given.
+fn write_id(raw: &[u8]) -> Result<Option<WriteId>, Status> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    WriteId::from_bytes(raw)
+        .map(Some)
+        .ok_or_else(|| Error::MalformedField("write_id must be empty or 16 bytes").into())
+}
+
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
@@ -44,13 +75,20 @@ impl pb::kv_server::Kv for KvService {
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        let fwd = forwarded(&req);
+        let (fwd, budget) = (forwarded(&req), budget(&req));
         let req = req.into_inner();
-        let key = required(req.key, "key")?;
-        let value = required(req.value, "value")?;
         let context = self
             .coordinator
-            .put(key, Some(value), &req.context, req.w, fwd)
+            .put(WriteRequest {
+                key: required(req.key, "key")?,
+                value: Some(required(req.value, "value")?),
+                context: req.context,
+                w: req.w,
+                write_id: write_id(&req.write_id)?,
+                attempt: req.attempt,
+                forwarded: fwd,
+                budget,
+            })
             .await?;
         Ok(Response::new(pb::PutResponse { context }))
     }
@@ -59,12 +97,20 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let fwd = forwarded(&req);
+        let (fwd, budget) = (forwarded(&req), budget(&req));
         let req = req.into_inner();
-        let key = required(req.key, "key")?;
         let context = self
             .coordinator
-            .put(key, None, &req.context, req.w, fwd)
+            .put(WriteRequest {
+                key: required(req.key, "key")?,
+                value: None,
+                context: req.context,
+                w: req.w,
+                write_id: write_id(&req.write_id)?,
+                attempt: req.attempt,
+                forwarded: fwd,
+                budget,
+            })
             .await?;
         Ok(Response::new(pb::DeleteResponse { context }))
     }
@@ -90,11 +136,16 @@ impl pb::kv_server::Kv for KvService {
 pub struct ReplicaService {
     node_id: String,
     local: Arc<LocalReplica>,
+    coordinator: Arc<Coordinator>,
 }
 
 impl ReplicaService {
-    pub fn new(node_id: String, local: Arc<LocalReplica>) -> Self {
-        ReplicaService { node_id, local }
+    pub fn new(node_id: String, local: Arc<LocalReplica>, coordinator: Arc<Coordinator>) -> Self {
+        ReplicaService {
+            node_id,
+            local,
+            coordinator,
+        }
     }
 }
 
@@ -108,6 +159,8 @@ impl pb::replica_server::Replica for ReplicaService {
             node_id: self.node_id.clone(),
             actor: self.local.actor().0,
             vector_truncations: self.local.truncations(),
+            read_repairs: self.coordinator.read_repairs(),
+            retired_writes_evicted: self.local.retired_evicted(),
         }))
     }
 
@@ -134,5 +187,29 @@ impl pb::replica_server::Replica for ReplicaService {
             .map_err(|e| Status::invalid_argument(format!("bad replica state: {e}")))?;
         self.local.merge(key, state).await.map_err(Error::from)?;
         Ok(Response::new(pb::MergeLocalResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit_and_junk_is_ignored() {
+        let with = |v: &str| {
+            let mut r = Request::new(());
+            r.metadata_mut().insert("grpc-timeout", v.parse().unwrap());
+            budget(&r)
+        };
+        assert_eq!(with("1500m"), Some(Duration::from_millis(1500)));
+        assert_eq!(with("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(with("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(with("7M"), Some(Duration::from_secs(420)));
+        assert_eq!(with("10u"), Some(Duration::from_micros(10)));
+        assert_eq!(with("10n"), Some(Duration::from_nanos(10)));
+        assert_eq!(with("10x"), None);
+        assert_eq!(with("S"), None);
+        assert_eq!(with("123456789S"), None);
+        assert_eq!(budget(&Request::new(())), None);
     }
 }

@@ -107,15 +107,17 @@ fn decode_state(raw: &[u8]) -> Result<VersionedState, StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dynamokv_common::{Actor, VersionVector};
+    use dynamokv_common::{Actor, CausalContext, WriteId};
 
     pub(crate) fn exercise(store: &dyn Storage) {
         assert_eq!(read_state(store, b"k").unwrap(), None);
         let mut s = VersionedState::new();
         s.update(
-            &VersionVector::new(),
+            &CausalContext::new(),
+            WriteId(1),
             Some(Bytes::from_static(b"v")),
             Actor(9),
+            1,
             5,
         );
         write_state(store, b"k", &s).unwrap();

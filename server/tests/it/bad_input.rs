@@ -144,13 +144,25 @@ async fn requests_missing_required_fields_are_refused() {
         .put(pb::PutRequest {
             key: Some(Bytes::from_static(b"existing")),
             value: None,
-            context: Bytes::new(),
-            w: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();
     match Error::from(no_value) {
         Error::MissingField { message } => assert!(message.contains("value"), "{message}"),
+        other => panic!("expected MissingField, got {other:?}"),
+    }
+    let bad_write_id = raw
+        .put(pb::PutRequest {
+            key: Some(Bytes::from_static(b"existing")),
+            value: Some(Bytes::from_static(b"changed")),
+            write_id: Bytes::from_static(b"short"),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    match Error::from(bad_write_id) {
+        Error::MissingField { message } => assert!(message.contains("write_id"), "{message}"),
         other => panic!("expected MissingField, got {other:?}"),
     }
     assert_unchanged(&client, "existing", b"original").await;

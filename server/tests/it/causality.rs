@@ -156,7 +156,11 @@ async fn defect3_a_forwarded_put_that_misses_its_quorum_says_so_and_is_stored_on
     }
     cluster.proxy(hung).set(Mode::Pass);
     let got = two_seeds.get_with_quorum(&key2, Some(3)).await.unwrap();
-    assert!(strings(&got.values).len() <= 1, "{:?}", strings(&got.values));
+    assert!(
+        strings(&got.values).len() <= 1,
+        "{:?}",
+        strings(&got.values)
+    );
     cluster.shutdown().await;
 }
 
@@ -205,7 +209,11 @@ async fn defect4_a_node_whose_storage_rolls_back_never_reuses_a_version() {
             .get_with_quorum("k", Some(3))
             .await
             .unwrap();
-        assert_eq!(strings(&got.values), ["v0", "v1", "v2"], "a get via node-{i}");
+        assert_eq!(
+            strings(&got.values),
+            ["v0", "v1", "v2"],
+            "a get via node-{i}"
+        );
     }
     converges(&cluster, &[0, 1, 2], "k", &["v0", "v1", "v2"]).await;
     cluster.shutdown().await;

@@ -187,7 +187,7 @@ async fn replicas_are_exactly_the_preference_list_the_client_computes() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_node_restarted_on_an_empty_disk_writes_as_a_new_actor() {
+async fn every_restart_writes_as_a_new_actor_with_or_without_its_disk() {
     use dynamokv_proto::v1::PingRequest;
     use dynamokv_proto::v1::replica_client::ReplicaClient;
 
@@ -203,15 +203,16 @@ async fn a_node_restarted_on_an_empty_disk_writes_as_a_new_actor() {
     client.put("survivor", b"v1".to_vec(), None).await.unwrap();
     let before = actor(cluster.addrs[0]).await;
     cluster.stop(0).await;
-    // Same disk: same actor.
+    // Same disk: still a new actor, since the disk may have lost its last writes.
     cluster.restart(0).await;
-    assert_eq!(actor(cluster.addrs[0]).await, before);
+    let same_disk = actor(cluster.addrs[0]).await;
+    assert_ne!(same_disk, before);
     // Lost disk: a new actor, so its counters can never collide with the old ones.
     cluster.stop(0).await;
     std::fs::remove_dir_all(&cluster.configs[0].data_dir).unwrap();
     cluster.restart(0).await;
     let after = actor(cluster.addrs[0]).await;
-    assert_ne!(after, before);
+    assert!(after != before && after != same_disk);
     // A write it coordinates with the context read from the others supersedes the old value.
     let got = client.get_with_quorum("survivor", Some(2)).await.unwrap();
     assert_eq!(got.values, vec![b"v1".to_vec()]);
@@ -229,45 +230,109 @@ async fn a_node_restarted_on_an_empty_disk_writes_as_a_new_actor() {
     cluster.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn overlong_version_vectors_are_truncated_and_counted() {
-    use dynamokv_proto::v1::PingRequest;
-    use dynamokv_proto::v1::replica_client::ReplicaClient;
+async fn ping(addr: std::net::SocketAddr) -> dynamokv_proto::v1::PingResponse {
+    let mut c =
+        dynamokv_proto::v1::replica_client::ReplicaClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+    c.ping(dynamokv_proto::v1::PingRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
 
-    let cluster = Cluster::start_with(3, |c| c.max_vector_entries = 2).await;
-    // Each node coordinates one write in turn, so the key's clock would name three actors.
-    for i in 0..3 {
-        let client = cluster.client_of(i);
+/// Clock entries older than the history horizon go once a clock is over its size target; they
+/// are counted; the latest value is all that is left everywhere; and read repair stops once the
+/// replicas agree (each replica truncates alike, so none looks stale to the others).
+#[tokio::test(flavor = "multi_thread")]
+async fn old_history_is_truncated_counted_and_read_repair_converges() {
+    let mut cluster = Cluster::start_with(3, |c| {
+        c.max_vector_entries = 3;
+        c.history_horizon_ms = 300;
+    })
+    .await;
+    // Six actors write the key in turn: each node, and each node again after a restart.
+    let mut last = String::new();
+    for round in 0..2 {
+        for i in 0..3 {
+            let client = cluster.client_of(i);
+            let read = client.get_with_quorum("busy", Some(3)).await.unwrap();
+            last = format!("r{round}n{i}");
+            client
+                .put_with_quorum(
+                    "busy",
+                    last.clone().into_bytes(),
+                    Some(&read.context),
+                    Some(3),
+                )
+                .await
+                .unwrap();
+        }
+        if round == 0 {
+            for i in 0..3 {
+                cluster.stop(i).await;
+                cluster.restart(i).await;
+            }
+        }
+    }
+    assert!(cluster.local_state(0, b"busy").await.unwrap().clock().len() > 3);
+    // Once the entries are older than the horizon, the next write truncates them.
+    let client = cluster.client_of(0);
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    for n in 0.. {
+        assert!(
+            std::time::Instant::now() < end,
+            "old entries were never truncated"
+        );
         let read = client.get_with_quorum("busy", Some(3)).await.unwrap();
+        last = format!("late-{n}");
         client
             .put_with_quorum(
                 "busy",
-                format!("v{i}").into_bytes(),
+                last.clone().into_bytes(),
                 Some(&read.context),
                 Some(3),
             )
             .await
             .unwrap();
+        let mut truncated = 0;
+        let mut longest = 0;
+        for i in 0..3 {
+            truncated += ping(cluster.addrs[i]).await.vector_truncations;
+            longest = longest.max(cluster.local_state(i, b"busy").await.unwrap().clock().len());
+        }
+        if truncated > 0 && longest <= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut truncations = 0;
     for i in 0..3 {
         let state = cluster.local_state(i, b"busy").await.unwrap();
-        assert!(
-            state.clock().len() <= 2,
-            "node-{i} clock {:?}",
-            state.clock()
+        assert!(state.clock().len() <= 3, "node-{i}: {:?}", state.clock());
+        assert_eq!(
+            cluster.local_values(i, b"busy").await,
+            vec![last.clone().into_bytes()]
         );
-        assert_eq!(cluster.local_values(i, b"busy").await, vec![b"v2".to_vec()]);
-        let mut c = ReplicaClient::connect(format!("http://{}", cluster.addrs[i]))
-            .await
-            .unwrap();
-        truncations += c
-            .ping(PingRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .vector_truncations;
     }
-    assert!(truncations > 0);
+    // Replicas agree, so gets stop repairing them: three rounds of gets in a row repair nothing.
+    let mut stable_rounds = 0;
+    let mut before = 0;
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while stable_rounds < 3 {
+        assert!(std::time::Instant::now() < end, "read repair never stopped");
+        for i in 0..3 {
+            cluster
+                .client_of(i)
+                .get_with_quorum("busy", Some(3))
+                .await
+                .unwrap();
+        }
+        let mut now = 0;
+        for i in 0..3 {
+            now += ping(cluster.addrs[i]).await.read_repairs;
+        }
+        stable_rounds = if now == before { stable_rounds + 1 } else { 0 };
+        before = now;
+    }
     cluster.shutdown().await;
 }

@@ -24,7 +24,10 @@ enum Outcome {
     Failed,
 }
 
-async fn live_values(client: &mut ReplicaClient<tonic::transport::Channel>, key: &str) -> Vec<Bytes> {
+async fn live_values(
+    client: &mut ReplicaClient<tonic::transport::Channel>,
+    key: &str,
+) -> Vec<Bytes> {
     let reply = client
         .read_local(pb::ReadLocalRequest {
             key: Some(Bytes::copy_from_slice(key.as_bytes())),
@@ -94,7 +97,10 @@ async fn sigkill_during_blind_puts_loses_and_duplicates_nothing() {
         .values()
         .filter(|o| **o == Outcome::Acknowledged)
         .count();
-    assert!(acked > total / 2, "only {acked} of {total} puts acknowledged");
+    assert!(
+        acked > total / 2,
+        "only {acked} of {total} puts acknowledged"
+    );
 
     // A quorum read of every key (which also read-repairs the restarted node)...
     let reader = Client::builder(cluster.seeds())
@@ -113,7 +119,9 @@ async fn sigkill_during_blind_puts_loses_and_duplicates_nothing() {
     // ...then every replica's own copy: each acknowledged write exactly once on all three.
     for i in 0..3 {
         let addr = cluster.procs[i].as_ref().unwrap().addr;
-        let mut replica = ReplicaClient::connect(format!("http://{addr}")).await.unwrap();
+        let mut replica = ReplicaClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
         for (key, outcome) in &outcomes {
             let end = Instant::now() + Duration::from_secs(10);
             loop {
