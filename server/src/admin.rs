@@ -135,11 +135,18 @@ pub fn describe_state(actor: &str, state: Option<&VersionedState>) -> String {
         out.push_str("  no local copy\n");
         return out;
     };
-    let clock: Vec<String> = state
+    let mut clock: Vec<String> = state
         .clock()
         .iter()
+        .filter(|(_, c, _)| *c > 0)
         .map(|(a, c, _)| format!("{a}:{c}"))
         .collect();
+    clock.extend(
+        state
+            .clock()
+            .cloud()
+            .map(|d| format!("{}:{} (single)", d.actor, d.counter)),
+    );
     let _ = writeln!(out, "  clock [{}]", clock.join(", "));
     for s in state.siblings() {
         let what = match &s.value {
@@ -152,9 +159,13 @@ pub fn describe_state(actor: &str, state: Option<&VersionedState>) -> String {
         };
         let _ = writeln!(
             out,
-            "  sibling {}:{} at {} ms: {what}",
-            s.dot.actor, s.dot.counter, s.timestamp_ms
+            "  sibling {}:{} write {} at {} ms: {what}",
+            s.dot.actor, s.dot.counter, s.write_id, s.timestamp_ms
         );
+    }
+    let retired = state.retired().count();
+    if retired > 0 {
+        let _ = writeln!(out, "  {retired} superseded write id(s) remembered");
     }
     out
 }

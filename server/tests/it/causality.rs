@@ -225,8 +225,11 @@ async fn defect4_a_node_whose_storage_rolls_back_never_reuses_a_version() {
 #[tokio::test(flavor = "multi_thread")]
 async fn defect5_truncation_never_brings_back_a_superseded_value() {
     for max_entries in [1usize, 2, 3] {
-        let mut probe = dynamokv_server::Config::default();
-        probe.max_vector_entries = max_entries;
+        let mut probe = dynamokv_server::Config {
+            max_vector_entries: max_entries,
+            node_id: "node-0".into(),
+            ..Default::default()
+        };
         probe.cluster.members = (0..3)
             .map(|i| dynamokv_server::config::MemberConfig {
                 id: format!("node-{i}"),
@@ -235,7 +238,6 @@ async fn defect5_truncation_never_brings_back_a_superseded_value() {
                 weight: 1,
             })
             .collect();
-        probe.node_id = "node-0".into();
         if let Err(e) = probe.validate() {
             assert!(
                 e.to_string().contains("max_vector_entries"),
@@ -392,5 +394,70 @@ async fn defect8_forwarding_tries_the_next_replica_when_the_first_hangs() {
     let got = client.get_with_quorum(&key, Some(3)).await.unwrap();
     assert_eq!(strings(&got.values), ["v"]);
     converges(&cluster, &reps, &key, &["v"]).await;
+    cluster.shutdown().await;
+}
+
+/// Also checked: a write whose request is cancelled while its coordinator is still writing it
+/// locally must still reach the other replicas. Node 0's copy of the key is made large (30 MiB)
+/// so that its local write takes a while, and the put is dropped during it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_cancelled_during_its_local_write_still_reaches_every_replica() {
+    use dynamokv_common::{Actor, CausalContext, VersionedState, WriteId};
+    use dynamokv_proto::v1::replica_client::ReplicaClient;
+
+    let cluster = Cluster::start(3).await;
+    // A 30 MiB state of the key, as if from another replica.
+    let mut big = VersionedState::new();
+    for i in 0..30u128 {
+        big.update(
+            &CausalContext::new(),
+            WriteId(i),
+            Some(Bytes::from(vec![i as u8; 1 << 20])),
+            Actor(7),
+            1,
+            1,
+        );
+    }
+    let mut replica = ReplicaClient::connect(format!("http://{}", cluster.addrs[0]))
+        .await
+        .unwrap()
+        .max_encoding_message_size(usize::MAX);
+    let mut kv = KvClient::connect(format!("http://{}", cluster.addrs[0]))
+        .await
+        .unwrap();
+    replica
+        .merge_local(pb::MergeLocalRequest {
+            key: Some(Bytes::from_static(b"cancelled")),
+            state: Some(big.to_proto()),
+        })
+        .await
+        .unwrap();
+    // A small put of that key, stating no deadline, dropped 10 ms in: while node 0 is still
+    // rewriting the 30 MiB state locally.
+    let call = kv.put(pb::PutRequest {
+        key: Some(Bytes::from_static(b"cancelled")),
+        value: Some(Bytes::from_static(b"small")),
+        w: Some(3),
+        ..Default::default()
+    });
+    let _ = tokio::time::timeout(Duration::from_millis(10), call).await;
+    for i in [1, 2] {
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let values = cluster.local_values(i, b"cancelled").await;
+            if values.contains(&b"small".to_vec()) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "node-{i} never got the cancelled write (node-0 has it: {})",
+                cluster
+                    .local_values(0, b"cancelled")
+                    .await
+                    .contains(&b"small".to_vec())
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     cluster.shutdown().await;
 }

@@ -31,7 +31,6 @@ async fn live_values(
     let reply = client
         .read_local(pb::ReadLocalRequest {
             key: Some(Bytes::copy_from_slice(key.as_bytes())),
-            ..Default::default()
         })
         .await
         .unwrap()

@@ -295,7 +295,8 @@ impl Drop for Process {
 pub struct ProcCluster {
     pub proxies: Vec<Proxy>,
     pub procs: Vec<Option<Process>>,
-    pub dirs: Vec<tempfile::TempDir>,
+    /// Each node's data and config, removed when the cluster is dropped.
+    _dirs: Vec<tempfile::TempDir>,
     configs: Vec<std::path::PathBuf>,
 }
 
@@ -330,7 +331,7 @@ impl ProcCluster {
         let mut cluster = ProcCluster {
             proxies,
             procs: (0..n).map(|_| None).collect(),
-            dirs,
+            _dirs: dirs,
             configs,
         };
         for i in 0..n {
@@ -362,12 +363,6 @@ impl ProcCluster {
     pub fn seeds(&self) -> Vec<String> {
         (0..self.proxies.len()).map(|i| self.seed(i)).collect()
     }
-
-    /// Node `i`'s own copy of `key`, read from the process directly.
-    pub async fn local_state(&self, i: usize, key: &[u8]) -> Option<VersionedState> {
-        let addr = self.procs[i].as_ref().expect("node is running").addr;
-        read_local(addr, key).await
-    }
 }
 
 /// A node's own copy of `key`, read without coordination.
@@ -379,7 +374,6 @@ pub async fn read_local(addr: SocketAddr, key: &[u8]) -> Option<VersionedState> 
     let reply = client
         .read_local(pb::ReadLocalRequest {
             key: Some(Bytes::copy_from_slice(key)),
-            ..Default::default()
         })
         .await
         .unwrap()
