@@ -230,6 +230,14 @@ impl VersionVector {
         v
     }
 
+    /// The same history without its single events (and entries left without events).
+    pub fn without_cloud(&self) -> VersionVector {
+        let mut v = self.clone();
+        v.cloud.clear();
+        v.entries.retain(|_, e| e.counter > 0);
+        v
+    }
+
     /// Drops cloud dots that entries cover and folds those that extend an entry.
     fn normalize(&mut self) {
         let cloud = std::mem::take(&mut self.cloud);
@@ -347,14 +355,19 @@ impl CausalContext {
         }
     }
 
-    /// The context a write returns: this one plus the write itself, stored under `dots`.
+    /// The context a write returns: this one's history plus the write itself, stored under
+    /// `dots`. It keeps neither the single events of this context nor the writes it showed:
+    /// the write just made superseded them wherever it is stored, so repeating them would only
+    /// make chains of writes (each with the last one's reply) carry ever longer contexts.
     pub fn with_write(&self, write_id: WriteId, dots: &[Dot]) -> CausalContext {
-        let mut out = self.clone();
+        let mut clock = self.clock.without_cloud();
         for d in dots {
-            out.clock.add_dot(*d);
+            clock.add_dot(*d);
         }
-        out.seen.insert(write_id);
-        out
+        CausalContext {
+            clock,
+            seen: [write_id].into_iter().collect(),
+        }
     }
 
     pub fn to_proto(&self) -> pb::CausalContext {

@@ -131,6 +131,20 @@ fn defect1_a_put_reply_context_covers_only_the_writers_context_and_write() {
 }
 
 #[test]
+fn a_chain_of_writes_each_with_the_last_reply_stays_small_and_exact() {
+    let mut n = Node::new(A);
+    n.write(&CausalContext::new(), 1_000, v("other"), 0);
+    let mut ctx = CausalContext::new();
+    for i in 0..100u128 {
+        let out = n.write(&ctx, i, v(&format!("c{i}")), i as u64);
+        ctx = ctx.with_write(w(i), &out.dots());
+        assert_eq!(ctx.seen.len(), 1);
+        assert!(ctx.clock.len() <= 1 && ctx.clock.cloud().count() <= 1);
+    }
+    assert_eq!(values(&n.state), vec!["c99", "other"]);
+}
+
+#[test]
 fn deletes_are_hidden_tombstones_and_blind_puts_after_them_work() {
     let mut n = Node::new(A);
     n.write(&CausalContext::new(), 1, v("x"), 1);
@@ -819,8 +833,16 @@ impl Cluster {
     }
 }
 
+/// 512 cases in `make test`; `MODEL_CASES=N` runs more.
+fn model_cases() -> u32 {
+    std::env::var("MODEL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(model_cases()))]
 
     /// Arbitrary interleavings of writes (with read and reply contexts), retries, merges,
     /// clean restarts, crashes with rolled-back storage and truncation: once the replicas
