@@ -680,6 +680,23 @@ impl Cluster {
         (out, held_by_sound)
     }
 
+    /// A new write through `at` with `ctx`, recorded.
+    fn new_write(&mut self, at: usize, ctx: CausalContext, delete: bool, copies: u8) {
+        let id = WriteId(self.writes.len() as u128);
+        let value = (!delete).then(|| Bytes::from(format!("v{}", self.writes.len())));
+        let (out, acked) = self.coordinate(at, id, value.clone(), &ctx, copies);
+        let reply = ctx.with_write(id, &out.dots());
+        self.writes.push(Rec {
+            id,
+            at: self.now,
+            value,
+            saw: ctx.seen.clone(),
+            ctx,
+            reply,
+            acked,
+        });
+    }
+
     fn apply(&mut self, s: &Step, limits: &HistoryLimits) {
         self.now += 1;
         match *s {
@@ -695,40 +712,14 @@ impl Cluster {
                         seen.merge(&self.nodes[r].state, self.now);
                     }
                 }
-                let ctx = CausalContext::of_read(&seen);
-                let id = WriteId(self.writes.len() as u128);
-                let value = (!delete).then(|| Bytes::from(format!("v{}", self.writes.len())));
-                let (out, acked) = self.coordinate(at, id, value.clone(), &ctx, copies);
-                let reply = ctx.with_write(id, &out.dots());
-                self.writes.push(Rec {
-                    id,
-                    at: self.now,
-                    value,
-                    saw: ctx.seen.clone(),
-                    ctx,
-                    reply,
-                    acked,
-                });
+                self.new_write(at, CausalContext::of_read(&seen), delete, copies);
             }
             Step::WithReply { at, of, copies } => {
                 if self.writes.is_empty() {
                     return;
                 }
-                let prev = self.writes[of % self.writes.len()].clone();
-                let ctx = prev.reply.clone();
-                let id = WriteId(self.writes.len() as u128);
-                let value = Some(Bytes::from(format!("v{}", self.writes.len())));
-                let (out, acked) = self.coordinate(at, id, value.clone(), &ctx, copies);
-                let reply = ctx.with_write(id, &out.dots());
-                self.writes.push(Rec {
-                    id,
-                    at: self.now,
-                    value,
-                    saw: ctx.seen.clone(),
-                    ctx,
-                    reply,
-                    acked,
-                });
+                let ctx = self.writes[of % self.writes.len()].reply.clone();
+                self.new_write(at, ctx, false, copies);
             }
             Step::Retry { at, of, copies } => {
                 if self.writes.is_empty() {

@@ -241,6 +241,15 @@ async fn ping(addr: std::net::SocketAddr) -> dynamokv_proto::v1::PingResponse {
         .into_inner()
 }
 
+/// Reads `key` from all replicas and writes `value` over what the read saw, on all replicas.
+async fn overwrite(client: &dynamokv_client::Client, key: &str, value: &str) {
+    let read = client.get_with_quorum(key, Some(3)).await.unwrap();
+    client
+        .put_with_quorum(key, value.as_bytes().to_vec(), Some(&read.context), Some(3))
+        .await
+        .unwrap();
+}
+
 /// Clock entries older than the history horizon go once a clock is over its size target; they
 /// are counted; the latest value is all that is left everywhere; and read repair stops once the
 /// replicas agree (each replica truncates alike, so none looks stale to the others).
@@ -255,18 +264,8 @@ async fn old_history_is_truncated_counted_and_read_repair_converges() {
     let mut last = String::new();
     for round in 0..2 {
         for i in 0..3 {
-            let client = cluster.client_of(i);
-            let read = client.get_with_quorum("busy", Some(3)).await.unwrap();
             last = format!("r{round}n{i}");
-            client
-                .put_with_quorum(
-                    "busy",
-                    last.clone().into_bytes(),
-                    Some(&read.context),
-                    Some(3),
-                )
-                .await
-                .unwrap();
+            overwrite(&cluster.client_of(i), "busy", &last).await;
         }
         if round == 0 {
             for i in 0..3 {
@@ -284,17 +283,8 @@ async fn old_history_is_truncated_counted_and_read_repair_converges() {
             std::time::Instant::now() < end,
             "old entries were never truncated"
         );
-        let read = client.get_with_quorum("busy", Some(3)).await.unwrap();
         last = format!("late-{n}");
-        client
-            .put_with_quorum(
-                "busy",
-                last.clone().into_bytes(),
-                Some(&read.context),
-                Some(3),
-            )
-            .await
-            .unwrap();
+        overwrite(&client, "busy", &last).await;
         let mut truncated = 0;
         let mut longest = 0;
         for i in 0..3 {
