@@ -16,6 +16,8 @@ export type ErrorCodeName =
   | 'INVALID_QUORUM'
   | 'MISSING_FIELD'
   | 'QUORUM_NOT_REACHED'
+  | 'OUTCOME_UNKNOWN'
+  | 'SIBLING_LIMIT'
   | 'UNAVAILABLE'
   | 'TIMEOUT'
   | 'INTERNAL';
@@ -23,7 +25,19 @@ export type ErrorCodeName =
 /** The codes as constants, e.g. `ErrorCode.KEY_TOO_LARGE`. */
 export declare const ErrorCode: Readonly<{ [K in ErrorCodeName]: K }>;
 
-/** Every failure of a DynamoKV call. Only the fields that apply to `code` are set. */
+/**
+ * Every failure of a DynamoKV call. Only the fields that apply to `code` are set.
+ *
+ * - `OUTCOME_UNKNOWN`: a put or delete whose answer was lost; it was applied once or not at
+ *   all. Read the key, or retry with `{ writeId: err.writeId }`: a write is never applied twice
+ *   under one write id.
+ * - `SIBLING_LIMIT`: a blind write (its context does not cover what the key holds) would grow
+ *   the key past its sibling or size limit. Nothing was written: get the key and put the
+ *   resolved value with the get's context.
+ * - `TIMEOUT`: a read (get, clusterInfo) ran out of time. Writes never give it: a write that
+ *   runs out of time gives `OUTCOME_UNKNOWN`.
+ * - `MISSING_FIELD`: a malformed request, such as a `writeId` that is not 32 hex digits.
+ */
 export declare class DynamoKVError extends Error {
   readonly name: 'DynamoKVError';
   readonly code: ErrorCodeName;
@@ -37,10 +51,22 @@ export declare class DynamoKVError extends Error {
   readonly got?: number;
   /** TIMEOUT: the request deadline that passed, in milliseconds. */
   readonly afterMs?: number;
+  /**
+   * OUTCOME_UNKNOWN: the write's id, 32 lowercase hex digits (a 16-byte id, big-endian). Pass
+   * it as `writeId` to retry the write.
+   */
+  readonly writeId?: string;
   constructor(
     code: ErrorCodeName,
     message: string,
-    fields?: { size?: number; max?: number; needed?: number; got?: number; afterMs?: number },
+    fields?: {
+      size?: number;
+      max?: number;
+      needed?: number;
+      got?: number;
+      afterMs?: number;
+      writeId?: string;
+    },
     options?: ErrorOptions,
   );
 }
@@ -75,6 +101,13 @@ export interface ReadOptions {
 export interface WriteOptions {
   /** Write quorum for this call, 1..=N. */
   w?: number;
+  /**
+   * The write's id: 32 hex digits (16 bytes, big-endian). Left out, a fresh random one is
+   * drawn. Give the `writeId` of an OUTCOME_UNKNOWN error to retry that write: one write id is
+   * applied at most once, however often it is sent. Another string is refused with
+   * MISSING_FIELD, another type with a TypeError; nothing is sent.
+   */
+  writeId?: string;
 }
 
 export interface MemberInfo {
@@ -107,6 +140,9 @@ export declare class Client {
   /**
    * Writes `value`. With the context of a get it supersedes exactly what that get saw; without
    * one it becomes a sibling of whatever is stored. Resolves to the new version's context.
+   * @throws {DynamoKVError} OUTCOME_UNKNOWN when the answer was lost (retry with its
+   *   `writeId`), SIBLING_LIMIT when a write without a covering context would grow the key
+   *   past its limit
    */
   put(
     key: Bytes,
@@ -114,7 +150,10 @@ export declare class Client {
     context?: Buffer | Uint8Array | null,
     options?: WriteOptions,
   ): Promise<Buffer>;
-  /** Deletes what `context` (from a get) saw of `key`. Resolves to the tombstone's context. */
+  /**
+   * Deletes what `context` (from a get) saw of `key`. Resolves to the tombstone's context.
+   * `options` and OUTCOME_UNKNOWN as for {@link Client.put}.
+   */
   delete(key: Bytes, context: Buffer | Uint8Array, options?: WriteOptions): Promise<Buffer>;
   /** The cluster's membership and settings, as one node reports them. */
   clusterInfo(): Promise<ClusterInfo>;

@@ -36,6 +36,8 @@ const ErrorCode = Object.freeze({
   INVALID_QUORUM: 'INVALID_QUORUM',
   MISSING_FIELD: 'MISSING_FIELD',
   QUORUM_NOT_REACHED: 'QUORUM_NOT_REACHED',
+  OUTCOME_UNKNOWN: 'OUTCOME_UNKNOWN',
+  SIBLING_LIMIT: 'SIBLING_LIMIT',
   UNAVAILABLE: 'UNAVAILABLE',
   TIMEOUT: 'TIMEOUT',
   INTERNAL: 'INTERNAL',
@@ -47,7 +49,7 @@ class DynamoKVError extends Error {
     super(message, options);
     this.name = 'DynamoKVError';
     this.code = code;
-    for (const field of ['size', 'max', 'needed', 'got', 'afterMs']) {
+    for (const field of ['size', 'max', 'needed', 'got', 'afterMs', 'writeId']) {
       if (fields[field] !== undefined) this[field] = fields[field];
     }
   }
@@ -90,10 +92,10 @@ function context(v, required) {
   throw new TypeError(`context must be a Buffer, got ${typeof v}`);
 }
 
-function option(options, name) {
+function option(options, name, type = 'number') {
   const v = options == null ? undefined : options[name];
   if (v === undefined || v === null) return undefined;
-  if (typeof v !== 'number') throw new TypeError(`${name} must be a number, got ${typeof v}`);
+  if (typeof v !== type) throw new TypeError(`${name} must be a ${type}, got ${typeof v}`);
   return v;
 }
 
@@ -137,21 +139,27 @@ class Client {
     return native(() => this.#native.get(k, r));
   }
 
-  /** Writes `value`; with the context of a get it supersedes what that get saw. */
+  /**
+   * Writes `value`; with the context of a get it supersedes what that get saw. `options.w` is
+   * the write quorum; `options.writeId` (32 hex digits) retries the write an OUTCOME_UNKNOWN
+   * error named (`{ writeId: err.writeId }`): one write id is applied at most once.
+   */
   async put(key, value, ctx, options) {
     const k = bytes('key', key);
     const v = bytes('value', value);
     const c = context(ctx, false);
     const w = option(options, 'w');
-    return native(() => this.#native.put(k, v, c, w));
+    const id = option(options, 'writeId', 'string');
+    return native(() => this.#native.put(k, v, c, w, id));
   }
 
-  /** Deletes what the context of a get saw of `key`. */
+  /** Deletes what the context of a get saw of `key`; `options` as for `put`. */
   async delete(key, ctx, options) {
     const k = bytes('key', key);
     const c = context(ctx, true);
     const w = option(options, 'w');
-    return native(() => this.#native.delete(k, c, w));
+    const id = option(options, 'writeId', 'string');
+    return native(() => this.#native.delete(k, c, w, id));
   }
 
   /** The cluster's membership and settings, as one node reports them. */

@@ -16,9 +16,9 @@ use napi::Result;
 use napi::bindgen_prelude::Buffer;
 use napi_derive::napi;
 
-use dynamokv_client::{Client, ClientBuilder, Context, Error as CoreError, Limits};
+use dynamokv_client::{Client, ClientBuilder, Context, Error as CoreError, Limits, WriteOptions};
 
-use crate::error::{invalid_config, invalid_quorum, to_napi, whole_number};
+use crate::error::{invalid_config, invalid_quorum, to_napi, whole_number, write_id};
 
 /// Client options; any left out take client-core's defaults.
 #[napi(object)]
@@ -98,24 +98,31 @@ impl NativeClient {
         value: Buffer,
         context: Option<Buffer>,
         w: Option<f64>,
+        write_id: Option<String>,
     ) -> Result<Buffer> {
-        let w = quorum("w", w).map_err(to_napi)?;
+        let options = write_options(w, write_id).map_err(to_napi)?;
         let context = context.map(|c| Context::from_bytes(c.to_vec()));
         let written = self
             .inner
-            .put_with_quorum(&key[..], value.to_vec(), context.as_ref(), w)
+            .put_with_options(&key[..], value.to_vec(), context.as_ref(), options)
             .await
             .map_err(to_napi)?;
         Ok(Buffer::from(written.as_bytes().to_vec()))
     }
 
     #[napi]
-    pub async fn delete(&self, key: Buffer, context: Buffer, w: Option<f64>) -> Result<Buffer> {
-        let w = quorum("w", w).map_err(to_napi)?;
+    pub async fn delete(
+        &self,
+        key: Buffer,
+        context: Buffer,
+        w: Option<f64>,
+        write_id: Option<String>,
+    ) -> Result<Buffer> {
+        let options = write_options(w, write_id).map_err(to_napi)?;
         let context = Context::from_bytes(context.to_vec());
         let written = self
             .inner
-            .delete_with_quorum(&key[..], &context, w)
+            .delete_with_options(&key[..], &context, options)
             .await
             .map_err(to_napi)?;
         Ok(Buffer::from(written.as_bytes().to_vec()))
@@ -173,6 +180,17 @@ fn build(seeds: Vec<String>, o: ClientOptions) -> std::result::Result<Client, Co
         builder = builder.limits(limits);
     }
     builder.build()
+}
+
+/// A put's or delete's per-call options: `w` as for [`quorum`], `writeId` as hex.
+fn write_options(
+    w: Option<f64>,
+    id: Option<String>,
+) -> std::result::Result<WriteOptions, CoreError> {
+    Ok(WriteOptions {
+        w: quorum("w", w)?,
+        write_id: id.as_deref().map(write_id).transpose()?,
+    })
 }
 
 fn quorum(name: &str, value: Option<f64>) -> std::result::Result<Option<u32>, CoreError> {

@@ -4,6 +4,7 @@
 
 const { spawn } = require('node:child_process');
 const fs = require('node:fs');
+const os = require('node:os');
 const path = require('node:path');
 const readline = require('node:readline');
 
@@ -30,18 +31,33 @@ function serverBinary() {
 
 /**
  * Starts `dynamokv serve` on an ephemeral port and resolves once it prints its listening line.
- * The result has `address` ("127.0.0.1:PORT") and `stop()`, which resolves when it has exited.
+ * `config` is the text of a TOML config file (e.g. "[limits]\nmax_siblings = 2\n"), which the
+ * flags override. The result has `address` ("127.0.0.1:PORT") and `stop()`, which resolves when
+ * it has exited.
  */
-async function startNode({ nodeId = 'test-1', deadlineMs = 15000 } = {}) {
+async function startNode({ nodeId = 'test-1', deadlineMs = 15000, config } = {}) {
   const bin = serverBinary();
   const args = ['serve', '--listen', '127.0.0.1:0', '--engine', 'memory', '--node-id', nodeId];
+  let configDir;
+  if (config !== undefined) {
+    configDir = fs.mkdtempSync(path.join(os.tmpdir(), 'dynamokv-test-'));
+    const file = path.join(configDir, 'node.toml');
+    fs.writeFileSync(file, config);
+    args.push('--config', file);
+  }
+  const removeConfig = () => {
+    if (configDir) fs.rmSync(configDir, { recursive: true, force: true });
+  };
   const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (d) => {
     stderr = (stderr + d).slice(-4000);
   });
   // Never leave a node behind, even when the test process dies early.
-  const reap = () => child.kill('SIGKILL');
+  const reap = () => {
+    child.kill('SIGKILL');
+    removeConfig();
+  };
   process.once('exit', reap);
   const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
 
@@ -84,6 +100,7 @@ async function startNode({ nodeId = 'test-1', deadlineMs = 15000 } = {}) {
         clearTimeout(timer);
         await exited;
         process.removeListener('exit', reap);
+        removeConfig();
       })();
     }
     return stopping;

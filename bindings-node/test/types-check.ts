@@ -1,7 +1,15 @@
 // Compiled with `tsc --noEmit` (scripts/test.sh), never run: uses the API as a TypeScript user
 // would, so index.d.ts cannot drift from index.js unnoticed. `@ts-expect-error` lines assert
 // that misuse is rejected.
-import { Client, ClientOptions, ClusterInfo, DynamoKVError, ErrorCode, GetResult } from '..';
+import {
+  Client,
+  ClientOptions,
+  ClusterInfo,
+  DynamoKVError,
+  ErrorCode,
+  GetResult,
+  WriteOptions,
+} from '..';
 
 async function demo(): Promise<void> {
   const options: ClientOptions = { connectTimeoutMs: 500, requestTimeoutMs: 1000, maxRetries: 0 };
@@ -17,6 +25,9 @@ async function demo(): Promise<void> {
   const text: string | undefined = first?.toString('utf8');
   const tomb: Buffer = await client.delete('cart:1', got.context, { w: 1 });
   await client.delete('cart:1', tomb);
+  const writeOptions: WriteOptions = { w: 1, writeId: '0123456789abcdef0123456789abcdef' };
+  await client.put('cart:1', 'plum', got.context, writeOptions);
+  await client.delete('cart:1', got.context, { writeId: '0123456789abcdef0123456789abcdef' });
 
   const info: ClusterInfo = await client.clusterInfo();
   const line: [string, number, number, number, number, string] = [
@@ -45,6 +56,21 @@ async function demo(): Promise<void> {
     }
   }
 
+  // The retry an OUTCOME_UNKNOWN error calls for; SIBLING_LIMIT asks for a read and a resolve.
+  try {
+    await client.put('cart:1', 'plum');
+  } catch (e) {
+    if (e instanceof DynamoKVError && e.code === ErrorCode.OUTCOME_UNKNOWN) {
+      const id: string | undefined = e.writeId;
+      await client.put('cart:1', 'plum', null, { writeId: id });
+    } else if (e instanceof DynamoKVError && e.code === 'SIBLING_LIMIT') {
+      const { context } = await client.get('cart:1');
+      await client.put('cart:1', 'plum', context);
+    }
+  }
+  const made = new DynamoKVError('OUTCOME_UNKNOWN', 'lost', { writeId: 'ab'.repeat(16) });
+  void made;
+
   // @ts-expect-error keys are strings or bytes
   await client.get(42);
   // @ts-expect-error delete needs the context of a get
@@ -58,6 +84,10 @@ async function demo(): Promise<void> {
   // @ts-expect-error codes are a closed set
   const bad: DynamoKVError['code'] = 'NOPE';
   void bad;
+  // @ts-expect-error a writeId is the hex string of an error's writeId, not bytes
+  await client.put('cart:1', 'plum', null, { writeId: Buffer.alloc(16) });
+  // @ts-expect-error writeId is read-only on errors
+  made.writeId = '00';
 }
 
 void demo;

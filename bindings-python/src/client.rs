@@ -8,9 +8,9 @@ use std::future::Future;
 
 use pyo3::prelude::*;
 
-use dynamokv_client::{Context, Error, Limits};
+use dynamokv_client::{Context, Error, Limits, WriteOptions};
 
-use crate::convert::{Blob, Ctx, Got, Info, Key, seconds};
+use crate::convert::{Blob, Ctx, Got, Info, Key, WriteId, seconds};
 use crate::error;
 
 /// A DynamoKV client. Cheap to share between threads; calls share connections.
@@ -27,6 +27,14 @@ where
 {
     py.detach(|| pyo3_async_runtimes::tokio::get_runtime().block_on(call))
         .map_err(error::to_py)
+}
+
+/// A put's or delete's per-call options.
+fn write_options(w: Option<u32>, write_id: Option<WriteId>) -> WriteOptions {
+    WriteOptions {
+        w,
+        write_id: write_id.map(|id| id.0),
+    }
 }
 
 /// Starts a client-core call on the shared runtime and returns an asyncio awaitable for it.
@@ -89,7 +97,7 @@ impl Client {
         })
     }
 
-    #[pyo3(signature = (key, value, context=None, w=None))]
+    #[pyo3(signature = (key, value, context=None, w=None, *, write_id=None))]
     fn put(
         &self,
         py: Python<'_>,
@@ -97,21 +105,31 @@ impl Client {
         value: Blob,
         context: Option<Blob>,
         w: Option<u32>,
+        write_id: Option<WriteId>,
     ) -> PyResult<Ctx> {
         let context = context.map(Context::from);
+        let options = write_options(w, write_id);
         block_on(py, async {
             let put = self
                 .inner
-                .put_with_quorum(key.0, value.0, context.as_ref(), w);
+                .put_with_options(key.0, value.0, context.as_ref(), options);
             put.await.map(Ctx)
         })
     }
 
-    #[pyo3(signature = (key, context, w=None))]
-    fn delete(&self, py: Python<'_>, key: Key, context: Blob, w: Option<u32>) -> PyResult<Ctx> {
+    #[pyo3(signature = (key, context, w=None, *, write_id=None))]
+    fn delete(
+        &self,
+        py: Python<'_>,
+        key: Key,
+        context: Blob,
+        w: Option<u32>,
+        write_id: Option<WriteId>,
+    ) -> PyResult<Ctx> {
         let context = Context::from(context);
+        let options = write_options(w, write_id);
         block_on(py, async {
-            let delete = self.inner.delete_with_quorum(key.0, &context, w);
+            let delete = self.inner.delete_with_options(key.0, &context, options);
             delete.await.map(Ctx)
         })
     }
@@ -133,7 +151,7 @@ impl Client {
         })
     }
 
-    #[pyo3(signature = (key, value, context=None, w=None))]
+    #[pyo3(signature = (key, value, context=None, w=None, *, write_id=None))]
     fn put_async<'py>(
         &self,
         py: Python<'py>,
@@ -141,27 +159,32 @@ impl Client {
         value: Blob,
         context: Option<Blob>,
         w: Option<u32>,
+        write_id: Option<WriteId>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.inner.clone();
         let context = context.map(Context::from);
+        let options = write_options(w, write_id);
         awaitable(py, async move {
-            let put = client.put_with_quorum(key.0, value.0, context.as_ref(), w);
+            let put = client.put_with_options(key.0, value.0, context.as_ref(), options);
             put.await.map(Ctx)
         })
     }
 
-    #[pyo3(signature = (key, context, w=None))]
+    #[pyo3(signature = (key, context, w=None, *, write_id=None))]
     fn delete_async<'py>(
         &self,
         py: Python<'py>,
         key: Key,
         context: Blob,
         w: Option<u32>,
+        write_id: Option<WriteId>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.inner.clone();
         let context = Context::from(context);
+        let options = write_options(w, write_id);
         awaitable(py, async move {
-            client.delete_with_quorum(key.0, &context, w).await.map(Ctx)
+            let delete = client.delete_with_options(key.0, &context, options);
+            delete.await.map(Ctx)
         })
     }
 

@@ -6,7 +6,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyString, PyTuple};
 
-use dynamokv_client::{ClusterInfo, Context, GetResult};
+use dynamokv_client::{ClusterInfo, Context, Error, GetResult};
 
 use crate::error;
 
@@ -39,6 +39,41 @@ impl<'a, 'py> FromPyObject<'a, 'py> for Blob {
 impl From<Blob> for Context {
     fn from(blob: Blob) -> Context {
         Context::from_bytes(blob.0)
+    }
+}
+
+/// A write id: exactly 16 bytes-like bytes, big-endian (the `write_id` of an
+/// `OutcomeUnknownError`). Another type is a `TypeError`; another length is refused, before
+/// anything is sent, with the `MissingFieldError` a node gives a malformed write id.
+pub(crate) struct WriteId(pub(crate) u128);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for WriteId {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        let bytes = bytes_like(obj, "write_id", "bytes-like")?;
+        let id: [u8; 16] = bytes.as_slice().try_into().map_err(|_| {
+            error::to_py(Error::MissingField {
+                message: format!(
+                    "write_id must be 16 bytes (the write_id of an OutcomeUnknownError, or None for a fresh one), got {} bytes",
+                    bytes.len()
+                ),
+            })
+        })?;
+        Ok(WriteId(u128::from_be_bytes(id)))
+    }
+}
+
+/// A write id as the 16 `bytes` Python sees (big-endian, as on the wire).
+pub(crate) struct IdBytes(pub(crate) u128);
+
+impl<'py> IntoPyObject<'py> for IdBytes {
+    type Target = PyBytes;
+    type Output = Bound<'py, PyBytes>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
+        Ok(PyBytes::new(py, &self.0.to_be_bytes()))
     }
 }
 

@@ -9,6 +9,8 @@ use pyo3::PyErr;
 
 use dynamokv_client::Error;
 
+use crate::convert::IdBytes;
+
 mod classes {
     pyo3::import_exception!(dynamokv._errors, DynamoKVError);
     pyo3::import_exception!(dynamokv._errors, InvalidConfigError);
@@ -19,6 +21,8 @@ mod classes {
     pyo3::import_exception!(dynamokv._errors, InvalidQuorumError);
     pyo3::import_exception!(dynamokv._errors, MissingFieldError);
     pyo3::import_exception!(dynamokv._errors, QuorumError);
+    pyo3::import_exception!(dynamokv._errors, OutcomeUnknownError);
+    pyo3::import_exception!(dynamokv._errors, SiblingLimitError);
     pyo3::import_exception!(dynamokv._errors, UnavailableError);
     pyo3::import_exception!(dynamokv._errors, RequestTimeoutError);
     pyo3::import_exception!(dynamokv._errors, InternalError);
@@ -43,6 +47,10 @@ pub(crate) fn to_py(err: Error) -> PyErr {
         Error::QuorumNotReached { needed, got, .. } => {
             PyErr::new::<QuorumError, _>((message, needed, got))
         }
+        Error::OutcomeUnknown { write_id, .. } => {
+            PyErr::new::<OutcomeUnknownError, _>((message, IdBytes(write_id)))
+        }
+        Error::SiblingLimit { .. } => PyErr::new::<SiblingLimitError, _>((message,)),
         Error::Unavailable { .. } => PyErr::new::<UnavailableError, _>((message,)),
         Error::Timeout { after } => {
             PyErr::new::<RequestTimeoutError, _>((message, after.as_secs_f64()))

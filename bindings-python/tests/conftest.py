@@ -15,7 +15,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, List, Optional
 
 import pytest
 
@@ -44,23 +44,32 @@ def dynamokv_bin() -> Path:
 
 
 class Node:
-    """One `dynamokv serve --engine memory` process."""
+    """One `dynamokv serve --engine memory` process; `config` is the text of a TOML config file
+    (e.g. a `[limits]` table setting `max_siblings = 2`), which the flags below override."""
 
-    def __init__(self, node_id: str) -> None:
+    def __init__(self, node_id: str, config: Optional[str] = None) -> None:
         self.node_id = node_id
         self.address = ""
         self._stderr = tempfile.TemporaryFile()
+        self._config: Optional[Path] = None
+        args = [
+            str(dynamokv_bin()),
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--engine",
+            "memory",
+            "--node-id",
+            node_id,
+        ]
+        if config is not None:
+            fd, name = tempfile.mkstemp(prefix="dynamokv-test-", suffix=".toml")
+            with os.fdopen(fd, "w") as f:
+                f.write(config)
+            self._config = Path(name)
+            args += ["--config", name]
         self._proc = subprocess.Popen(
-            [
-                str(dynamokv_bin()),
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--engine",
-                "memory",
-                "--node-id",
-                node_id,
-            ],
+            args,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
@@ -123,6 +132,8 @@ class Node:
         if self._proc.stdout is not None:
             self._proc.stdout.close()
         self._stderr.close()
+        if self._config is not None:
+            self._config.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +151,8 @@ def start_node() -> Iterator[Any]:
     """Starts extra nodes for one test (stopped at its end, if the test did not)."""
     started = []
 
-    def start(node_id: str = "test-1") -> Node:
-        n = Node(node_id)
+    def start(node_id: str = "test-1", config: Optional[str] = None) -> Node:
+        n = Node(node_id, config)
         started.append(n)
         return n
 
@@ -160,11 +171,13 @@ class SyncAsAsync:
     async def get(self, key: Any, r: Optional[int] = None) -> dynamokv.GetResult:
         return self.client.get(key, r=r)
 
-    async def put(self, key: Any, value: Any, context: Any = None, w: Optional[int] = None) -> bytes:
-        return self.client.put(key, value, context, w=w)
+    async def put(
+        self, key: Any, value: Any, context: Any = None, w: Optional[int] = None, **kw: Any
+    ) -> bytes:
+        return self.client.put(key, value, context, w=w, **kw)
 
-    async def delete(self, key: Any, context: Any, w: Optional[int] = None) -> bytes:
-        return self.client.delete(key, context, w=w)
+    async def delete(self, key: Any, context: Any, w: Optional[int] = None, **kw: Any) -> bytes:
+        return self.client.delete(key, context, w=w, **kw)
 
     async def cluster_info(self) -> dynamokv.ClusterInfo:
         return self.client.cluster_info()
@@ -172,13 +185,14 @@ class SyncAsAsync:
 
 @pytest.fixture(params=["sync", "async"])
 def make_client(request: pytest.FixtureRequest, node: Node) -> Any:
-    """Builds a client of the module's node (with options); the sync one wrapped in
-    `SyncAsAsync`."""
+    """Builds a client (with options) of the module's node, or of the `seeds` given; the sync
+    one wrapped in `SyncAsAsync`."""
 
-    def make(**options: Any) -> Any:
+    def make(seeds: Optional[List[str]] = None, **options: Any) -> Any:
+        seeds = [node.address] if seeds is None else seeds
         if request.param == "sync":
-            return SyncAsAsync(dynamokv.Client([node.address], **options))
-        return dynamokv.AsyncClient([node.address], **options)
+            return SyncAsAsync(dynamokv.Client(seeds, **options))
+        return dynamokv.AsyncClient(seeds, **options)
 
     return make
 

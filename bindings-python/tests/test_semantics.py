@@ -3,6 +3,7 @@ client (the `kv` / `make_client` fixtures are parametrized; see conftest.py)."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Awaitable, Type
 
 import pytest
@@ -162,3 +163,61 @@ async def test_cluster_info(kv: Any, node: Any) -> None:
     assert info.answered_by == "test-1"
     assert [(m.id, m.address) for m in info.members] == [("test-1", node.address)]
     assert all(isinstance(m, dynamokv.MemberInfo) and m.weight >= 1 for m in info.members)
+
+
+async def test_same_write_id_sent_twice_is_applied_once(kv: Any, key: bytes) -> None:
+    wid = uuid.uuid4().bytes
+    await kv.put(key, b"once", write_id=wid)
+    await kv.put(key, b"once", write_id=bytearray(wid))
+    assert (await kv.get(key)).values == [b"once"]
+    # Still once after a concurrent write to the key.
+    await kv.put(key, b"other")
+    await kv.put(key, b"once", write_id=memoryview(wid))
+    assert sorted((await kv.get(key)).values) == [b"once", b"other"]
+    # A delete may be sent twice under one id too.
+    ctx = (await kv.get(key)).context
+    did = uuid.uuid4().bytes
+    await kv.delete(key, ctx, write_id=did)
+    await kv.delete(key, ctx, write_id=did)
+    assert (await kv.get(key)).values == []
+
+
+async def test_malformed_write_id(kv: Any, key: bytes) -> None:
+    before = await stored(kv, key)
+    ctx = before.context
+    for bad in (b"", b"\x01" * 15, b"\x01" * 17, bytearray(32)):
+        for call in (
+            kv.put(key, b"x", ctx, write_id=bad),
+            kv.put(key, b"x", write_id=bad),
+            kv.delete(key, ctx, write_id=bad),
+        ):
+            err = await raises(dynamokv.MissingFieldError, call)
+            assert err.code == "MISSING_FIELD"
+            assert isinstance(err, dynamokv.InvalidInputError)
+            assert "write_id must be 16 bytes" in str(err) and f"got {len(bad)} bytes" in str(err)
+    for wrong_type in ("0" * 32, 42, uuid.uuid4()):
+        with pytest.raises(TypeError, match="write_id"):
+            await kv.put(key, b"x", ctx, write_id=wrong_type)
+        with pytest.raises(TypeError, match="write_id"):
+            await kv.delete(key, ctx, write_id=wrong_type)
+    assert await kv.get(key) == before
+
+
+SIBLING_LIMIT_CONFIG = "[limits]\nmax_siblings = 2\n"
+
+
+async def test_sibling_limit(make_client: Any, start_node: Any, key: bytes) -> None:
+    limited = start_node("test-limited", config=SIBLING_LIMIT_CONFIG)
+    kv = make_client([limited.address])
+
+    await kv.put(key, b"one")
+    await kv.put(key, b"two")
+    err = await raises(dynamokv.SiblingLimitError, kv.put(key, b"three"))
+    assert err.code == "SIBLING_LIMIT" and err.message
+    assert not isinstance(err, dynamokv.InvalidInputError)
+    got = await kv.get(key)
+    assert sorted(got.values) == [b"one", b"two"]  # nothing was written
+
+    # A write that resolves the siblings (the get's context) is accepted.
+    await kv.put(key, b"resolved", got.context)
+    assert (await kv.get(key)).values == [b"resolved"]

@@ -32,9 +32,17 @@ pub enum DynamoKvError {
         got: u32,
         message: String,
     },
+    /// A put or delete whose answer was lost: it was applied once or not at all. Read the key,
+    /// or retry the write passing `writeId` (16 bytes, big-endian): a write is never applied
+    /// twice under one write id.
+    OutcomeUnknown { write_id: Vec<u8>, message: String },
+    /// A blind write would grow the key past its sibling or size limit. Nothing was written:
+    /// get the key and put the resolved value with the get's context.
+    SiblingLimit { message: String },
     /// No node could be reached, or every node tried was shutting down.
     Unavailable { message: String },
-    /// The request did not finish before its deadline.
+    /// A read did not finish before its deadline (a write that runs out of time is
+    /// `OutcomeUnknown`).
     Timeout { after: Duration },
     /// A server bug or storage failure (or a failure inside this SDK); the message has details.
     Internal { message: String },
@@ -46,6 +54,34 @@ fn wide(n: usize) -> u64 {
 
 fn narrow(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// A write id as the 16 bytes Swift sees (`Data`, big-endian as on the wire).
+pub(crate) fn id_bytes(id: u128) -> Vec<u8> {
+    id.to_be_bytes().to_vec()
+}
+
+/// A write id from 16 bytes; anything else is refused, before anything is sent, with the
+/// `MissingField` error a node gives a malformed write id.
+pub(crate) fn write_id(bytes: &[u8]) -> Result<u128, DynamoKvError> {
+    let id: [u8; 16] = bytes
+        .try_into()
+        .map_err(|_| DynamoKvError::MissingField {
+            message: format!(
+                "writeId must be 16 bytes (the writeId of an OutcomeUnknown error, or nil for a fresh one), got {} bytes",
+                bytes.len()
+            ),
+        })?;
+    Ok(u128::from_be_bytes(id))
+}
+
+/// The reverse of [`id_bytes`] for an error a Swift caller built: the last 16 bytes, zero-padded
+/// on the left when there are fewer (only the message shows it).
+fn id_lossy(bytes: &[u8]) -> u128 {
+    let tail = &bytes[bytes.len().saturating_sub(16)..];
+    let mut id = [0u8; 16];
+    id[16 - tail.len()..].copy_from_slice(tail);
+    u128::from_be_bytes(id)
 }
 
 impl From<kv::Error> for DynamoKvError {
@@ -74,6 +110,11 @@ impl From<kv::Error> for DynamoKvError {
                 got,
                 message,
             },
+            E::OutcomeUnknown { write_id, message } => DynamoKvError::OutcomeUnknown {
+                write_id: id_bytes(write_id),
+                message,
+            },
+            E::SiblingLimit { message } => DynamoKvError::SiblingLimit { message },
             E::Unavailable { message } => DynamoKvError::Unavailable { message },
             E::Timeout { after } => DynamoKvError::Timeout { after },
             E::Internal { message } => DynamoKvError::Internal { message },
@@ -113,6 +154,11 @@ impl From<&DynamoKvError> for kv::Error {
                 got,
                 message,
             },
+            D::OutcomeUnknown { write_id, message } => kv::Error::OutcomeUnknown {
+                write_id: id_lossy(&write_id),
+                message,
+            },
+            D::SiblingLimit { message } => kv::Error::SiblingLimit { message },
             D::Unavailable { message } => kv::Error::Unavailable { message },
             D::Timeout { after } => kv::Error::Timeout { after },
             D::Internal { message } => kv::Error::Internal { message },
@@ -185,6 +231,13 @@ mod tests {
                 got: 1,
                 message: "m".into(),
             },
+            kv::Error::OutcomeUnknown {
+                write_id: 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+                message: "m".into(),
+            },
+            kv::Error::SiblingLimit {
+                message: "m".into(),
+            },
             kv::Error::Unavailable {
                 message: "m".into(),
             },
@@ -205,5 +258,21 @@ mod tests {
             assert_eq!(swift.code(), core.code());
             assert_eq!(swift.to_string(), core.to_string());
         }
+    }
+
+    #[test]
+    fn write_ids_are_16_big_endian_bytes() {
+        let id = 0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10_u128;
+        let bytes = id_bytes(id);
+        assert_eq!(bytes, (1..=16).collect::<Vec<u8>>());
+        assert_eq!(write_id(&bytes), Ok(id));
+        for bad in [&bytes[..15], &[0u8; 17][..], &[][..]] {
+            let err = write_id(bad).err();
+            assert!(
+                matches!(err, Some(DynamoKvError::MissingField { .. })),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(id_lossy(&bytes[8..]), 0x090a_0b0c_0d0e_0f10);
     }
 }

@@ -140,6 +140,17 @@ impl ClientOptions {
     }
 }
 
+/// A put's or delete's per-call options.
+fn write_options(
+    w: Option<u32>,
+    write_id: Option<Vec<u8>>,
+) -> Result<kv::WriteOptions, DynamoKvError> {
+    Ok(kv::WriteOptions {
+        w,
+        write_id: write_id.as_deref().map(error::write_id).transpose()?,
+    })
+}
+
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 
 /// The process-wide runtime. Called from the (synchronous) constructor, never inside a runtime,
@@ -222,21 +233,25 @@ impl DynamoKvClient {
 
     /// Writes `value` under `key`. With the context of a get it supersedes exactly what that get
     /// saw; without one it becomes a sibling of whatever is stored. Returns the new context.
-    /// `w` overrides the cluster's write quorum for this call.
-    #[uniffi::method(default(context = None, w = None))]
+    /// `w` overrides the cluster's write quorum for this call. `writeId` (16 bytes) names the
+    /// write; `nil` draws a fresh one. Pass the `writeId` of an `OutcomeUnknown` error to retry
+    /// that write: one write id is applied at most once, however often it is sent.
+    #[uniffi::method(default(context = None, w = None, write_id = None))]
     pub async fn put(
         &self,
         key: Vec<u8>,
         value: Vec<u8>,
         context: Option<Vec<u8>>,
         w: Option<u32>,
+        write_id: Option<Vec<u8>>,
     ) -> Result<Vec<u8>, DynamoKvError> {
         let client = self.inner.clone();
         let context = context.map(kv::Context::from_bytes);
+        let options = write_options(w, write_id)?;
         let written = self
             .run(async move {
                 client
-                    .put_with_quorum(key, value, context.as_ref(), w)
+                    .put_with_options(key, value, context.as_ref(), options)
                     .await
             })
             .await?;
@@ -244,17 +259,20 @@ impl DynamoKvClient {
     }
 
     /// Deletes what `context` (from a get) saw of `key`. Returns the tombstone's context.
-    #[uniffi::method(default(w = None))]
+    /// `w` and `writeId` as for `put`.
+    #[uniffi::method(default(w = None, write_id = None))]
     pub async fn delete(
         &self,
         key: Vec<u8>,
         context: Vec<u8>,
         w: Option<u32>,
+        write_id: Option<Vec<u8>>,
     ) -> Result<Vec<u8>, DynamoKvError> {
         let client = self.inner.clone();
         let context = kv::Context::from_bytes(context);
+        let options = write_options(w, write_id)?;
         let deleted = self
-            .run(async move { client.delete_with_quorum(key, &context, w).await })
+            .run(async move { client.delete_with_options(key, &context, options).await })
             .await?;
         Ok(deleted.as_bytes().to_vec())
     }

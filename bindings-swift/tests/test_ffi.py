@@ -19,8 +19,10 @@ import os
 import pathlib
 import queue
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import uuid
 
@@ -77,13 +79,20 @@ def _server_binary() -> str:
 
 
 class Node:
-    """A single memory-engine node on an ephemeral port, address read from its one stdout line."""
+    """A single memory-engine node on an ephemeral port, address read from its one stdout line.
+    `config` is the text of a TOML config file, which the flags override."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: "str | None" = None) -> None:
+        args = [_server_binary(), "serve", "--listen", "127.0.0.1:0", "--engine", "memory",
+                "--node-id", "test-1"]
+        self.config_file = None
+        if config is not None:
+            fd, self.config_file = tempfile.mkstemp(prefix="dynamokv-test-", suffix=".toml")
+            with os.fdopen(fd, "w") as f:
+                f.write(config)
+            args += ["--config", self.config_file]
         self.proc = subprocess.Popen(
-            [_server_binary(), "serve", "--listen", "127.0.0.1:0", "--engine", "memory",
-             "--node-id", "test-1"],
-            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+            args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
         )
         lines: queue.Queue[str] = queue.Queue()
         # Reads the first line, then drains stdout so the node can never block on it.
@@ -113,6 +122,8 @@ class Node:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=STOP_DEADLINE_S)
+        if self.config_file is not None:
+            pathlib.Path(self.config_file).unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
@@ -350,6 +361,8 @@ def test_error_classes_cover_every_client_core_variant(kv):
         "InvalidQuorum": "INVALID_QUORUM",
         "MissingField": "MISSING_FIELD",
         "QuorumNotReached": "QUORUM_NOT_REACHED",
+        "OutcomeUnknown": "OUTCOME_UNKNOWN",
+        "SiblingLimit": "SIBLING_LIMIT",
         "Unavailable": "UNAVAILABLE",
         "Timeout": "TIMEOUT",
         "Internal": "INTERNAL",
@@ -363,6 +376,8 @@ def test_error_classes_cover_every_client_core_variant(kv):
         "InvalidQuorum": dict(message="m"),
         "MissingField": dict(message="m"),
         "QuorumNotReached": dict(needed=2, got=1, message="m"),
+        "OutcomeUnknown": dict(write_id=bytes(range(16)), message="m"),
+        "SiblingLimit": dict(message="m"),
         "Unavailable": dict(message="m"),
         "Timeout": dict(after=datetime.timedelta(milliseconds=1500)),
         "Internal": dict(message="m"),
@@ -375,6 +390,12 @@ def test_error_classes_cover_every_client_core_variant(kv):
         assert err.code() == code
     err = E.QuorumNotReached(needed=2, got=1, message="m")
     assert (err.needed, err.got, err.message) == (2, 1, "m")
+    err = E.OutcomeUnknown(write_id=bytes(range(16)), message="m")
+    assert (err.write_id, err.message) == (bytes(range(16)), "m")
+    # Every variant has a case: the enum's cases are exactly these.
+    assert {name for name in expected} == {
+        name for name, v in vars(E).items() if isinstance(v, type) and issubclass(v, E)
+    }
 
 
 def test_concurrent_calls_share_one_client(client):
@@ -411,3 +432,237 @@ def test_client_outlives_event_loops(client):
         run(client.put(k, str(i).encode()))
     values = run(client.get(k)).values
     assert values and set(values) <= {b"0", b"1", b"2"}
+
+
+# Write ids, and the two errors about writes.
+
+def test_same_write_id_twice_is_applied_once(client):
+    async def scenario():
+        k = key("write-id")
+        wid = uuid.uuid4().bytes
+        await client.put(k, b"once", write_id=wid)
+        await client.put(k, b"once", None, None, wid)
+        assert (await client.get(k)).values == [b"once"]
+        await client.put(k, b"other")
+        await client.put(k, b"once", write_id=wid)
+        assert sorted((await client.get(k)).values) == [b"once", b"other"]
+        ctx = (await client.get(k)).context
+        did = uuid.uuid4().bytes
+        await client.delete(k, ctx, write_id=did)
+        await client.delete(k, ctx, None, did)
+        assert (await client.get(k)).values == []
+
+    run(scenario())
+
+
+def test_malformed_write_id_is_missing_field(kv, client):
+    E = kv.DynamoKvError
+
+    async def scenario():
+        k = key("bad-write-id")
+        await client.put(k, b"kept")
+        ctx = (await client.get(k)).context
+        for bad in (b"", b"\1" * 15, b"\1" * 17):
+            for call in (
+                client.put(k, b"x", ctx, write_id=bad),
+                client.put(k, b"x", write_id=bad),
+                client.delete(k, ctx, write_id=bad),
+            ):
+                err = await _expect(kv, E.MissingField, call)
+                assert "writeId must be 16 bytes" in err.message
+                assert f"got {len(bad)} bytes" in err.message
+                assert err.code() == "MISSING_FIELD"
+        got = await client.get(k)
+        assert got.values == [b"kept"] and got.context == ctx
+
+    run(scenario())
+
+
+def test_blind_write_past_sibling_limit(kv):
+    E = kv.DynamoKvError
+    limited = Node(config="[limits]\nmax_siblings = 2\n")
+    try:
+        c = kv.DynamoKvClient([limited.address])
+
+        async def scenario():
+            k = key("sibling-limit")
+            await c.put(k, b"one")
+            await c.put(k, b"two")
+            err = await _expect(kv, E.SiblingLimit, c.put(k, b"three"))
+            assert err.message and err.code() == "SIBLING_LIMIT"
+            got = await c.get(k)
+            assert sorted(got.values) == [b"one", b"two"]
+            await c.put(k, b"resolved", got.context)
+            assert (await c.get(k)).values == [b"resolved"]
+
+        run(scenario())
+    finally:
+        limited.stop()
+
+
+class AnswerScanner:
+    """Follows the HTTP/2 frames a node sends on one connection and finds where an answer
+    starts: a HEADERS frame on a request stream (connection-level frames, on stream 0, may come
+    before the node has acted). The same proxy as bindings-python/tests/test_causality.py."""
+
+    def __init__(self) -> None:
+        self._header = b""
+        self._skip = 0
+
+    def answer_at(self, data: bytes) -> "int | None":
+        i = 0
+        while i < len(data):
+            if self._skip:
+                n = min(self._skip, len(data) - i)
+                self._skip -= n
+                i += n
+                continue
+            start = i - len(self._header)
+            take = min(9 - len(self._header), len(data) - i)
+            self._header += data[i : i + take]
+            i += take
+            if len(self._header) == 9:
+                length = int.from_bytes(self._header[:3], "big")
+                kind = self._header[3]
+                stream = int.from_bytes(self._header[5:9], "big") & 0x7FFFFFFF
+                self._header, self._skip = b"", length
+                if kind == 0x1 and stream != 0:
+                    return max(start, 0)
+        return None
+
+
+class LosingProxy:
+    """A loopback TCP proxy in front of `upstream` that loses answers: once the client-to-node
+    bytes of a connection have contained `marker`, both sockets are closed when the first bytes
+    of the node's answer arrive, so the request is applied but its answer never arrives."""
+
+    def __init__(self, upstream: str, marker: bytes) -> None:
+        host, port = upstream.rsplit(":", 1)
+        self._upstream = (host, int(port))
+        self._marker = marker
+        self._lock = threading.Lock()
+        self._sockets: list = []
+        self._threads: list = []
+        self._closed = False
+        self.cut = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.address = "127.0.0.1:%d" % self._listener.getsockname()[1]
+        self._spawn(self._accept)
+
+    def _spawn(self, target, *args) -> None:
+        t = threading.Thread(target=target, args=args, daemon=True)
+        with self._lock:
+            self._threads.append(t)
+        t.start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            try:
+                node = socket.create_connection(self._upstream, timeout=5)
+            except OSError:
+                self._kill(client)
+                continue
+            node.settimeout(None)
+            with self._lock:
+                self._sockets += [client, node]
+            seen = threading.Event()
+            self._spawn(self._to_node, client, node, seen)
+            self._spawn(self._to_client, node, client, seen)
+
+    def _to_node(self, client, node, seen) -> None:
+        keep = len(self._marker) - 1
+        tail = b""
+        try:
+            while True:
+                data = client.recv(65536)
+                if not data:
+                    break
+                if self._marker in tail + data:
+                    seen.set()
+                tail = (tail + data)[-keep:] if keep else b""
+                node.sendall(data)
+        except OSError:
+            pass
+        self._kill(client, node)
+
+    def _to_client(self, node, client, seen) -> None:
+        scanner = AnswerScanner()
+        try:
+            while True:
+                data = node.recv(65536)
+                if not data:
+                    break
+                if scanner.answer_at(data) is not None and seen.is_set():
+                    with self._lock:
+                        self.cut += 1
+                    break
+                client.sendall(data)
+        except OSError:
+            pass
+        self._kill(client, node)
+
+    @staticmethod
+    def _kill(*socks) -> None:
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+        with self._lock:
+            socks, threads = list(self._sockets), list(self._threads)
+        self._kill(*socks)
+        for t in threads:
+            t.join(timeout=5)
+        assert not any(t.is_alive() for t in threads), "a proxy thread did not stop"
+
+
+def test_lost_answer_is_outcome_unknown_and_its_write_id_retries_once(kv, client, node):
+    E = kv.DynamoKvError
+    marker = f"lose-the-answer-{uuid.uuid4().hex}".encode()
+    value = b"value:" + marker
+    proxy = LosingProxy(node.address, marker)
+    try:
+        only_proxy = kv.DynamoKvClient([proxy.address], kv.ClientOptions(max_retries=0))
+        both = kv.DynamoKvClient([proxy.address, node.address])
+
+        async def scenario():
+            k = key("lost")
+            err = await _expect(kv, E.OutcomeUnknown, only_proxy.put(k, value))
+            assert err.code() == "OUTCOME_UNKNOWN"
+            assert isinstance(err.write_id, bytes) and len(err.write_id) == 16
+            assert proxy.cut >= 1
+            assert (await client.get(k)).values == [value]  # applied, once
+            await client.put(k, value, write_id=err.write_id)
+            assert (await client.get(k)).values == [value]
+
+            mine = uuid.uuid4().bytes
+            ctx = (await client.get(k)).context
+            err = await _expect(kv, E.OutcomeUnknown, only_proxy.put(k, value + b"2", ctx, write_id=mine))
+            assert err.write_id == mine
+            await client.put(k, value + b"2", ctx, write_id=mine)
+            assert (await client.get(k)).values == [value + b"2"]
+
+            # Through the proxy first, then the node: the retry finds the first attempt.
+            k2 = key("lost-retried")
+            try:
+                await both.put(k2, value)
+            except E.OutcomeUnknown:
+                pass
+            assert (await client.get(k2)).values == [value]
+
+        run(scenario())
+    finally:
+        proxy.close()

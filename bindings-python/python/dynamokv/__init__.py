@@ -13,6 +13,14 @@ every default, check, deadline and retry, so they behave exactly like the Node.j
 Keys are ``bytes``-like or ``str`` (encoded as UTF-8); values are ``bytes``-like. A get returns
 every causally concurrent value (siblings) and one opaque ``context``: pass it, unchanged, to the
 put or delete that follows so the write supersedes exactly what the get saw.
+
+A put or delete whose answer was lost raises :class:`OutcomeUnknownError`: it was applied once
+or not at all. Retrying it with ``write_id=err.write_id`` can never apply it twice:
+
+>>> try:                                                # doctest: +SKIP
+...     kv.put("cart:1", b"plum", got.context)
+... except dynamokv.OutcomeUnknownError as err:
+...     kv.put("cart:1", b"plum", got.context, write_id=err.write_id)
 """
 
 from __future__ import annotations
@@ -31,8 +39,10 @@ from ._errors import (
     InvalidQuorumError,
     KeyTooLargeError,
     MissingFieldError,
+    OutcomeUnknownError,
     QuorumError,
     RequestTimeoutError,
+    SiblingLimitError,
     UnavailableError,
     ValueTooLargeError,
 )
@@ -55,13 +65,15 @@ __all__ = [
     "InvalidQuorumError",
     "MissingFieldError",
     "QuorumError",
+    "OutcomeUnknownError",
+    "SiblingLimitError",
     "UnavailableError",
     "RequestTimeoutError",
     "InternalError",
 ]
 
 BytesLike = Union[bytes, bytearray, memoryview]
-"""A value or a context."""
+"""A value, a context or a write id."""
 Key = Union[str, bytes, bytearray, memoryview]
 """A key; a ``str`` is encoded as UTF-8."""
 Seeds = Union[str, Sequence[str]]
@@ -166,15 +178,30 @@ class Client(_Base):
         value: BytesLike,
         context: Optional[BytesLike] = None,
         w: Optional[int] = None,
+        *,
+        write_id: Optional[BytesLike] = None,
     ) -> bytes:
         """Writes ``value``, superseding what ``context`` saw (with no context it becomes a
         sibling of whatever is stored). Waits for ``w`` replicas (default: the cluster's W).
-        Returns the new version's context."""
-        return self._native.put(key, value, context, w)
+        Returns the new version's context.
 
-    def delete(self, key: Key, context: BytesLike, w: Optional[int] = None) -> bytes:
-        """Deletes what ``context`` saw of ``key``. Returns the tombstone's context."""
-        return self._native.delete(key, context, w)
+        ``write_id`` (16 bytes) names the write; left ``None``, a fresh random one is drawn.
+        Give the ``write_id`` of an :class:`OutcomeUnknownError` to retry that write: one write
+        id is applied at most once, however often it is sent. Another length raises
+        :class:`MissingFieldError`, another type ``TypeError``; nothing is sent."""
+        return self._native.put(key, value, context, w, write_id=write_id)
+
+    def delete(
+        self,
+        key: Key,
+        context: BytesLike,
+        w: Optional[int] = None,
+        *,
+        write_id: Optional[BytesLike] = None,
+    ) -> bytes:
+        """Deletes what ``context`` saw of ``key``. Returns the tombstone's context.
+        ``write_id`` is as for :meth:`put`."""
+        return self._native.delete(key, context, w, write_id=write_id)
 
     def cluster_info(self) -> ClusterInfo:
         """The cluster's settings and membership, as one node reports them."""
@@ -200,13 +227,23 @@ class AsyncClient(_Base):
         value: BytesLike,
         context: Optional[BytesLike] = None,
         w: Optional[int] = None,
+        *,
+        write_id: Optional[BytesLike] = None,
     ) -> bytes:
-        """Writes ``value`` and returns the new context; see :meth:`Client.put`."""
-        return await self._native.put_async(key, value, context, w)
+        """Writes ``value`` and returns the new context; see :meth:`Client.put` (``write_id``
+        included)."""
+        return await self._native.put_async(key, value, context, w, write_id=write_id)
 
-    async def delete(self, key: Key, context: BytesLike, w: Optional[int] = None) -> bytes:
+    async def delete(
+        self,
+        key: Key,
+        context: BytesLike,
+        w: Optional[int] = None,
+        *,
+        write_id: Optional[BytesLike] = None,
+    ) -> bytes:
         """Deletes what ``context`` saw of ``key``; see :meth:`Client.delete`."""
-        return await self._native.delete_async(key, context, w)
+        return await self._native.delete_async(key, context, w, write_id=write_id)
 
     async def cluster_info(self) -> ClusterInfo:
         """The cluster's settings and membership; see :meth:`Client.cluster_info`."""

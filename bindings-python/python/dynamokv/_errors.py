@@ -11,11 +11,19 @@ with the variant's fields as attributes::
     │   ├── ValueTooLargeError       .size, .max
     │   ├── InvalidContextError
     │   ├── InvalidQuorumError
-    │   └── MissingFieldError
+    │   └── MissingFieldError        also a write_id that is not 16 bytes
     ├── QuorumError                  .needed, .got
+    ├── OutcomeUnknownError          .write_id (16 bytes): a write applied once or not at all
+    ├── SiblingLimitError            nothing was written: read the key and resolve it
     ├── UnavailableError
-    ├── RequestTimeoutError          .after (seconds); also a builtin TimeoutError
+    ├── RequestTimeoutError          .after (seconds), reads only; also a builtin TimeoutError
     └── InternalError
+
+A read that runs out of time raises RequestTimeoutError. A put or delete never does: a write
+whose answer was lost (its deadline passed, or its connection broke after it was sent) raises
+OutcomeUnknownError instead, because it may have been applied. Pass its ``write_id`` to the
+retried put or delete (``put(..., write_id=err.write_id)``): however often a write is sent
+under one write id, it is applied at most once.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ __all__ = [
     "InvalidQuorumError",
     "MissingFieldError",
     "QuorumError",
+    "OutcomeUnknownError",
+    "SiblingLimitError",
     "UnavailableError",
     "RequestTimeoutError",
     "InternalError",
@@ -123,7 +133,8 @@ class InvalidQuorumError(InvalidInputError):
 
 
 class MissingFieldError(InvalidInputError):
-    """A request lacked a required field (a client bug)."""
+    """A request lacked a required field or had a malformed one: a client bug, or a ``write_id``
+    that is not 16 bytes (refused before sending, as the server refuses one)."""
 
     code = "MISSING_FIELD"
 
@@ -142,6 +153,35 @@ class QuorumError(DynamoKVError):
         return (self.needed, self.got)
 
 
+class OutcomeUnknownError(DynamoKVError):
+    """A put or delete whose answer was lost: it was applied once or not at all, and the client
+    could not find out which before the request timeout. Read the key to see, or retry the
+    write with ``write_id=err.write_id``: a write is never applied twice under one write id.
+
+    ``write_id`` is the write's id, 16 bytes (big-endian)."""
+
+    code = "OUTCOME_UNKNOWN"
+
+    def __init__(self, message: str, write_id: bytes) -> None:
+        super().__init__(message)
+        self.write_id = write_id
+
+    def _fields(self) -> Tuple[Any, ...]:
+        return (self.write_id,)
+
+
+class SiblingLimitError(DynamoKVError):
+    """A blind write (one whose context does not cover what the key holds) would grow the key
+    past the cluster's sibling or size limit. Nothing was written: read the key and write the
+    resolved value with the read's context (a write that supersedes the siblings is always
+    accepted)."""
+
+    code = "SIBLING_LIMIT"
+
+    def _fields(self) -> Tuple[Any, ...]:
+        return ()
+
+
 class UnavailableError(DynamoKVError):
     """No node could be reached, or every node tried was shutting down."""
 
@@ -152,7 +192,8 @@ class UnavailableError(DynamoKVError):
 
 
 class RequestTimeoutError(DynamoKVError, TimeoutError):
-    """The call did not finish within ``after`` seconds (the request timeout)."""
+    """A read (get, cluster_info) did not finish within ``after`` seconds, the request timeout.
+    Writes never raise it: a write that runs out of time raises :class:`OutcomeUnknownError`."""
 
     code = "TIMEOUT"
 

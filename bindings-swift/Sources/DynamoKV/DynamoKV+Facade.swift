@@ -31,27 +31,30 @@ extension DynamoKvClient {
         try await get(key: Data(key.utf8), r: r)
     }
 
-    /// Writes `value` under a UTF-8 `key`; see `put(key:value:context:w:)`.
+    /// Writes `value` under a UTF-8 `key`; see `put(key:value:context:w:writeId:)`.
     @discardableResult
     public func put(
-        _ key: String, _ value: Data, context: DynamoKVContext? = nil, w: UInt32? = nil
+        _ key: String, _ value: Data, context: DynamoKVContext? = nil, w: UInt32? = nil,
+        writeId: Data? = nil
     ) async throws -> DynamoKVContext {
-        try await put(key: Data(key.utf8), value: value, context: context, w: w)
+        try await put(key: Data(key.utf8), value: value, context: context, w: w, writeId: writeId)
     }
 
-    /// Writes a UTF-8 `value` under a UTF-8 `key`; see `put(key:value:context:w:)`.
+    /// Writes a UTF-8 `value` under a UTF-8 `key`; see `put(key:value:context:w:writeId:)`.
     @discardableResult
     public func put(
-        _ key: String, _ value: String, context: DynamoKVContext? = nil, w: UInt32? = nil
+        _ key: String, _ value: String, context: DynamoKVContext? = nil, w: UInt32? = nil,
+        writeId: Data? = nil
     ) async throws -> DynamoKVContext {
-        try await put(key: Data(key.utf8), value: Data(value.utf8), context: context, w: w)
+        try await put(
+            key: Data(key.utf8), value: Data(value.utf8), context: context, w: w, writeId: writeId)
     }
 
-    /// Deletes what `context` saw of a UTF-8 `key`; see `delete(key:context:w:)`.
+    /// Deletes what `context` saw of a UTF-8 `key`; see `delete(key:context:w:writeId:)`.
     @discardableResult
     public func delete(
-        _ key: String, context: DynamoKVContext, w: UInt32? = nil
+        _ key: String, context: DynamoKVContext, w: UInt32? = nil, writeId: Data? = nil
     ) async throws -> DynamoKVContext {
-        try await delete(key: Data(key.utf8), context: context, w: w)
+        try await delete(key: Data(key.utf8), context: context, w: w, writeId: writeId)
     }
 }

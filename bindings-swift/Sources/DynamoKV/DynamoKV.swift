@@ -601,8 +601,9 @@ public protocol DynamoKvClientProtocol: AnyObject, Sendable {
     
     /**
      * Deletes what `context` (from a get) saw of `key`. Returns the tombstone's context.
+     * `w` and `writeId` as for `put`.
      */
-    func delete(key: Data, context: Data, w: UInt32?) async throws  -> Data
+    func delete(key: Data, context: Data, w: UInt32?, writeId: Data?) async throws  -> Data
     
     /**
      * Every concurrent value of `key` and one context covering them. `r` overrides the
@@ -613,9 +614,11 @@ public protocol DynamoKvClientProtocol: AnyObject, Sendable {
     /**
      * Writes `value` under `key`. With the context of a get it supersedes exactly what that get
      * saw; without one it becomes a sibling of whatever is stored. Returns the new context.
-     * `w` overrides the cluster's write quorum for this call.
+     * `w` overrides the cluster's write quorum for this call. `writeId` (16 bytes) names the
+     * write; `nil` draws a fresh one. Pass the `writeId` of an `OutcomeUnknown` error to retry
+     * that write: one write id is applied at most once, however often it is sent.
      */
-    func put(key: Data, value: Data, context: Data?, w: UInt32?) async throws  -> Data
+    func put(key: Data, value: Data, context: Data?, w: UInt32?, writeId: Data?) async throws  -> Data
     
 }
 /**
@@ -709,13 +712,14 @@ open func clusterInfo()async throws  -> ClusterInfo  {
     
     /**
      * Deletes what `context` (from a get) saw of `key`. Returns the tombstone's context.
+     * `w` and `writeId` as for `put`.
      */
-open func delete(key: Data, context: Data, w: UInt32? = nil)async throws  -> Data  {
+open func delete(key: Data, context: Data, w: UInt32? = nil, writeId: Data? = nil)async throws  -> Data  {
     return
         try  await uniffiRustCallAsync(
             rustFutureFunc: {
                 uniffi_dynamokv_swift_fn_method_dynamokvclient_delete(
-                        self.uniffiCloneHandle(),FfiConverterData.lower(key),FfiConverterData.lower(context),FfiConverterOptionUInt32.lower(w)
+                        self.uniffiCloneHandle(),FfiConverterData.lower(key),FfiConverterData.lower(context),FfiConverterOptionUInt32.lower(w),FfiConverterOptionData.lower(writeId)
                 )
             },
             pollFunc: ffi_dynamokv_swift_rust_future_poll_rust_buffer,
@@ -749,14 +753,16 @@ open func get(key: Data, r: UInt32? = nil)async throws  -> GetResult  {
     /**
      * Writes `value` under `key`. With the context of a get it supersedes exactly what that get
      * saw; without one it becomes a sibling of whatever is stored. Returns the new context.
-     * `w` overrides the cluster's write quorum for this call.
+     * `w` overrides the cluster's write quorum for this call. `writeId` (16 bytes) names the
+     * write; `nil` draws a fresh one. Pass the `writeId` of an `OutcomeUnknown` error to retry
+     * that write: one write id is applied at most once, however often it is sent.
      */
-open func put(key: Data, value: Data, context: Data? = nil, w: UInt32? = nil)async throws  -> Data  {
+open func put(key: Data, value: Data, context: Data? = nil, w: UInt32? = nil, writeId: Data? = nil)async throws  -> Data  {
     return
         try  await uniffiRustCallAsync(
             rustFutureFunc: {
                 uniffi_dynamokv_swift_fn_method_dynamokvclient_put(
-                        self.uniffiCloneHandle(),FfiConverterData.lower(key),FfiConverterData.lower(value),FfiConverterOptionData.lower(context),FfiConverterOptionUInt32.lower(w)
+                        self.uniffiCloneHandle(),FfiConverterData.lower(key),FfiConverterData.lower(value),FfiConverterOptionData.lower(context),FfiConverterOptionUInt32.lower(w),FfiConverterOptionData.lower(writeId)
                 )
             },
             pollFunc: ffi_dynamokv_swift_rust_future_poll_rust_buffer,
@@ -1176,12 +1182,26 @@ enum DynamoKvError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError 
     case QuorumNotReached(needed: UInt32, got: UInt32, message: String
     )
     /**
+     * A put or delete whose answer was lost: it was applied once or not at all. Read the key,
+     * or retry the write passing `writeId` (16 bytes, big-endian): a write is never applied
+     * twice under one write id.
+     */
+    case OutcomeUnknown(writeId: Data, message: String
+    )
+    /**
+     * A blind write would grow the key past its sibling or size limit. Nothing was written:
+     * get the key and put the resolved value with the get's context.
+     */
+    case SiblingLimit(message: String
+    )
+    /**
      * No node could be reached, or every node tried was shutting down.
      */
     case Unavailable(message: String
     )
     /**
-     * The request did not finish before its deadline.
+     * A read did not finish before its deadline (a write that runs out of time is
+     * `OutcomeUnknown`).
      */
     case Timeout(after: TimeInterval
     )
@@ -1270,13 +1290,20 @@ public struct FfiConverterTypeDynamoKvError: FfiConverterRustBuffer {
             got: try FfiConverterUInt32.read(from: &buf), 
             message: try FfiConverterString.read(from: &buf)
             )
-        case 9: return .Unavailable(
+        case 9: return .OutcomeUnknown(
+            writeId: try FfiConverterData.read(from: &buf), 
             message: try FfiConverterString.read(from: &buf)
             )
-        case 10: return .Timeout(
+        case 10: return .SiblingLimit(
+            message: try FfiConverterString.read(from: &buf)
+            )
+        case 11: return .Unavailable(
+            message: try FfiConverterString.read(from: &buf)
+            )
+        case 12: return .Timeout(
             after: try FfiConverterDuration.read(from: &buf)
             )
-        case 11: return .Internal(
+        case 13: return .Internal(
             message: try FfiConverterString.read(from: &buf)
             )
 
@@ -1335,18 +1362,29 @@ public struct FfiConverterTypeDynamoKvError: FfiConverterRustBuffer {
             FfiConverterString.write(message, into: &buf)
             
         
-        case let .Unavailable(message):
+        case let .OutcomeUnknown(writeId,message):
             writeInt(&buf, Int32(9))
+            FfiConverterData.write(writeId, into: &buf)
+            FfiConverterString.write(message, into: &buf)
+            
+        
+        case let .SiblingLimit(message):
+            writeInt(&buf, Int32(10))
+            FfiConverterString.write(message, into: &buf)
+            
+        
+        case let .Unavailable(message):
+            writeInt(&buf, Int32(11))
             FfiConverterString.write(message, into: &buf)
             
         
         case let .Timeout(after):
-            writeInt(&buf, Int32(10))
+            writeInt(&buf, Int32(12))
             FfiConverterDuration.write(after, into: &buf)
             
         
         case let .Internal(message):
-            writeInt(&buf, Int32(11))
+            writeInt(&buf, Int32(13))
             FfiConverterString.write(message, into: &buf)
             
         }
@@ -1605,13 +1643,13 @@ private let initializationResult: InitializationResult = {
     if (uniffi_dynamokv_swift_checksum_method_dynamokvclient_cluster_info() != 22671) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_dynamokv_swift_checksum_method_dynamokvclient_delete() != 54896) {
+    if (uniffi_dynamokv_swift_checksum_method_dynamokvclient_delete() != 38004) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_dynamokv_swift_checksum_method_dynamokvclient_get() != 31096) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_dynamokv_swift_checksum_method_dynamokvclient_put() != 3518) {
+    if (uniffi_dynamokv_swift_checksum_method_dynamokvclient_put() != 25090) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_dynamokv_swift_checksum_constructor_dynamokvclient_new() != 58478) {

@@ -104,13 +104,27 @@ final class TestNode {
         throw TestNodeError.noBinary(candidates)
     }
 
-    init() throws {
+    /// The TOML config file given with `config`, removed when the node stops.
+    private let configFile: URL?
+
+    /// Starts a node; `config` is the text of a TOML config file, which the flags override.
+    init(config: String? = nil) throws {
         let binary = try TestNode.binary()
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = [
+        var arguments = [
             "serve", "--listen", "127.0.0.1:0", "--engine", "memory", "--node-id", "test-1",
         ]
+        var configFile: URL? = nil
+        if let config = config {
+            let file = FileManager.default.temporaryDirectory
+                .appendingPathComponent("dynamokv-test-\(UUID().uuidString).toml")
+            try config.write(to: file, atomically: true, encoding: .utf8)
+            arguments += ["--config", file.path]
+            configFile = file
+        }
+        self.configFile = configFile
+        process.arguments = arguments
         let output = Pipe()
         process.standardOutput = output
         try process.run()
@@ -119,6 +133,9 @@ final class TestNode {
         // "dynamokv node test-1 listening on 127.0.0.1:PORT (pid N, data in memory)"
         guard let marker = line.range(of: " listening on ") else {
             TestNode.stop(process)
+            if let file = configFile {
+                try? FileManager.default.removeItem(at: file)
+            }
             throw TestNodeError.noAddress(line)
         }
         self.process = process
@@ -127,6 +144,9 @@ final class TestNode {
 
     func stop() {
         TestNode.stop(process)
+        if let file = configFile {
+            try? FileManager.default.removeItem(at: file)
+        }
     }
 
     private static func stop(_ process: Process) {
@@ -406,6 +426,69 @@ final class DynamoKVTests: XCTestCase {
         XCTAssertEqual(
             DynamoKvError.QuorumNotReached(needed: 2, got: 1, message: "m").code(),
             "QUORUM_NOT_REACHED")
+        let lost = DynamoKvError.OutcomeUnknown(writeId: Data(repeating: 0xAB, count: 16), message: "m")
+        XCTAssertEqual(lost.code(), "OUTCOME_UNKNOWN")
+        XCTAssertTrue("\(lost)".contains(String(repeating: "ab", count: 16)))
+        XCTAssertEqual(DynamoKvError.SiblingLimit(message: "m").code(), "SIBLING_LIMIT")
+    }
+
+    // MARK: Write ids and the sibling limit
+
+    func testSameWriteIdTwiceIsAppliedOnce() async throws {
+        let key = uniqueKey("write-id")
+        let writeId = Data((0..<16).map { _ in UInt8.random(in: 0...255) })
+        _ = try await client.put(key: key, value: bytes("once"), writeId: writeId)
+        _ = try await client.put(key: key, value: bytes("once"), writeId: writeId)
+        try await assertValues(key, [bytes("once")])
+        // The facade passes it through too.
+        let keyName = "swift-write-id-\(UUID().uuidString)"
+        try await client.put(keyName, "once", writeId: writeId)
+        try await client.put(keyName, "once", writeId: writeId)
+        let got = try await client.get(keyName)
+        XCTAssertEqual(got.strings, ["once"])
+    }
+
+    func testMalformedWriteIdIsRefused() async throws {
+        let key = uniqueKey("bad-write-id")
+        _ = try await client.put(key: key, value: bytes("kept"))
+        let context = try await client.get(key: key).context
+        for writeId in [Data(), Data(count: 15), Data(count: 17)] {
+            do {
+                _ = try await client.put(key: key, value: bytes("x"), context: context, writeId: writeId)
+                XCTFail("put with a \(writeId.count)-byte write id was accepted")
+            } catch DynamoKvError.MissingField(let message) {
+                XCTAssertTrue(message.contains("writeId must be 16 bytes"))
+            }
+            do {
+                _ = try await client.delete(key: key, context: context, writeId: writeId)
+                XCTFail("delete with a \(writeId.count)-byte write id was accepted")
+            } catch DynamoKvError.MissingField(let message) {
+                XCTAssertTrue(message.contains("writeId must be 16 bytes"))
+            }
+        }
+        try await assertValues(key, [bytes("kept")])
+    }
+
+    func testBlindWritePastTheSiblingLimitIsRefused() async throws {
+        let limited = try TestNode(config: "[limits]\nmax_siblings = 2\n")
+        defer { limited.stop() }
+        let lc = try DynamoKvClient(seeds: [limited.address])
+        let key = uniqueKey("sibling-limit")
+        _ = try await lc.put(key: key, value: bytes("one"))
+        _ = try await lc.put(key: key, value: bytes("two"))
+        do {
+            _ = try await lc.put(key: key, value: bytes("three"))
+            XCTFail("a third blind write was accepted")
+        } catch DynamoKvError.SiblingLimit(let message) {
+            XCTAssertFalse(message.isEmpty)
+        }
+        let got = try await lc.get(key: key)
+        XCTAssertEqual(Set(got.values), Set([bytes("one"), bytes("two")]))
+        XCTAssertEqual(got.values.count, 2)
+        // A write with the get's context resolves the siblings and is accepted.
+        _ = try await lc.put(key: key, value: bytes("resolved"), context: got.context)
+        let resolved = try await lc.get(key: key)
+        XCTAssertEqual(resolved.values, [bytes("resolved")])
     }
 
     func testConcurrentCallsShareOneClient() async throws {
