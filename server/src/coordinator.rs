@@ -29,6 +29,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 use tonic::Request;
 
 use dynamokv_common::limits::check_quorum;
@@ -90,6 +91,8 @@ pub struct Coordinator {
     limits: Limits,
     timeout: Duration,
     read_repairs: AtomicU64,
+    /// Work that outlives its request (the rest of a write, read repair), waited for at shutdown.
+    tasks: TaskTracker,
 }
 
 type ReplicaReply<T> = (String, Result<T, String>);
@@ -109,6 +112,23 @@ impl Coordinator {
             limits,
             timeout,
             read_repairs: AtomicU64::new(0),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// Lets the work that outlives requests finish, for at most `deadline`; called at shutdown
+    /// once no request is being served, so that writes reach their replicas before storage
+    /// closes.
+    pub async fn drain(&self, deadline: Duration) {
+        self.tasks.close();
+        if tokio::time::timeout(deadline, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.tasks.len(),
+                "shutting down with background work unfinished"
+            );
         }
     }
 
@@ -163,7 +183,7 @@ impl Coordinator {
 
         // Late replies and read repair happen after the client has its answer.
         let this = Arc::clone(self);
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             while let Some((node, reply)) = pending.next().await {
                 if let Ok(state) = reply {
                     replies.push((node, state));
@@ -213,7 +233,7 @@ impl Coordinator {
         let (tx, rx) = oneshot::channel();
         let this = Arc::clone(self);
         let self_id = view.self_id.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let write = Write {
                 op,
                 key,

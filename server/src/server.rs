@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -149,6 +150,9 @@ impl Prepared {
 #[derive(Debug)]
 struct Ready {
     local: Arc<LocalReplica>,
+    coordinator: Arc<Coordinator>,
+    /// How long shutdown waits for writes and repairs still under way.
+    drain_deadline: Duration,
     kv: KvService,
     replica: ReplicaService,
 }
@@ -188,7 +192,13 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
     );
     Ok(Ready {
         kv: KvService::new(Arc::clone(&coordinator)),
-        replica: ReplicaService::new(config.node_id.clone(), Arc::clone(&local), coordinator),
+        replica: ReplicaService::new(
+            config.node_id.clone(),
+            Arc::clone(&local),
+            Arc::clone(&coordinator),
+        ),
+        coordinator,
+        drain_deadline: config.replica_timeout() * 2,
         local,
     })
 }
@@ -212,7 +222,9 @@ async fn serve(
         )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
         .await;
-    // In-flight requests have finished; make what they wrote durable before exiting.
+    // In-flight requests have finished; let the copies and repairs they started finish too,
+    // then make what they wrote durable before exiting.
+    ready.coordinator.drain(ready.drain_deadline).await;
     let flushed = ready.local.flush();
     tracing::info!("node stopped");
     result?;
