@@ -99,6 +99,7 @@ async fn defect2_a_write_whose_answer_was_lost_is_never_applied_twice() {
             Err(e) if e.code() == "OUTCOME_UNKNOWN" => {}
             Err(e) => panic!("round {round}: unexpected error {e:?}"),
         }
+        assert_eq!(cut.mode(), Mode::Pass, "round {round}: no answer was lost");
         let got = client.get_with_quorum(&key, Some(3)).await.unwrap();
         assert_eq!(
             strings(&got.values),

@@ -22,9 +22,10 @@ pub enum Mode {
     /// Holds every byte (new connections are accepted and held too) until the mode changes;
     /// held bytes are then delivered, as a resumed process would read them.
     Hang,
-    /// Carries bytes until a client-to-node stream has carried `marker`; then, on the first
-    /// bytes the node sends back on that connection, closes both sides without passing them on,
-    /// and returns to `Pass`.
+    /// Carries bytes until a client-to-node stream has carried `marker`; then, when the node
+    /// starts answering a request on that connection (its first HTTP/2 HEADERS frame on a
+    /// request stream, which it sends only once it has handled the request), closes both sides
+    /// without passing it on, and returns to `Pass`.
     CutResponseAfter(Vec<u8>),
 }
 
@@ -67,6 +68,11 @@ impl Proxy {
 
     pub fn set(&self, mode: Mode) {
         self.mode.send_replace(mode);
+    }
+
+    /// The mode now (a `CutResponseAfter` turns into `Pass` once it has cut).
+    pub fn mode(&self) -> Mode {
+        self.mode.borrow().clone()
     }
 }
 
@@ -120,13 +126,19 @@ async fn carry(inbound: TcpStream, to: SocketAddr, mode: watch::Sender<Mode>) {
     };
     let downstream = async move {
         let mut buf = vec![0u8; 64 * 1024];
+        let mut frames = FrameScanner::default();
         loop {
             let n = match out_r.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            if *armed_rx.borrow() {
+            // Connection-level frames (SETTINGS, PING, WINDOW_UPDATE) may come before the node
+            // has acted; the answer to a request starts with HEADERS on the request's stream.
+            let answer_at = frames.first_answer(&buf[..n]);
+            let armed = *armed_rx.borrow();
+            if let (true, Some(at)) = (armed, answer_at) {
                 // Cut: the node has started answering the marked request.
+                let _ = in_w.write_all(&buf[..at]).await;
                 mode.send_replace(Mode::Pass);
                 return;
             }
@@ -155,4 +167,47 @@ async fn wait_while_hung(mode: &watch::Sender<Mode>) -> bool {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Follows the HTTP/2 frames a node sends on one connection (9-byte headers: 24-bit length,
+/// type, flags, 31-bit stream id) to find where it starts answering a request.
+#[derive(Debug, Default)]
+struct FrameScanner {
+    /// Bytes of the current frame header read so far.
+    header: Vec<u8>,
+    /// Payload bytes of the current frame still to skip.
+    skip: usize,
+}
+
+impl FrameScanner {
+    const HEADERS: u8 = 0x1;
+
+    /// The offset in `chunk` of the first HEADERS frame on a request stream, if one starts in it.
+    fn first_answer(&mut self, chunk: &[u8]) -> Option<usize> {
+        let mut i = 0;
+        let mut found = None;
+        while i < chunk.len() {
+            if self.skip > 0 {
+                let n = self.skip.min(chunk.len() - i);
+                self.skip -= n;
+                i += n;
+                continue;
+            }
+            let start = i;
+            let n = (9 - self.header.len()).min(chunk.len() - i);
+            self.header.extend_from_slice(&chunk[i..i + n]);
+            i += n;
+            if self.header.len() == 9 {
+                let h = std::mem::take(&mut self.header);
+                let len = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+                let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+                if found.is_none() && h[3] == Self::HEADERS && stream != 0 {
+                    // A header split across chunks starts in an earlier one: cut here anyway.
+                    found = Some(start.saturating_sub(9 - n));
+                }
+                self.skip = len;
+            }
+        }
+        found
+    }
 }
