@@ -19,7 +19,6 @@ import os
 import pathlib
 import queue
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,10 @@ import threading
 import uuid
 
 import pytest
+
+# The answer-losing proxy is shared with the Python SDK's tests.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "bindings-python" / "tests"))
+from losing_proxy import LosingProxy  # noqa: E402
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent
 REPO = PACKAGE.parent
@@ -498,135 +501,6 @@ def test_blind_write_past_sibling_limit(kv):
         run(scenario())
     finally:
         limited.stop()
-
-
-class AnswerScanner:
-    """Follows the HTTP/2 frames a node sends on one connection and finds where an answer
-    starts: a HEADERS frame on a request stream (connection-level frames, on stream 0, may come
-    before the node has acted). The same proxy as bindings-python/tests/test_causality.py."""
-
-    def __init__(self) -> None:
-        self._header = b""
-        self._skip = 0
-
-    def answer_at(self, data: bytes) -> "int | None":
-        i = 0
-        while i < len(data):
-            if self._skip:
-                n = min(self._skip, len(data) - i)
-                self._skip -= n
-                i += n
-                continue
-            start = i - len(self._header)
-            take = min(9 - len(self._header), len(data) - i)
-            self._header += data[i : i + take]
-            i += take
-            if len(self._header) == 9:
-                length = int.from_bytes(self._header[:3], "big")
-                kind = self._header[3]
-                stream = int.from_bytes(self._header[5:9], "big") & 0x7FFFFFFF
-                self._header, self._skip = b"", length
-                if kind == 0x1 and stream != 0:
-                    return max(start, 0)
-        return None
-
-
-class LosingProxy:
-    """A loopback TCP proxy in front of `upstream` that loses answers: once the client-to-node
-    bytes of a connection have contained `marker`, both sockets are closed when the first bytes
-    of the node's answer arrive, so the request is applied but its answer never arrives."""
-
-    def __init__(self, upstream: str, marker: bytes) -> None:
-        host, port = upstream.rsplit(":", 1)
-        self._upstream = (host, int(port))
-        self._marker = marker
-        self._lock = threading.Lock()
-        self._sockets: list = []
-        self._threads: list = []
-        self._closed = False
-        self.cut = 0
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.05)
-        self.address = "127.0.0.1:%d" % self._listener.getsockname()[1]
-        self._spawn(self._accept)
-
-    def _spawn(self, target, *args) -> None:
-        t = threading.Thread(target=target, args=args, daemon=True)
-        with self._lock:
-            self._threads.append(t)
-        t.start()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            client.settimeout(None)
-            try:
-                node = socket.create_connection(self._upstream, timeout=5)
-            except OSError:
-                self._kill(client)
-                continue
-            node.settimeout(None)
-            with self._lock:
-                self._sockets += [client, node]
-            seen = threading.Event()
-            self._spawn(self._to_node, client, node, seen)
-            self._spawn(self._to_client, node, client, seen)
-
-    def _to_node(self, client, node, seen) -> None:
-        keep = len(self._marker) - 1
-        tail = b""
-        try:
-            while True:
-                data = client.recv(65536)
-                if not data:
-                    break
-                if self._marker in tail + data:
-                    seen.set()
-                tail = (tail + data)[-keep:] if keep else b""
-                node.sendall(data)
-        except OSError:
-            pass
-        self._kill(client, node)
-
-    def _to_client(self, node, client, seen) -> None:
-        scanner = AnswerScanner()
-        try:
-            while True:
-                data = node.recv(65536)
-                if not data:
-                    break
-                if scanner.answer_at(data) is not None and seen.is_set():
-                    with self._lock:
-                        self.cut += 1
-                    break
-                client.sendall(data)
-        except OSError:
-            pass
-        self._kill(client, node)
-
-    @staticmethod
-    def _kill(*socks) -> None:
-        for s in socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-
-    def close(self) -> None:
-        self._closed = True
-        self._listener.close()
-        with self._lock:
-            socks, threads = list(self._sockets), list(self._threads)
-        self._kill(*socks)
-        for t in threads:
-            t.join(timeout=5)
-        assert not any(t.is_alive() for t in threads), "a proxy thread did not stop"
 
 
 def test_lost_answer_is_outcome_unknown_and_its_write_id_retries_once(kv, client, node):
