@@ -12,6 +12,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?),
     };
     config.bytes(["."]);
+    // The descriptors, for gRPC server reflection (grpcurl needs no .proto file).
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    config.file_descriptor_set_path(out.join("dynamokv_descriptor.bin"));
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -7,6 +7,10 @@
 /// Version 1 of the protocol.
 pub mod v1 {
     tonic::include_proto!("dynamokv.v1");
+
+    /// The protocol's encoded `FileDescriptorSet`, which gRPC server reflection serves.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/dynamokv_descriptor.bin"));
 }
 
 /// What a failed call says about whether the request reached the other end.

@@ -37,6 +37,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Address other nodes and clients reach this node at; defaults to the bound address.
     pub advertise: Option<String>,
+    /// Address of the HTTP endpoint serving `/metrics` (Prometheus) and `/health`; none by
+    /// default. Port 0 picks a free port.
+    pub metrics_listen: Option<SocketAddr>,
     /// Where the RocksDB engine keeps its files.
     pub data_dir: PathBuf,
     pub engine: Engine,
@@ -112,6 +115,7 @@ impl Default for Config {
             node_id: "node-1".to_string(),
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             advertise: None,
+            metrics_listen: None,
             data_dir: PathBuf::from("dynamokv-data"),
             engine: Engine::Rocksdb,
             sync_writes: false,

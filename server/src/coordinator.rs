@@ -21,7 +21,6 @@
 //!   read repair.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -42,6 +41,7 @@ use dynamokv_proto::v1 as pb;
 
 use crate::error::{Error, ReplicaFailure};
 use crate::membership::{ClusterView, Membership};
+use crate::metrics::{Metrics, Role};
 use crate::peers::Peers;
 use crate::replica::{LocalReplica, WriteError, now_ms};
 
@@ -90,7 +90,7 @@ pub struct Coordinator {
     peers: Arc<Peers>,
     limits: Limits,
     timeout: Duration,
-    read_repairs: AtomicU64,
+    metrics: Arc<Metrics>,
     /// Work that outlives its request (the rest of a write, read repair), waited for at shutdown.
     tasks: TaskTracker,
 }
@@ -104,6 +104,7 @@ impl Coordinator {
         peers: Arc<Peers>,
         limits: Limits,
         timeout: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Coordinator {
             membership,
@@ -111,7 +112,7 @@ impl Coordinator {
             peers,
             limits,
             timeout,
-            read_repairs: AtomicU64::new(0),
+            metrics,
             tasks: TaskTracker::new(),
         }
     }
@@ -138,11 +139,22 @@ impl Coordinator {
 
     /// Read repairs sent since start.
     pub fn read_repairs(&self) -> u64 {
-        self.read_repairs.load(Ordering::Relaxed)
+        self.metrics.read_repairs.get()
     }
 
     /// A quorum read of `key`.
     pub async fn get(self: &Arc<Self>, key: Bytes, r: Option<u32>) -> Result<GetResult, Error> {
+        let start = Instant::now();
+        let result = self.get_inner(key, r).await;
+        if let Ok(got) = &result {
+            self.metrics.versions_read(got.values.len());
+        }
+        self.metrics
+            .request("get", Role::Coordinator, outcome(&result), start.elapsed());
+        result
+    }
+
+    async fn get_inner(self: &Arc<Self>, key: Bytes, r: Option<u32>) -> Result<GetResult, Error> {
         self.limits.check_key(&key)?;
         let view = self.membership.current();
         let n = view.quorums.n;
@@ -197,6 +209,20 @@ impl Coordinator {
     /// A quorum write: a put, or a delete when `value` is `None`, superseding what the
     /// request's context saw. Returns the context covering that and the new write.
     pub async fn put(self: &Arc<Self>, req: WriteRequest) -> Result<Bytes, Error> {
+        let start = Instant::now();
+        let op = if req.value.is_some() { "put" } else { "delete" };
+        let mut role = Role::Coordinator;
+        let result = self.put_inner(req, &mut role).await;
+        self.metrics
+            .request(op, role, outcome(&result), start.elapsed());
+        result
+    }
+
+    async fn put_inner(
+        self: &Arc<Self>,
+        req: WriteRequest,
+        role: &mut Role,
+    ) -> Result<Bytes, Error> {
         let key = req.key.clone();
         self.limits.check_key(&key)?;
         if let Some(v) = &req.value {
@@ -221,6 +247,7 @@ impl Coordinator {
                     node: view.self_id.clone(),
                 });
             }
+            *role = Role::Forwarder;
             return self.forward(op, req, w, &replicas, verdict_at).await;
         }
 
@@ -498,7 +525,7 @@ impl Coordinator {
             let Some(m) = replicas.iter().find(|m| &m.id == node) else {
                 continue;
             };
-            self.read_repairs.fetch_add(1, Ordering::Relaxed);
+            self.metrics.read_repairs.inc();
             tracing::debug!(node = %m.id, "read repair");
             let result = if m.id == self_id {
                 self.local
@@ -513,6 +540,14 @@ impl Coordinator {
                 tracing::debug!(node = %m.id, %reason, "read repair failed");
             }
         }
+    }
+}
+
+/// A request's outcome as counted in the metrics: `ok` or the client's error code.
+fn outcome<T>(result: &Result<T, Error>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(e) => e.code().as_str(),
     }
 }
 

@@ -30,9 +30,10 @@ struct DevNode {
 
 fn node_config(opts: &DevOptions, i: usize, members: &[(String, String)], dir: &Path) -> String {
     let mut toml = format!(
-        "# Written by `dynamokv dev`; rewritten at every start.\nnode_id = \"{}\"\nlisten = \"{}\"\ndata_dir = \"{}\"\n\n[cluster]\nname = \"dev\"\npartitions = {}\nmembers = [\n",
+        "# Written by `dynamokv dev`; rewritten at every start.\nnode_id = \"{}\"\nlisten = \"{}\"\nmetrics_listen = \"{}:0\"\ndata_dir = \"{}\"\n\n[cluster]\nname = \"dev\"\npartitions = {}\nmembers = [\n",
         members[i].0,
         members[i].1,
+        opts.host,
         dir.display(),
         opts.partitions
     );
@@ -111,8 +112,11 @@ pub async fn run(opts: DevOptions) -> Result<(), String> {
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
-        match first {
-            Ok(Ok(Some(line))) if line.contains("listening on") => {}
+        let metrics_url = match first {
+            Ok(Ok(Some(line))) if line.contains("listening on") => line
+                .split_once("metrics at ")
+                .map(|(_, url)| url.trim().to_string())
+                .unwrap_or_default(),
             _ => {
                 stop_all(&mut nodes).await;
                 return Err(format!(
@@ -122,9 +126,9 @@ pub async fn run(opts: DevOptions) -> Result<(), String> {
                     members[i].1
                 ));
             }
-        }
+        };
         println!(
-            "{:<8} {:<21} pid {:<8} data {}",
+            "{:<8} {:<21} pid {:<8} data {:<28} metrics {metrics_url}",
             members[i].0,
             members[i].1,
             child.id().unwrap_or(0),

@@ -13,6 +13,7 @@ pub mod coordinator;
 pub mod dev;
 pub mod error;
 pub mod membership;
+pub mod metrics;
 pub mod peers;
 pub mod replica;
 pub mod server;

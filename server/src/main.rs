@@ -84,6 +84,9 @@ struct ServeArgs {
     /// Storage engine [default: rocksdb].
     #[arg(long, value_enum)]
     engine: Option<Engine>,
+    /// Serve `/metrics` and `/health` over HTTP on this address (overrides `metrics_listen`).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 fn load(args: &ServeArgs) -> Result<Config, String> {
@@ -102,6 +105,9 @@ fn load(args: &ServeArgs) -> Result<Config, String> {
     }
     if let Some(v) = args.engine {
         config.engine = v;
+    }
+    if let Some(v) = args.metrics_listen {
+        config.metrics_listen = Some(v);
     }
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
@@ -181,8 +187,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         dynamokv_server::server::Prepared::new(&config, listener).map_err(|e| e.to_string())?;
     // One line on stdout, printed once storage is open, that people and scripts (tests,
     // `dynamokv dev`) read to learn the address.
+    let metrics = node
+        .metrics_addr
+        .map(|a| format!(", metrics at http://{a}/metrics"))
+        .unwrap_or_default();
     println!(
-        "dynamokv node {} listening on {} (pid {}, data in {})",
+        "dynamokv node {} listening on {} (pid {}, data in {}){metrics}",
         config.node_id,
         node.addr,
         std::process::id(),

@@ -20,6 +20,7 @@ use dynamokv_common::{
     Actor, CausalContext, HistoryLimits, UpdateOutcome, VersionedState, WriteId, key_position,
 };
 
+use crate::metrics::Metrics;
 use crate::storage::{self, Storage, StorageError};
 
 const LOCK_STRIPES: usize = 1024;
@@ -64,8 +65,7 @@ pub struct LocalReplica {
     stripes: Vec<Mutex<()>>,
     history: HistoryLimits,
     siblings: SiblingLimits,
-    truncations: AtomicU64,
-    retired_evicted: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -82,6 +82,7 @@ impl LocalReplica {
         node_id: &str,
         history: HistoryLimits,
         siblings: SiblingLimits,
+        metrics: Arc<Metrics>,
     ) -> Result<LocalReplica, StorageError> {
         match store.get_meta(META_NODE_ID)? {
             Some(found) if found != node_id.as_bytes() => {
@@ -111,8 +112,7 @@ impl LocalReplica {
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             history,
             siblings,
-            truncations: AtomicU64::new(0),
-            retired_evicted: AtomicU64::new(0),
+            metrics,
         })
     }
 
@@ -128,12 +128,12 @@ impl LocalReplica {
 
     /// How many version-vector entries were dropped by truncation since start.
     pub fn truncations(&self) -> u64 {
-        self.truncations.load(Ordering::Relaxed)
+        self.metrics.truncations.get()
     }
 
     /// How many retired write ids were dropped for the per-key cap since start.
     pub fn retired_evicted(&self) -> u64 {
-        self.retired_evicted.load(Ordering::Relaxed)
+        self.metrics.retired_evicted.get()
     }
 
     fn stripe(&self, key: &[u8]) -> &Mutex<()> {
@@ -244,16 +244,16 @@ impl LocalReplica {
     pub fn truncate(&self, state: &mut VersionedState, now: u64) {
         let t = state.truncate(&self.history, now);
         if t.clock_entries > 0 {
-            self.truncations
-                .fetch_add(t.clock_entries as u64, Ordering::Relaxed);
+            self.metrics.truncations.inc_by(t.clock_entries as u64);
             tracing::debug!(
                 dropped = t.clock_entries,
                 "version vector truncated (paper 4.4)"
             );
         }
         if t.retired_evicted > 0 {
-            self.retired_evicted
-                .fetch_add(t.retired_evicted as u64, Ordering::Relaxed);
+            self.metrics
+                .retired_evicted
+                .inc_by(t.retired_evicted as u64);
         }
     }
 
@@ -302,7 +302,13 @@ mod tests {
     }
 
     fn open(store: &Arc<dyn Storage>, node: &str) -> Result<LocalReplica, StorageError> {
-        LocalReplica::open(Arc::clone(store), node, HistoryLimits::default(), limits())
+        LocalReplica::open(
+            Arc::clone(store),
+            node,
+            HistoryLimits::default(),
+            limits(),
+            Arc::default(),
+        )
     }
 
     #[tokio::test]
@@ -354,8 +360,9 @@ mod tests {
             max_object_bytes: 1 << 20,
             warn_object_bytes: 1 << 20,
         };
-        let replica =
-            Arc::new(LocalReplica::open(store, "n", HistoryLimits::default(), l).unwrap());
+        let replica = Arc::new(
+            LocalReplica::open(store, "n", HistoryLimits::default(), l, Arc::default()).unwrap(),
+        );
         let key = Bytes::from_static(b"k");
         for i in 0..3u128 {
             replica

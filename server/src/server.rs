@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 
 use dynamokv_common::limits::MAX_MESSAGE_BYTES;
 use dynamokv_proto::v1::kv_server::KvServer;
@@ -17,6 +17,7 @@ use dynamokv_proto::v1::replica_server::ReplicaServer;
 use crate::config::{Config, ConfigError, Engine};
 use crate::coordinator::Coordinator;
 use crate::membership::Membership;
+use crate::metrics::{HealthInfo, Metrics};
 use crate::peers::Peers;
 use crate::replica::{LocalReplica, SiblingLimits};
 use crate::service::{KvService, ReplicaService};
@@ -35,8 +36,15 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    MetricsBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("cannot build the gRPC reflection service: {0}")]
+    Reflection(String),
     #[error("the rocksdb engine is not compiled in (build with the `rocksdb` feature)")]
     NoRocksdb,
 }
@@ -59,6 +67,8 @@ fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, ServerError> {
 pub struct NodeHandle {
     /// The address it listens on (the real port when configured with port 0).
     pub addr: SocketAddr,
+    /// Where it serves `/metrics` and `/health`, if it does.
+    pub metrics_addr: Option<SocketAddr>,
     pub node_id: String,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), ServerError>>,
@@ -100,10 +110,12 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<NodeHandl
     })?;
     let node_id = config.node_id.clone();
     let ready = prepare(&config, addr)?;
+    let metrics_addr = ready.metrics_addr;
     let token = shutdown.clone();
     let task = tokio::spawn(async move { serve(ready, listener, token).await });
     Ok(NodeHandle {
         addr,
+        metrics_addr,
         node_id,
         shutdown,
         task,
@@ -126,6 +138,8 @@ pub struct Prepared {
     ready: Ready,
     listener: TcpListener,
     pub addr: SocketAddr,
+    /// Where it will serve `/metrics` and `/health`, if configured to.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Prepared {
@@ -134,8 +148,10 @@ impl Prepared {
             addr: config.listen,
             source,
         })?;
+        let ready = prepare(config, addr)?;
         Ok(Prepared {
-            ready: prepare(config, addr)?,
+            metrics_addr: ready.metrics_addr,
+            ready,
             listener,
             addr,
         })
@@ -155,12 +171,29 @@ struct Ready {
     drain_deadline: Duration,
     kv: KvService,
     replica: ReplicaService,
+    metrics: Arc<Metrics>,
+    /// Bound at preparation, so that a busy port stops the node before it serves.
+    metrics_listener: Option<std::net::TcpListener>,
+    metrics_addr: Option<SocketAddr>,
+    node_id: String,
+    addr: SocketAddr,
 }
 
 fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
     config.validate()?;
     let advertised = config.advertise.clone().unwrap_or_else(|| addr.to_string());
     let membership = Membership::fixed(config, &advertised)?;
+    let (metrics_listener, metrics_addr) = match config.metrics_listen {
+        None => (None, None),
+        Some(want) => {
+            let bind_err = |source| ServerError::MetricsBind { addr: want, source };
+            let l = std::net::TcpListener::bind(want).map_err(bind_err)?;
+            l.set_nonblocking(true).map_err(bind_err)?;
+            let bound = l.local_addr().map_err(bind_err)?;
+            (Some(l), Some(bound))
+        }
+    };
+    let metrics = Arc::new(Metrics::new());
     let store = open_storage(config)?;
     let local = Arc::new(LocalReplica::open(
         store,
@@ -172,6 +205,7 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
             max_object_bytes: config.limits.max_object_bytes,
             warn_object_bytes: config.limits.warn_object_bytes,
         },
+        Arc::clone(&metrics),
     )?);
     let peers = Arc::new(Peers::new(config.replica_timeout()));
     let coordinator = Arc::new(Coordinator::new(
@@ -180,6 +214,7 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
         peers,
         config.limits(),
         config.replica_timeout(),
+        Arc::clone(&metrics),
     ));
     tracing::info!(
         node_id = %config.node_id,
@@ -196,7 +231,13 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
             config.node_id.clone(),
             Arc::clone(&local),
             Arc::clone(&coordinator),
+            Arc::clone(&metrics),
         ),
+        metrics,
+        metrics_listener,
+        metrics_addr,
+        node_id: config.node_id.clone(),
+        addr,
         coordinator,
         drain_deadline: config.replica_timeout() * 2,
         local,
@@ -208,7 +249,52 @@ async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
+    // The metrics endpoint outlives the gRPC server a little, until shutdown has drained.
+    let http_stop = CancellationToken::new();
+    let http = match ready.metrics_listener {
+        None => None,
+        Some(l) => {
+            let listener = TcpListener::from_std(l).map_err(|source| ServerError::MetricsBind {
+                addr: ready.metrics_addr.unwrap_or(ready.addr),
+                source,
+            })?;
+            let info = HealthInfo {
+                node_id: ready.node_id.clone(),
+                grpc_addr: ready.addr,
+            };
+            let metrics = Arc::clone(&ready.metrics);
+            let stop = http_stop.clone();
+            Some(tokio::spawn(async move {
+                if let Err(e) = crate::metrics::serve_http(listener, metrics, info, stop).await {
+                    tracing::error!(error = %e, "metrics endpoint failed");
+                }
+            }))
+        }
+    };
+    // The standard gRPC health service (for grpc_health_probe and load balancers) and server
+    // reflection (for grpcurl), on the gRPC port.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<KvServer<KvService>>().await;
+    health.set_serving::<ReplicaServer<ReplicaService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(dynamokv_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+    let shutting_down = {
+        let health = health.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            health.set_not_serving::<KvServer<KvService>>().await;
+            health
+                .set_not_serving::<ReplicaServer<ReplicaService>>()
+                .await;
+        }
+    };
     let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
         .add_service(
             KvServer::new(ready.kv)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -219,12 +305,16 @@ async fn serve(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(incoming(listener), shutdown.cancelled())
+        .serve_with_incoming_shutdown(incoming(listener), shutting_down)
         .await;
     // In-flight requests have finished; let the copies and repairs they started finish too,
     // then make what they wrote durable before exiting.
     ready.coordinator.drain(ready.drain_deadline).await;
     let flushed = ready.local.flush();
+    http_stop.cancel();
+    if let Some(http) = http {
+        let _ = http.await;
+    }
     tracing::info!("node stopped");
     result?;
     flushed?;
@@ -258,7 +348,10 @@ mod tests {
         let mut accepted = incoming(listener);
         let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let conn = accepted.next().await.unwrap().unwrap();
-        assert!(conn.nodelay().unwrap(), "TCP_NODELAY not set on an accepted connection");
+        assert!(
+            conn.nodelay().unwrap(),
+            "TCP_NODELAY not set on an accepted connection"
+        );
         let sock = socket2::SockRef::from(&conn);
         assert!(sock.keepalive().unwrap(), "SO_KEEPALIVE not set");
     }

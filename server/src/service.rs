@@ -11,6 +11,7 @@ use dynamokv_proto::v1 as pb;
 
 use crate::coordinator::{Coordinator, FORWARDED_METADATA, WriteRequest};
 use crate::error::Error;
+use crate::metrics::{Metrics, Role};
 use crate::replica::LocalReplica;
 
 #[derive(Debug, Clone)]
@@ -135,14 +136,21 @@ impl pb::kv_server::Kv for KvService {
 #[derive(Debug, Clone)]
 pub struct ReplicaService {
     node_id: String,
+    metrics: Arc<Metrics>,
     local: Arc<LocalReplica>,
     coordinator: Arc<Coordinator>,
 }
 
 impl ReplicaService {
-    pub fn new(node_id: String, local: Arc<LocalReplica>, coordinator: Arc<Coordinator>) -> Self {
+    pub fn new(
+        node_id: String,
+        local: Arc<LocalReplica>,
+        coordinator: Arc<Coordinator>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         ReplicaService {
             node_id,
+            metrics,
             local,
             coordinator,
         }
@@ -168,8 +176,10 @@ impl pb::replica_server::Replica for ReplicaService {
         &self,
         req: Request<pb::ReadLocalRequest>,
     ) -> Result<Response<pb::ReadLocalResponse>, Status> {
+        let start = std::time::Instant::now();
         let key = required(req.into_inner().key, "key")?;
         let state = self.local.read(key).await.map_err(Error::from)?;
+        self.metrics.latency("read", Role::Replica, start.elapsed());
         Ok(Response::new(pb::ReadLocalResponse {
             state: state.map(|s| s.to_proto()),
             actor: self.local.actor().0,
@@ -180,12 +190,15 @@ impl pb::replica_server::Replica for ReplicaService {
         &self,
         req: Request<pb::MergeLocalRequest>,
     ) -> Result<Response<pb::MergeLocalResponse>, Status> {
+        let start = std::time::Instant::now();
         let req = req.into_inner();
         let key = required(req.key, "key")?;
         let state = required(req.state, "state")?;
         let state = VersionedState::from_proto(&state)
             .map_err(|e| Status::invalid_argument(format!("bad replica state: {e}")))?;
         self.local.merge(key, state).await.map_err(Error::from)?;
+        self.metrics
+            .latency("merge", Role::Replica, start.elapsed());
         Ok(Response::new(pb::MergeLocalResponse {}))
     }
 }

@@ -1,0 +1,314 @@
+//! What a node tells its operators: Prometheus metrics at `/metrics` and a liveness check at
+//! `/health`, over plain HTTP on `metrics_listen`.
+//!
+//! Metrics are kept with `prometheus-client` (the Prometheus project's own Rust client: typed
+//! counters and histograms updated with atomics, label families, and the text exposition
+//! format), served by `axum`, which tonic already builds on. Every metric is named
+//! `dynamokv_*`:
+//!
+//! - `requests_total{op, outcome}`: client requests by operation (get, put, delete) and
+//!   outcome (`ok` or the error code a client sees).
+//! - `request_duration_seconds{op, role}`: latency by operation and by this node's role in it:
+//!   `coordinator` (it coordinated a client's request), `forwarder` (it passed a write on to a
+//!   replica that coordinates) or `replica` (another node asked it to read or merge a key).
+//! - `quorum_failures_total{op}`: requests answered with `QuorumNotReached`.
+//! - `versions_per_read`: how many versions a get returned (the paper's divergence figure,
+//!   section 6.3: in Amazon's shopping cart 99.94% of reads saw exactly one).
+//! - `read_repairs_total`, `vector_clock_truncations_total`, `retired_writes_evicted_total`.
+//! - `wal_syncs_total` and `synced_writes_total`: fsyncs of the write-ahead log and the writes
+//!   they made durable (their ratio is how many writes share one fsync in group commit).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// What a node did in a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Coordinator,
+    Forwarder,
+    Replica,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Coordinator => "coordinator",
+            Role::Forwarder => "forwarder",
+            Role::Replica => "replica",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    op: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LatencyLabels {
+    op: &'static str,
+    role: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OpLabels {
+    op: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 us to about 13 s, doubling.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 19))
+}
+
+/// A node's metrics. Cheap to update from any thread.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
+    quorum_failures: Family<OpLabels, Counter>,
+    versions_per_read: Histogram,
+    pub read_repairs: Counter,
+    pub truncations: Counter,
+    pub retired_evicted: Counter,
+    pub wal_syncs: Counter,
+    pub synced_writes: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("dynamokv");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Client requests by operation and outcome (ok, or the error code the client got)",
+            requests.clone(),
+        );
+        let latency: Family<LatencyLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "request_duration",
+            "Request latency by operation and this node's role in it",
+            Unit::Seconds,
+            latency.clone(),
+        );
+        let quorum_failures = Family::<OpLabels, Counter>::default();
+        registry.register(
+            "quorum_failures",
+            "Requests that could not reach their R or W replicas",
+            quorum_failures.clone(),
+        );
+        let versions_per_read = Histogram::new([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 25.0, 100.0]);
+        registry.register(
+            "versions_per_read",
+            "Versions (siblings) a get returned; 0 for a key that does not exist",
+            versions_per_read.clone(),
+        );
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let read_repairs = counter(
+            &mut registry,
+            "read_repairs",
+            "Replicas sent a newer state after a get found them stale",
+        );
+        let truncations = counter(
+            &mut registry,
+            "vector_clock_truncations",
+            "Version-vector entries dropped for max_vector_entries",
+        );
+        let retired_evicted = counter(
+            &mut registry,
+            "retired_writes_evicted",
+            "Ids of superseded writes forgotten for the per-key cap",
+        );
+        let wal_syncs = counter(
+            &mut registry,
+            "wal_syncs",
+            "fsyncs of the write-ahead log made for synced writes",
+        );
+        let synced_writes = counter(
+            &mut registry,
+            "synced_writes",
+            "Writes acknowledged only after an fsync of the write-ahead log",
+        );
+        // Series that exist from the start, at zero, so dashboards and alerts see them before
+        // the first request (a family only shows the label sets created in it).
+        for (op, role) in [
+            ("get", Role::Coordinator),
+            ("put", Role::Coordinator),
+            ("delete", Role::Coordinator),
+            ("put", Role::Forwarder),
+            ("delete", Role::Forwarder),
+            ("read", Role::Replica),
+            ("merge", Role::Replica),
+        ] {
+            drop(latency.get_or_create(&LatencyLabels {
+                op,
+                role: role.as_str(),
+            }));
+        }
+        for op in ["get", "put", "delete"] {
+            drop(requests.get_or_create(&RequestLabels { op, outcome: "ok" }));
+            drop(quorum_failures.get_or_create(&OpLabels { op }));
+        }
+        Metrics {
+            registry,
+            requests,
+            latency,
+            quorum_failures,
+            versions_per_read,
+            read_repairs,
+            truncations,
+            retired_evicted,
+            wal_syncs,
+            synced_writes,
+        }
+    }
+
+    /// Records a client request: its outcome (`"ok"` or an error code) and latency.
+    pub fn request(&self, op: &'static str, role: Role, outcome: &'static str, took: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels { op, outcome })
+            .inc();
+        self.latency(op, role, took);
+        if outcome == "QUORUM_NOT_REACHED" {
+            self.quorum_failures.get_or_create(&OpLabels { op }).inc();
+        }
+    }
+
+    /// Records the latency of a step (a replica's read or merge).
+    pub fn latency(&self, op: &'static str, role: Role, took: Duration) {
+        self.latency
+            .get_or_create(&LatencyLabels {
+                op,
+                role: role.as_str(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records how many versions a get returned.
+    pub fn versions_read(&self, versions: usize) {
+        self.versions_per_read.observe(versions as f64);
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// What `/health` reports.
+#[derive(Debug, Clone)]
+pub struct HealthInfo {
+    pub node_id: String,
+    pub grpc_addr: SocketAddr,
+}
+
+#[derive(Clone)]
+struct HttpState {
+    metrics: Arc<Metrics>,
+    health: Arc<HealthInfo>,
+}
+
+async fn metrics_page(State(s): State<HttpState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+}
+
+async fn health_page(State(s): State<HttpState>) -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        format!(
+            "{{\"status\":\"ok\",\"node_id\":{:?},\"grpc\":\"{}\"}}\n",
+            s.health.node_id, s.health.grpc_addr
+        ),
+    )
+}
+
+/// Serves `/metrics` and `/health` on `listener` until `shutdown` fires.
+pub async fn serve_http(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    health: HealthInfo,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics_page))
+        .route("/health", get(health_page))
+        .with_state(HttpState {
+            metrics,
+            health: Arc::new(health),
+        });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_requests_show_in_the_text_format() {
+        let m = Metrics::new();
+        m.request("get", Role::Coordinator, "ok", Duration::from_micros(300));
+        m.request(
+            "put",
+            Role::Coordinator,
+            "QUORUM_NOT_REACHED",
+            Duration::from_millis(3),
+        );
+        m.versions_read(2);
+        m.read_repairs.inc();
+        let text = m.encode();
+        for want in [
+            "dynamokv_requests_total{op=\"get\",outcome=\"ok\"} 1",
+            "dynamokv_request_duration_seconds_count{op=\"get\",role=\"coordinator\"} 1",
+            "dynamokv_request_duration_seconds_bucket{le=\"0.0004\",op=\"get\",role=\"coordinator\"} 1",
+            "dynamokv_quorum_failures_total{op=\"put\"} 1",
+            "dynamokv_versions_per_read_bucket{le=\"2.0\"} 1",
+            "dynamokv_versions_per_read_bucket{le=\"1.0\"} 0",
+            "dynamokv_read_repairs_total 1",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+    }
+}
