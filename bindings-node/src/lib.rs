@@ -188,6 +188,7 @@ fn write_options(
     id: Option<String>,
 ) -> std::result::Result<WriteOptions, CoreError> {
     Ok(WriteOptions {
+        sync_replicas: None,
         w: quorum("w", w)?,
         write_id: id.as_deref().map(write_id).transpose()?,
     })

@@ -32,6 +32,7 @@ where
 /// A put's or delete's per-call options.
 fn write_options(w: Option<u32>, write_id: Option<WriteId>) -> WriteOptions {
     WriteOptions {
+        sync_replicas: None,
         w,
         write_id: write_id.map(|id| id.0),
     }

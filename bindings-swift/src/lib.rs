@@ -146,6 +146,7 @@ fn write_options(
     write_id: Option<Vec<u8>>,
 ) -> Result<kv::WriteOptions, DynamoKvError> {
     Ok(kv::WriteOptions {
+        sync_replicas: None,
         w,
         write_id: write_id.as_deref().map(error::write_id).transpose()?,
     })

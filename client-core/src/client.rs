@@ -71,12 +71,19 @@ pub struct WriteOptions {
     /// [`Error::OutcomeUnknown`] reported to retry that write: a write is never applied twice,
     /// however many times it is sent under one id.
     pub write_id: Option<u128>,
+    /// How many of the W acknowledging replicas fsync their write-ahead log before the write is
+    /// acknowledged (0 to W); `None` uses the cluster's `sync_replicas` (0 unless configured).
+    /// 0 survives a crash of any process; 1 or more also a power cut of every replica at once.
+    pub sync_replicas: Option<u32>,
 }
 
 impl WriteOptions {
     /// Options with a write quorum of `w`.
     pub fn with_quorum(w: Option<u32>) -> Self {
-        WriteOptions { w, write_id: None }
+        WriteOptions {
+            w,
+            ..WriteOptions::default()
+        }
     }
 }
 
@@ -321,7 +328,10 @@ impl Client {
         let context = context.map(Context::to_bytes).unwrap_or_default();
         let write_id = options.write_id.unwrap_or_else(rand::random);
         let id_bytes = Bytes::copy_from_slice(&write_id.to_be_bytes());
-        let w = options.w;
+        let (w, sync_replicas) = (options.w, options.sync_replicas);
+        if let (Some(s), Some(w)) = (sync_replicas, w) {
+            dynamokv_common::limits::check_sync_replicas(s, w)?;
+        }
         let reply = self
             .write(write_id, move |mut kv, attempt, budget| {
                 let mut req = tonic::Request::new(pb::PutRequest {
@@ -331,6 +341,7 @@ impl Client {
                     w,
                     write_id: id_bytes.clone(),
                     attempt,
+                    sync_replicas,
                 });
                 req.set_timeout(budget);
                 async move { kv.put(req).await.map(|r| r.into_inner().context) }
@@ -369,7 +380,10 @@ impl Client {
         let context = context.to_bytes();
         let write_id = options.write_id.unwrap_or_else(rand::random);
         let id_bytes = Bytes::copy_from_slice(&write_id.to_be_bytes());
-        let w = options.w;
+        let (w, sync_replicas) = (options.w, options.sync_replicas);
+        if let (Some(s), Some(w)) = (sync_replicas, w) {
+            dynamokv_common::limits::check_sync_replicas(s, w)?;
+        }
         let reply = self
             .write(write_id, move |mut kv, attempt, budget| {
                 let mut req = tonic::Request::new(pb::DeleteRequest {
@@ -378,6 +392,7 @@ impl Client {
                     w,
                     write_id: id_bytes.clone(),
                     attempt,
+                    sync_replicas,
                 });
                 req.set_timeout(budget);
                 async move { kv.delete(req).await.map(|r| r.into_inner().context) }

@@ -60,6 +60,10 @@ pub enum InputError {
         value: u32,
         n: u32,
     },
+    #[error(
+        "sync_replicas = {value} is more than W = {w}: only replicas that acknowledge a write can fsync before it is acknowledged"
+    )]
+    InvalidSyncReplicas { value: u32, w: u32 },
 }
 
 impl InputError {
@@ -69,7 +73,9 @@ impl InputError {
             InputError::EmptyKey { .. } => ErrorCode::EmptyKey,
             InputError::KeyTooLarge { .. } => ErrorCode::KeyTooLarge,
             InputError::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
-            InputError::InvalidQuorum { .. } => ErrorCode::InvalidQuorum,
+            InputError::InvalidQuorum { .. } | InputError::InvalidSyncReplicas { .. } => {
+                ErrorCode::InvalidQuorum
+            }
         }
     }
 }
@@ -111,6 +117,14 @@ pub fn check_quorum(name: &'static str, value: u32, n: u32) -> Result<(), InputE
     Ok(())
 }
 
+/// Checks how many of a write's W acknowledging replicas are to fsync first (0 to W).
+pub fn check_sync_replicas(value: u32, w: u32) -> Result<(), InputError> {
+    if value > w {
+        return Err(InputError::InvalidSyncReplicas { value, w });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +153,11 @@ mod tests {
     fn quorums_must_lie_in_one_to_n() {
         assert!(check_quorum("R", 0, 3).is_err());
         assert!(check_quorum("R", 1, 3).is_ok());
+        assert!(check_sync_replicas(0, 2).is_ok());
+        assert!(check_sync_replicas(2, 2).is_ok());
+        let err = check_sync_replicas(3, 2).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidQuorum);
+        assert!(err.to_string().contains("sync_replicas = 3"), "{err}");
         assert!(check_quorum("W", 3, 3).is_ok());
         let err = check_quorum("W", 4, 3).unwrap_err();
         assert_eq!(err.code(), ErrorCode::InvalidQuorum);

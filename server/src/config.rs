@@ -75,6 +75,11 @@ pub struct ClusterConfig {
     pub r: Option<u32>,
     /// Write quorum; defaults to 2, or 1 for a node without configured members.
     pub w: Option<u32>,
+    /// How many of a write's W acknowledging replicas fsync their write-ahead log before it is
+    /// acknowledged (paper 6.1), unless the request says otherwise. 0 (default): the log is
+    /// written but not synced, which survives a crash of the process, not a power cut of every
+    /// replica at once. Synced writes arriving together share one fsync (group commit).
+    pub sync_replicas: u32,
     /// Every member, this node included. Empty means a one-node cluster of this node.
     pub members: Vec<MemberConfig>,
 }
@@ -136,6 +141,7 @@ impl Default for ClusterConfig {
             n: None,
             r: None,
             w: None,
+            sync_replicas: 0,
             members: Vec::new(),
         }
     }
@@ -247,7 +253,13 @@ impl Config {
         if self.node_id.is_empty() {
             return Err(ConfigError::Invalid("node_id must not be empty".into()));
         }
-        self.quorums()?;
+        let q = self.quorums()?;
+        if self.cluster.sync_replicas > q.w {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.sync_replicas = {} is more than cluster.w = {}: only replicas that acknowledge a write can fsync before it is acknowledged",
+                self.cluster.sync_replicas, q.w
+            )));
+        }
         if !self.cluster.members.is_empty()
             && !self.cluster.members.iter().any(|m| m.id == self.node_id)
         {

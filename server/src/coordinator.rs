@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tonic::Request;
 
-use dynamokv_common::limits::check_quorum;
+use dynamokv_common::limits::{check_quorum, check_sync_replicas};
 use dynamokv_common::{
     CausalContext, InputError, Limits, Member, VersionedState, WriteId, decode_context,
     encode_context,
@@ -72,6 +72,8 @@ pub struct WriteRequest {
     /// The context bytes as sent (decoded and checked by the coordinator).
     pub context: Bytes,
     pub w: Option<u32>,
+    /// How many acknowledging replicas fsync first; absent, the cluster's `sync_replicas`.
+    pub sync_replicas: Option<u32>,
     /// The client's id of the write; absent, the node draws one.
     pub write_id: Option<WriteId>,
     /// 1 for a first attempt, more when an earlier attempt may have been applied.
@@ -90,6 +92,8 @@ pub struct Coordinator {
     peers: Arc<Peers>,
     limits: Limits,
     timeout: Duration,
+    /// The cluster's default for how many acknowledging replicas fsync before a write's answer.
+    sync_replicas: u32,
     metrics: Arc<Metrics>,
     /// Work that outlives its request (the rest of a write, read repair), waited for at shutdown.
     tasks: TaskTracker,
@@ -104,6 +108,7 @@ impl Coordinator {
         peers: Arc<Peers>,
         limits: Limits,
         timeout: Duration,
+        sync_replicas: u32,
         metrics: Arc<Metrics>,
     ) -> Self {
         Coordinator {
@@ -112,6 +117,7 @@ impl Coordinator {
             peers,
             limits,
             timeout,
+            sync_replicas,
             metrics,
             tasks: TaskTracker::new(),
         }
@@ -233,6 +239,8 @@ impl Coordinator {
         let n = view.quorums.n;
         let w = req.w.unwrap_or(view.quorums.w);
         check_quorum("W", w, n)?;
+        let sync = req.sync_replicas.unwrap_or(self.sync_replicas);
+        check_sync_replicas(sync, w)?;
         let op = if req.value.is_some() { "put" } else { "delete" };
         let replicas = top_n(&view, &key);
         check_replica_count("W", w, &replicas)?;
@@ -248,7 +256,7 @@ impl Coordinator {
                 });
             }
             *role = Role::Forwarder;
-            return self.forward(op, req, w, &replicas, verdict_at).await;
+            return self.forward(op, req, w, sync, &replicas, verdict_at).await;
         }
 
         let write_id = req.write_id.unwrap_or_else(|| WriteId(rand::random()));
@@ -268,6 +276,7 @@ impl Coordinator {
                 write_id,
                 value: req.value,
                 w,
+                sync,
             };
             this.write(write, replicas, self_id, verdict_at, tx).await;
         });
@@ -290,7 +299,13 @@ impl Coordinator {
     ) {
         let (state, outcome) = match self
             .local
-            .coordinate(w.key.clone(), w.context.clone(), w.write_id, w.value)
+            .coordinate(
+                w.key.clone(),
+                w.context.clone(),
+                w.write_id,
+                w.value,
+                w.sync >= 1,
+            )
             .await
         {
             Ok(done) => done,
@@ -326,8 +341,11 @@ impl Coordinator {
                     state.clone(),
                 );
                 let timeout = self.timeout;
+                // The coordinator's own copy is the first synced one; beyond it, every other
+                // replica syncs, so whichever acknowledge first count.
+                let sync = w.sync >= 2;
                 async move {
-                    let result = remote_merge(&peers, &m, key, &state, timeout).await;
+                    let result = remote_merge(&peers, &m, key, &state, sync, timeout).await;
                     (m.id, result)
                 }
             })
@@ -389,7 +407,7 @@ impl Coordinator {
             .collect();
         while let Some(reply) = pending.next().await {
             if let Ok(Some(state)) = reply {
-                if let Err(e) = self.local.merge(key.clone(), state).await {
+                if let Err(e) = self.local.merge(key.clone(), state, false).await {
                     tracing::warn!(error = %e, "could not merge an earlier attempt's state");
                 }
             }
@@ -404,6 +422,7 @@ impl Coordinator {
         op: &'static str,
         req: WriteRequest,
         w: u32,
+        sync_replicas: u32,
         replicas: &[Member],
         verdict_at: Instant,
     ) -> Result<Bytes, Error> {
@@ -443,6 +462,7 @@ impl Coordinator {
                             w: Some(w),
                             write_id,
                             attempt,
+                            sync_replicas: Some(sync_replicas),
                         });
                         mark_forwarded(&mut r, budget);
                         client.put(r).await.map(|r| r.into_inner().context)
@@ -454,6 +474,7 @@ impl Coordinator {
                             w: Some(w),
                             write_id,
                             attempt,
+                            sync_replicas: Some(sync_replicas),
                         });
                         mark_forwarded(&mut r, budget);
                         client.delete(r).await.map(|r| r.into_inner().context)
@@ -529,12 +550,12 @@ impl Coordinator {
             tracing::debug!(node = %m.id, "read repair");
             let result = if m.id == self_id {
                 self.local
-                    .merge(key.clone(), merged.clone())
+                    .merge(key.clone(), merged.clone(), false)
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string())
             } else {
-                remote_merge(&self.peers, m, key.clone(), &merged, self.timeout).await
+                remote_merge(&self.peers, m, key.clone(), &merged, false, self.timeout).await
             };
             if let Err(reason) = result {
                 tracing::debug!(node = %m.id, %reason, "read repair failed");
@@ -559,6 +580,8 @@ struct Write {
     write_id: WriteId,
     value: Option<Bytes>,
     w: u32,
+    /// Acknowledging replicas that fsync first.
+    sync: u32,
 }
 
 fn merge_all<'a>(states: impl Iterator<Item = &'a VersionedState>) -> VersionedState {
@@ -641,12 +664,14 @@ async fn remote_merge(
     m: &Member,
     key: Bytes,
     state: &VersionedState,
+    sync: bool,
     timeout: Duration,
 ) -> Result<(), String> {
     let mut client = peers.replica(&m.address)?;
     let mut req = Request::new(pb::MergeLocalRequest {
         key: Some(key),
         state: Some(state.to_proto()),
+        sync,
     });
     req.set_timeout(timeout);
     tokio::time::timeout(timeout, client.merge_local(req))

@@ -21,7 +21,7 @@ use dynamokv_common::{
 };
 
 use crate::metrics::Metrics;
-use crate::storage::{self, Storage, StorageError};
+use crate::storage::{self, GroupCommit, Storage, StorageError};
 
 const LOCK_STRIPES: usize = 1024;
 const META_NODE_ID: &str = "node_id";
@@ -66,6 +66,7 @@ pub struct LocalReplica {
     history: HistoryLimits,
     siblings: SiblingLimits,
     metrics: Arc<Metrics>,
+    group_commit: GroupCommit,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -112,6 +113,10 @@ impl LocalReplica {
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             history,
             siblings,
+            group_commit: GroupCommit::new(
+                metrics.wal_syncs.clone(),
+                metrics.synced_writes.clone(),
+            ),
             metrics,
         })
     }
@@ -152,32 +157,42 @@ impl LocalReplica {
     /// A coordinator's write: a new version (or a tombstone, `value == None`) superseding what
     /// `context` saw, under a fresh dot of this incarnation, unless the write (`write_id`) is
     /// already here. Returns the key's whole new state, which the coordinator then sends to the
-    /// other replicas, and what happened to the write.
+    /// other replicas, and what happened to the write. With `sync`, returns only once the
+    /// key's state is in the synced write-ahead log.
     pub async fn coordinate(
         self: &Arc<Self>,
         key: Bytes,
         context: CausalContext,
         write_id: WriteId,
         value: Option<Bytes>,
+        sync: bool,
     ) -> Result<(VersionedState, UpdateOutcome), WriteError> {
         let this = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
-            let _guard = this.stripe(&key).lock().unwrap_or_else(|p| p.into_inner());
-            let current = storage::read_state(this.store.as_ref(), &key)?.unwrap_or_default();
-            let mut state = current.clone();
-            let floor = this.next_counter.fetch_add(1, Ordering::Relaxed);
-            let now = now_ms();
-            let outcome = state.update(&context, write_id, value, this.actor, floor, now);
-            if let UpdateOutcome::Applied(dot) = outcome {
-                this.next_counter
-                    .fetch_max(dot.counter + 1, Ordering::Relaxed);
-                this.check_growth(&key, &current, &state)?;
+            let done = {
+                let _guard = this.stripe(&key).lock().unwrap_or_else(|p| p.into_inner());
+                let current = storage::read_state(this.store.as_ref(), &key)?.unwrap_or_default();
+                let mut state = current.clone();
+                let floor = this.next_counter.fetch_add(1, Ordering::Relaxed);
+                let now = now_ms();
+                let outcome = state.update(&context, write_id, value, this.actor, floor, now);
+                if let UpdateOutcome::Applied(dot) = outcome {
+                    this.next_counter
+                        .fetch_max(dot.counter + 1, Ordering::Relaxed);
+                    this.check_growth(&key, &current, &state)?;
+                }
+                this.truncate(&mut state, now);
+                if state != current {
+                    storage::write_state(this.store.as_ref(), &key, &state)?;
+                }
+                (state, outcome)
+            };
+            // Outside the key's lock: other writes of the key may share the fsync. An unchanged
+            // state (a retry finding its write) was written earlier, perhaps unsynced: sync too.
+            if sync {
+                this.group_commit.sync(this.store.as_ref())?;
             }
-            this.truncate(&mut state, now);
-            if state != current {
-                storage::write_state(this.store.as_ref(), &key, &state)?;
-            }
-            Ok((state, outcome))
+            Ok(done)
         })
         .await
         .map_err(|e| StorageError::Engine(format!("storage task failed: {e}")))?
@@ -218,22 +233,29 @@ impl LocalReplica {
     }
 
     /// Merges another replica's state of `key` into this one's, writing only if it changes
-    /// anything. Returns the merged state.
+    /// anything. Returns the merged state; with `sync`, once it is in the synced write-ahead log.
     pub async fn merge(
         self: &Arc<Self>,
         key: Bytes,
         incoming: VersionedState,
+        sync: bool,
     ) -> Result<VersionedState, StorageError> {
         let this = Arc::clone(self);
         blocking(move || {
-            let _guard = this.stripe(&key).lock().unwrap_or_else(|p| p.into_inner());
-            let current = storage::read_state(this.store.as_ref(), &key)?;
-            let mut state = current.clone().unwrap_or_default();
-            let now = now_ms();
-            state.merge(&incoming, now);
-            this.truncate(&mut state, now);
-            if current.as_ref() != Some(&state) {
-                storage::write_state(this.store.as_ref(), &key, &state)?;
+            let state = {
+                let _guard = this.stripe(&key).lock().unwrap_or_else(|p| p.into_inner());
+                let current = storage::read_state(this.store.as_ref(), &key)?;
+                let mut state = current.clone().unwrap_or_default();
+                let now = now_ms();
+                state.merge(&incoming, now);
+                this.truncate(&mut state, now);
+                if current.as_ref() != Some(&state) {
+                    storage::write_state(this.store.as_ref(), &key, &state)?;
+                }
+                state
+            };
+            if sync {
+                this.group_commit.sync(this.store.as_ref())?;
             }
             Ok(state)
         })
@@ -324,6 +346,7 @@ mod tests {
                     CausalContext::new(),
                     WriteId(u128::from(i)),
                     Some(Bytes::from(i.to_string())),
+                    false,
                 )
                 .await
                 .unwrap();
@@ -371,6 +394,7 @@ mod tests {
                     CausalContext::new(),
                     WriteId(i),
                     Some(Bytes::from_static(b"v")),
+                    false,
                 )
                 .await
                 .unwrap();
@@ -381,6 +405,7 @@ mod tests {
                 CausalContext::new(),
                 WriteId(9),
                 Some(Bytes::from_static(b"v")),
+                false,
             )
             .await
             .unwrap_err();
@@ -395,7 +420,13 @@ mod tests {
         assert_eq!(state.live_count(), 3, "a refused write changes nothing");
         let ctx = CausalContext::of_read(&state);
         let (state, _) = replica
-            .coordinate(key, ctx, WriteId(10), Some(Bytes::from_static(b"resolved")))
+            .coordinate(
+                key,
+                ctx,
+                WriteId(10),
+                Some(Bytes::from_static(b"resolved")),
+                false,
+            )
             .await
             .unwrap();
         assert_eq!(state.live_values(), vec![Bytes::from_static(b"resolved")]);

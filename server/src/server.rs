@@ -214,6 +214,7 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
         peers,
         config.limits(),
         config.replica_timeout(),
+        config.cluster.sync_replicas,
         Arc::clone(&metrics),
     ));
     tracing::info!(

@@ -85,6 +85,7 @@ impl pb::kv_server::Kv for KvService {
                 value: Some(required(req.value, "value")?),
                 context: req.context,
                 w: req.w,
+                sync_replicas: req.sync_replicas,
                 write_id: write_id(&req.write_id)?,
                 attempt: req.attempt,
                 forwarded: fwd,
@@ -107,6 +108,7 @@ impl pb::kv_server::Kv for KvService {
                 value: None,
                 context: req.context,
                 w: req.w,
+                sync_replicas: req.sync_replicas,
                 write_id: write_id(&req.write_id)?,
                 attempt: req.attempt,
                 forwarded: fwd,
@@ -196,7 +198,10 @@ impl pb::replica_server::Replica for ReplicaService {
         let state = required(req.state, "state")?;
         let state = VersionedState::from_proto(&state)
             .map_err(|e| Status::invalid_argument(format!("bad replica state: {e}")))?;
-        self.local.merge(key, state).await.map_err(Error::from)?;
+        self.local
+            .merge(key, state, req.sync)
+            .await
+            .map_err(Error::from)?;
         self.metrics
             .latency("merge", Role::Replica, start.elapsed());
         Ok(Response::new(pb::MergeLocalResponse {}))

@@ -49,4 +49,8 @@ impl Storage for MemoryStorage {
     fn flush(&self) -> Result<(), StorageError> {
         Ok(())
     }
+
+    fn sync_wal(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
 }

@@ -8,10 +8,12 @@
 //! Engines are synchronous; the [`replica`](crate::replica) layer calls them from blocking
 //! threads so a slow disk never stalls the async runtime.
 
+mod group_commit;
 mod memory;
 #[cfg(feature = "rocksdb")]
 mod rocks;
 
+pub use group_commit::GroupCommit;
 pub use memory::MemoryStorage;
 #[cfg(feature = "rocksdb")]
 pub use rocks::RocksStorage;
@@ -55,6 +57,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StorageError>;
     /// Flushes buffered writes; called at shutdown.
     fn flush(&self) -> Result<(), StorageError>;
+    /// Makes every write that returned so far durable (an fsync of the write-ahead log).
+    fn sync_wal(&self) -> Result<(), StorageError>;
 }
 
 /// The storage key of a user key: its ring position then the key itself.

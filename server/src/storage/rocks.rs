@@ -93,6 +93,10 @@ impl Storage for RocksStorage {
             .map_err(engine)
     }
 
+    fn sync_wal(&self) -> Result<(), StorageError> {
+        self.db.flush_wal(true).map_err(engine)
+    }
+
     fn flush(&self) -> Result<(), StorageError> {
         self.db.flush_wal(true).map_err(engine)?;
         for cf in [CF_DATA, CF_META] {

@@ -430,6 +430,7 @@ async fn a_write_cancelled_during_its_local_write_still_reaches_every_replica() 
         .merge_local(pb::MergeLocalRequest {
             key: Some(Bytes::from_static(b"cancelled")),
             state: Some(big.to_proto()),
+            sync: false,
         })
         .await
         .unwrap();

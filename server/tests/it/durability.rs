@@ -78,3 +78,120 @@ async fn a_data_directory_refuses_another_node_id() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("belongs to node \"solo\""), "{err}");
 }
+
+/// The metrics' count of synced writes and of fsyncs, summed over the cluster's nodes.
+async fn synced(cluster: &crate::support::Cluster) -> (f64, f64) {
+    let mut total = (0.0, 0.0);
+    for i in 0..cluster.nodes.len() {
+        let m = crate::support::scrape(cluster, i).await;
+        total.0 += crate::support::sample(&m, "dynamokv_synced_writes_total");
+        total.1 += crate::support::sample(&m, "dynamokv_wal_syncs_total");
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_replicas_says_how_many_replicas_fsync_and_concurrent_syncs_share_fsyncs() {
+    use crate::support::{Cluster, eventually};
+    use dynamokv_client::WriteOptions;
+
+    let cluster = Cluster::start_with(3, |c| {
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let client = cluster.client_of(0);
+    let with = |sync: Option<u32>| WriteOptions {
+        sync_replicas: sync,
+        ..WriteOptions::default()
+    };
+
+    // The default (0): the log is written, nothing is synced.
+    client
+        .put_with_options("unsynced", b"v".to_vec(), None, with(None))
+        .await
+        .unwrap();
+    assert_eq!(synced(&cluster).await, (0.0, 0.0));
+
+    // 1: the coordinator alone syncs before answering.
+    client
+        .put_with_options("one", b"v".to_vec(), None, with(Some(1)))
+        .await
+        .unwrap();
+    let (writes, syncs) = synced(&cluster).await;
+    assert_eq!((writes, syncs), (1.0, 1.0));
+
+    // 2 (= W): every replica syncs its copy; the answer waited for two of them.
+    client
+        .put_with_options("two", b"v".to_vec(), None, with(Some(2)))
+        .await
+        .unwrap();
+    eventually(
+        "all three replicas synced",
+        Duration::from_secs(10),
+        || async { synced(&cluster).await.0 == 4.0 },
+    )
+    .await;
+
+    // More than W cannot be honoured: refused with a clear error, nothing written.
+    // Checked by the client when it knows W, by the coordinator otherwise.
+    let err = client
+        .put_with_options(
+            "three",
+            b"v".to_vec(),
+            None,
+            WriteOptions {
+                w: Some(2),
+                sync_replicas: Some(3),
+                write_id: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "INVALID_QUORUM", "{err}");
+    assert!(err.to_string().contains("sync_replicas = 3"), "{err}");
+    assert!(client.get("three").await.unwrap().values.is_empty());
+    let server_err = client
+        .put_with_options("three", b"v".to_vec(), None, with(Some(3)))
+        .await
+        .unwrap_err();
+    assert_eq!(server_err.code(), "INVALID_QUORUM", "{server_err}");
+    assert!(client.get("three").await.unwrap().values.is_empty());
+
+    // Group commit: 64 synced writes at once need far fewer fsyncs than writes.
+    let before = synced(&cluster).await;
+    let writes: Vec<_> = (0..64)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .put_with_options(format!("group-{i}"), b"v".to_vec(), None, with(Some(1)))
+                    .await
+                    .unwrap();
+            })
+        })
+        .collect();
+    for w in writes {
+        w.await.unwrap();
+    }
+    let after = synced(&cluster).await;
+    let (writes, syncs) = (after.0 - before.0, after.1 - before.1);
+    assert!(writes >= 64.0, "{writes}");
+    assert!(syncs < writes, "{syncs} fsyncs for {writes} synced writes");
+}
+
+#[test]
+fn sync_replicas_above_w_is_a_config_error() {
+    let text = r#"
+        node_id = "a"
+        [cluster]
+        sync_replicas = 3
+        members = [
+          { id = "a", address = "127.0.0.1:1" },
+          { id = "b", address = "127.0.0.1:2" },
+          { id = "c", address = "127.0.0.1:3" },
+        ]
+    "#;
+    let c: dynamokv_server::Config = toml::from_str(text).unwrap();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("cluster.sync_replicas = 3"), "{err}");
+}

@@ -1,41 +1,7 @@
 //! What operators and their tools see of a live node: Prometheus metrics and `/health` over
 //! HTTP, the standard gRPC health service and server reflection on the gRPC port.
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use crate::support::Cluster;
-
-/// A plain HTTP/1.1 GET; returns the status line and the body.
-async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
-        .await
-        .expect("the metrics endpoint answers")
-        .unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-    (
-        head.lines().next().unwrap_or_default().to_string(),
-        body.to_string(),
-    )
-}
-
-/// The value of the sample named exactly `series` (name and labels) in a scrape, 0 if absent.
-fn sample(scrape: &str, series: &str) -> f64 {
-    scrape
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
-}
+use crate::support::{Cluster, http_get, sample};
 
 #[tokio::test]
 async fn metrics_of_a_live_node_move_as_requests_are_made() {

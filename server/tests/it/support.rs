@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use dynamokv_common::VersionedState;
@@ -379,4 +380,42 @@ pub async fn read_local(addr: SocketAddr, key: &[u8]) -> Option<VersionedState> 
         .unwrap()
         .into_inner();
     reply.state.map(|s| VersionedState::from_proto(&s).unwrap())
+}
+
+/// A plain HTTP/1.1 GET; returns the status line and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .expect("the metrics endpoint answers")
+        .unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
+}
+
+/// The value of the sample named exactly `series` (name and labels) in a scrape, 0 if absent.
+pub fn sample(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// Scrapes node `i`'s `/metrics` (the cluster must be started with `metrics_listen`).
+pub async fn scrape(cluster: &Cluster, i: usize) -> String {
+    let addr = cluster.nodes[i]
+        .as_ref()
+        .and_then(|n| n.metrics_addr)
+        .expect("the node serves metrics");
+    http_get(addr, "/metrics").await.1
 }
