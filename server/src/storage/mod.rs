@@ -5,8 +5,9 @@
 //! contiguous key range: range transfer and Merkle trees work on whole partitions by scanning
 //! one range.
 //!
-//! Engines are synchronous; the [`replica`](crate::replica) layer calls them from blocking
-//! threads so a slow disk never stalls the async runtime.
+//! Engines are synchronous. The [`replica`](crate::replica) layer calls them inline for point
+//! reads and unsynced writes (microseconds) and from blocking threads for writes that wait for
+//! an fsync.
 
 mod group_commit;
 mod memory;
