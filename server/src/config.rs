@@ -49,6 +49,8 @@ pub struct Config {
     /// so it never reissues a version, and gets the lost writes back from the other replicas);
     /// on, it also survives power loss of every replica at once, at ~3.5 ms a write.
     pub sync_writes: bool,
+    /// RocksDB: size of the block cache (data blocks, indexes, Bloom filters), in MiB.
+    pub block_cache_mb: usize,
     pub cluster: ClusterConfig,
     pub limits: LimitsConfig,
     /// Deadline for a request to another replica, in milliseconds.
@@ -124,6 +126,7 @@ impl Default for Config {
             data_dir: PathBuf::from("dynamokv-data"),
             engine: Engine::Rocksdb,
             sync_writes: false,
+            block_cache_mb: 128,
             cluster: ClusterConfig::default(),
             limits: LimitsConfig::default(),
             replica_timeout_ms: 2_000,

@@ -53,9 +53,10 @@ fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, ServerError> {
     match config.engine {
         Engine::Memory => Ok(Arc::new(MemoryStorage::default())),
         #[cfg(feature = "rocksdb")]
-        Engine::Rocksdb => Ok(Arc::new(crate::storage::RocksStorage::open(
+        Engine::Rocksdb => Ok(Arc::new(crate::storage::RocksStorage::open_with_cache(
             &config.data_dir,
             config.sync_writes,
+            config.block_cache_mb << 20,
         )?)),
         #[cfg(not(feature = "rocksdb"))]
         Engine::Rocksdb => Err(ServerError::NoRocksdb),
