@@ -66,5 +66,9 @@ lint: deps ## rustfmt check and clippy with warnings as errors.
 	cargo fmt --all -- --check
 	cargo clippy --release --workspace --all-targets -- -D warnings
 
+bench: build ## Benchmark a local 3-node cluster against a bare gRPC hop, RocksDB and Redis (BENCH_ARGS=--quick: smoke run).
+	cargo build --release -p dynamokv-bench
+	$(CARGO_TARGET_DIR)/release/dynamokv-bench $(BENCH_ARGS)
+
 clean-data: ## Remove the local cluster's data (./dynamokv-data).
 	rm -rf dynamokv-data

@@ -1,0 +1,233 @@
+//! A local DynamoKV cluster of real `dynamokv serve` processes, and its preloading.
+//!
+//! The bench writes one config file per node (static `[cluster] members`, RocksDB engine, the
+//! write-ahead log on and no fsync per write: the server's defaults) into a temporary
+//! directory, starts one process per node on free loopback ports, and waits until every node
+//! answers a cluster-info call. The processes are children of the bench, so their CPU time can
+//! be told apart from the rest of the machine's (see [`crate::noise`]), and they are killed
+//! when the [`Cluster`] is dropped.
+//!
+//! [`ClusterSpec`] takes extra TOML lines, top-level and in `[cluster]`, so that variants
+//! (a durability setting, say) are one more spec rather than new launcher code.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use dynamokv_client::Client;
+use futures::StreamExt;
+
+use crate::process::{ChildGuard, free_ports};
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub nodes: usize,
+    pub n: u32,
+    pub r: u32,
+    pub w: u32,
+    /// Extra top-level lines of every node's config, e.g. `sync_writes = true`.
+    pub node_lines: Vec<String>,
+    /// Extra lines in every node's `[cluster]` table.
+    pub cluster_lines: Vec<String>,
+}
+
+impl Default for ClusterSpec {
+    /// Three nodes, N=3 R=2 W=2.
+    fn default() -> Self {
+        ClusterSpec {
+            nodes: 3,
+            n: 3,
+            r: 2,
+            w: 2,
+            node_lines: Vec::new(),
+            cluster_lines: Vec::new(),
+        }
+    }
+}
+
+/// A running cluster; dropping it kills the nodes and deletes their data.
+#[derive(Debug)]
+pub struct Cluster {
+    // Field order matters: the processes are killed before their directory is removed.
+    nodes: Vec<ChildGuard>,
+    seeds: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+/// The `dynamokv` binary: `$DYNAMOKV_BIN` (the Makefile sets it), else
+/// `$CARGO_TARGET_DIR/release/dynamokv`, else next to this binary.
+pub fn find_binary() -> Result<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(p) = std::env::var_os("DYNAMOKV_BIN") {
+        candidates.push(PathBuf::from(p));
+    }
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        candidates.push(PathBuf::from(dir).join("release").join("dynamokv"));
+    }
+    if let Some(dir) = std::env::current_exe()?.parent() {
+        candidates.push(dir.join("dynamokv"));
+    }
+    candidates.into_iter().find(|p| p.is_file()).context(
+        "cannot find the dynamokv binary: set DYNAMOKV_BIN or run \
+         `cargo build --release -p dynamokv-server --bins` (make bench does both)",
+    )
+}
+
+impl ClusterSpec {
+    /// The config file of member `i` of `members` (id, address), data under `data_dir`.
+    fn config(&self, i: usize, members: &[(String, String)], data_dir: &Path) -> String {
+        let mut toml = format!(
+            "# Written by dynamokv-bench.\nnode_id = \"{}\"\nlisten = \"{}\"\ndata_dir = \"{}\"\nengine = \"rocksdb\"\n",
+            members[i].0,
+            members[i].1,
+            data_dir.display()
+        );
+        for line in &self.node_lines {
+            toml.push_str(line);
+            toml.push('\n');
+        }
+        toml.push_str(&format!(
+            "\n[cluster]\nname = \"bench\"\nn = {}\nr = {}\nw = {}\n",
+            self.n, self.r, self.w
+        ));
+        for line in &self.cluster_lines {
+            toml.push_str(line);
+            toml.push('\n');
+        }
+        toml.push_str("members = [\n");
+        for (id, address) in members {
+            toml.push_str(&format!(
+                "  {{ id = \"{id}\", address = \"{address}\" }},\n"
+            ));
+        }
+        toml.push_str("]\n");
+        toml
+    }
+}
+
+impl Cluster {
+    /// Starts the nodes of `spec` with data under a new directory in `parent`, and waits until
+    /// each one answers. `label` names the cluster in messages.
+    pub async fn start(
+        binary: &Path,
+        parent: &Path,
+        spec: &ClusterSpec,
+        label: &str,
+    ) -> Result<Cluster> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("dynamokv-bench-{label}-"))
+            .tempdir_in(parent)
+            .with_context(|| format!("cannot create a directory in {}", parent.display()))?;
+        let members: Vec<(String, String)> = free_ports(spec.nodes)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, port)| (format!("node-{}", i + 1), format!("127.0.0.1:{port}")))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, (id, _)) in members.iter().enumerate() {
+            let config_path = dir.path().join(format!("{id}.toml"));
+            let data_dir = dir.path().join(id);
+            std::fs::write(&config_path, spec.config(i, &members, &data_dir))
+                .with_context(|| format!("cannot write {}", config_path.display()))?;
+            let log_path = dir.path().join(format!("{id}.log"));
+            let log = File::create(&log_path)
+                .with_context(|| format!("cannot create {}", log_path.display()))?;
+            let mut command = Command::new(binary);
+            command
+                .arg("serve")
+                .arg("--config")
+                .arg(&config_path)
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log);
+            nodes.push(ChildGuard::spawn(
+                &format!("{label} {id}"),
+                &mut command,
+                Some(log_path),
+            )?);
+        }
+        for (node, (_, address)) in nodes.iter_mut().zip(&members) {
+            let probe = Client::builder([address.as_str()])
+                .connect_timeout(Duration::from_millis(500))
+                .request_timeout(Duration::from_secs(1))
+                .max_retries(0)
+                .build()?;
+            node.wait_ready(Duration::from_secs(30), || {
+                let probe = probe.clone();
+                async move {
+                    probe.cluster_info().await?;
+                    Ok(())
+                }
+            })
+            .await?;
+        }
+        Ok(Cluster {
+            nodes,
+            seeds: members.into_iter().map(|(_, address)| address).collect(),
+            _dir: dir,
+        })
+    }
+
+    /// A client of this cluster with default options, every node a seed.
+    pub fn client(&self) -> Result<Client> {
+        Ok(Client::builder(self.seeds.clone()).build()?)
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().map(ChildGuard::pid).collect()
+    }
+
+    /// An error if a node has died.
+    pub fn check_alive(&mut self) -> Result<()> {
+        self.nodes.iter_mut().try_for_each(ChildGuard::check_alive)
+    }
+}
+
+/// Writes `count` keys named by `key` (index to key), each `copies` times with an empty context,
+/// with `in_flight` requests at once, printing progress for large loads. With `copies > 1` every
+/// key ends up holding that many siblings.
+pub async fn preload(
+    client: &Client,
+    label: &str,
+    count: usize,
+    copies: usize,
+    in_flight: usize,
+    key: impl Fn(usize) -> String,
+    value: &[u8],
+) -> Result<()> {
+    let total = count * copies;
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    let mut done = 0usize;
+    let writes = (0..copies).flat_map(|_| 0..count).map(|i| {
+        let client = client.clone();
+        let key = key(i);
+        let value = value.to_vec();
+        async move { client.put(&key, value, None).await }
+    });
+    let mut results = futures::stream::iter(writes).buffer_unordered(in_flight.max(1));
+    while let Some(result) = results.next().await {
+        result.with_context(|| format!("preloading {label}"))?;
+        done += 1;
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            last_report = Instant::now();
+            let rate = done as f64 / started.elapsed().as_secs_f64();
+            println!(
+                "  {label}: {done}/{total} writes ({:.0}%, {rate:.0}/s, about {:.0} s left)",
+                100.0 * done as f64 / total as f64,
+                (total - done) as f64 / rate
+            );
+        }
+    }
+    if total >= 10_000 || started.elapsed() > Duration::from_secs(5) {
+        println!(
+            "  {label}: {total} writes in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
