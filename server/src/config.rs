@@ -49,6 +49,9 @@ pub struct Config {
     /// so it never reissues a version, and gets the lost writes back from the other replicas);
     /// on, it also survives power loss of every replica at once, at ~3.5 ms a write.
     pub sync_writes: bool,
+    /// Threads serving requests; all cores when absent. Nodes sharing one machine (as
+    /// `dynamokv dev` runs them) do better splitting the cores than each taking all of them.
+    pub worker_threads: Option<usize>,
     /// RocksDB: size of the block cache (data blocks, indexes, Bloom filters), in MiB.
     pub block_cache_mb: usize,
     pub cluster: ClusterConfig,
@@ -127,6 +130,7 @@ impl Default for Config {
             engine: Engine::Rocksdb,
             sync_writes: false,
             block_cache_mb: 128,
+            worker_threads: None,
             cluster: ClusterConfig::default(),
             limits: LimitsConfig::default(),
             replica_timeout_ms: 2_000,
@@ -255,6 +259,11 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.node_id.is_empty() {
             return Err(ConfigError::Invalid("node_id must not be empty".into()));
+        }
+        if self.worker_threads == Some(0) {
+            return Err(ConfigError::Invalid(
+                "worker_threads must be at least 1 (or absent: one per core)".into(),
+            ));
         }
         let q = self.quorums()?;
         if self.cluster.sync_replicas > q.w {

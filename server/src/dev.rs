@@ -30,10 +30,11 @@ struct DevNode {
 
 fn node_config(opts: &DevOptions, i: usize, members: &[(String, String)], dir: &Path) -> String {
     let mut toml = format!(
-        "# Written by `dynamokv dev`; rewritten at every start.\nnode_id = \"{}\"\nlisten = \"{}\"\nmetrics_listen = \"{}:0\"\ndata_dir = \"{}\"\n\n[cluster]\nname = \"dev\"\npartitions = {}\nmembers = [\n",
+        "# Written by `dynamokv dev`; rewritten at every start.\nnode_id = \"{}\"\nlisten = \"{}\"\nmetrics_listen = \"{}:0\"\nworker_threads = {}\ndata_dir = \"{}\"\n\n[cluster]\nname = \"dev\"\npartitions = {}\nmembers = [\n",
         members[i].0,
         members[i].1,
         opts.host,
+        workers_per_node(opts.nodes),
         dir.display(),
         opts.partitions
     );
@@ -42,6 +43,13 @@ fn node_config(opts: &DevOptions, i: usize, members: &[(String, String)], dir: &
     }
     toml.push_str("]\n");
     toml
+}
+
+/// The machine's cores shared among the nodes (at least one each): nodes on one machine that
+/// each run a worker per core only contend for the cores and wake each other's idle threads.
+pub fn workers_per_node(nodes: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cores.div_ceil(nodes.max(1)).max(1)
 }
 
 /// The nodes' ports: consecutive from `base_port`, or with `base_port == 0` free ports the OS

@@ -126,7 +126,27 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // A node's runtime has as many workers as its configuration asks (all cores by default).
+    let mut workers = None;
+    let mut serve_config = None;
+    if let Command::Serve(args) = &cli.command {
+        match load(args) {
+            Ok(config) => {
+                workers = config.worker_threads;
+                serve_config = Some(config);
+            }
+            Err(e) => {
+                eprintln!("dynamokv: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("dynamokv: cannot start the async runtime: {e}");
@@ -134,7 +154,10 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(_) => match serve_config {
+            Some(config) => runtime.block_on(serve(config)),
+            None => Err("no configuration".into()),
+        },
         Command::Dev(args) => runtime.block_on(dynamokv_server::dev::run(
             dynamokv_server::dev::DevOptions {
                 nodes: args.nodes,
@@ -176,8 +199,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(args: ServeArgs) -> Result<(), String> {
-    let config = load(&args)?;
+async fn serve(config: Config) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
