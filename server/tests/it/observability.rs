@@ -119,6 +119,23 @@ async fn grpc_health_and_reflection_answer_on_the_grpc_port() {
         .unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound);
 
+    // Older tools (grpcurl before 1.9) ask v1alpha.
+    {
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest as AlphaRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as AlphaClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as AlphaMessage;
+        let request = AlphaRequest {
+            host: String::new(),
+            message_request: Some(AlphaMessage::ListServices(String::new())),
+        };
+        let mut replies = AlphaClient::new(channel.clone())
+            .server_reflection_info(futures::stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let reply = format!("{:?}", replies.message().await.unwrap().unwrap());
+        assert!(reply.contains("dynamokv.v1.Kv"), "{reply}");
+    }
     let mut reflection = ServerReflectionClient::new(channel);
     let request = ServerReflectionRequest {
         host: String::new(),
