@@ -7,7 +7,8 @@ One panel per kind of load (one client; closed loop with many in flight; open lo
 per case. The x axis is 1/(1-p) on a log scale, so p50, p90, p99, p99.9 ... are evenly spaced
 and the tail gets as much room as the median; the last point of each line is the maximum,
 placed at p = 1 - 1/count. Points beyond what the sample count resolves are left out. Colours
-tell the systems apart: DynamoKV, the gRPC hop floor, the RocksDB floor, Redis.
+tell the systems apart: DynamoKV, the gRPC hop floor, the RocksDB floor, Redis, and (with
+--baseline-bin) the baseline build, in greys and browns.
 """
 
 import json
@@ -22,6 +23,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: 
 
 COLOURS = {
     "dynamokv": ["#1f4e9c", "#6a3d9a", "#1f9bd1", "#0b2a5c", "#9e7bc9", "#5b8fd6", "#3f2a70"],
+    "dynamokv-baseline": ["#7f7f7f", "#a0522d", "#4d4d4d", "#bdbdbd", "#c08552", "#5c3a21", "#999999"],
     "grpc-floor": ["#2e8b57"],
     "rocksdb-floor": ["#b8860b", "#d4a83a"],
     "redis": ["#c0392b", "#e06b5c", "#8e1b10", "#f0a093"],

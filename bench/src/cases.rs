@@ -7,17 +7,24 @@
 //! kind of request, a [`Workload`] variant); a case on a differently configured cluster adds a
 //! [`ClusterPlan`] whose [`ClusterSpec`] carries the extra config lines.
 //!
+//! Some cases come in [`Pair`]s reported side by side ([`Section`]): with `--baseline-bin`,
+//! each DynamoKV case of the main cluster (one client: get, put, rmw, get-siblings; many in
+//! flight: get, put, mixed) has a `dynamokv-baseline` twin on a cluster of the other binary,
+//! run right after it in every round; and the puts with `sync_replicas = 1` per request
+//! (`put-sync1/...`) are paired with the plain puts, which use the cluster's default of 0.
+//!
 //! Keys: `k<i>` are preloaded (gets and read-modify-writes pick one uniformly at random),
 //! `s<i>` hold [`SIBLINGS`] siblings each, and every blind put writes a fresh `f<n>`, so a
 //! key never accumulates siblings by accident.
 
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
-use dynamokv_client::Client;
+use dynamokv_client::{Client, WriteOptions};
 use serde::Serialize;
 use tonic::transport::Channel;
 
@@ -33,6 +40,8 @@ pub const SIBLINGS: usize = 3;
 #[serde(rename_all = "kebab-case")]
 pub enum System {
     Dynamokv,
+    /// The same cases on a cluster of another `dynamokv` binary (`--baseline-bin`).
+    DynamokvBaseline,
     GrpcFloor,
     RocksdbFloor,
     Redis,
@@ -42,6 +51,7 @@ impl System {
     pub fn as_str(self) -> &'static str {
         match self {
             System::Dynamokv => "dynamokv",
+            System::DynamokvBaseline => "dynamokv-baseline",
             System::GrpcFloor => "grpc-floor",
             System::RocksdbFloor => "rocksdb-floor",
             System::Redis => "redis",
@@ -87,6 +97,12 @@ pub enum Workload {
     Put {
         cluster: usize,
     },
+    /// Blind put to a fresh key with `sync_replicas` of the W acknowledging replicas fsyncing
+    /// their write-ahead log first (a per-request option).
+    PutSync {
+        cluster: usize,
+        sync_replicas: u32,
+    },
     /// Get of a preloaded key, then put with the get's context: the application pattern.
     ReadModifyWrite {
         cluster: usize,
@@ -117,9 +133,33 @@ impl Workload {
         match *self {
             Workload::Get { cluster }
             | Workload::Put { cluster }
+            | Workload::PutSync { cluster, .. }
             | Workload::ReadModifyWrite { cluster }
             | Workload::GetSiblings { cluster }
             | Workload::Mixed { cluster, .. } => Some(cluster),
+            _ => None,
+        }
+    }
+
+    /// The same workload against cluster `to` (unchanged if it uses no cluster).
+    pub fn on_cluster(&self, to: usize) -> Workload {
+        let mut w = self.clone();
+        match &mut w {
+            Workload::Get { cluster }
+            | Workload::Put { cluster }
+            | Workload::PutSync { cluster, .. }
+            | Workload::ReadModifyWrite { cluster }
+            | Workload::GetSiblings { cluster }
+            | Workload::Mixed { cluster, .. } => *cluster = to,
+            _ => {}
+        }
+        w
+    }
+
+    /// The per-request `sync_replicas` of its writes, if it sets one.
+    pub fn sync_replicas(&self) -> Option<u32> {
+        match *self {
+            Workload::PutSync { sync_replicas, .. } => Some(sync_replicas),
             _ => None,
         }
     }
@@ -159,11 +199,39 @@ impl Case {
     }
 }
 
+/// Which side-by-side section a [`Pair`] is reported in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Section {
+    /// This build against the `--baseline-bin` build.
+    Baseline,
+    /// `sync_replicas = 1` against the default 0.
+    Durability,
+}
+
+/// Two cases reported side by side, with the ratios `ours / theirs`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pair {
+    pub section: Section,
+    pub ours: String,
+    pub theirs: String,
+}
+
+/// The other `dynamokv` binary the cases are also run against.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Baseline {
+    pub binary: PathBuf,
+    /// Names it in the report.
+    pub label: String,
+}
+
 /// A DynamoKV cluster some cases run on.
 #[derive(Debug, Clone)]
 pub struct ClusterPlan {
     /// Names the cluster in messages and its directory.
     pub label: String,
+    /// The `dynamokv` binary to run; `None`: this build's.
+    pub binary: Option<PathBuf>,
     pub spec: ClusterSpec,
     /// Preloaded keys `k<i>`.
     pub keys: usize,
@@ -176,6 +244,8 @@ pub struct ClusterPlan {
 pub struct Plan {
     pub clusters: Vec<ClusterPlan>,
     pub cases: Vec<Case>,
+    pub pairs: Vec<Pair>,
+    pub baseline: Option<Baseline>,
 }
 
 /// The settings the plan depends on.
@@ -186,6 +256,7 @@ pub struct PlanOptions {
     pub read_share: f64,
     /// Stored-key counts of the scale cases.
     pub scale: Vec<usize>,
+    pub baseline: Option<Baseline>,
 }
 
 fn case(system: System, name: &str, load: Load, workload: Workload, versus: Versus) -> Case {
@@ -222,6 +293,7 @@ pub fn plan(o: &PlanOptions) -> Plan {
     let main = 0;
     let mut clusters = vec![ClusterPlan {
         label: "main".into(),
+        binary: None,
         spec: ClusterSpec::default(),
         keys: o.keys,
         sibling_keys: o.keys.clamp(1, 1000),
@@ -280,6 +352,16 @@ pub fn plan(o: &PlanOptions) -> Plan {
         ),
         case(
             Dynamokv,
+            "put-sync1/1",
+            one.clone(),
+            Workload::PutSync {
+                cluster: main,
+                sync_replicas: 1,
+            },
+            versus(hop1, Some("rocksdb-floor put/1"), Some("redis set+wait/1")),
+        ),
+        case(
+            Dynamokv,
             "rmw/1",
             one.clone(),
             Workload::ReadModifyWrite { cluster: main },
@@ -299,6 +381,7 @@ pub fn plan(o: &PlanOptions) -> Plan {
         } else {
             clusters.push(ClusterPlan {
                 label: format!("scale-{stored}"),
+                binary: None,
                 spec: ClusterSpec::default(),
                 keys: stored,
                 sibling_keys: 0,
@@ -365,6 +448,16 @@ pub fn plan(o: &PlanOptions) -> Plan {
         ),
         case(
             Dynamokv,
+            &format!("put-sync1/{c}"),
+            many.clone(),
+            Workload::PutSync {
+                cluster: main,
+                sync_replicas: 1,
+            },
+            versus(&hopc, None, Some(&format!("redis set+wait/{c}"))),
+        ),
+        case(
+            Dynamokv,
             &format!("mixed/{c}"),
             many.clone(),
             Workload::Mixed {
@@ -403,21 +496,86 @@ pub fn plan(o: &PlanOptions) -> Plan {
             Versus::default(),
         ),
     ]);
-    Plan { clusters, cases }
+    let mut pairs: Vec<Pair> = ["1".to_string(), c.to_string()]
+        .iter()
+        .map(|n| Pair {
+            section: Section::Durability,
+            ours: format!("dynamokv put-sync1/{n}"),
+            theirs: format!("dynamokv put/{n}"),
+        })
+        .collect();
+    if let Some(baseline) = &o.baseline {
+        clusters.push(ClusterPlan {
+            label: "baseline".into(),
+            binary: Some(baseline.binary.clone()),
+            spec: ClusterSpec::minimal(),
+            keys: o.keys,
+            sibling_keys: o.keys.clamp(1, 1000),
+        });
+        let twin_cluster = clusters.len() - 1;
+        let twinned: Vec<String> = ["get/1", "put/1", "rmw/1", "get-siblings/1"]
+            .into_iter()
+            .map(str::to_string)
+            .chain(["get", "put", "mixed"].map(|op| format!("{op}/{c}")))
+            .collect();
+        // Each twin runs right after its original, so both see the same moment of the machine.
+        let mut with_twins = Vec::with_capacity(cases.len() + twinned.len());
+        for original in cases {
+            let twin = (original.system == Dynamokv
+                && original.workload.cluster() == Some(main)
+                && twinned.contains(&original.name))
+            .then(|| Case {
+                system: DynamokvBaseline,
+                workload: original.workload.on_cluster(twin_cluster),
+                ..original.clone()
+            });
+            with_twins.push(original);
+            if let Some(twin) = twin {
+                pairs.push(Pair {
+                    section: Section::Baseline,
+                    ours: with_twins[with_twins.len() - 1].id(),
+                    theirs: twin.id(),
+                });
+                with_twins.push(twin);
+            }
+        }
+        cases = with_twins;
+    }
+    Plan {
+        clusters,
+        cases,
+        pairs,
+        baseline: o.baseline.clone(),
+    }
 }
 
 impl Plan {
-    /// Keeps the cases whose id contains one of `patterns` (all if there are none).
+    /// Keeps the cases whose id contains one of `patterns` (all if there are none), and the
+    /// partner each kept case is reported next to (its baseline twin; the sync-0 put of a
+    /// sync-1 put).
     pub fn retain_matching(&mut self, patterns: &[String]) {
         let patterns: Vec<&str> = patterns
             .iter()
             .map(|p| p.trim())
             .filter(|p| !p.is_empty())
             .collect();
-        if !patterns.is_empty() {
-            self.cases
-                .retain(|c| patterns.iter().any(|p| c.id().contains(p)));
+        if patterns.is_empty() {
+            return;
         }
+        let mut keep: Vec<String> = self
+            .cases
+            .iter()
+            .map(Case::id)
+            .filter(|id| patterns.iter().any(|p| id.contains(p)))
+            .collect();
+        let partners: Vec<String> = self
+            .pairs
+            .iter()
+            .filter(|pair| keep.contains(&pair.ours))
+            .map(|pair| pair.theirs.clone())
+            .collect();
+        keep.extend(partners);
+        self.cases.retain(|c| keep.contains(&c.id()));
     }
 
     pub fn drop_system(&mut self, system: System) {
@@ -533,6 +691,17 @@ async fn dkv_put(client: Client, value: Bytes) -> Result<()> {
     Ok(())
 }
 
+async fn dkv_put_sync(client: Client, value: Bytes, sync_replicas: u32) -> Result<()> {
+    let options = WriteOptions {
+        sync_replicas: Some(sync_replicas),
+        ..WriteOptions::default()
+    };
+    client
+        .put_with_options(fresh_key(), value.to_vec(), None, options)
+        .await?;
+    Ok(())
+}
+
 /// The operation of `workload` against the systems in `env`.
 pub fn op(workload: &Workload, env: &Env) -> Result<Op> {
     let value = env.value.clone();
@@ -545,6 +714,13 @@ pub fn op(workload: &Workload, env: &Env) -> Result<Op> {
         Workload::Put { cluster } => {
             let h = env.cluster(cluster)?;
             async_op(move || dkv_put(h.client.clone(), value.clone()))
+        }
+        Workload::PutSync {
+            cluster,
+            sync_replicas,
+        } => {
+            let h = env.cluster(cluster)?;
+            async_op(move || dkv_put_sync(h.client.clone(), value.clone(), sync_replicas))
         }
         Workload::ReadModifyWrite { cluster } => {
             let h = env.cluster(cluster)?;
@@ -653,6 +829,10 @@ mod tests {
             concurrency: 8,
             read_share: 0.9,
             scale: vec![100, 1000],
+            baseline: Some(Baseline {
+                binary: "/old/dynamokv".into(),
+                label: "old".into(),
+            }),
         });
         let ids: Vec<String> = plan.cases.iter().map(Case::id).collect();
         let mut unique = ids.clone();
@@ -674,9 +854,66 @@ mod tests {
                 assert!(at < me, "{} runs before its reference", case.id());
             }
         }
-        // Scale 100 reuses the main cluster; 1000 gets its own.
-        assert_eq!(plan.clusters.len(), 2);
-        assert!(plan.uses_siblings(0) && !plan.uses_siblings(1));
+        for pair in &plan.pairs {
+            assert!(
+                ids.contains(&pair.ours) && ids.contains(&pair.theirs),
+                "{pair:?}"
+            );
+        }
+        // Scale 100 reuses the main cluster; 1000 gets its own; then the baseline's.
+        assert_eq!(plan.clusters.len(), 3);
+        assert!(plan.uses_siblings(0) && !plan.uses_siblings(1) && plan.uses_siblings(2));
+        let baseline = &plan.clusters[2];
+        assert!(baseline.spec.minimal && baseline.binary.is_some());
+        // Seven twins, each right after its original, all on the baseline cluster.
+        let twins: Vec<usize> = (0..ids.len())
+            .filter(|&i| plan.cases[i].system == System::DynamokvBaseline)
+            .collect();
+        assert_eq!(twins.len(), 7);
+        for i in twins {
+            let (original, twin) = (&plan.cases[i - 1], &plan.cases[i]);
+            assert_eq!(
+                (original.system, &original.name),
+                (System::Dynamokv, &twin.name)
+            );
+            assert_eq!(twin.workload.cluster(), Some(2));
+            assert_eq!(original.workload.cluster(), Some(0));
+        }
+        assert!(!ids.iter().any(|id| id.starts_with("dynamokv-baseline")
+            && (id.contains("@") || id.contains("open") || id.contains("sync"))));
+        assert_eq!(
+            plan.pairs
+                .iter()
+                .filter(|p| p.section == Section::Durability)
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn only_keeps_partners() {
+        let mut plan = plan(&PlanOptions {
+            keys: 100,
+            concurrency: 64,
+            read_share: 0.9,
+            scale: vec![],
+            baseline: Some(Baseline {
+                binary: "/old/dynamokv".into(),
+                label: "baseline".into(),
+            }),
+        });
+        plan.retain_matching(&["dynamokv get/1".into(), "put-sync1/64".into()]);
+        let ids: Vec<String> = plan.cases.iter().map(Case::id).collect();
+        assert_eq!(
+            ids,
+            [
+                "dynamokv get/1",
+                "dynamokv-baseline get/1",
+                "dynamokv put/64",
+                "dynamokv put-sync1/64"
+            ]
+        );
+        assert!(plan.uses_cluster(0) && plan.uses_cluster(1));
     }
 
     #[test]
@@ -686,6 +923,7 @@ mod tests {
             concurrency: 64,
             read_share: 0.9,
             scale: vec![],
+            baseline: None,
         });
         plan.retain_matching(&["dynamokv get/1".into(), " echo/64".into()]);
         let ids: Vec<String> = plan.cases.iter().map(Case::id).collect();

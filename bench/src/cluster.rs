@@ -9,13 +9,21 @@
 //!
 //! [`ClusterSpec`] takes extra TOML lines, top-level and in `[cluster]`, so that variants
 //! (a durability setting, say) are one more spec rather than new launcher code.
+//!
+//! A *baseline* cluster runs another (older) `dynamokv` binary, whose config parser rejects
+//! keys it does not know. Its spec is [`ClusterSpec::minimal`]: the config then holds only
+//! `node_id`, `listen`, `data_dir` and `[cluster]` `name`, `partitions` and `members`, keys every
+//! build knows, and the build's defaults do the rest (N=3 R=2 W=2 for a cluster with members,
+//! which [`Cluster::start`] checks through a cluster-info call). The partition count is written
+//! for every cluster, this build's default, so a baseline with another default is still
+//! compared like for like.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use dynamokv_client::Client;
 use futures::StreamExt;
 
@@ -32,6 +40,11 @@ pub struct ClusterSpec {
     pub node_lines: Vec<String>,
     /// Extra lines in every node's `[cluster]` table.
     pub cluster_lines: Vec<String>,
+    /// Q, written to every config (this build's default unless changed).
+    pub partitions: u32,
+    /// Write only the keys every build knows (see the module docs); then `n`, `r`, `w` must be
+    /// the defaults 3, 2, 2 and there may be no extra lines.
+    pub minimal: bool,
 }
 
 impl Default for ClusterSpec {
@@ -44,6 +57,8 @@ impl Default for ClusterSpec {
             w: 2,
             node_lines: Vec::new(),
             cluster_lines: Vec::new(),
+            partitions: dynamokv_server::config::ClusterConfig::default().partitions,
+            minimal: false,
         }
     }
 }
@@ -77,22 +92,51 @@ pub fn find_binary() -> Result<PathBuf> {
 }
 
 impl ClusterSpec {
+    /// Three nodes, N=3 R=2 W=2, with the config every build understands (for a baseline
+    /// binary).
+    pub fn minimal() -> Self {
+        ClusterSpec {
+            minimal: true,
+            ..ClusterSpec::default()
+        }
+    }
+
+    /// An error if a minimal spec asks for something only a full config can say.
+    fn check(&self) -> Result<()> {
+        let plain = self.node_lines.is_empty()
+            && self.cluster_lines.is_empty()
+            && (self.n, self.r, self.w) == (3, 2, 2);
+        if self.minimal && !plain {
+            bail!(
+                "a minimal cluster config (for a baseline binary) takes neither extra lines nor \
+                 an N, R, W other than 3, 2, 2"
+            );
+        }
+        Ok(())
+    }
+
     /// The config file of member `i` of `members` (id, address), data under `data_dir`.
     fn config(&self, i: usize, members: &[(String, String)], data_dir: &Path) -> String {
         let mut toml = format!(
-            "# Written by dynamokv-bench.\nnode_id = \"{}\"\nlisten = \"{}\"\ndata_dir = \"{}\"\nengine = \"rocksdb\"\n",
+            "# Written by dynamokv-bench.\nnode_id = \"{}\"\nlisten = \"{}\"\ndata_dir = \"{}\"\n",
             members[i].0,
             members[i].1,
             data_dir.display()
         );
+        if !self.minimal {
+            toml.push_str("engine = \"rocksdb\"\n");
+        }
         for line in &self.node_lines {
             toml.push_str(line);
             toml.push('\n');
         }
         toml.push_str(&format!(
-            "\n[cluster]\nname = \"bench\"\nn = {}\nr = {}\nw = {}\n",
-            self.n, self.r, self.w
+            "\n[cluster]\nname = \"bench\"\npartitions = {}\n",
+            self.partitions
         ));
+        if !self.minimal {
+            toml.push_str(&format!("n = {}\nr = {}\nw = {}\n", self.n, self.r, self.w));
+        }
         for line in &self.cluster_lines {
             toml.push_str(line);
             toml.push('\n');
@@ -117,6 +161,7 @@ impl Cluster {
         spec: &ClusterSpec,
         label: &str,
     ) -> Result<Cluster> {
+        spec.check()?;
         let dir = tempfile::Builder::new()
             .prefix(&format!("dynamokv-bench-{label}-"))
             .tempdir_in(parent)
@@ -141,6 +186,12 @@ impl Cluster {
                 .arg("--config")
                 .arg(&config_path)
                 .env("RUST_LOG", "warn")
+                // The machine's cores divided among the nodes, as `dynamokv dev` does; through
+                // tokio's own variable so that older builds (the baseline) get the same.
+                .env(
+                    "TOKIO_WORKER_THREADS",
+                    dynamokv_server::dev::workers_per_node(members.len()).to_string(),
+                )
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log);
@@ -164,6 +215,17 @@ impl Cluster {
                 }
             })
             .await?;
+            // What the node runs with is what the spec asked for (a minimal config relies on
+            // the binary's defaults).
+            let info = probe.cluster_info().await?;
+            let got = (info.partitions, info.n, info.r, info.w, info.members.len());
+            let want = (spec.partitions, spec.n, spec.r, spec.w, spec.nodes);
+            if got != want {
+                bail!(
+                    "cluster {label}: a node reports (partitions, N, R, W, members) = {got:?}, \
+                     not {want:?}"
+                );
+            }
         }
         Ok(Cluster {
             nodes,
@@ -230,4 +292,78 @@ pub async fn preload(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members() -> Vec<(String, String)> {
+        (1..=3)
+            .map(|i| (format!("node-{i}"), format!("127.0.0.1:{}", 7000 + i)))
+            .collect()
+    }
+
+    /// The keys of a config, `table.key` below a table header.
+    fn keys(toml: &str) -> Vec<String> {
+        let mut table = String::new();
+        let mut out = Vec::new();
+        for line in toml.lines().map(str::trim) {
+            if let Some(t) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                table = format!("{t}.");
+            } else if let Some((key, _)) = line.split_once(" = ")
+                && !line.starts_with('{')
+                && !line.starts_with('#')
+            {
+                out.push(format!("{table}{key}"));
+            }
+        }
+        out
+    }
+
+    /// Parses a config the way the node does.
+    fn toml_parse(toml: &str) -> dynamokv_server::Config {
+        let file = tempfile::NamedTempFile::new().expect("a temporary file");
+        std::fs::write(file.path(), toml).expect("writable");
+        dynamokv_server::Config::from_file(file.path()).expect("a valid config")
+    }
+
+    #[test]
+    fn minimal_config_has_only_the_keys_every_build_knows() {
+        let toml = ClusterSpec::minimal().config(1, &members(), Path::new("/tmp/d"));
+        assert_eq!(
+            keys(&toml),
+            [
+                "node_id",
+                "listen",
+                "data_dir",
+                "cluster.name",
+                "cluster.partitions",
+                "cluster.members"
+            ]
+        );
+        assert!(toml.contains("node_id = \"node-2\"") && toml.contains("127.0.0.1:7003"));
+        // It parses as this build's config, with the expected defaults.
+        let config = toml_parse(&toml);
+        assert_eq!(config.cluster.members.len(), 3);
+        assert_eq!(config.cluster.sync_replicas, 0);
+    }
+
+    #[test]
+    fn full_config_carries_extra_lines() {
+        let spec = ClusterSpec {
+            cluster_lines: vec!["sync_replicas = 1".into()],
+            ..ClusterSpec::default()
+        };
+        let toml = spec.config(0, &members(), Path::new("/tmp/d"));
+        let config = toml_parse(&toml);
+        assert_eq!(config.cluster.sync_replicas, 1);
+        assert_eq!(config.cluster.w, Some(2));
+        assert!(spec.check().is_ok());
+        let bad = ClusterSpec {
+            minimal: true,
+            ..spec
+        };
+        assert!(bad.check().is_err());
+    }
 }

@@ -20,11 +20,46 @@
 //! * **A noise flag.** The CPU time used by processes other than the bench's own during each
 //!   slice is measured from /proc; a case with more than 0.15 of a core of it is flagged
 //!   ([`noise`]).
+//! * **CPU per operation.** For every case the bench also reads, from `/proc/<pid>/stat`
+//!   (utime + stime, clock ticks of `getconf CLK_TCK`, 100 a second), the CPU time that the
+//!   system's server processes (for DynamoKV the cluster's three nodes) and the bench process
+//!   itself used during the case's slices, and divides it by the requests completed: "node CPU
+//!   us/op" and "client CPU us/op". Waiting for a core costs latency but no CPU time, so on a
+//!   noisy machine (two cores shared with builds and other benchmarks) this is the steadier
+//!   figure for telling whether a change made requests cheaper; latency and ops/s move with
+//!   the neighbours. Its resolution is a clock tick (10 ms) per slice, so it wants the default
+//!   durations rather than `--quick` to be precise to a few percent. It counts everything the
+//!   processes did meanwhile, background work (RocksDB flushes and compactions, timers)
+//!   included, so at low request rates (a build that stalls, say) that fixed cost inflates it.
+//! * **Durability.** `put-sync1/1` and `put-sync1/64` are the blind puts with
+//!   `sync_replicas = 1` per request (`WriteOptions`): one of the W acknowledging replicas
+//!   fsyncs its write-ahead log before the write is acknowledged (concurrent synced writes
+//!   share one fsync: group commit). They run on the main cluster, whose default is 0, and are
+//!   reported next to `put/1` and `put/64` with the ratios.
+//! * **Before and after in one run.** With `--baseline-bin PATH` (and optionally
+//!   `--baseline-label TEXT`), a second 3-node cluster runs that other `dynamokv` binary (an
+//!   older build) and every DynamoKV case of the main cluster (one client: get, put, rmw,
+//!   get-siblings; 64 in flight: get, put, mixed) also runs against it, as system
+//!   `dynamokv-baseline`, right after its original in every round, so both builds see the same
+//!   moments of the machine. The scale and open-loop cases have no twin. The baseline's config
+//!   holds only keys every build knows (an older binary rejects unknown keys), so it runs with
+//!   its own defaults; N, R, W and the partition count are checked to match ([`cluster`]).
 //!
-//! Results go to the terminal (a table and the issue's targets), to `DIR/bench-<time>.json`
-//! and `DIR/latest.json`, and to `DIR/latency.png` (percentile spectra, drawn by
-//! `bench/plot.py`). `make bench` builds everything and runs it; `make bench
-//! BENCH_ARGS=--quick` is a smoke run of under a minute.
+//! # Output
+//!
+//! The terminal shows one table per kind of load: per case p50, p99, p99.9 and maximum
+//! latency, ops/s, "CPU us/op" as `node+client`, the ratios to the floors and Redis, errors,
+//! and the noise figures. Then the side-by-side sections, when their cases ran: "this build vs
+//! baseline", titled with the `--baseline-label` (per case p50, p99, ops/s and node CPU us/op
+//! of both builds and the ratios ours ÷ baseline) and "durability" (the same for sync 1 ÷ sync 0). Last the issue's targets and
+//! notes. The same goes to `DIR/bench-<time>.json` and `DIR/latest.json` (`cases[]` with every
+//! figure, `node_cpu_us_per_op` and `client_cpu_us_per_op` included; `comparisons[]` with the
+//! side-by-side rows and their ratios; `targets[]`; `meta`), and `DIR/latency.png` (percentile
+//! spectra, drawn by `bench/plot.py`). `make bench` builds everything and runs it; `make bench
+//! BENCH_ARGS=--quick` is a smoke run of under a minute, and e.g. `make bench
+//! BENCH_ARGS="--quick --baseline-bin /tmp/dynamokv-old"` compares with an older build.
+//! `--only` picks cases by id substring (`--only "dynamokv get/1,put-sync1"`); a picked case
+//! brings the case it is reported next to.
 
 mod cases;
 mod cluster;
@@ -45,7 +80,7 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
-use crate::cases::{ClusterHandle, Env, Plan, PlanOptions, System};
+use crate::cases::{Baseline, ClusterHandle, Env, Plan, PlanOptions, System};
 use crate::cluster::{Cluster, preload};
 use crate::floor::{EchoFloor, RocksFloor};
 use crate::noise::CpuProbe;
@@ -101,9 +136,19 @@ struct Args {
     #[arg(long)]
     no_redis: bool,
     /// Run only the cases whose id ("system name", e.g. "dynamokv get/1") contains one of these
-    /// comma-separated strings.
+    /// comma-separated strings, and the cases they are reported next to (a case's baseline
+    /// twin; the plain put of a put-sync1 case).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Also run every DynamoKV case of the main cluster (one client: get, put, rmw,
+    /// get-siblings; many in flight: get, put, mixed) against a second 3-node cluster of this
+    /// `dynamokv` binary (an older build, say), as system `dynamokv-baseline`, interleaved with
+    /// the rest, and report both side by side.
+    #[arg(long, value_name = "PATH")]
+    baseline_bin: Option<PathBuf>,
+    /// What the report calls the --baseline-bin build.
+    #[arg(long, value_name = "TEXT", default_value = "baseline")]
+    baseline_label: String,
     /// Directory under which the clusters', Redis' and RocksDB's temporary data go [default:
     /// the system temporary directory].
     #[arg(long)]
@@ -139,6 +184,8 @@ struct Options {
     redis: bool,
     only: Vec<String>,
     data_dir: PathBuf,
+    baseline_bin: Option<PathBuf>,
+    baseline_label: String,
 }
 
 /// A key count: digits, optionally with a k or M suffix (`1M` = 1000000).
@@ -186,6 +233,8 @@ impl Args {
             redis: !self.no_redis,
             only: self.only.clone(),
             data_dir: self.data_dir.clone().unwrap_or_else(std::env::temp_dir),
+            baseline_bin: self.baseline_bin.clone(),
+            baseline_label: self.baseline_label.trim().to_string(),
         };
         if o.keys == 0 || o.value_size == 0 || o.concurrency == 0 || o.rounds == 0 {
             bail!("--keys, --value-size, --concurrency and --rounds must be positive");
@@ -195,6 +244,14 @@ impl Args {
         }
         if !(o.duration_secs > 0.0 && o.warmup_secs >= 0.0) {
             bail!("--duration must be positive and --warmup not negative");
+        }
+        if let Some(bin) = &o.baseline_bin
+            && !bin.is_file()
+        {
+            bail!("--baseline-bin {}: no such file", bin.display());
+        }
+        if o.baseline_label.is_empty() {
+            bail!("--baseline-label must not be empty");
         }
         Ok(o)
     }
@@ -265,6 +322,22 @@ impl Started {
         pids
     }
 
+    /// The server processes of `case`'s system, whose CPU time is its node CPU.
+    fn server_pids(&self, case: &cases::Case) -> Vec<u32> {
+        match (case.system, case.workload.cluster()) {
+            (_, Some(i)) => self
+                .clusters
+                .get(i)
+                .and_then(Option::as_ref)
+                .map(Cluster::pids)
+                .unwrap_or_default(),
+            (System::Redis, None) => self.redis.iter().flat_map(RedisSet::pids).collect(),
+            (System::GrpcFloor, None) => self.echo.iter().map(EchoFloor::pid).collect(),
+            // The RocksDB floor runs inside the bench: its CPU is the client's.
+            _ => Vec::new(),
+        }
+    }
+
     fn check_alive(&mut self) -> Result<()> {
         self.clusters
             .iter_mut()
@@ -280,6 +353,10 @@ async fn run(args: &Args) -> Result<()> {
         concurrency: o.concurrency,
         read_share: o.read_share,
         scale: o.scale.clone(),
+        baseline: o.baseline_bin.as_ref().map(|binary| Baseline {
+            binary: binary.clone(),
+            label: o.baseline_label.clone(),
+        }),
     });
     plan.retain_matching(&o.only);
     let mut notes = Vec::new();
@@ -346,6 +423,7 @@ async fn run(args: &Args) -> Result<()> {
         .map(|c| cases::op(&c.workload, &env))
         .collect::<Result<Vec<_>>>()?;
     let probe = CpuProbe::new(started.pids());
+    let servers: Vec<Vec<u32>> = plan.cases.iter().map(|c| started.server_pids(c)).collect();
     let timing = Timing {
         rounds: o.rounds,
         per_case: Duration::from_secs_f64(o.duration_secs),
@@ -357,14 +435,14 @@ async fn run(args: &Args) -> Result<()> {
         o.rounds,
         o.duration_secs / o.rounds as f64
     );
-    let results = runner::run(&plan.cases, &ops, timing, &probe, &mut || {
+    let results = runner::run(&plan.cases, &ops, &servers, timing, &probe, &mut || {
         started.check_alive()
     })
     .await?;
     drop(started);
 
     let options = serde_json::to_value(&o)?;
-    let report = report::build(&plan.cases, &results, options, notes);
+    let report = report::build(&plan, &results, options, notes);
     print!("{}", report::render(&report));
     let latest = report::write_json(&report, &o.out)?;
     if !args.no_plot {
@@ -385,14 +463,17 @@ async fn start_clusters(
     env: &mut Env,
     started: &mut Started,
 ) -> Result<()> {
-    let binary = cluster::find_binary()?;
+    let this_build = cluster::find_binary()?;
     for (i, cp) in plan.clusters.iter().enumerate() {
         if !plan.uses_cluster(i) {
             env.clusters.push(None);
             started.clusters.push(None);
             continue;
         }
-        let cluster = Cluster::start(&binary, &o.data_dir, &cp.spec, &cp.label).await?;
+        let binary = cp.binary.clone().unwrap_or_else(|| this_build.clone());
+        let cluster = Cluster::start(&binary, &o.data_dir, &cp.spec, &cp.label)
+            .await
+            .with_context(|| format!("starting cluster {} ({})", cp.label, binary.display()))?;
         let client = cluster.client()?;
         println!(
             "cluster {}: {} nodes up ({}); preloading {} keys",

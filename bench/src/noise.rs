@@ -9,8 +9,16 @@
 //!
 //! A case whose foreign CPU exceeded [`NOISY_CORES`] of a core in any of its slices is flagged
 //! noisy: its numbers are probably pessimistic and worth re-running on a quiet machine.
+//!
+//! The same counters give the *CPU per operation* of each case ([`CpuProbe::cpu_time`]): the
+//! user and system time that the case's server processes (a cluster's three nodes, Redis' three
+//! processes, the echo server) and the bench itself used during its slices, divided by the
+//! requests completed. Time spent waiting for a core does not count, so this figure stays
+//! steady when other work competes for the machine, unlike latency and throughput.
 
 use std::fs;
+use std::process::Command;
+use std::time::Duration;
 
 /// Foreign CPU, in cores, above which a slice is noisy.
 pub const NOISY_CORES: f64 = 0.15;
@@ -41,6 +49,8 @@ pub struct CpuSample {
 pub struct CpuProbe {
     pids: Vec<u32>,
     cores: usize,
+    /// Clock ticks per second of the /proc counters (`sysconf(_SC_CLK_TCK)`).
+    ticks_per_sec: u64,
 }
 
 impl CpuProbe {
@@ -52,7 +62,20 @@ impl CpuProbe {
         CpuProbe {
             pids,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ticks_per_sec: clock_ticks_per_sec(),
         }
+    }
+
+    /// The user + system CPU time used so far by the processes `pids` (all their threads,
+    /// live and exited; a process that is gone counts 0), at clock-tick resolution.
+    pub fn cpu_time(&self, pids: &[u32]) -> Duration {
+        let ticks: u64 = pids.iter().filter_map(|&pid| process_ticks(pid)).sum();
+        Duration::from_micros(ticks.saturating_mul(1_000_000) / self.ticks_per_sec.max(1))
+    }
+
+    /// As [`cpu_time`](Self::cpu_time) for this process: the bench's client side.
+    pub fn own_cpu_time(&self) -> Duration {
+        self.cpu_time(&[std::process::id()])
     }
 
     pub fn sample(&self) -> CpuSample {
@@ -72,6 +95,20 @@ impl CpuProbe {
         // `total` counts every core, so the share of it times the core count is in cores.
         busy.saturating_sub(ours) as f64 / total as f64 * self.cores as f64
     }
+}
+
+/// `sysconf(_SC_CLK_TCK)`, the unit of the /proc CPU counters, as `getconf CLK_TCK` reports it
+/// (calling libc directly would need `unsafe`, which the workspace denies). If `getconf` is
+/// missing, 100: the value on every Linux architecture the bench runs on (USER_HZ).
+pub fn clock_ticks_per_sec() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .filter(|&hz: &u64| hz > 0)
+        .unwrap_or(100)
 }
 
 /// (all ticks, busy ticks) from the `cpu` line of /proc/stat.
@@ -123,5 +160,12 @@ mod tests {
         assert!(b.total > a.total);
         assert!(b.ours >= a.ours);
         assert!(probe.foreign_cores(&a, &b) >= 0.0);
+        // Spinning moves our own CPU time on, in whole ticks.
+        let (mine, start) = (probe.own_cpu_time(), std::time::Instant::now());
+        while probe.own_cpu_time() == mine && start.elapsed() < std::time::Duration::from_secs(5) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
+        }
+        assert!(probe.own_cpu_time() > mine);
+        assert!(clock_ticks_per_sec() >= 100);
     }
 }

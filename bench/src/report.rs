@@ -4,6 +4,16 @@
 //! for one-client and open-loop cases the p50 latencies (ours ÷ theirs: 2.0 means twice as
 //! slow), for cases with many requests in flight the throughputs (ours ÷ theirs: 0.5 means
 //! half the ops/s).
+//!
+//! CPU per operation: the CPU time (user + system) of the case's server processes ("node":
+//! the cluster's three nodes; Redis' three processes; the echo server) and of the bench itself
+//! ("client": the client library, the runner, and the RocksDB floor, which runs in-process)
+//! during the case's slices, divided by the requests completed. Read from /proc at clock-tick
+//! resolution (10 ms), so it needs a few hundred milliseconds per case to mean much.
+//!
+//! Side-by-side sections ([`Comparison`]) follow the table: this build against the baseline
+//! binary, and `sync_replicas = 1` against 0, each row with both cases' p50, p99, ops/s and
+//! node CPU per operation, and the ratios ours ÷ theirs.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,8 +22,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
-use crate::cases::{Case, Group, Load, System};
-use crate::noise::NOISY_CORES;
+use crate::cases::{Group, Load, Plan, Section, System};
+use crate::noise::{self, NOISY_CORES};
 use crate::runner::CaseResult;
 
 /// Percentiles stored per case for the plot (the maximum is added as 100).
@@ -25,6 +35,8 @@ const PERCENTILES: [f64; 10] = [
 pub struct Report {
     pub meta: Meta,
     pub cases: Vec<CaseReport>,
+    /// Side-by-side sections (baseline, durability); only those with a pair in the run.
+    pub comparisons: Vec<Comparison>,
     pub targets: Vec<Target>,
 }
 
@@ -39,6 +51,8 @@ pub struct Meta {
     pub options: serde_json::Value,
     /// Foreign CPU (cores) above which a case is flagged noisy.
     pub noisy_threshold_cores: f64,
+    /// The unit of the /proc CPU counters the CPU per operation is read from.
+    pub cpu_clock_ticks_per_sec: u64,
     /// Anything skipped or worth knowing when reading the numbers.
     pub notes: Vec<String>,
 }
@@ -88,6 +102,60 @@ pub struct CaseReport {
     /// `p50` (latency ratio) or `ops_per_sec` (throughput ratio).
     pub ratio_metric: &'static str,
     pub ratios: Ratios,
+    /// The per-request `sync_replicas` of the case's writes, if it sets one.
+    pub sync_replicas: Option<u32>,
+    /// CPU seconds the case's server processes used during its slices (none for the RocksDB
+    /// floor, which runs inside the bench).
+    pub node_cpu_secs: Option<f64>,
+    /// CPU seconds the bench process used during the case's slices.
+    pub client_cpu_secs: f64,
+    /// `node_cpu_secs` per successful request, in microseconds.
+    pub node_cpu_us_per_op: Option<f64>,
+    /// `client_cpu_secs` per successful request, in microseconds.
+    pub client_cpu_us_per_op: Option<f64>,
+}
+
+/// One side of a compared pair.
+#[derive(Debug, Clone, Serialize)]
+pub struct Side {
+    pub id: String,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub ops_per_sec: f64,
+    pub node_cpu_us_per_op: Option<f64>,
+    pub client_cpu_us_per_op: Option<f64>,
+    pub count: u64,
+    pub errors: u64,
+    pub noisy: bool,
+}
+
+/// Ours ÷ theirs, per figure.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PairRatios {
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    pub ops_per_sec: Option<f64>,
+    pub node_cpu_per_op: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ComparisonRow {
+    /// The case name both sides share (for durability, ours').
+    pub name: String,
+    pub ours: Side,
+    pub theirs: Side,
+    pub ratios: PairRatios,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub section: Section,
+    pub title: String,
+    pub ours_label: String,
+    pub theirs_label: String,
+    /// The baseline section: the other binary.
+    pub theirs_binary: Option<PathBuf>,
+    pub rows: Vec<ComparisonRow>,
 }
 
 #[derive(Debug, Serialize)]
@@ -104,13 +172,14 @@ fn us(nanos: u64) -> f64 {
     nanos as f64 / 1000.0
 }
 
-/// Builds the report from the cases and their results (in the same order).
+/// Builds the report from the plan's cases and their results (in the same order).
 pub fn build(
-    cases: &[Case],
+    plan: &Plan,
     results: &[CaseResult],
     options: serde_json::Value,
     notes: Vec<String>,
 ) -> Report {
+    let cases = &plan.cases;
     let mut reports: Vec<CaseReport> = cases
         .iter()
         .zip(results)
@@ -160,6 +229,11 @@ pub fn build(
                     "p50"
                 },
                 ratios: Ratios::default(),
+                sync_replicas: case.workload.sync_replicas(),
+                node_cpu_secs: r.node_cpu.map(|d| d.as_secs_f64()),
+                client_cpu_secs: r.client_cpu.as_secs_f64(),
+                node_cpu_us_per_op: r.node_cpu.and_then(|d| per_op(d, h.len())),
+                client_cpu_us_per_op: per_op(r.client_cpu, h.len()),
             }
         })
         .collect();
@@ -183,11 +257,108 @@ pub fn build(
         reports[i].ratios = ratios;
     }
     let targets = targets(&reports);
+    let comparisons = comparisons(plan, &reports);
     Report {
         meta: meta(options, notes),
         cases: reports,
+        comparisons,
         targets,
     }
+}
+
+/// CPU time per operation, in microseconds.
+fn per_op(cpu: std::time::Duration, ops: u64) -> Option<f64> {
+    (ops > 0).then(|| cpu.as_secs_f64() * 1e6 / ops as f64)
+}
+
+fn side(r: &CaseReport) -> Side {
+    Side {
+        id: r.id.clone(),
+        p50_us: r.p50_us,
+        p99_us: r.p99_us,
+        ops_per_sec: r.ops_per_sec,
+        node_cpu_us_per_op: r.node_cpu_us_per_op,
+        client_cpu_us_per_op: r.client_cpu_us_per_op,
+        count: r.count,
+        errors: r.errors,
+        noisy: r.noisy,
+    }
+}
+
+/// The side-by-side sections of the plan's pairs that both ran.
+fn comparisons(plan: &Plan, reports: &[CaseReport]) -> Vec<Comparison> {
+    let find = |id: &str| reports.iter().find(|r| r.id == id);
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let sections = [
+        (
+            Section::Baseline,
+            plan.baseline.as_ref().map_or_else(
+                || "this build vs baseline".to_string(),
+                |b| {
+                    format!(
+                        "this build vs {} ({}), ratios ours / {}",
+                        b.label,
+                        b.binary.display(),
+                        b.label
+                    )
+                },
+            ),
+            "this build".to_string(),
+            plan.baseline
+                .as_ref()
+                .map_or("baseline".to_string(), |b| b.label.clone()),
+        ),
+        (
+            Section::Durability,
+            "durability: sync_replicas = 1 per request vs the default 0, ratios sync 1 / sync 0"
+                .to_string(),
+            "sync 1".to_string(),
+            "sync 0".to_string(),
+        ),
+    ];
+    let mut out = Vec::new();
+    for (section, title, ours_label, theirs_label) in sections {
+        let rows: Vec<ComparisonRow> = plan
+            .pairs
+            .iter()
+            .filter(|p| p.section == section)
+            .filter_map(|p| {
+                let (ours, theirs) = (find(&p.ours)?, find(&p.theirs)?);
+                let ok = ours.count > 0 && theirs.count > 0;
+                let both = |f: fn(&CaseReport) -> Option<f64>| {
+                    ok.then(|| ratio(f(ours), f(theirs))).flatten()
+                };
+                Some(ComparisonRow {
+                    name: ours.name.clone(),
+                    ours: side(ours),
+                    theirs: side(theirs),
+                    ratios: PairRatios {
+                        p50: both(|r| Some(r.p50_us)),
+                        p99: both(|r| Some(r.p99_us)),
+                        ops_per_sec: both(|r| Some(r.ops_per_sec)),
+                        node_cpu_per_op: both(|r| r.node_cpu_us_per_op),
+                    },
+                })
+            })
+            .collect();
+        if !rows.is_empty() {
+            out.push(Comparison {
+                section,
+                title,
+                ours_label,
+                theirs_label,
+                theirs_binary: match section {
+                    Section::Baseline => plan.baseline.as_ref().map(|b| b.binary.clone()),
+                    Section::Durability => None,
+                },
+                rows,
+            });
+        }
+    }
+    out
 }
 
 /// The issue's targets, evaluated on this run.
@@ -212,7 +383,12 @@ fn targets(reports: &[CaseReport]) -> Vec<Target> {
     }
     let worst = reports
         .iter()
-        .filter(|r| r.system == System::Dynamokv && r.group == Group::OneClient && r.count > 0)
+        .filter(|r| {
+            r.system == System::Dynamokv
+                && r.group == Group::OneClient
+                && r.sync_replicas.is_none()
+                && r.count > 0
+        })
         .max_by(|a, b| a.p99_us.total_cmp(&b.p99_us));
     out.push(Target {
         name: "no one-client get or put percentile up to p99 above 5 ms".into(),
@@ -252,6 +428,7 @@ fn meta(options: serde_json::Value, notes: Vec<String>) -> Meta {
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         options,
         noisy_threshold_cores: NOISY_CORES,
+        cpu_clock_ticks_per_sec: noise::clock_ticks_per_sec(),
         notes,
     }
 }
@@ -291,6 +468,54 @@ fn fmt_ratio(r: Option<f64>) -> String {
     r.map_or("-".into(), |r| format!("{r:.2}"))
 }
 
+/// A CPU time per operation in microseconds, compactly.
+fn fmt_cpu(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(v) if v < 10.0 => format!("{v:.1}"),
+        Some(v) => format!("{v:.0}"),
+    }
+}
+
+/// The last `width` characters of a label, so that columns line up.
+fn clip(label: &str, width: usize) -> String {
+    let chars: Vec<char> = label.chars().collect();
+    chars[chars.len().saturating_sub(width)..].iter().collect()
+}
+
+/// A side-by-side section, as printed on the terminal.
+fn render_comparison(c: &Comparison) -> String {
+    let (a, b) = (clip(&c.ours_label, 10), clip(&c.theirs_label, 10));
+    let mut out = format!("\n-- {} --\n", c.title);
+    out.push_str(&format!(
+        "{:<16} {:^28} {:^28} {:^28} {:^28}\n",
+        "", "p50 us", "p99 us", "ops/s", "node CPU us/op"
+    ));
+    let block = format!("{a:>10} {b:>10} {:>6}", "x");
+    out.push_str(&format!("{:<16} {block} {block} {block} {block}\n", "case"));
+    for row in &c.rows {
+        let (o, t, x) = (&row.ours, &row.theirs, &row.ratios);
+        let noisy = if o.noisy || t.noisy { "  NOISY" } else { "" };
+        out.push_str(&format!(
+            "{:<16} {:>10} {:>10} {:>6} {:>10} {:>10} {:>6} {:>10.0} {:>10.0} {:>6} {:>10} {:>10} {:>6}{noisy}\n",
+            row.name,
+            fmt_us(o.p50_us),
+            fmt_us(t.p50_us),
+            fmt_ratio(x.p50),
+            fmt_us(o.p99_us),
+            fmt_us(t.p99_us),
+            fmt_ratio(x.p99),
+            o.ops_per_sec,
+            t.ops_per_sec,
+            fmt_ratio(x.ops_per_sec),
+            fmt_cpu(o.node_cpu_us_per_op),
+            fmt_cpu(t.node_cpu_us_per_op),
+            fmt_ratio(x.node_cpu_per_op),
+        ));
+    }
+    out
+}
+
 fn group_title(group: Group, report: &Report) -> String {
     let c = report
         .cases
@@ -311,18 +536,20 @@ fn group_title(group: Group, report: &Report) -> String {
 /// The table, the targets and the notes, as printed on the terminal.
 pub fn render(report: &Report) -> String {
     let mut out = format!(
-        "\nLatencies in microseconds. Last column: the most CPU (in cores) that other processes \
-         used during a slice of the case (NOISY above {NOISY_CORES}), and the highest 1-minute \
-         load average before a slice.\n"
+        "\nLatencies in microseconds. CPU us/op: CPU time per request of the system's server \
+         processes + of the bench client (steadier than latency on a busy machine). Last \
+         column: the most CPU (in cores) that other processes used during a slice of the case \
+         (NOISY above {NOISY_CORES}), and the highest 1-minute load average before a slice.\n"
     );
     let header = format!(
-        "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>7} {:>7} {:>6}  {}\n",
+        "{:<32} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>6} {:>7} {:>7} {:>6}  {}\n",
         "case",
         "p50 us",
         "p99 us",
         "p99.9 us",
         "max us",
         "ops/s",
+        "CPU us/op",
         "x hop",
         "x store",
         "x redis",
@@ -347,14 +574,20 @@ pub fn render(report: &Report) -> String {
                 Some(rate) => format!("{} @{rate:.0}/s", r.id),
                 None => r.id.clone(),
             };
+            let cpu = format!(
+                "{}+{}",
+                fmt_cpu(r.node_cpu_us_per_op),
+                fmt_cpu(r.client_cpu_us_per_op)
+            );
             out.push_str(&format!(
-                "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9.0} {:>6} {:>7} {:>7} {:>6}  {}\n",
+                "{:<32} {:>9} {:>9} {:>9} {:>9} {:>9.0} {:>11} {:>6} {:>7} {:>7} {:>6}  {}\n",
                 name,
                 fmt_us(r.p50_us),
                 fmt_us(r.p99_us),
                 fmt_us(r.p999_us),
                 fmt_us(r.max_us),
                 r.ops_per_sec,
+                cpu,
                 fmt_ratio(r.ratios.hop),
                 fmt_ratio(r.ratios.store),
                 fmt_ratio(r.ratios.redis),
@@ -362,6 +595,9 @@ pub fn render(report: &Report) -> String {
                 noise
             ));
         }
+    }
+    for comparison in &report.comparisons {
+        out.push_str(&render_comparison(comparison));
     }
     let errors: Vec<&CaseReport> = report.cases.iter().filter(|r| r.errors > 0).collect();
     if !errors.is_empty() {

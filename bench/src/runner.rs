@@ -18,6 +18,9 @@
 //! machine (a compiler, a neighbour VM) then lands on all cases alike instead of on whichever
 //! ran at the wrong moment, so ratios between cases stay meaningful. Before the first round,
 //! each case runs once briefly as a warm-up whose results are discarded (connections, caches).
+//!
+//! *CPU*: around each slice the runner also reads the CPU time of the case's server processes
+//! and of the bench itself ([`CpuProbe::cpu_time`]), for the CPU per operation.
 
 use std::io::Write as _;
 use std::sync::{Arc, Mutex};
@@ -199,6 +202,11 @@ pub struct CaseResult {
     pub foreign_cores: Vec<f64>,
     /// The open-loop rate used, requests per second.
     pub rate: Option<f64>,
+    /// CPU time of the case's server processes during its slices; `None` if it has none (the
+    /// RocksDB floor runs inside the bench).
+    pub node_cpu: Option<Duration>,
+    /// CPU time of the bench process during its slices.
+    pub client_cpu: Duration,
 }
 
 impl CaseResult {
@@ -218,15 +226,20 @@ pub struct Timing {
     pub warmup: Duration,
 }
 
-/// Runs `cases` (with their operations `ops`) interleaved in rounds. `health` is called after
-/// every slice and aborts the run with its error (a node that died, say).
+/// Runs `cases` (with their operations `ops` and the ids of their server processes `servers`)
+/// interleaved in rounds. `health` is called after every slice and aborts the run with its
+/// error (a node that died, say).
 pub async fn run(
     cases: &[Case],
     ops: &[Op],
+    servers: &[Vec<u32>],
     timing: Timing,
     probe: &CpuProbe,
     health: &mut dyn FnMut() -> Result<()>,
 ) -> Result<Vec<CaseResult>> {
+    if ops.len() != cases.len() || servers.len() != cases.len() {
+        bail!("one operation and one list of server processes per case");
+    }
     let slice = timing.per_case / timing.rounds.max(1) as u32;
     if !timing.warmup.is_zero() {
         print!("  warm-up:");
@@ -244,17 +257,20 @@ pub async fn run(
     }
     let mut results: Vec<CaseResult> = cases
         .iter()
-        .map(|_| CaseResult {
+        .zip(servers)
+        .map(|(_, pids)| CaseResult {
             measured: Measured::new(),
             load_before: Vec::new(),
             foreign_cores: Vec::new(),
             rate: None,
+            node_cpu: (!pids.is_empty()).then_some(Duration::ZERO),
+            client_cpu: Duration::ZERO,
         })
         .collect();
     for round in 1..=timing.rounds {
         let round_start = Instant::now();
         print!("  round {round}/{}:", timing.rounds);
-        for (i, (case, op)) in cases.iter().zip(ops).enumerate() {
+        for (i, ((case, op), pids)) in cases.iter().zip(ops).zip(servers).enumerate() {
             if let Load::Open {
                 reference,
                 fraction,
@@ -272,13 +288,19 @@ pub async fn run(
             }
             let load = noise::loadavg().unwrap_or(f64::NAN);
             let before = probe.sample();
+            let (node_before, client_before) = (probe.cpu_time(pids), probe.own_cpu_time());
             let measured = match &case.load {
                 Load::Closed { concurrency } => closed(op, *concurrency, slice).await,
                 Load::Open { .. } => open(op, results[i].rate.unwrap_or_default(), slice).await,
             }
             .with_context(|| format!("running {}", case.id()))?;
+            let (node_after, client_after) = (probe.cpu_time(pids), probe.own_cpu_time());
             let after = probe.sample();
             let r = &mut results[i];
+            if let Some(node) = &mut r.node_cpu {
+                *node += node_after.saturating_sub(node_before);
+            }
+            r.client_cpu += client_after.saturating_sub(client_before);
             r.measured.merge(&measured)?;
             r.load_before.push(load);
             r.foreign_cores.push(probe.foreign_cores(&before, &after));
