@@ -107,7 +107,13 @@ export interface WriteOptions {
    * applied at most once, however often it is sent. Another string is refused with
    * MISSING_FIELD, another type with a TypeError; nothing is sent.
    */
-  writeId?: string;
+  writeId?: string;  /**
+   * How many of the W acknowledging replicas fsync their write-ahead log before the write is
+   * acknowledged, 0..=W. Left out, the cluster's `sync_replicas` setting (0 unless configured).
+   * 0 survives a crash of any process; 1 or more also a power cut of every replica at once.
+   * More than W is refused with INVALID_QUORUM and nothing is written.
+   */
+  syncReplicas?: number;
 }
 
 export interface MemberInfo {

@@ -142,7 +142,9 @@ class Client {
   /**
    * Writes `value`; with the context of a get it supersedes what that get saw. `options.w` is
    * the write quorum; `options.writeId` (32 hex digits) retries the write an OUTCOME_UNKNOWN
-   * error named (`{ writeId: err.writeId }`): one write id is applied at most once.
+   * error named (`{ writeId: err.writeId }`): one write id is applied at most once;
+   * `options.syncReplicas` (0..=W) is how many of the W acknowledging replicas fsync before the
+   * write is acknowledged (left out: the cluster's `sync_replicas`).
    */
   async put(key, value, ctx, options) {
     const k = bytes('key', key);
@@ -150,7 +152,8 @@ class Client {
     const c = context(ctx, false);
     const w = option(options, 'w');
     const id = option(options, 'writeId', 'string');
-    return native(() => this.#native.put(k, v, c, w, id));
+    const sync = option(options, 'syncReplicas');
+    return native(() => this.#native.put(k, v, c, w, id, sync));
   }
 
   /** Deletes what the context of a get saw of `key`; `options` as for `put`. */
@@ -159,7 +162,8 @@ class Client {
     const c = context(ctx, true);
     const w = option(options, 'w');
     const id = option(options, 'writeId', 'string');
-    return native(() => this.#native.delete(k, c, w, id));
+    const sync = option(options, 'syncReplicas');
+    return native(() => this.#native.delete(k, c, w, id, sync));
   }
 
   /** The cluster's membership and settings, as one node reports them. */

@@ -99,8 +99,9 @@ impl NativeClient {
         context: Option<Buffer>,
         w: Option<f64>,
         write_id: Option<String>,
+        sync_replicas: Option<f64>,
     ) -> Result<Buffer> {
-        let options = write_options(w, write_id).map_err(to_napi)?;
+        let options = write_options(w, write_id, sync_replicas).map_err(to_napi)?;
         let context = context.map(|c| Context::from_bytes(c.to_vec()));
         let written = self
             .inner
@@ -117,8 +118,9 @@ impl NativeClient {
         context: Buffer,
         w: Option<f64>,
         write_id: Option<String>,
+        sync_replicas: Option<f64>,
     ) -> Result<Buffer> {
-        let options = write_options(w, write_id).map_err(to_napi)?;
+        let options = write_options(w, write_id, sync_replicas).map_err(to_napi)?;
         let context = Context::from_bytes(context.to_vec());
         let written = self
             .inner
@@ -182,13 +184,15 @@ fn build(seeds: Vec<String>, o: ClientOptions) -> std::result::Result<Client, Co
     builder.build()
 }
 
-/// A put's or delete's per-call options: `w` as for [`quorum`], `writeId` as hex.
+/// A put's or delete's per-call options: `w` and `syncReplicas` as for [`quorum`] (client-core
+/// and the node check `syncReplicas` against W), `writeId` as hex.
 fn write_options(
     w: Option<f64>,
     id: Option<String>,
+    sync_replicas: Option<f64>,
 ) -> std::result::Result<WriteOptions, CoreError> {
     Ok(WriteOptions {
-        sync_replicas: None,
+        sync_replicas: quorum("syncReplicas", sync_replicas)?,
         w: quorum("w", w)?,
         write_id: id.as_deref().map(write_id).transpose()?,
     })

@@ -169,6 +169,37 @@ test('a quorum outside 1..=N is INVALID_QUORUM, on the client and on the server'
   await s.unchanged();
 });
 
+test('syncReplicas above W is INVALID_QUORUM, on the client and on the server', async () => {
+  // On a fresh key: nothing is written.
+  const fresh = freshKey('sync-fresh');
+  for (const [options, n] of [
+    [{ syncReplicas: 2 }, 2], // refused by the node: its W is 1
+    [{ syncReplicas: 5 }, 5],
+    [{ w: 1, syncReplicas: 2 }, 2], // refused by the client core before sending
+  ]) {
+    const e = await rejectsWith(client.put(fresh, 'x', null, options), 'INVALID_QUORUM');
+    assert.ok(e.message.includes(`sync_replicas = ${n}`), e.message);
+  }
+  assert.deepEqual((await client.get(fresh)).values, []);
+  // Over a stored value, puts and deletes alike: it is unchanged.
+  const s = await seeded('sync-above-w');
+  for (const [call, n] of [
+    [() => client.put(s.key, 'x', s.context, { syncReplicas: 2 }), 2],
+    [() => client.put(s.key, 'x', s.context, { w: 1, syncReplicas: 3 }), 3],
+    [() => client.delete(s.key, s.context, { syncReplicas: 5 }), 5],
+    [() => client.delete(s.key, s.context, { w: 1, syncReplicas: 2 }), 2],
+  ]) {
+    const e = await rejectsWith(call(), 'INVALID_QUORUM');
+    assert.ok(e.message.includes(`sync_replicas = ${n}`), e.message);
+  }
+  // Not a whole number in range: refused when converting; another type is a TypeError.
+  await rejectsWith(client.put(s.key, 'x', s.context, { syncReplicas: -1 }), 'INVALID_QUORUM');
+  await rejectsWith(client.put(s.key, 'x', s.context, { syncReplicas: 0.5 }), 'INVALID_QUORUM');
+  await assert.rejects(client.put(s.key, 'x', s.context, { syncReplicas: '1' }), TypeError);
+  await assert.rejects(client.delete(s.key, s.context, { syncReplicas: true }), TypeError);
+  await s.unchanged();
+});
+
 test('bad client configuration is INVALID_CONFIG, thrown by the constructor', () => {
   throwsWith(() => new Client([]), 'INVALID_CONFIG');
   throwsWith(() => new Client(['localhost']), 'INVALID_CONFIG');

@@ -90,6 +90,21 @@ test('per-call quorums inside 1..=N are accepted', async () => {
   assert.deepEqual((await client.get(k, { r: 1 })).values, []);
 });
 
+test('syncReplicas inside 0..=W is accepted, for puts and deletes', async () => {
+  // The test node's W is 1.
+  const k = freshKey('sync-ok');
+  const ctx = await client.put(k, 'synced', null, { syncReplicas: 1 });
+  assert.ok(Buffer.isBuffer(ctx) && ctx.length > 0);
+  assert.deepEqual(strings((await client.get(k)).values), ['synced']);
+  await client.put(k, 'synced-w1', ctx, { w: 1, syncReplicas: 1 });
+  const { context } = await client.get(k);
+  await client.put(k, 'unsynced', context, { syncReplicas: 0 });
+  const got = await client.get(k);
+  assert.deepEqual(strings(got.values), ['unsynced']);
+  await client.delete(k, got.context, { syncReplicas: 1 });
+  assert.deepEqual((await client.get(k)).values, []);
+});
+
 test('values up to the limit round-trip', async () => {
   const k = freshKey('big');
   const big = Buffer.alloc(1024 * 1024, 7);

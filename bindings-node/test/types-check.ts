@@ -28,6 +28,9 @@ async function demo(): Promise<void> {
   const writeOptions: WriteOptions = { w: 1, writeId: '0123456789abcdef0123456789abcdef' };
   await client.put('cart:1', 'plum', got.context, writeOptions);
   await client.delete('cart:1', got.context, { writeId: '0123456789abcdef0123456789abcdef' });
+  const synced: WriteOptions = { w: 2, syncReplicas: 1 };
+  await client.put('cart:1', 'plum', got.context, synced);
+  await client.delete('cart:1', got.context, { syncReplicas: 0 });
 
   const info: ClusterInfo = await client.clusterInfo();
   const line: [string, number, number, number, number, string] = [
@@ -86,6 +89,8 @@ async function demo(): Promise<void> {
   void bad;
   // @ts-expect-error a writeId is the hex string of an error's writeId, not bytes
   await client.put('cart:1', 'plum', null, { writeId: Buffer.alloc(16) });
+  // @ts-expect-error syncReplicas is a number
+  await client.put('cart:1', 'plum', null, { syncReplicas: '1' });
   // @ts-expect-error writeId is read-only on errors
   made.writeId = '00';
 }

@@ -30,9 +30,13 @@ where
 }
 
 /// A put's or delete's per-call options.
-fn write_options(w: Option<u32>, write_id: Option<WriteId>) -> WriteOptions {
+fn write_options(
+    w: Option<u32>,
+    write_id: Option<WriteId>,
+    sync_replicas: Option<u32>,
+) -> WriteOptions {
     WriteOptions {
-        sync_replicas: None,
+        sync_replicas,
         w,
         write_id: write_id.map(|id| id.0),
     }
@@ -98,7 +102,8 @@ impl Client {
         })
     }
 
-    #[pyo3(signature = (key, value, context=None, w=None, *, write_id=None))]
+    #[pyo3(signature = (key, value, context=None, w=None, *, write_id=None, sync_replicas=None))]
+    #[allow(clippy::too_many_arguments)] // One per argument of the Python method.
     fn put(
         &self,
         py: Python<'_>,
@@ -107,9 +112,10 @@ impl Client {
         context: Option<Blob>,
         w: Option<u32>,
         write_id: Option<WriteId>,
+        sync_replicas: Option<u32>,
     ) -> PyResult<Ctx> {
         let context = context.map(Context::from);
-        let options = write_options(w, write_id);
+        let options = write_options(w, write_id, sync_replicas);
         block_on(py, async {
             let put = self
                 .inner
@@ -118,7 +124,7 @@ impl Client {
         })
     }
 
-    #[pyo3(signature = (key, context, w=None, *, write_id=None))]
+    #[pyo3(signature = (key, context, w=None, *, write_id=None, sync_replicas=None))]
     fn delete(
         &self,
         py: Python<'_>,
@@ -126,9 +132,10 @@ impl Client {
         context: Blob,
         w: Option<u32>,
         write_id: Option<WriteId>,
+        sync_replicas: Option<u32>,
     ) -> PyResult<Ctx> {
         let context = Context::from(context);
-        let options = write_options(w, write_id);
+        let options = write_options(w, write_id, sync_replicas);
         block_on(py, async {
             let delete = self.inner.delete_with_options(key.0, &context, options);
             delete.await.map(Ctx)
@@ -152,7 +159,8 @@ impl Client {
         })
     }
 
-    #[pyo3(signature = (key, value, context=None, w=None, *, write_id=None))]
+    #[pyo3(signature = (key, value, context=None, w=None, *, write_id=None, sync_replicas=None))]
+    #[allow(clippy::too_many_arguments)] // One per argument of the Python method.
     fn put_async<'py>(
         &self,
         py: Python<'py>,
@@ -161,17 +169,18 @@ impl Client {
         context: Option<Blob>,
         w: Option<u32>,
         write_id: Option<WriteId>,
+        sync_replicas: Option<u32>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.inner.clone();
         let context = context.map(Context::from);
-        let options = write_options(w, write_id);
+        let options = write_options(w, write_id, sync_replicas);
         awaitable(py, async move {
             let put = client.put_with_options(key.0, value.0, context.as_ref(), options);
             put.await.map(Ctx)
         })
     }
 
-    #[pyo3(signature = (key, context, w=None, *, write_id=None))]
+    #[pyo3(signature = (key, context, w=None, *, write_id=None, sync_replicas=None))]
     fn delete_async<'py>(
         &self,
         py: Python<'py>,
@@ -179,10 +188,11 @@ impl Client {
         context: Blob,
         w: Option<u32>,
         write_id: Option<WriteId>,
+        sync_replicas: Option<u32>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.inner.clone();
         let context = Context::from(context);
-        let options = write_options(w, write_id);
+        let options = write_options(w, write_id, sync_replicas);
         awaitable(py, async move {
             let delete = client.delete_with_options(key.0, &context, options);
             delete.await.map(Ctx)

@@ -155,6 +155,54 @@ async def test_invalid_quorum(kv: Any, key: bytes) -> None:
     assert (await kv.get(key, r=1)).values == [b"w1"]
 
 
+async def test_sync_replicas(kv: Any, key: bytes) -> None:
+    # The test node's W is 1: 0 and 1 are accepted, for puts and deletes alike.
+    ctx = await kv.put(key, b"synced", sync_replicas=1)
+    assert isinstance(ctx, bytes) and ctx
+    got = await kv.get(key)
+    assert got.values == [b"synced"]
+    await kv.put(key, b"synced-w1", got.context, w=1, sync_replicas=1)
+    await kv.put(key, b"unsynced", (await kv.get(key)).context, sync_replicas=0)
+    got = await kv.get(key)
+    assert got.values == [b"unsynced"]
+    await kv.delete(key, got.context, sync_replicas=1)
+    assert (await kv.get(key)).values == []
+
+
+async def test_sync_replicas_above_w(kv: Any, key: bytes) -> None:
+    # More than W is refused (by client-core when the call gives w, else by the node) and
+    # writes nothing: neither on a fresh key nor over a stored value.
+    fresh = key + b":fresh"
+    calls = (
+        (2, kv.put(fresh, b"x", sync_replicas=2)),
+        (5, kv.put(fresh, b"x", sync_replicas=5)),
+        (2, kv.put(fresh, b"x", w=1, sync_replicas=2)),
+    )
+    for n, call in calls:
+        err = await raises(dynamokv.InvalidQuorumError, call)
+        assert err.code == "INVALID_QUORUM"
+        assert f"sync_replicas = {n}" in str(err), str(err)
+    assert (await kv.get(fresh)).values == []
+
+    before = await stored(kv, key)
+    ctx = before.context
+    calls = (
+        (2, kv.put(key, b"x", ctx, sync_replicas=2)),
+        (3, kv.put(key, b"x", ctx, w=1, sync_replicas=3)),
+        (5, kv.delete(key, ctx, sync_replicas=5)),
+        (2, kv.delete(key, ctx, w=1, sync_replicas=2)),
+    )
+    for n, call in calls:
+        err = await raises(dynamokv.InvalidQuorumError, call)
+        assert f"sync_replicas = {n}" in str(err), str(err)
+    assert await kv.get(key) == before
+    with pytest.raises((OverflowError, TypeError)):
+        await kv.put(key, b"x", ctx, sync_replicas=-1)
+    with pytest.raises(TypeError):
+        await kv.put(key, b"x", ctx, sync_replicas="1")
+    assert await kv.get(key) == before
+
+
 async def test_cluster_info(kv: Any, node: Any) -> None:
     info = await kv.cluster_info()
     assert isinstance(info, dynamokv.ClusterInfo)

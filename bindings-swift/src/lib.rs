@@ -144,9 +144,10 @@ impl ClientOptions {
 fn write_options(
     w: Option<u32>,
     write_id: Option<Vec<u8>>,
+    sync_replicas: Option<u32>,
 ) -> Result<kv::WriteOptions, DynamoKvError> {
     Ok(kv::WriteOptions {
-        sync_replicas: None,
+        sync_replicas,
         w,
         write_id: write_id.as_deref().map(error::write_id).transpose()?,
     })
@@ -237,7 +238,10 @@ impl DynamoKvClient {
     /// `w` overrides the cluster's write quorum for this call. `writeId` (16 bytes) names the
     /// write; `nil` draws a fresh one. Pass the `writeId` of an `OutcomeUnknown` error to retry
     /// that write: one write id is applied at most once, however often it is sent.
-    #[uniffi::method(default(context = None, w = None, write_id = None))]
+    /// `syncReplicas` is how many of the W acknowledging replicas fsync their write-ahead log
+    /// before the write is acknowledged, 0 to W; `nil` uses the cluster's `sync_replicas` (0
+    /// unless configured). More than W throws `InvalidQuorum` and writes nothing.
+    #[uniffi::method(default(context = None, w = None, write_id = None, sync_replicas = None))]
     pub async fn put(
         &self,
         key: Vec<u8>,
@@ -245,10 +249,11 @@ impl DynamoKvClient {
         context: Option<Vec<u8>>,
         w: Option<u32>,
         write_id: Option<Vec<u8>>,
+        sync_replicas: Option<u32>,
     ) -> Result<Vec<u8>, DynamoKvError> {
         let client = self.inner.clone();
         let context = context.map(kv::Context::from_bytes);
-        let options = write_options(w, write_id)?;
+        let options = write_options(w, write_id, sync_replicas)?;
         let written = self
             .run(async move {
                 client
@@ -260,18 +265,19 @@ impl DynamoKvClient {
     }
 
     /// Deletes what `context` (from a get) saw of `key`. Returns the tombstone's context.
-    /// `w` and `writeId` as for `put`.
-    #[uniffi::method(default(w = None, write_id = None))]
+    /// `w`, `writeId` and `syncReplicas` as for `put`.
+    #[uniffi::method(default(w = None, write_id = None, sync_replicas = None))]
     pub async fn delete(
         &self,
         key: Vec<u8>,
         context: Vec<u8>,
         w: Option<u32>,
         write_id: Option<Vec<u8>>,
+        sync_replicas: Option<u32>,
     ) -> Result<Vec<u8>, DynamoKvError> {
         let client = self.inner.clone();
         let context = kv::Context::from_bytes(context);
-        let options = write_options(w, write_id)?;
+        let options = write_options(w, write_id, sync_replicas)?;
         let deleted = self
             .run(async move { client.delete_with_options(key, &context, options).await })
             .await?;

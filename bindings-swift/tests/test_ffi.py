@@ -297,6 +297,58 @@ def test_invalid_quorum(kv, client):
     run(scenario())
 
 
+def test_sync_replicas(client):
+    async def scenario():
+        # The test node's W is 1: 0 and 1 are accepted, for puts and deletes alike.
+        k = key("sync")
+        ctx = await client.put(k, b"synced", sync_replicas=1)
+        assert isinstance(ctx, bytes) and ctx
+        got = await client.get(k)
+        assert got.values == [b"synced"]
+        await client.put(k, b"synced-w1", got.context, w=1, sync_replicas=1)
+        await client.put(k, b"unsynced", (await client.get(k)).context, None, None, 0)
+        got = await client.get(k)
+        assert got.values == [b"unsynced"]
+        await client.delete(k, got.context, sync_replicas=1)
+        assert (await client.get(k)).values == []
+
+    run(scenario())
+
+
+def test_sync_replicas_above_w_is_invalid_quorum(kv, client):
+    E = kv.DynamoKvError
+
+    async def scenario():
+        # More than W is refused (by client-core when the call gives w, else by the node) and
+        # writes nothing: neither on a fresh key nor over a stored value.
+        fresh = key("sync-fresh")
+        for n, call in (
+            (2, client.put(fresh, b"x", sync_replicas=2)),
+            (5, client.put(fresh, b"x", sync_replicas=5)),
+            (2, client.put(fresh, b"x", w=1, sync_replicas=2)),
+        ):
+            err = await _expect(kv, E.InvalidQuorum, call)
+            assert f"sync_replicas = {n}" in err.message, err.message
+            assert err.code() == "INVALID_QUORUM"
+        assert (await client.get(fresh)).values == []
+
+        k = key("sync-above-w")
+        await client.put(k, b"kept")
+        ctx = (await client.get(k)).context
+        for n, call in (
+            (2, client.put(k, b"x", ctx, sync_replicas=2)),
+            (3, client.put(k, b"x", ctx, w=1, sync_replicas=3)),
+            (5, client.delete(k, ctx, sync_replicas=5)),
+            (2, client.delete(k, ctx, w=1, sync_replicas=2)),
+        ):
+            err = await _expect(kv, E.InvalidQuorum, call)
+            assert f"sync_replicas = {n}" in err.message, err.message
+        got = await client.get(k)
+        assert got.values == [b"kept"] and got.context == ctx
+
+    run(scenario())
+
+
 def test_invalid_config(kv, node):
     E = kv.DynamoKvError
     bad = [

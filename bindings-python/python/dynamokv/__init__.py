@@ -180,6 +180,7 @@ class Client(_Base):
         w: Optional[int] = None,
         *,
         write_id: Optional[BytesLike] = None,
+        sync_replicas: Optional[int] = None,
     ) -> bytes:
         """Writes ``value``, superseding what ``context`` saw (with no context it becomes a
         sibling of whatever is stored). Waits for ``w`` replicas (default: the cluster's W).
@@ -188,8 +189,16 @@ class Client(_Base):
         ``write_id`` (16 bytes) names the write; left ``None``, a fresh random one is drawn.
         Give the ``write_id`` of an :class:`OutcomeUnknownError` to retry that write: one write
         id is applied at most once, however often it is sent. Another length raises
-        :class:`MissingFieldError`, another type ``TypeError``; nothing is sent."""
-        return self._native.put(key, value, context, w, write_id=write_id)
+        :class:`MissingFieldError`, another type ``TypeError``; nothing is sent.
+
+        ``sync_replicas`` is how many of the ``w`` acknowledging replicas fsync their write-ahead
+        log before the write is acknowledged, 0 to W (default: the cluster's ``sync_replicas``,
+        0 unless configured). 0 survives a crash of any process; 1 or more also a power cut of
+        every replica at once. More than W raises :class:`InvalidQuorumError` and writes
+        nothing."""
+        return self._native.put(
+            key, value, context, w, write_id=write_id, sync_replicas=sync_replicas
+        )
 
     def delete(
         self,
@@ -198,10 +207,13 @@ class Client(_Base):
         w: Optional[int] = None,
         *,
         write_id: Optional[BytesLike] = None,
+        sync_replicas: Optional[int] = None,
     ) -> bytes:
         """Deletes what ``context`` saw of ``key``. Returns the tombstone's context.
-        ``write_id`` is as for :meth:`put`."""
-        return self._native.delete(key, context, w, write_id=write_id)
+        ``write_id`` and ``sync_replicas`` are as for :meth:`put`."""
+        return self._native.delete(
+            key, context, w, write_id=write_id, sync_replicas=sync_replicas
+        )
 
     def cluster_info(self) -> ClusterInfo:
         """The cluster's settings and membership, as one node reports them."""
@@ -229,10 +241,13 @@ class AsyncClient(_Base):
         w: Optional[int] = None,
         *,
         write_id: Optional[BytesLike] = None,
+        sync_replicas: Optional[int] = None,
     ) -> bytes:
         """Writes ``value`` and returns the new context; see :meth:`Client.put` (``write_id``
-        included)."""
-        return await self._native.put_async(key, value, context, w, write_id=write_id)
+        and ``sync_replicas`` included)."""
+        return await self._native.put_async(
+            key, value, context, w, write_id=write_id, sync_replicas=sync_replicas
+        )
 
     async def delete(
         self,
@@ -241,9 +256,13 @@ class AsyncClient(_Base):
         w: Optional[int] = None,
         *,
         write_id: Optional[BytesLike] = None,
+        sync_replicas: Optional[int] = None,
     ) -> bytes:
-        """Deletes what ``context`` saw of ``key``; see :meth:`Client.delete`."""
-        return await self._native.delete_async(key, context, w, write_id=write_id)
+        """Deletes what ``context`` saw of ``key``; see :meth:`Client.delete` (``write_id``
+        and ``sync_replicas`` included)."""
+        return await self._native.delete_async(
+            key, context, w, write_id=write_id, sync_replicas=sync_replicas
+        )
 
     async def cluster_info(self) -> ClusterInfo:
         """The cluster's settings and membership; see :meth:`Client.cluster_info`."""

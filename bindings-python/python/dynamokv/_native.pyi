@@ -28,9 +28,16 @@ class Client:
         w: Optional[int] = None,
         *,
         write_id: Optional[_Blob] = None,
+        sync_replicas: Optional[int] = None,
     ) -> bytes: ...
     def delete(
-        self, key: _Key, context: _Blob, w: Optional[int] = None, *, write_id: Optional[_Blob] = None
+        self,
+        key: _Key,
+        context: _Blob,
+        w: Optional[int] = None,
+        *,
+        write_id: Optional[_Blob] = None,
+        sync_replicas: Optional[int] = None,
     ) -> bytes: ...
     def cluster_info(self) -> Dict[str, Any]: ...
     def get_async(
@@ -44,8 +51,15 @@ class Client:
         w: Optional[int] = None,
         *,
         write_id: Optional[_Blob] = None,
+        sync_replicas: Optional[int] = None,
     ) -> Awaitable[bytes]: ...
     def delete_async(
-        self, key: _Key, context: _Blob, w: Optional[int] = None, *, write_id: Optional[_Blob] = None
+        self,
+        key: _Key,
+        context: _Blob,
+        w: Optional[int] = None,
+        *,
+        write_id: Optional[_Blob] = None,
+        sync_replicas: Optional[int] = None,
     ) -> Awaitable[bytes]: ...
     def cluster_info_async(self) -> Awaitable[Dict[str, Any]]: ...

@@ -31,30 +31,38 @@ extension DynamoKvClient {
         try await get(key: Data(key.utf8), r: r)
     }
 
-    /// Writes `value` under a UTF-8 `key`; see `put(key:value:context:w:writeId:)`.
+    /// Writes `value` under a UTF-8 `key`; see `put(key:value:context:w:writeId:syncReplicas:)`.
     @discardableResult
     public func put(
         _ key: String, _ value: Data, context: DynamoKVContext? = nil, w: UInt32? = nil,
-        writeId: Data? = nil
+        writeId: Data? = nil, syncReplicas: UInt32? = nil
     ) async throws -> DynamoKVContext {
-        try await put(key: Data(key.utf8), value: value, context: context, w: w, writeId: writeId)
+        try await put(
+            key: Data(key.utf8), value: value, context: context, w: w, writeId: writeId,
+            syncReplicas: syncReplicas)
     }
 
-    /// Writes a UTF-8 `value` under a UTF-8 `key`; see `put(key:value:context:w:writeId:)`.
+    /// Writes a UTF-8 `value` under a UTF-8 `key`; see
+    /// `put(key:value:context:w:writeId:syncReplicas:)`.
     @discardableResult
     public func put(
         _ key: String, _ value: String, context: DynamoKVContext? = nil, w: UInt32? = nil,
-        writeId: Data? = nil
+        writeId: Data? = nil, syncReplicas: UInt32? = nil
     ) async throws -> DynamoKVContext {
         try await put(
-            key: Data(key.utf8), value: Data(value.utf8), context: context, w: w, writeId: writeId)
+            key: Data(key.utf8), value: Data(value.utf8), context: context, w: w, writeId: writeId,
+            syncReplicas: syncReplicas)
     }
 
-    /// Deletes what `context` saw of a UTF-8 `key`; see `delete(key:context:w:writeId:)`.
+    /// Deletes what `context` saw of a UTF-8 `key`; see
+    /// `delete(key:context:w:writeId:syncReplicas:)`.
     @discardableResult
     public func delete(
-        _ key: String, context: DynamoKVContext, w: UInt32? = nil, writeId: Data? = nil
+        _ key: String, context: DynamoKVContext, w: UInt32? = nil, writeId: Data? = nil,
+        syncReplicas: UInt32? = nil
     ) async throws -> DynamoKVContext {
-        try await delete(key: Data(key.utf8), context: context, w: w, writeId: writeId)
+        try await delete(
+            key: Data(key.utf8), context: context, w: w, writeId: writeId,
+            syncReplicas: syncReplicas)
     }
 }

@@ -601,9 +601,9 @@ public protocol DynamoKvClientProtocol: AnyObject, Sendable {
     
     /**
      * Deletes what `context` (from a get) saw of `key`. Returns the tombstone's context.
-     * `w` and `writeId` as for `put`.
+     * `w`, `writeId` and `syncReplicas` as for `put`.
      */
-    func delete(key: Data, context: Data, w: UInt32?, writeId: Data?) async throws  -> Data
+    func delete(key: Data, context: Data, w: UInt32?, writeId: Data?, syncReplicas: UInt32?) async throws  -> Data
     
     /**
      * Every concurrent value of `key` and one context covering them. `r` overrides the
@@ -617,8 +617,11 @@ public protocol DynamoKvClientProtocol: AnyObject, Sendable {
      * `w` overrides the cluster's write quorum for this call. `writeId` (16 bytes) names the
      * write; `nil` draws a fresh one. Pass the `writeId` of an `OutcomeUnknown` error to retry
      * that write: one write id is applied at most once, however often it is sent.
+     * `syncReplicas` is how many of the W acknowledging replicas fsync their write-ahead log
+     * before the write is acknowledged, 0 to W; `nil` uses the cluster's `sync_replicas` (0
+     * unless configured). More than W throws `InvalidQuorum` and writes nothing.
      */
-    func put(key: Data, value: Data, context: Data?, w: UInt32?, writeId: Data?) async throws  -> Data
+    func put(key: Data, value: Data, context: Data?, w: UInt32?, writeId: Data?, syncReplicas: UInt32?) async throws  -> Data
     
 }
 /**
@@ -712,14 +715,14 @@ open func clusterInfo()async throws  -> ClusterInfo  {
     
     /**
      * Deletes what `context` (from a get) saw of `key`. Returns the tombstone's context.
-     * `w` and `writeId` as for `put`.
+     * `w`, `writeId` and `syncReplicas` as for `put`.
      */
-open func delete(key: Data, context: Data, w: UInt32? = nil, writeId: Data? = nil)async throws  -> Data  {
+open func delete(key: Data, context: Data, w: UInt32? = nil, writeId: Data? = nil, syncReplicas: UInt32? = nil)async throws  -> Data  {
     return
         try  await uniffiRustCallAsync(
             rustFutureFunc: {
                 uniffi_dynamokv_swift_fn_method_dynamokvclient_delete(
-                        self.uniffiCloneHandle(),FfiConverterData.lower(key),FfiConverterData.lower(context),FfiConverterOptionUInt32.lower(w),FfiConverterOptionData.lower(writeId)
+                        self.uniffiCloneHandle(),FfiConverterData.lower(key),FfiConverterData.lower(context),FfiConverterOptionUInt32.lower(w),FfiConverterOptionData.lower(writeId),FfiConverterOptionUInt32.lower(syncReplicas)
                 )
             },
             pollFunc: ffi_dynamokv_swift_rust_future_poll_rust_buffer,
@@ -756,13 +759,16 @@ open func get(key: Data, r: UInt32? = nil)async throws  -> GetResult  {
      * `w` overrides the cluster's write quorum for this call. `writeId` (16 bytes) names the
      * write; `nil` draws a fresh one. Pass the `writeId` of an `OutcomeUnknown` error to retry
      * that write: one write id is applied at most once, however often it is sent.
+     * `syncReplicas` is how many of the W acknowledging replicas fsync their write-ahead log
+     * before the write is acknowledged, 0 to W; `nil` uses the cluster's `sync_replicas` (0
+     * unless configured). More than W throws `InvalidQuorum` and writes nothing.
      */
-open func put(key: Data, value: Data, context: Data? = nil, w: UInt32? = nil, writeId: Data? = nil)async throws  -> Data  {
+open func put(key: Data, value: Data, context: Data? = nil, w: UInt32? = nil, writeId: Data? = nil, syncReplicas: UInt32? = nil)async throws  -> Data  {
     return
         try  await uniffiRustCallAsync(
             rustFutureFunc: {
                 uniffi_dynamokv_swift_fn_method_dynamokvclient_put(
-                        self.uniffiCloneHandle(),FfiConverterData.lower(key),FfiConverterData.lower(value),FfiConverterOptionData.lower(context),FfiConverterOptionUInt32.lower(w),FfiConverterOptionData.lower(writeId)
+                        self.uniffiCloneHandle(),FfiConverterData.lower(key),FfiConverterData.lower(value),FfiConverterOptionData.lower(context),FfiConverterOptionUInt32.lower(w),FfiConverterOptionData.lower(writeId),FfiConverterOptionUInt32.lower(syncReplicas)
                 )
             },
             pollFunc: ffi_dynamokv_swift_rust_future_poll_rust_buffer,
@@ -1643,13 +1649,13 @@ private let initializationResult: InitializationResult = {
     if (uniffi_dynamokv_swift_checksum_method_dynamokvclient_cluster_info() != 22671) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_dynamokv_swift_checksum_method_dynamokvclient_delete() != 38004) {
+    if (uniffi_dynamokv_swift_checksum_method_dynamokvclient_delete() != 23382) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_dynamokv_swift_checksum_method_dynamokvclient_get() != 31096) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_dynamokv_swift_checksum_method_dynamokvclient_put() != 25090) {
+    if (uniffi_dynamokv_swift_checksum_method_dynamokvclient_put() != 9227) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_dynamokv_swift_checksum_constructor_dynamokvclient_new() != 58478) {

@@ -265,7 +265,7 @@ uint64_t uniffi_dynamokv_swift_fn_method_dynamokvclient_cluster_info(uint64_t pt
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_DYNAMOKV_SWIFT_FN_METHOD_DYNAMOKVCLIENT_DELETE
 #define UNIFFI_FFIDEF_UNIFFI_DYNAMOKV_SWIFT_FN_METHOD_DYNAMOKVCLIENT_DELETE
-uint64_t uniffi_dynamokv_swift_fn_method_dynamokvclient_delete(uint64_t ptr, RustBuffer key, RustBuffer context, RustBuffer w, RustBuffer write_id
+uint64_t uniffi_dynamokv_swift_fn_method_dynamokvclient_delete(uint64_t ptr, RustBuffer key, RustBuffer context, RustBuffer w, RustBuffer write_id, RustBuffer sync_replicas
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_DYNAMOKV_SWIFT_FN_METHOD_DYNAMOKVCLIENT_GET
@@ -275,7 +275,7 @@ uint64_t uniffi_dynamokv_swift_fn_method_dynamokvclient_get(uint64_t ptr, RustBu
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_DYNAMOKV_SWIFT_FN_METHOD_DYNAMOKVCLIENT_PUT
 #define UNIFFI_FFIDEF_UNIFFI_DYNAMOKV_SWIFT_FN_METHOD_DYNAMOKVCLIENT_PUT
-uint64_t uniffi_dynamokv_swift_fn_method_dynamokvclient_put(uint64_t ptr, RustBuffer key, RustBuffer value, RustBuffer context, RustBuffer w, RustBuffer write_id
+uint64_t uniffi_dynamokv_swift_fn_method_dynamokvclient_put(uint64_t ptr, RustBuffer key, RustBuffer value, RustBuffer context, RustBuffer w, RustBuffer write_id, RustBuffer sync_replicas
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_DYNAMOKV_SWIFT_FN_METHOD_DYNAMOKVERROR_CODE

@@ -363,6 +363,69 @@ final class DynamoKVTests: XCTestCase {
         try await assertValues(key, [bytes("kept")])
     }
 
+    func testSyncReplicasWithinWIsAccepted() async throws {
+        // The test node's W is 1: 0 and 1 are accepted, for puts and deletes alike.
+        let key = uniqueKey("sync")
+        let context = try await client.put(key: key, value: bytes("synced"), syncReplicas: 1)
+        XCTAssertFalse(context.isEmpty)
+        try await assertValues(key, [bytes("synced")])
+        let got = try await client.get(key: key)
+        _ = try await client.put(
+            key: key, value: bytes("synced-w1"), context: got.context, w: 1, syncReplicas: 1)
+        let again = try await client.get(key: key)
+        _ = try await client.put(
+            key: key, value: bytes("unsynced"), context: again.context, syncReplicas: 0)
+        let last = try await client.get(key: key)
+        XCTAssertEqual(last.values, [bytes("unsynced")])
+        _ = try await client.delete(key: key, context: last.context, syncReplicas: 1)
+        try await assertValues(key, [])
+        // The facade passes it through too.
+        let keyName = "swift-sync-\(UUID().uuidString)"
+        try await client.put(keyName, "synced", syncReplicas: 1)
+        let named = try await client.get(keyName)
+        XCTAssertEqual(named.strings, ["synced"])
+        try await client.delete(keyName, context: named.context, syncReplicas: 1)
+        let gone = try await client.get(keyName)
+        XCTAssertTrue(gone.isEmpty)
+    }
+
+    func testSyncReplicasAboveWIsRefused() async throws {
+        // More than W is refused (by client-core when the call gives w, else by the node) and
+        // writes nothing: neither on a fresh key nor over a stored value.
+        let fresh = uniqueKey("sync-fresh")
+        let freshCases: [(w: UInt32?, sync: UInt32)] = [(nil, 2), (nil, 5), (1, 2)]
+        for (w, sync) in freshCases {
+            do {
+                _ = try await client.put(key: fresh, value: bytes("x"), w: w, syncReplicas: sync)
+                XCTFail("put with syncReplicas = \(sync) was accepted")
+            } catch DynamoKvError.InvalidQuorum(let message) {
+                XCTAssertTrue(message.contains("sync_replicas = \(sync)"), message)
+            }
+        }
+        try await assertValues(fresh, [])
+
+        let key = uniqueKey("sync-above-w")
+        _ = try await client.put(key: key, value: bytes("kept"))
+        let context = try await client.get(key: key).context
+        let cases: [(w: UInt32?, sync: UInt32)] = [(nil, 2), (1, 3), (nil, 5)]
+        for (w, sync) in cases {
+            do {
+                _ = try await client.put(
+                    key: key, value: bytes("x"), context: context, w: w, syncReplicas: sync)
+                XCTFail("put with syncReplicas = \(sync) was accepted")
+            } catch DynamoKvError.InvalidQuorum(let message) {
+                XCTAssertTrue(message.contains("sync_replicas = \(sync)"), message)
+            }
+            do {
+                _ = try await client.delete(key: key, context: context, w: w, syncReplicas: sync)
+                XCTFail("delete with syncReplicas = \(sync) was accepted")
+            } catch DynamoKvError.InvalidQuorum(let message) {
+                XCTAssertTrue(message.contains("sync_replicas = \(sync)"), message)
+            }
+        }
+        try await assertValues(key, [bytes("kept")])
+    }
+
     func testInvalidConfigIsRefused() throws {
         let address: String = node.address
         let cases: [([String], ClientOptions?)] = [
