@@ -645,14 +645,7 @@ async fn remote_read(
     key: Bytes,
     timeout: Duration,
 ) -> Result<Option<VersionedState>, String> {
-    let mut client = peers.replica(&m.address)?;
-    let mut req = Request::new(pb::ReadLocalRequest { key: Some(key) });
-    req.set_timeout(timeout);
-    let reply = tokio::time::timeout(timeout, client.read_local(req))
-        .await
-        .map_err(|_| format!("no answer within {timeout:?}"))?
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
-        .into_inner();
+    let reply = peers.read(&m.address, key, timeout).await?;
     reply
         .state
         .map(|s| VersionedState::from_proto(&s).map_err(|e| format!("sent a bad state: {e}")))
@@ -667,16 +660,10 @@ async fn remote_merge(
     sync: bool,
     timeout: Duration,
 ) -> Result<(), String> {
-    let mut client = peers.replica(&m.address)?;
-    let mut req = Request::new(pb::MergeLocalRequest {
+    let req = pb::MergeLocalRequest {
         key: Some(key),
         state: Some(state.to_proto()),
         sync,
-    });
-    req.set_timeout(timeout);
-    tokio::time::timeout(timeout, client.merge_local(req))
-        .await
-        .map_err(|_| format!("no answer within {timeout:?}"))?
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
-    Ok(())
+    };
+    peers.merge(&m.address, req, timeout).await
 }

@@ -1,34 +1,94 @@
-//! Connections to the other nodes, one lazily connected HTTP/2 channel per address.
+//! Connections to the other nodes: one lazily connected HTTP/2 channel per address, and on it
+//! one long-lived exchange stream that carries this node's replica reads and merges to that
+//! node.
 //!
-//! Channels have no overall timeout: each call sets its own (a replica read or merge gets the
-//! replica timeout, a forwarded write enough for its coordinator to give a verdict).
+//! A unary call costs a whole HTTP/2 request each way (headers, a new stream, a task on each
+//! side); on the exchange stream a request is one message each way, matched to its answer by
+//! id, and requests in flight together share the socket's writes. Merges of large states still
+//! go as calls of their own, so that one big message never holds up the small ones behind it
+//! on the stream. A peer that does not know the stream (an older version during a rolling
+//! upgrade) is served by the unary calls.
+//!
+//! Channels have no overall timeout: each request sets its own (a replica read or merge gets
+//! the replica timeout, a forwarded write enough for its coordinator to give a verdict).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use dynamokv_common::limits::MAX_MESSAGE_BYTES;
+use dynamokv_proto::v1 as pb;
 use dynamokv_proto::v1::kv_client::KvClient;
 use dynamokv_proto::v1::replica_client::ReplicaClient;
+
+/// Merges whose encoded state is larger than this go as unary calls, not on the stream.
+pub const STREAMED_MERGE_MAX_BYTES: usize = 256 << 10;
+
+/// The answer to a request sent on an exchange stream, or why there is none.
+type Answer = Result<pb::peer_response::Result, String>;
+
+#[derive(Debug, Default)]
+struct Pending {
+    waiting: HashMap<u64, oneshot::Sender<Answer>>,
+    /// The stream ended: no answer will come, and no request may be added.
+    closed: bool,
+}
+
+/// One exchange stream to a peer.
+#[derive(Debug)]
+struct Link {
+    requests: mpsc::UnboundedSender<pb::PeerRequest>,
+    pending: Arc<Mutex<Pending>>,
+}
+
+#[derive(Debug)]
+enum LinkState {
+    Open(Arc<Link>),
+    /// The peer does not serve `Exchange`: use unary calls.
+    Unsupported,
+}
 
 #[derive(Debug)]
 pub struct Peers {
     channels: Mutex<HashMap<String, Channel>>,
+    links: Mutex<HashMap<String, LinkState>>,
+    next_id: AtomicU64,
     timeout: Duration,
+}
+
+/// Removes a request's entry when its caller stops waiting (timeout or cancellation).
+struct Forget<'a> {
+    pending: &'a Mutex<Pending>,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        lock(self.pending).waiting.remove(&self.id);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Peers {
     pub fn new(timeout: Duration) -> Peers {
         Peers {
             channels: Mutex::new(HashMap::new()),
+            links: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
             timeout,
         }
     }
 
     fn channel(&self, address: &str) -> Result<Channel, String> {
-        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = lock(&self.channels);
         if let Some(ch) = map.get(address) {
             return Ok(ch.clone());
         }
@@ -51,5 +111,306 @@ impl Peers {
         Ok(KvClient::new(self.channel(address)?)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    /// The open exchange stream to `address`, opening one if there is none (or the last one
+    /// ended); `None` when the peer does not support streams.
+    fn link(&self, address: &str) -> Result<Option<Arc<Link>>, String> {
+        let mut links = lock(&self.links);
+        match links.get(address) {
+            Some(LinkState::Unsupported) => return Ok(None),
+            Some(LinkState::Open(link)) if !lock(&link.pending).closed => {
+                return Ok(Some(Arc::clone(link)));
+            }
+            _ => {}
+        }
+        let client = self.replica(address)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let link = Arc::new(Link {
+            requests: tx,
+            pending: Arc::new(Mutex::new(Pending::default())),
+        });
+        links.insert(address.to_string(), LinkState::Open(Arc::clone(&link)));
+        let pending = Arc::clone(&link.pending);
+        tokio::spawn(run_link(
+            client,
+            UnboundedReceiverStream::new(rx),
+            pending,
+            address.to_string(),
+        ));
+        Ok(Some(link))
+    }
+
+    /// Marks `address` as a peer without exchange streams.
+    fn unsupported(&self, address: &str) {
+        tracing::info!(peer = %address, "peer does not serve exchange streams; using unary calls");
+        lock(&self.links).insert(address.to_string(), LinkState::Unsupported);
+    }
+
+    /// Sends one request on the exchange stream to `address` and waits for its answer, at most
+    /// `timeout`. `Ok(None)`: the peer has no exchange streams, use a unary call.
+    async fn exchange(
+        &self,
+        address: &str,
+        op: pb::peer_request::Op,
+        timeout: Duration,
+    ) -> Result<Option<pb::peer_response::Result>, String> {
+        let Some(link) = self.link(address)? else {
+            return Ok(None);
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = lock(&link.pending);
+            if pending.closed {
+                return Err("the stream to the peer closed".into());
+            }
+            pending.waiting.insert(id, tx);
+        }
+        let _forget = Forget {
+            pending: &link.pending,
+            id,
+        };
+        link.requests
+            .send(pb::PeerRequest { id, op: Some(op) })
+            .map_err(|_| "the stream to the peer closed".to_string())?;
+        match tokio::time::timeout(timeout, rx).await {
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+            Ok(Err(_)) => Err("the stream to the peer closed".into()),
+            Ok(Ok(Err(reason))) if reason == UNIMPLEMENTED => {
+                self.unsupported(address);
+                Ok(None)
+            }
+            Ok(Ok(answer)) => answer.map(Some),
+        }
+    }
+
+    /// A replica read of `key` on the node at `address`.
+    pub async fn read(
+        &self,
+        address: &str,
+        key: bytes::Bytes,
+        timeout: Duration,
+    ) -> Result<pb::ReadLocalResponse, String> {
+        let req = pb::ReadLocalRequest { key: Some(key) };
+        match self
+            .exchange(address, pb::peer_request::Op::Read(req.clone()), timeout)
+            .await?
+        {
+            Some(pb::peer_response::Result::Read(r)) => return Ok(r),
+            Some(other) => return Err(unexpected(other)),
+            None => {}
+        }
+        let mut client = self.replica(address)?;
+        let mut req = tonic::Request::new(req);
+        req.set_timeout(timeout);
+        tokio::time::timeout(timeout, client.read_local(req))
+            .await
+            .map_err(|_| format!("no answer within {timeout:?}"))?
+            .map(tonic::Response::into_inner)
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+    }
+
+    /// A merge of a key's state into the node at `address`.
+    pub async fn merge(
+        &self,
+        address: &str,
+        req: pb::MergeLocalRequest,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        use prost::Message;
+        if req.encoded_len() <= STREAMED_MERGE_MAX_BYTES {
+            match self
+                .exchange(address, pb::peer_request::Op::Merge(req.clone()), timeout)
+                .await?
+            {
+                Some(pb::peer_response::Result::Merge(_)) => return Ok(()),
+                Some(other) => return Err(unexpected(other)),
+                None => {}
+            }
+        }
+        let mut client = self.replica(address)?;
+        let mut req = tonic::Request::new(req);
+        req.set_timeout(timeout);
+        tokio::time::timeout(timeout, client.merge_local(req))
+            .await
+            .map_err(|_| format!("no answer within {timeout:?}"))?
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+        Ok(())
+    }
+}
+
+/// How a peer without exchange streams answers (the reason a stream's requests get).
+const UNIMPLEMENTED: &str = "Unimplemented";
+
+fn unexpected(answer: pb::peer_response::Result) -> String {
+    match answer {
+        pb::peer_response::Result::Failure(f) => {
+            format!("{:?}: {}", tonic::Code::from_i32(f.code), f.message)
+        }
+        other => format!("the peer answered with the wrong kind of reply: {other:?}"),
+    }
+}
+
+/// Drives one exchange stream: delivers answers to their waiting requests until the stream
+/// ends, then fails whatever is still waiting (its requests may or may not have been applied,
+/// as with a call whose connection broke).
+async fn run_link(
+    mut client: ReplicaClient<Channel>,
+    requests: UnboundedReceiverStream<pb::PeerRequest>,
+    pending: Arc<Mutex<Pending>>,
+    address: String,
+) {
+    let reason = match client.exchange(requests).await {
+        Ok(answers) => {
+            let mut answers = answers.into_inner();
+            loop {
+                match answers.message().await {
+                    Ok(Some(answer)) => {
+                        let waiter = lock(&pending).waiting.remove(&answer.id);
+                        if let (Some(waiter), Some(result)) = (waiter, answer.result) {
+                            let _ = waiter.send(Ok(result));
+                        }
+                    }
+                    Ok(None) => break "the peer ended the stream".to_string(),
+                    Err(status) => break format!("{:?}: {}", status.code(), status.message()),
+                }
+            }
+        }
+        Err(status) if status.code() == tonic::Code::Unimplemented => UNIMPLEMENTED.to_string(),
+        Err(status) => format!("{:?}: {}", status.code(), status.message()),
+    };
+    tracing::debug!(peer = %address, %reason, "exchange stream ended");
+    let waiting = {
+        let mut p = lock(&pending);
+        p.closed = true;
+        std::mem::take(&mut p.waiting)
+    };
+    for (_, waiter) in waiting {
+        let _ = waiter.send(Err(reason.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use tonic::{Request, Response, Status};
+
+    /// A peer of an older version: unary calls only, counted.
+    #[derive(Debug, Default, Clone)]
+    struct OldPeer {
+        unary: Arc<AtomicUsize>,
+    }
+
+    type NoStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::PeerResponse, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl pb::replica_server::Replica for OldPeer {
+        type ExchangeStream = NoStream;
+
+        async fn ping(
+            &self,
+            _: Request<pb::PingRequest>,
+        ) -> Result<Response<pb::PingResponse>, Status> {
+            Err(Status::unimplemented("ping"))
+        }
+
+        async fn read_local(
+            &self,
+            _: Request<pb::ReadLocalRequest>,
+        ) -> Result<Response<pb::ReadLocalResponse>, Status> {
+            self.unary.fetch_add(1, Ordering::SeqCst);
+            Ok(Response::new(pb::ReadLocalResponse {
+                state: None,
+                actor: 42,
+            }))
+        }
+
+        async fn merge_local(
+            &self,
+            _: Request<pb::MergeLocalRequest>,
+        ) -> Result<Response<pb::MergeLocalResponse>, Status> {
+            self.unary.fetch_add(1, Ordering::SeqCst);
+            Ok(Response::new(pb::MergeLocalResponse {}))
+        }
+
+        async fn exchange(
+            &self,
+            _: Request<tonic::Streaming<pb::PeerRequest>>,
+        ) -> Result<Response<NoStream>, Status> {
+            Err(Status::unimplemented(
+                "this version has no exchange streams",
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_exchange_streams_is_served_by_unary_calls() {
+        let old = OldPeer::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::replica_server::ReplicaServer::new(old.clone()))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let peers = Peers::new(Duration::from_secs(5));
+        let t = Duration::from_secs(5);
+        for _ in 0..3 {
+            let read = peers.read(&addr, bytes::Bytes::from_static(b"k"), t).await;
+            assert_eq!(read.unwrap().actor, 42);
+            let merge = pb::MergeLocalRequest {
+                key: Some(bytes::Bytes::from_static(b"k")),
+                state: None,
+                sync: false,
+            };
+            peers.merge(&addr, merge, t).await.unwrap();
+        }
+        assert_eq!(old.unary.load(Ordering::SeqCst), 6);
+        assert!(matches!(
+            lock(&peers.links).get(&addr),
+            Some(LinkState::Unsupported)
+        ));
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn requests_waiting_on_a_stream_that_ends_fail_and_the_next_opens_a_new_one() {
+        // Nothing listens: the stream fails to open, its request fails at once (not at the
+        // timeout), and the next request tries a fresh stream.
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let peers = Peers::new(Duration::from_secs(5));
+        let started = std::time::Instant::now();
+        let err = peers
+            .read(
+                &addr,
+                bytes::Bytes::from_static(b"k"),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(4), "{err}");
+        let first = match lock(&peers.links).get(&addr) {
+            Some(LinkState::Open(link)) => Arc::clone(link),
+            other => panic!("{other:?}"),
+        };
+        assert!(lock(&first.pending).closed);
+        let _ = peers
+            .read(
+                &addr,
+                bytes::Bytes::from_static(b"k"),
+                Duration::from_secs(5),
+            )
+            .await;
+        let second = match lock(&peers.links).get(&addr) {
+            Some(LinkState::Open(link)) => Arc::clone(link),
+            other => panic!("{other:?}"),
+        };
+        assert!(!Arc::ptr_eq(&first, &second), "a closed stream was reused");
     }
 }

@@ -173,6 +173,8 @@ struct Ready {
     kv: KvService,
     replica: ReplicaService,
     metrics: Arc<Metrics>,
+    /// Ends the peers' exchange streams at shutdown.
+    streams_stop: CancellationToken,
     /// Bound at preparation, so that a busy port stops the node before it serves.
     metrics_listener: Option<std::net::TcpListener>,
     metrics_addr: Option<SocketAddr>,
@@ -195,6 +197,7 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
         }
     };
     let metrics = Arc::new(Metrics::new());
+    let streams_stop = CancellationToken::new();
     let store = open_storage(config)?;
     let local = Arc::new(LocalReplica::open(
         store,
@@ -234,7 +237,9 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
             Arc::clone(&local),
             Arc::clone(&coordinator),
             Arc::clone(&metrics),
+            streams_stop.clone(),
         ),
+        streams_stop,
         metrics,
         metrics_listener,
         metrics_addr,
@@ -293,8 +298,10 @@ async fn serve(
     let shutting_down = {
         let health = health.clone();
         let shutdown = shutdown.clone();
+        let streams_stop = ready.streams_stop.clone();
         async move {
             shutdown.cancelled().await;
+            streams_stop.cancel();
             health.set_not_serving::<KvServer<KvService>>().await;
             health
                 .set_not_serving::<ReplicaServer<ReplicaService>>()

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use dynamokv_common::{VersionedState, WriteId};
@@ -139,6 +140,9 @@ impl pb::kv_server::Kv for KvService {
 pub struct ReplicaService {
     node_id: String,
     metrics: Arc<Metrics>,
+    /// Ends the peers' exchange streams when the node shuts down (a stream never ends by
+    /// itself, and graceful shutdown waits for every stream).
+    shutdown: CancellationToken,
     local: Arc<LocalReplica>,
     coordinator: Arc<Coordinator>,
 }
@@ -149,18 +153,111 @@ impl ReplicaService {
         local: Arc<LocalReplica>,
         coordinator: Arc<Coordinator>,
         metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
     ) -> Self {
         ReplicaService {
             node_id,
             metrics,
+            shutdown,
             local,
             coordinator,
         }
     }
 }
 
+impl ReplicaService {
+    async fn read(&self, req: pb::ReadLocalRequest) -> Result<pb::ReadLocalResponse, Status> {
+        let start = std::time::Instant::now();
+        let key = required(req.key, "key")?;
+        let state = self.local.read(key).await.map_err(Error::from)?;
+        self.metrics.latency("read", Role::Replica, start.elapsed());
+        Ok(pb::ReadLocalResponse {
+            state: state.map(|s| s.to_proto()),
+            actor: self.local.actor().0,
+        })
+    }
+
+    async fn merge(&self, req: pb::MergeLocalRequest) -> Result<pb::MergeLocalResponse, Status> {
+        let start = std::time::Instant::now();
+        let key = required(req.key, "key")?;
+        let state = required(req.state, "state")?;
+        let state = VersionedState::from_proto(&state)
+            .map_err(|e| Status::invalid_argument(format!("bad replica state: {e}")))?;
+        self.local
+            .merge(key, state, req.sync)
+            .await
+            .map_err(Error::from)?;
+        self.metrics
+            .latency("merge", Role::Replica, start.elapsed());
+        Ok(pb::MergeLocalResponse {})
+    }
+
+    /// Answers one request of an exchange stream.
+    async fn answer(&self, req: pb::PeerRequest) -> pb::PeerResponse {
+        use pb::peer_request::Op;
+        use pb::peer_response::Result as Answer;
+        let result = match req.op {
+            Some(Op::Read(r)) => self.read(r).await.map(Answer::Read),
+            Some(Op::Merge(m)) => self.merge(m).await.map(Answer::Merge),
+            None => Err(Status::invalid_argument(
+                "a peer request without an operation",
+            )),
+        };
+        pb::PeerResponse {
+            id: req.id,
+            result: Some(result.unwrap_or_else(|status| {
+                Answer::Failure(pb::PeerFailure {
+                    code: status.code() as i32,
+                    message: status.message().to_string(),
+                })
+            })),
+        }
+    }
+}
+
+type PeerResponses =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::PeerResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl pb::replica_server::Replica for ReplicaService {
+    type ExchangeStream = PeerResponses;
+
+    async fn exchange(
+        &self,
+        req: Request<tonic::Streaming<pb::PeerRequest>>,
+    ) -> Result<Response<PeerResponses>, Status> {
+        let mut requests = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let req = tokio::select! {
+                    next = requests.message() => match next {
+                        Ok(Some(req)) => req,
+                        // The peer closed the stream or the connection broke.
+                        _ => break,
+                    },
+                    () = this.shutdown.cancelled() => break,
+                };
+                let synced = matches!(&req.op, Some(pb::peer_request::Op::Merge(m)) if m.sync);
+                if synced {
+                    // Waits for an fsync: must not hold up the requests behind it.
+                    let (this, tx) = (this.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        let _ = tx.send(Ok(this.answer(req).await));
+                    });
+                } else {
+                    // Reads and unsynced merges take microseconds: answered in turn.
+                    let _ = tx.send(Ok(this.answer(req).await));
+                }
+            }
+            // Dropping the sender (once the spawned answers are sent) ends the response stream.
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        )))
+    }
+
     async fn ping(
         &self,
         _req: Request<pb::PingRequest>,
@@ -178,33 +275,14 @@ impl pb::replica_server::Replica for ReplicaService {
         &self,
         req: Request<pb::ReadLocalRequest>,
     ) -> Result<Response<pb::ReadLocalResponse>, Status> {
-        let start = std::time::Instant::now();
-        let key = required(req.into_inner().key, "key")?;
-        let state = self.local.read(key).await.map_err(Error::from)?;
-        self.metrics.latency("read", Role::Replica, start.elapsed());
-        Ok(Response::new(pb::ReadLocalResponse {
-            state: state.map(|s| s.to_proto()),
-            actor: self.local.actor().0,
-        }))
+        Ok(Response::new(self.read(req.into_inner()).await?))
     }
 
     async fn merge_local(
         &self,
         req: Request<pb::MergeLocalRequest>,
     ) -> Result<Response<pb::MergeLocalResponse>, Status> {
-        let start = std::time::Instant::now();
-        let req = req.into_inner();
-        let key = required(req.key, "key")?;
-        let state = required(req.state, "state")?;
-        let state = VersionedState::from_proto(&state)
-            .map_err(|e| Status::invalid_argument(format!("bad replica state: {e}")))?;
-        self.local
-            .merge(key, state, req.sync)
-            .await
-            .map_err(Error::from)?;
-        self.metrics
-            .latency("merge", Role::Replica, start.elapsed());
-        Ok(Response::new(pb::MergeLocalResponse {}))
+        Ok(Response::new(self.merge(req.into_inner()).await?))
     }
 }
 
