@@ -20,7 +20,7 @@ export PYO3_CONFIG_FILE ?= $(CURDIR)/bindings-python/pyo3-build.cfg
 export CARGO_TERM_COLOR ?= never
 
 APT_PACKAGES := librocksdb-dev libclang-dev pkg-config
-RUST_PACKAGES := -p dynamokv-proto -p dynamokv-common -p dynamokv-server -p dynamokv-client -p dynamokv-examples
+RUST_PACKAGES := -p dynamokv-proto -p dynamokv-common -p dynamokv-server -p dynamokv-client -p dynamokv-examples -p dynamokv-bench
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help deps build run demo test test-rust test-python test-node test-swift fmt lint bench clean-data
