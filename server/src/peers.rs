@@ -13,10 +13,12 @@
 //! the replica timeout, a forwarded write enough for its coordinator to give a verdict).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
+use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::{Channel, Endpoint};
@@ -28,6 +30,11 @@ use dynamokv_proto::v1::replica_client::ReplicaClient;
 
 /// Merges whose encoded state is larger than this go as unary calls, not on the stream.
 pub const STREAMED_MERGE_MAX_BYTES: usize = 256 << 10;
+
+/// Bytes of requests that may wait to be sent on one stream. A peer that stops reading (a
+/// hung process keeps its connection open) fills HTTP/2's window; past this, requests to it
+/// fail at once instead of piling up in memory until it wakes.
+pub const STREAM_BACKLOG_BYTES: usize = 64 << 20;
 
 /// The answer to a request sent on an exchange stream, or why there is none.
 type Answer = Result<pb::peer_response::Result, String>;
@@ -44,6 +51,8 @@ struct Pending {
 struct Link {
     requests: mpsc::UnboundedSender<pb::PeerRequest>,
     pending: Arc<Mutex<Pending>>,
+    /// Encoded bytes of the requests sent to the stream and not yet taken by the transport.
+    backlog: Arc<AtomicUsize>,
 }
 
 #[derive(Debug)]
@@ -59,6 +68,7 @@ pub struct Peers {
     links: Mutex<HashMap<String, LinkState>>,
     next_id: AtomicU64,
     timeout: Duration,
+    backlog_limit: usize,
 }
 
 /// Removes a request's entry when its caller stops waiting (timeout or cancellation).
@@ -84,6 +94,15 @@ impl Peers {
             links: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             timeout,
+            backlog_limit: STREAM_BACKLOG_BYTES,
+        }
+    }
+
+    /// As [`new`](Self::new), with another limit on the bytes waiting on a stream.
+    pub fn with_backlog_limit(timeout: Duration, backlog_limit: usize) -> Peers {
+        Peers {
+            backlog_limit,
+            ..Peers::new(timeout)
         }
     }
 
@@ -129,15 +148,17 @@ impl Peers {
         let link = Arc::new(Link {
             requests: tx,
             pending: Arc::new(Mutex::new(Pending::default())),
+            backlog: Arc::new(AtomicUsize::new(0)),
         });
         links.insert(address.to_string(), LinkState::Open(Arc::clone(&link)));
         let pending = Arc::clone(&link.pending);
-        tokio::spawn(run_link(
-            client,
-            UnboundedReceiverStream::new(rx),
-            pending,
-            address.to_string(),
-        ));
+        let backlog = Arc::clone(&link.backlog);
+        // A request leaves the backlog when the transport takes it from the stream.
+        let requests = UnboundedReceiverStream::new(rx).map(move |req: pb::PeerRequest| {
+            backlog.fetch_sub(req.encoded_len(), Ordering::Relaxed);
+            req
+        });
+        tokio::spawn(run_link(client, requests, pending, address.to_string()));
         Ok(Some(link))
     }
 
@@ -159,10 +180,21 @@ impl Peers {
             return Ok(None);
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let req = pb::PeerRequest { id, op: Some(op) };
+        let size = req.encoded_len();
+        let waiting = link.backlog.fetch_add(size, Ordering::Relaxed);
+        if waiting + size > self.backlog_limit {
+            link.backlog.fetch_sub(size, Ordering::Relaxed);
+            return Err(format!(
+                "{} MiB of requests already wait to be sent on the stream to the peer: it is not reading",
+                waiting >> 20
+            ));
+        }
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = lock(&link.pending);
             if pending.closed {
+                link.backlog.fetch_sub(size, Ordering::Relaxed);
                 return Err("the stream to the peer closed".into());
             }
             pending.waiting.insert(id, tx);
@@ -171,9 +203,10 @@ impl Peers {
             pending: &link.pending,
             id,
         };
-        link.requests
-            .send(pb::PeerRequest { id, op: Some(op) })
-            .map_err(|_| "the stream to the peer closed".to_string())?;
+        link.requests.send(req).map_err(|_| {
+            link.backlog.fetch_sub(size, Ordering::Relaxed);
+            "the stream to the peer closed".to_string()
+        })?;
         match tokio::time::timeout(timeout, rx).await {
             Err(_) => Err(format!("no answer within {timeout:?}")),
             Ok(Err(_)) => Err("the stream to the peer closed".into()),
@@ -218,7 +251,6 @@ impl Peers {
         req: pb::MergeLocalRequest,
         timeout: Duration,
     ) -> Result<(), String> {
-        use prost::Message;
         if req.encoded_len() <= STREAMED_MERGE_MAX_BYTES {
             match self
                 .exchange(address, pb::peer_request::Op::Merge(req.clone()), timeout)
@@ -257,7 +289,7 @@ fn unexpected(answer: pb::peer_response::Result) -> String {
 /// as with a call whose connection broke).
 async fn run_link(
     mut client: ReplicaClient<Channel>,
-    requests: UnboundedReceiverStream<pb::PeerRequest>,
+    requests: impl futures::Stream<Item = pb::PeerRequest> + Send + 'static,
     pending: Arc<Mutex<Pending>>,
     address: String,
 ) {
@@ -412,5 +444,89 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert!(!Arc::ptr_eq(&first, &second), "a closed stream was reused");
+    }
+
+    /// A peer whose exchange stream is open but never read: a hung process.
+    #[derive(Debug, Default, Clone)]
+    struct DeafPeer;
+
+    #[tonic::async_trait]
+    impl pb::replica_server::Replica for DeafPeer {
+        type ExchangeStream = NoStream;
+
+        async fn ping(
+            &self,
+            _: Request<pb::PingRequest>,
+        ) -> Result<Response<pb::PingResponse>, Status> {
+            Err(Status::unimplemented("ping"))
+        }
+
+        async fn read_local(
+            &self,
+            _: Request<pb::ReadLocalRequest>,
+        ) -> Result<Response<pb::ReadLocalResponse>, Status> {
+            Err(Status::unimplemented("read"))
+        }
+
+        async fn merge_local(
+            &self,
+            _: Request<pb::MergeLocalRequest>,
+        ) -> Result<Response<pb::MergeLocalResponse>, Status> {
+            Err(Status::unimplemented("merge"))
+        }
+
+        async fn exchange(
+            &self,
+            req: Request<tonic::Streaming<pb::PeerRequest>>,
+        ) -> Result<Response<NoStream>, Status> {
+            let held = req.into_inner();
+            tokio::spawn(async move {
+                let _never_read = held;
+                std::future::pending::<()>().await;
+            });
+            Ok(Response::new(Box::pin(futures::stream::pending())))
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_to_a_peer_that_stopped_reading_fail_fast_past_the_backlog_limit() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::replica_server::ReplicaServer::new(DeafPeer))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let limit = 2 << 20;
+        let peers = Arc::new(Peers::with_backlog_limit(Duration::from_secs(5), limit));
+        let key = bytes::Bytes::from(vec![7u8; 100_000]);
+        let started = std::time::Instant::now();
+        let mut calls = Vec::new();
+        for _ in 0..60 {
+            let (peers, addr, key) = (Arc::clone(&peers), addr.clone(), key.clone());
+            calls.push(tokio::spawn(async move {
+                let t = std::time::Instant::now();
+                let r = peers.read(&addr, key, Duration::from_secs(3)).await;
+                (r.map(|_| ()), t.elapsed())
+            }));
+        }
+        let mut refused_fast = 0;
+        for c in calls {
+            let (result, took) = c.await.unwrap();
+            let err = result.expect_err("a deaf peer answers nothing");
+            if err.contains("not reading") {
+                assert!(took < Duration::from_secs(1), "refused only after {took:?}");
+                refused_fast += 1;
+            }
+        }
+        // 60 requests of 100 kB: 6 MB, more than the HTTP/2 windows and the 2 MiB backlog.
+        assert!(refused_fast > 0, "nothing was refused for the backlog");
+        let link = match lock(&peers.links).get(&addr) {
+            Some(LinkState::Open(link)) => Arc::clone(link),
+            other => panic!("{other:?}"),
+        };
+        assert!(link.backlog.load(Ordering::Relaxed) <= limit);
+        assert!(started.elapsed() < Duration::from_secs(10));
+        server.abort();
     }
 }
