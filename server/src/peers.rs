@@ -329,17 +329,19 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
     use tonic::{Request, Response, Status};
 
-    /// A peer of an older version: unary calls only, counted.
+    /// A stand-in peer: an older version without exchange streams (`deaf == false`), or a hung
+    /// process whose exchange stream is open but never read (`deaf == true`). Counts its unary
+    /// calls.
     #[derive(Debug, Default, Clone)]
-    struct OldPeer {
+    struct FakePeer {
+        deaf: bool,
         unary: Arc<AtomicUsize>,
     }
 
-    type NoStream =
-        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::PeerResponse, Status>> + Send>>;
+    use crate::service::PeerResponses as NoStream;
 
     #[tonic::async_trait]
-    impl pb::replica_server::Replica for OldPeer {
+    impl pb::replica_server::Replica for FakePeer {
         type ExchangeStream = NoStream;
 
         async fn ping(
@@ -370,24 +372,39 @@ mod tests {
 
         async fn exchange(
             &self,
-            _: Request<tonic::Streaming<pb::PeerRequest>>,
+            req: Request<tonic::Streaming<pb::PeerRequest>>,
         ) -> Result<Response<NoStream>, Status> {
-            Err(Status::unimplemented(
-                "this version has no exchange streams",
-            ))
+            if !self.deaf {
+                return Err(Status::unimplemented(
+                    "this version has no exchange streams",
+                ));
+            }
+            let held = req.into_inner();
+            tokio::spawn(async move {
+                let _never_read = held;
+                std::future::pending::<()>().await;
+            });
+            Ok(Response::new(Box::pin(futures::stream::pending())))
         }
+    }
+
+    /// Serves `peer` on a fresh loopback port.
+    async fn serve(peer: FakePeer) -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(pb::replica_server::ReplicaServer::new(peer))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await;
+        });
+        (addr, server)
     }
 
     #[tokio::test]
     async fn a_peer_without_exchange_streams_is_served_by_unary_calls() {
-        let old = OldPeer::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(pb::replica_server::ReplicaServer::new(old.clone()))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
+        let old = FakePeer::default();
+        let (addr, server) = serve(old.clone()).await;
         let peers = Peers::new(Duration::from_secs(5));
         let t = Duration::from_secs(5);
         for _ in 0..3 {
@@ -446,57 +463,13 @@ mod tests {
         assert!(!Arc::ptr_eq(&first, &second), "a closed stream was reused");
     }
 
-    /// A peer whose exchange stream is open but never read: a hung process.
-    #[derive(Debug, Default, Clone)]
-    struct DeafPeer;
-
-    #[tonic::async_trait]
-    impl pb::replica_server::Replica for DeafPeer {
-        type ExchangeStream = NoStream;
-
-        async fn ping(
-            &self,
-            _: Request<pb::PingRequest>,
-        ) -> Result<Response<pb::PingResponse>, Status> {
-            Err(Status::unimplemented("ping"))
-        }
-
-        async fn read_local(
-            &self,
-            _: Request<pb::ReadLocalRequest>,
-        ) -> Result<Response<pb::ReadLocalResponse>, Status> {
-            Err(Status::unimplemented("read"))
-        }
-
-        async fn merge_local(
-            &self,
-            _: Request<pb::MergeLocalRequest>,
-        ) -> Result<Response<pb::MergeLocalResponse>, Status> {
-            Err(Status::unimplemented("merge"))
-        }
-
-        async fn exchange(
-            &self,
-            req: Request<tonic::Streaming<pb::PeerRequest>>,
-        ) -> Result<Response<NoStream>, Status> {
-            let held = req.into_inner();
-            tokio::spawn(async move {
-                let _never_read = held;
-                std::future::pending::<()>().await;
-            });
-            Ok(Response::new(Box::pin(futures::stream::pending())))
-        }
-    }
-
     #[tokio::test]
     async fn requests_to_a_peer_that_stopped_reading_fail_fast_past_the_backlog_limit() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(pb::replica_server::ReplicaServer::new(DeafPeer))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
+        let (addr, server) = serve(FakePeer {
+            deaf: true,
+            ..FakePeer::default()
+        })
+        .await;
         let limit = 2 << 20;
         let peers = Arc::new(Peers::with_backlog_limit(Duration::from_secs(5), limit));
         let key = bytes::Bytes::from(vec![7u8; 100_000]);

@@ -215,7 +215,8 @@ impl ReplicaService {
     }
 }
 
-type PeerResponses =
+/// The answers of an exchange stream.
+pub(crate) type PeerResponses =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::PeerResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
