@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,6 +17,7 @@ use dynamokv_proto::v1::kv_client::KvClient;
 
 use crate::Error;
 use crate::error::Failure;
+use crate::failure_detector::{FailureDetector, next_backoff};
 
 /// An opaque version context. Get one from [`Client::get`] and hand it back, unchanged, with
 /// the put or delete that follows, so that the write supersedes exactly what the get saw.
@@ -115,6 +116,7 @@ pub struct ClientBuilder {
     seeds: Vec<String>,
     connect_timeout: Duration,
     request_timeout: Duration,
+    attempt_timeout: Option<Duration>,
     max_retries: u32,
     limits: Limits,
 }
@@ -137,6 +139,7 @@ impl ClientBuilder {
             seeds: seeds.into_iter().map(Into::into).collect(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            attempt_timeout: None,
             max_retries: DEFAULT_MAX_RETRIES,
             limits: Limits::default(),
         }
@@ -151,6 +154,16 @@ impl ClientBuilder {
     /// Deadline for a whole call, retries included.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
+        self
+    }
+
+    /// Time one node gets to answer one attempt; by default the whole request timeout. A node
+    /// silent for that long (dead, hung or cut off) is marked down: the call goes on to another
+    /// node if time is left, later calls try it last, and a background probe brings it back
+    /// once it answers. Keep it above the nodes' own replica timeout plus half a second, so
+    /// that a node forwarding a write past a hung replica can still answer.
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = Some(timeout);
         self
     }
 
@@ -174,7 +187,10 @@ impl ClientBuilder {
                 message: "no seed addresses: give at least one host:port".into(),
             });
         }
-        if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
+        if self.connect_timeout.is_zero()
+            || self.request_timeout.is_zero()
+            || self.attempt_timeout.is_some_and(|t| t.is_zero())
+        {
             return Err(Error::InvalidConfig {
                 message: "timeouts must be greater than zero".into(),
             });
@@ -190,6 +206,7 @@ impl ClientBuilder {
         }
         Ok(Client {
             inner: Arc::new(Inner {
+                health: FailureDetector::new(endpoints.len()),
                 endpoints,
                 channels: Mutex::new(HashMap::new()),
                 next: AtomicUsize::new(0),
@@ -221,12 +238,80 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
+/// Whether a client considers one of its nodes up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeHealth {
+    pub address: String,
+    /// False once the node failed to answer; true again when a probe gets an answer.
+    pub up: bool,
+}
+
 #[derive(Debug)]
 struct Inner {
     endpoints: Vec<(String, Endpoint)>,
+    health: FailureDetector,
     channels: Mutex<HashMap<usize, Channel>>,
     next: AtomicUsize,
     options: ClientBuilder,
+}
+
+impl Inner {
+    fn kv(&self, index: usize) -> KvClient<Channel> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = channels
+            .entry(index)
+            .or_insert_with(|| self.endpoints[index].1.connect_lazy())
+            .clone();
+        KvClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+/// Probes node `index` (a `Membership` call) with exponential backoff until it answers, then
+/// marks it up. Ends when the client is dropped.
+async fn probe(inner: Weak<Inner>, index: usize) {
+    let mut backoff = None;
+    loop {
+        let wait = next_backoff(backoff);
+        backoff = Some(wait);
+        tokio::time::sleep(wait).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let timeout = inner
+            .options
+            .attempt_timeout
+            .unwrap_or(inner.options.request_timeout)
+            .min(wait.max(MIN_PROBE_TIMEOUT));
+        let mut req = tonic::Request::new(pb::MembershipRequest {});
+        req.set_timeout(timeout);
+        let mut kv = inner.kv(index);
+        if let Ok(Ok(_)) = tokio::time::timeout(timeout, kv.membership(req)).await {
+            if inner.health.record_answer(index) {
+                tracing::info!(node = %inner.endpoints[index].0, "node answers again");
+            }
+            return;
+        }
+    }
+}
+
+/// The least time a probe waits for its answer.
+const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Whether a failed call says the node did not answer (the transport failed or timed out),
+/// as opposed to a node's own verdict.
+fn is_silence(status: &tonic::Status) -> bool {
+    !status
+        .metadata()
+        .contains_key(dynamokv_common::error_code::ERROR_CODE_METADATA)
+        && matches!(
+            status.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
+                | tonic::Code::DeadlineExceeded
+        )
 }
 
 impl Client {
@@ -450,22 +535,43 @@ impl Client {
     }
 
     fn kv(&self, index: usize) -> KvClient<Channel> {
-        let mut channels = self
-            .inner
-            .channels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let channel = channels
-            .entry(index)
-            .or_insert_with(|| self.inner.endpoints[index].1.connect_lazy())
-            .clone();
-        KvClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        self.inner.kv(index)
     }
 
-    /// Runs a read against one node after another (round robin) until one answers, the
-    /// retries run out, or the deadline passes. `f` gets a node and the time left.
+    /// The client's own view of its nodes: which answer, which it avoids (paper 4.8.3).
+    pub fn node_health(&self) -> Vec<NodeHealth> {
+        self.inner
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, (address, _))| NodeHealth {
+                address: address.clone(),
+                up: self.inner.health.is_up(i),
+            })
+            .collect()
+    }
+
+    /// Marks node `index` down after it failed to answer, and starts probing it.
+    fn silent(&self, index: usize) {
+        if !self.inner.health.record_silence(index) {
+            return;
+        }
+        tracing::info!(node = %self.inner.endpoints[index].0, "node does not answer: avoided until a probe gets an answer");
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(probe(Arc::downgrade(&self.inner), index));
+    }
+
+    fn answered(&self, index: usize) {
+        if self.inner.health.record_answer(index) {
+            tracing::info!(node = %self.inner.endpoints[index].0, "node answers again");
+        }
+    }
+
+    /// Runs a read against one node after another until one answers, the retries run out, or
+    /// the deadline passes: nodes that answer first (round robin), those marked down last.
+    /// Each node gets at most the attempt timeout; `f` gets a node and that budget.
     async fn read<T, F, Fut>(&self, f: F) -> Result<T, Error>
     where
         F: Fn(KvClient<Channel>, Duration) -> Fut,
@@ -476,39 +582,63 @@ impl Client {
         let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let attempts = opts.max_retries as usize + 1;
         let mut failures: Vec<String> = Vec::new();
-        for attempt in 0..attempts {
-            let index = (start + attempt) % self.inner.endpoints.len();
+        let order = self.inner.health.order(start);
+        for (attempt, &index) in order.iter().cycle().take(attempts).enumerate() {
+            let node = &self.inner.endpoints[index].0;
             let left = deadline.saturating_duration_since(Instant::now());
-            let err = match tokio::time::timeout_at(deadline, f(self.kv(index), left)).await {
+            if left.is_zero() {
+                return Err(Error::Timeout {
+                    after: opts.request_timeout,
+                });
+            }
+            let budget = opts.attempt_timeout.map_or(left, |t| left.min(t));
+            let err = match tokio::time::timeout(budget, f(self.kv(index), budget)).await {
                 Err(_) => {
-                    return Err(Error::Timeout {
-                        after: opts.request_timeout,
-                    });
+                    self.silent(index);
+                    Error::Unavailable {
+                        message: format!("no answer within {budget:?}"),
+                    }
                 }
-                Ok(Ok(value)) => return Ok(value),
-                Ok(Err(status)) => Error::from(status),
+                Ok(Ok(value)) => {
+                    self.answered(index);
+                    return Ok(value);
+                }
+                Ok(Err(status)) => {
+                    if is_silence(&status) {
+                        self.silent(index);
+                    } else {
+                        self.answered(index);
+                    }
+                    Error::from(status)
+                }
             };
             if !is_transient(&err) {
                 return Err(err);
             }
-            failures.push(format!("{}: {err}", self.inner.endpoints[index].0));
+            failures.push(format!("{node}: {err}"));
             if attempt + 1 < attempts {
-                tracing::debug!(node = %self.inner.endpoints[index].0, error = %err, "retrying on another node");
+                tracing::debug!(%node, error = %err, "retrying on another node");
             } else if !matches!(err, Error::Unavailable { .. }) {
                 return Err(err);
             }
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout {
+                after: opts.request_timeout,
+            });
         }
         Err(Error::Unavailable {
             message: failures.join("; "),
         })
     }
 
-    /// Runs a write against one node after another (round robin) until one answers with a
-    /// verdict, the retries run out, or the deadline passes. A node that certainly did not get
-    /// the write is skipped as if never tried; after one that may have applied it, the next is
-    /// sent the same write id as a further attempt (`f` gets a node, the attempt number and the
-    /// time left), so the write is applied at most once. When the client cannot tell whether
-    /// it was, the error says so: [`Error::OutcomeUnknown`].
+    /// Runs a write against one node after another until one answers with a verdict, the
+    /// retries run out, or the deadline passes: nodes that answer first, those marked down last,
+    /// each for at most the attempt timeout. A node that certainly did not get the write is
+    /// skipped as if never tried; after one that may have applied it (a silent one included),
+    /// the next is sent the same write id as a further attempt (`f` gets a node, the attempt
+    /// number and the time it has), so the write is applied at most once. When the client
+    /// cannot tell whether it was, the error says so: [`Error::OutcomeUnknown`].
     async fn write<F, Fut>(&self, write_id: u128, f: F) -> Result<Bytes, Error>
     where
         F: Fn(KvClient<Channel>, u32, Duration) -> Fut,
@@ -525,23 +655,35 @@ impl Client {
             write_id,
             message: failures.join("; "),
         };
-        for i in 0..tries {
-            let index = (start + i) % self.inner.endpoints.len();
+        let order = self.inner.health.order(start);
+        for &index in order.iter().cycle().take(tries) {
             let node = &self.inner.endpoints[index].0;
             let left = deadline.saturating_duration_since(Instant::now());
-            let call = f(self.kv(index), attempt, left);
-            let status = match tokio::time::timeout_at(deadline, call).await {
-                Ok(Ok(context)) => return Ok(context),
+            if left.is_zero() {
+                break;
+            }
+            let budget = opts.attempt_timeout.map_or(left, |t| left.min(t));
+            let call = f(self.kv(index), attempt, budget);
+            let status = match tokio::time::timeout(budget, call).await {
+                Ok(Ok(context)) => {
+                    self.answered(index);
+                    return Ok(context);
+                }
                 Ok(Err(status)) => status,
                 Err(_) => {
                     // The request was in flight: it may have been applied.
-                    failures.push(format!(
-                        "{node}: no answer within the {:?} deadline",
-                        opts.request_timeout
-                    ));
-                    return Err(unknown(&failures));
+                    self.silent(index);
+                    failures.push(format!("{node}: no answer within {budget:?}"));
+                    maybe_applied = true;
+                    attempt += 1;
+                    continue;
                 }
             };
+            if is_silence(&status) {
+                self.silent(index);
+            } else {
+                self.answered(index);
+            }
             let err = Error::from(status.clone());
             match Failure::of(&status, &err) {
                 Failure::Verdict => return Err(err),

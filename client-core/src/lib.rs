@@ -16,9 +16,10 @@
 
 mod client;
 mod error;
+mod failure_detector;
 
 pub use client::{
-    Client, ClientBuilder, ClusterInfo, Context, GetResult, MemberInfo, WriteOptions,
+    Client, ClientBuilder, ClusterInfo, Context, GetResult, MemberInfo, NodeHealth, WriteOptions,
 };
 pub use dynamokv_common::{Limits, Member, PreferenceList, Ring};
 pub use error::Error;

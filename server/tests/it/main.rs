@@ -11,6 +11,7 @@ mod causality;
 mod cli;
 mod cluster;
 mod durability;
+mod failure_detection;
 mod faults;
 mod observability;
 mod versioning;
