@@ -77,6 +77,12 @@ export interface ClientOptions {
   connectTimeoutMs?: number;
   /** Deadline for a whole call, retries included, in milliseconds. */
   requestTimeoutMs?: number;
+  /**
+   * Time one node gets to answer one attempt, in milliseconds; left out, the whole request
+   * timeout. A node silent for that long is marked down: the call goes on to another node,
+   * later calls try it last, and a background probe brings it back once it answers.
+   */
+  attemptTimeoutMs?: number;
   /** How many further nodes to try when one cannot be reached (0 tries one node only). */
   maxRetries?: number;
   /** Largest key checked before sending, in bytes. */
@@ -123,6 +129,14 @@ export interface MemberInfo {
   weight: number;
 }
 
+/** Whether the client considers one of its seed nodes up (its own failure detector's view). */
+export interface NodeHealth {
+  /** The seed's `"host:port"`. */
+  address: string;
+  /** False once the node failed to answer in time; true again when a probe gets an answer. */
+  up: boolean;
+}
+
 export interface ClusterInfo {
   clusterName: string;
   partitions: number;
@@ -163,4 +177,9 @@ export declare class Client {
   delete(key: Bytes, context: Buffer | Uint8Array, options?: WriteOptions): Promise<Buffer>;
   /** The cluster's membership and settings, as one node reports them. */
   clusterInfo(): Promise<ClusterInfo>;
+  /**
+   * The client's own view of its seed nodes, one entry per seed in order: which answer and
+   * which it avoids. Local state only: no I/O, so not a Promise.
+   */
+  nodeHealth(): NodeHealth[];
 }

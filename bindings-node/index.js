@@ -102,6 +102,7 @@ function option(options, name, type = 'number') {
 const CLIENT_OPTIONS = [
   'connectTimeoutMs',
   'requestTimeoutMs',
+  'attemptTimeoutMs',
   'maxRetries',
   'maxKeyBytes',
   'maxValueBytes',
@@ -113,8 +114,8 @@ class Client {
 
   /**
    * @param {string[]} seeds nodes to contact, each "host:port"
-   * @param {object} [options] connectTimeoutMs, requestTimeoutMs, maxRetries, maxKeyBytes,
-   *   maxValueBytes; any left out take the client core's defaults
+   * @param {object} [options] connectTimeoutMs, requestTimeoutMs, attemptTimeoutMs, maxRetries,
+   *   maxKeyBytes, maxValueBytes; any left out take the client core's defaults
    */
   constructor(seeds, options = {}) {
     if (!Array.isArray(seeds) || !seeds.every((s) => typeof s === 'string')) {
@@ -169,6 +170,14 @@ class Client {
   /** The cluster's membership and settings, as one node reports them. */
   async clusterInfo() {
     return native(() => this.#native.clusterInfo());
+  }
+
+  /**
+   * The client's own view of its seed nodes, one `{ address, up }` per seed in order: which
+   * answer and which it avoids. Local state only: no I/O, so not a Promise.
+   */
+  nodeHealth() {
+    return this.#native.nodeHealth();
   }
 }
 

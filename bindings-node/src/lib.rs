@@ -26,6 +26,7 @@ use crate::error::{invalid_config, invalid_quorum, to_napi, whole_number, write_
 pub struct ClientOptions {
     pub connect_timeout_ms: Option<f64>,
     pub request_timeout_ms: Option<f64>,
+    pub attempt_timeout_ms: Option<f64>,
     pub max_retries: Option<f64>,
     pub max_key_bytes: Option<f64>,
     pub max_value_bytes: Option<f64>,
@@ -46,6 +47,14 @@ pub struct MemberInfo {
     pub address: String,
     pub zone: String,
     pub weight: u32,
+}
+
+/// Whether the client considers one of its seed nodes up (its own failure detector's view).
+#[napi(object)]
+#[derive(Debug)]
+pub struct NodeHealth {
+    pub address: String,
+    pub up: bool,
 }
 
 #[napi(object)]
@@ -75,6 +84,19 @@ impl NativeClient {
         build(seeds, options.unwrap_or_default())
             .map(|inner| NativeClient { inner })
             .map_err(to_napi)
+    }
+
+    /// The client's own view of its seed nodes, one entry per seed in order. No I/O.
+    #[napi]
+    pub fn node_health(&self) -> Vec<NodeHealth> {
+        self.inner
+            .node_health()
+            .into_iter()
+            .map(|h| NodeHealth {
+                address: h.address,
+                up: h.up,
+            })
+            .collect()
     }
 
     #[napi]
@@ -166,6 +188,11 @@ fn build(seeds: Vec<String>, o: ClientOptions) -> std::result::Result<Client, Co
     if let Some(ms) = o.request_timeout_ms {
         builder = builder.request_timeout(Duration::from_millis(
             number("requestTimeoutMs", ms)?.into(),
+        ));
+    }
+    if let Some(ms) = o.attempt_timeout_ms {
+        builder = builder.attempt_timeout(Duration::from_millis(
+            number("attemptTimeoutMs", ms)?.into(),
         ));
     }
     if let Some(n) = o.max_retries {

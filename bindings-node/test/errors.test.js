@@ -208,11 +208,14 @@ test('bad client configuration is INVALID_CONFIG, thrown by the constructor', ()
   throwsWith(() => new Client([':7070']), 'INVALID_CONFIG');
   throwsWith(() => new Client(['127.0.0.1:7070'], { requestTimeoutMs: 0 }), 'INVALID_CONFIG');
   throwsWith(() => new Client(['127.0.0.1:7070'], { connectTimeoutMs: 0 }), 'INVALID_CONFIG');
+  throwsWith(() => new Client(['127.0.0.1:7070'], { attemptTimeoutMs: 0 }), 'INVALID_CONFIG');
+  throwsWith(() => new Client(['127.0.0.1:7070'], { attemptTimeoutMs: 2.5 }), 'INVALID_CONFIG');
   throwsWith(() => new Client(['127.0.0.1:7070'], { maxRetries: -1 }), 'INVALID_CONFIG');
   throwsWith(() => new Client(['127.0.0.1:7070'], { maxKeyBytes: 0 }), 'INVALID_CONFIG');
   throwsWith(() => new Client(['127.0.0.1:7070'], { requestTimeoutMs: 2.5 }), 'INVALID_CONFIG');
   // Building does no I/O: a well-formed address of no node is accepted.
   assert.ok(new Client(['127.0.0.1:7070'], { requestTimeoutMs: 100, maxRetries: 0 }));
+  assert.ok(new Client(['127.0.0.1:7070'], { requestTimeoutMs: 5000, attemptTimeoutMs: 1500 }));
 });
 
 test('arguments of the wrong JavaScript type are TypeErrors', async () => {
@@ -223,6 +226,7 @@ test('arguments of the wrong JavaScript type are TypeErrors', async () => {
   await assert.rejects(client.get('k', { r: '1' }), TypeError);
   assert.throws(() => new Client('127.0.0.1:7070'), TypeError);
   assert.throws(() => new Client(['127.0.0.1:7070'], { maxRetries: '2' }), TypeError);
+  assert.throws(() => new Client(['127.0.0.1:7070'], { attemptTimeoutMs: '1000' }), TypeError);
 });
 
 test('a node that is not running is UNAVAILABLE (or TIMEOUT)', async () => {

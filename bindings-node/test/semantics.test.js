@@ -130,6 +130,21 @@ test('clusterInfo describes the single test node', async () => {
   assert.ok(Number.isInteger(m.weight) && m.weight > 0);
 });
 
+test('nodeHealth lists every seed as up, before and after a call', async () => {
+  const other = '127.0.0.1:1'; // no node there; this client makes no call
+  const c = new Client([node.address, other], { attemptTimeoutMs: 2000 });
+  assert.deepEqual(c.nodeHealth(), [
+    { address: node.address, up: true },
+    { address: other, up: true },
+  ]);
+
+  const live = new Client([node.address], { requestTimeoutMs: 5000, attemptTimeoutMs: 2000 });
+  const k = freshKey('health');
+  await live.put(k, 'v');
+  assert.deepEqual(strings((await live.get(k)).values), ['v']);
+  assert.deepEqual(live.nodeHealth(), [{ address: node.address, up: true }]);
+});
+
 test('calls run concurrently on one client', async () => {
   const keys = Array.from({ length: 32 }, (_, i) => freshKey(`concurrent-${i}`));
   await Promise.all(keys.map((k, i) => client.put(k, `v${i}`)));

@@ -8,6 +8,7 @@ import {
   DynamoKVError,
   ErrorCode,
   GetResult,
+  NodeHealth,
   WriteOptions,
 } from '..';
 
@@ -16,6 +17,12 @@ async function demo(): Promise<void> {
   const client = new Client(['127.0.0.1:7070'], options);
   new Client(['127.0.0.1:7070'], { maxKeyBytes: 8192, maxValueBytes: 2 << 20 });
   new Client(['127.0.0.1:7070']);
+  new Client(['127.0.0.1:7070'], { requestTimeoutMs: 5000, attemptTimeoutMs: 1500 });
+  const health: NodeHealth[] = client.nodeHealth();
+  for (const h of health) {
+    const row: [string, boolean] = [h.address, h.up];
+    void row;
+  }
 
   const ctx0: Buffer = await client.put('cart:1', 'apple');
   await client.put(Buffer.from('cart:1'), Buffer.from('pear'), ctx0, { w: 1 });
@@ -82,6 +89,8 @@ async function demo(): Promise<void> {
   await client.get('cart:1', { r: '2' });
   // @ts-expect-error an unknown option
   new Client(['127.0.0.1:7070'], { requestTimeout: 5 });
+  // @ts-expect-error nodeHealth is not a Promise
+  await client.nodeHealth().then(() => undefined);
   // @ts-expect-error seeds are a list
   new Client('127.0.0.1:7070');
   // @ts-expect-error codes are a closed set

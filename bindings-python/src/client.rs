@@ -56,13 +56,14 @@ impl Client {
     /// Options left as `None` keep client-core's defaults.
     #[new]
     #[pyo3(signature = (
-        seeds, *, connect_timeout=None, request_timeout=None, max_retries=None,
-        max_key_bytes=None, max_value_bytes=None,
+        seeds, *, connect_timeout=None, request_timeout=None, attempt_timeout=None,
+        max_retries=None, max_key_bytes=None, max_value_bytes=None,
     ))]
     fn new(
         seeds: Vec<String>,
         connect_timeout: Option<f64>,
         request_timeout: Option<f64>,
+        attempt_timeout: Option<f64>,
         max_retries: Option<u32>,
         max_key_bytes: Option<usize>,
         max_value_bytes: Option<usize>,
@@ -73,6 +74,9 @@ impl Client {
         }
         if let Some(secs) = request_timeout {
             builder = builder.request_timeout(seconds("request_timeout", secs)?);
+        }
+        if let Some(secs) = attempt_timeout {
+            builder = builder.attempt_timeout(seconds("attempt_timeout", secs)?);
         }
         if let Some(retries) = max_retries {
             builder = builder.max_retries(retries);
@@ -93,6 +97,16 @@ impl Client {
     fn limits(&self) -> (usize, usize) {
         let limits = self.inner.limits();
         (limits.max_key_bytes, limits.max_value_bytes)
+    }
+
+    /// The client's own view of its seed nodes as `(address, up)` tuples, one per seed in
+    /// order; the facade wraps each in `dynamokv.NodeHealth`. Local state only: no I/O.
+    fn node_health(&self) -> Vec<(String, bool)> {
+        self.inner
+            .node_health()
+            .into_iter()
+            .map(|h| (h.address, h.up))
+            .collect()
     }
 
     #[pyo3(signature = (key, r=None))]

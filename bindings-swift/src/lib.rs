@@ -34,6 +34,11 @@ pub struct ClientOptions {
     /// Deadline for a whole call, retries included, in milliseconds.
     #[uniffi(default)]
     pub request_timeout_ms: Option<u64>,
+    /// Time one node gets to answer one attempt, in milliseconds; `nil` gives it the whole
+    /// request timeout. A node silent for that long is marked down: the call goes on to another
+    /// node, later calls try it last, and a background probe brings it back once it answers.
+    #[uniffi(default)]
+    pub attempt_timeout_ms: Option<u64>,
     /// How many further nodes to try when one cannot be reached (0 tries one node only).
     #[uniffi(default)]
     pub max_retries: Option<u32>,
@@ -61,6 +66,15 @@ pub struct MemberInfo {
     pub address: String,
     pub zone: String,
     pub weight: u32,
+}
+
+/// Whether the client considers one of its seed nodes up (its own failure detector's view).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct NodeHealth {
+    /// The seed's `host:port`.
+    pub address: String,
+    /// False once the node failed to answer in time; true again when a probe gets an answer.
+    pub up: bool,
 }
 
 /// The cluster as a node reported it.
@@ -96,6 +110,15 @@ impl From<kv::MemberInfo> for MemberInfo {
     }
 }
 
+impl From<kv::NodeHealth> for NodeHealth {
+    fn from(h: kv::NodeHealth) -> Self {
+        NodeHealth {
+            address: h.address,
+            up: h.up,
+        }
+    }
+}
+
 impl From<kv::ClusterInfo> for ClusterInfo {
     fn from(c: kv::ClusterInfo) -> Self {
         ClusterInfo {
@@ -122,6 +145,9 @@ impl ClientOptions {
         }
         if let Some(ms) = self.request_timeout_ms {
             builder = builder.request_timeout(Duration::from_millis(ms));
+        }
+        if let Some(ms) = self.attempt_timeout_ms {
+            builder = builder.attempt_timeout(Duration::from_millis(ms));
         }
         if let Some(n) = self.max_retries {
             builder = builder.max_retries(n);
@@ -289,5 +315,15 @@ impl DynamoKvClient {
         let client = self.inner.clone();
         let info = self.run(async move { client.cluster_info().await }).await?;
         Ok(info.into())
+    }
+
+    /// The client's own view of its seed nodes, one entry per seed in order: which answer and
+    /// which it avoids. Local state only: no I/O.
+    pub fn node_health(&self) -> Vec<NodeHealth> {
+        self.inner
+            .node_health()
+            .into_iter()
+            .map(NodeHealth::from)
+            .collect()
     }
 }

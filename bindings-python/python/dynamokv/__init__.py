@@ -55,6 +55,7 @@ __all__ = [
     "GetResult",
     "ClusterInfo",
     "MemberInfo",
+    "NodeHealth",
     "DynamoKVError",
     "InvalidConfigError",
     "InvalidInputError",
@@ -112,6 +113,16 @@ class ClusterInfo:
     answered_by: str
 
 
+@dataclass(frozen=True)
+class NodeHealth:
+    """Whether the client considers one of its seed nodes up (its own failure detector's
+    view): ``up`` turns false when the node fails to answer within ``attempt_timeout``, and true
+    again once a background probe gets an answer."""
+
+    address: str
+    up: bool
+
+
 def _cluster_info(raw: Dict[str, Any]) -> ClusterInfo:
     members = [MemberInfo(**m) for m in raw.pop("members")]
     return ClusterInfo(members=members, **raw)
@@ -126,6 +137,7 @@ class _Base:
         *,
         connect_timeout: Optional[float] = None,
         request_timeout: Optional[float] = None,
+        attempt_timeout: Optional[float] = None,
         max_retries: Optional[int] = None,
         max_key_bytes: Optional[int] = None,
         max_value_bytes: Optional[int] = None,
@@ -135,6 +147,7 @@ class _Base:
             self._seeds,
             connect_timeout=connect_timeout,
             request_timeout=request_timeout,
+            attempt_timeout=attempt_timeout,
             max_retries=max_retries,
             max_key_bytes=max_key_bytes,
             max_value_bytes=max_value_bytes,
@@ -150,6 +163,12 @@ class _Base:
         """The largest value this client sends (the server checks its own limit too)."""
         return self._native.limits[1]
 
+    def node_health(self) -> List[NodeHealth]:
+        """The client's own view of its seed nodes, one :class:`NodeHealth` per seed in order:
+        which answer and which it avoids (tries last). Local state only: no I/O, so a plain
+        method on :class:`AsyncClient` too."""
+        return [NodeHealth(address, up) for address, up in self._native.node_health()]
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._seeds!r})"
 
@@ -158,8 +177,10 @@ class Client(_Base):
     """A blocking DynamoKV client. Safe to share between threads.
 
     ``seeds`` are ``"host:port"`` addresses of cluster nodes. Options left as ``None`` keep the
-    client core's defaults: ``connect_timeout`` and ``request_timeout`` are seconds (the request
-    timeout bounds a whole call, retries included), ``max_retries`` is how many further nodes to
+    client core's defaults: ``connect_timeout``, ``request_timeout`` and ``attempt_timeout`` are
+    seconds (the request timeout bounds a whole call, retries included; the attempt timeout, by
+    default the whole request timeout, is how long one node gets to answer one attempt before
+    it is marked down and the call goes on to another node), ``max_retries`` is how many further nodes to
     try when one cannot be reached, ``max_key_bytes``/``max_value_bytes`` are checked before
     sending. Connections are made on first use; a bad option raises :class:`InvalidConfigError`.
     """

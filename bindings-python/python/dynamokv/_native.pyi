@@ -13,12 +13,14 @@ class Client:
         *,
         connect_timeout: Optional[float] = None,
         request_timeout: Optional[float] = None,
+        attempt_timeout: Optional[float] = None,
         max_retries: Optional[int] = None,
         max_key_bytes: Optional[int] = None,
         max_value_bytes: Optional[int] = None,
     ) -> None: ...
     @property
     def limits(self) -> Tuple[int, int]: ...
+    def node_health(self) -> List[Tuple[str, bool]]: ...
     def get(self, key: _Key, r: Optional[int] = None) -> Tuple[List[bytes], bytes]: ...
     def put(
         self,
