@@ -169,8 +169,19 @@ impl Coordinator {
         let replicas = top_n(&view, &key);
         check_replica_count("R", r, &replicas)?;
 
-        let mut pending: FuturesUnordered<_> = replicas
+        // Every replica this node can reach (itself included); those it marked down only when
+        // the others are too few for R, so that a read never waits on a known-silent peer.
+        let up: Vec<&Member> = replicas
             .iter()
+            .filter(|m| m.id == view.self_id || self.peers.is_up(&m.address))
+            .collect();
+        let asked: Vec<&Member> = if up.len() as u32 >= r {
+            up
+        } else {
+            replicas.iter().collect()
+        };
+        let mut pending: FuturesUnordered<_> = asked
+            .into_iter()
             .map(|m| {
                 let (this, m, key) = (Arc::clone(self), m.clone(), key.clone());
                 async move { this.read_replica(m, key).await }
@@ -400,9 +411,10 @@ impl Coordinator {
     ) {
         let left = verdict_at.saturating_duration_since(Instant::now());
         let wait = (left / 2).min(self.timeout);
+        // A replica known to be silent would only hold the write up until the wait ends.
         let mut pending: FuturesUnordered<_> = replicas
             .iter()
-            .filter(|m| m.id != self_id)
+            .filter(|m| m.id != self_id && self.peers.is_up(&m.address))
             .map(|m| remote_read(&self.peers, m, key.clone(), wait))
             .collect();
         while let Some(reply) = pending.next().await {
@@ -430,7 +442,10 @@ impl Coordinator {
         let mut attempt = req.attempt.max(1);
         let mut unknown = false;
         let mut failures = Vec::new();
-        for m in replicas {
+        // Replicas this node can reach first: a replica known to be silent is tried last.
+        let mut ordered: Vec<&Member> = replicas.iter().collect();
+        ordered.sort_by_key(|m| !self.peers.is_up(&m.address));
+        for m in ordered {
             let left = verdict_at.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -482,9 +497,18 @@ impl Coordinator {
                 }
             };
             let status = match tokio::time::timeout(budget, call).await {
-                Ok(Ok(context)) => return Ok(context),
-                Ok(Err(status)) => status,
-                Err(_) => tonic::Status::deadline_exceeded(format!("no answer within {budget:?}")),
+                Ok(Ok(context)) => {
+                    self.peers.answered(&m.address);
+                    return Ok(context);
+                }
+                Ok(Err(status)) => {
+                    self.peers.record_call(&m.address, Some(&status));
+                    status
+                }
+                Err(_) => {
+                    self.peers.record_call(&m.address, None);
+                    tonic::Status::deadline_exceeded(format!("no answer within {budget:?}"))
+                }
             };
             let reason = format!("{:?}: {}", status.code(), status.message());
             if is_ours(&status) {
@@ -640,7 +664,7 @@ fn status_code(status: &tonic::Status) -> Option<dynamokv_common::ErrorCode> {
 }
 
 async fn remote_read(
-    peers: &Peers,
+    peers: &Arc<Peers>,
     m: &Member,
     key: Bytes,
     timeout: Duration,
@@ -653,7 +677,7 @@ async fn remote_read(
 }
 
 async fn remote_merge(
-    peers: &Peers,
+    peers: &Arc<Peers>,
     m: &Member,
     key: Bytes,
     state: &VersionedState,

@@ -15,6 +15,7 @@
 //! - `versions_per_read`: how many versions a get returned (the paper's divergence figure,
 //!   section 6.3: in Amazon's shopping cart 99.94% of reads saw exactly one).
 //! - `read_repairs_total`, `vector_clock_truncations_total`, `retired_writes_evicted_total`.
+//! - `peer_up{peer}`: 1 while this node can reach the peer, 0 once it marked it down.
 //! - `wal_syncs_total` and `synced_writes_total`: fsyncs of the write-ahead log and the writes
 //!   they made durable (their ratio is how many writes share one fsync in group commit).
 
@@ -31,6 +32,7 @@ use axum::serve::ListenerExt;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
@@ -67,6 +69,11 @@ struct LatencyLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct OpLabels {
     op: &'static str,
 }
@@ -88,6 +95,7 @@ pub struct Metrics {
     pub retired_evicted: Counter,
     pub wal_syncs: Counter,
     pub synced_writes: Counter,
+    peer_up: Family<PeerLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -161,6 +169,12 @@ impl Metrics {
             "synced_writes",
             "Writes acknowledged only after an fsync of the write-ahead log",
         );
+        let peer_up = Family::<PeerLabels, Gauge>::default();
+        registry.register(
+            "peer_up",
+            "Whether this node can reach the peer (1) or marked it down after it failed to answer (0)",
+            peer_up.clone(),
+        );
         // Series that exist from the start, at zero, so dashboards and alerts see them before
         // the first request (a family only shows the label sets created in it).
         for (op, role) in [
@@ -192,7 +206,17 @@ impl Metrics {
             retired_evicted,
             wal_syncs,
             synced_writes,
+            peer_up,
         }
+    }
+
+    /// Records whether the peer at `address` is reachable, as this node sees it.
+    pub fn peer_reachable(&self, address: &str, up: bool) {
+        self.peer_up
+            .get_or_create(&PeerLabels {
+                peer: address.to_string(),
+            })
+            .set(i64::from(up));
     }
 
     /// Records a client request: its outcome (`"ok"` or an error code) and latency.

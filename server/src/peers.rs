@@ -9,6 +9,13 @@
 //! on the stream. A peer that does not know the stream (an older version during a rolling
 //! upgrade) is served by the unary calls.
 //!
+//! **Local failure detection (paper 4.8.3).** Each node keeps its own view of which peers
+//! answer. A peer that lets a request time out, or whose connection fails, is marked down; a
+//! background probe (`Ping`) retries it with exponential backoff and marks it up when it
+//! answers. Coordinators ask peers that are up first and leave down ones out where others
+//! suffice, so later requests do not wait on a peer known to be silent. A hung process (its
+//! connections stay open) is found by its silence, like a dead one.
+//!
 //! Channels have no overall timeout: each request sets its own (a replica read or merge gets
 //! the replica timeout, a forwarded write enough for its coordinator to give a verdict).
 
@@ -62,8 +69,16 @@ enum LinkState {
     Unsupported,
 }
 
+/// First wait before probing a peer marked down; doubles up to [`MAX_PROBE_BACKOFF`].
+pub const MIN_PROBE_BACKOFF: Duration = Duration::from_millis(250);
+pub const MAX_PROBE_BACKOFF: Duration = Duration::from_secs(10);
+
 #[derive(Debug)]
 pub struct Peers {
+    /// Addresses of the peers marked down.
+    down: Mutex<std::collections::HashSet<String>>,
+    /// Where reachability changes are reported.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     channels: Mutex<HashMap<String, Channel>>,
     links: Mutex<HashMap<String, LinkState>>,
     next_id: AtomicU64,
@@ -90,12 +105,63 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Peers {
     pub fn new(timeout: Duration) -> Peers {
         Peers {
+            down: Mutex::new(std::collections::HashSet::new()),
+            metrics: None,
             channels: Mutex::new(HashMap::new()),
             links: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             timeout,
             backlog_limit: STREAM_BACKLOG_BYTES,
         }
+    }
+
+    /// Reports the peers' reachability to `metrics` (`dynamokv_peer_up`).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Peers {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Notes a peer this node talks to, reachable until it proves otherwise.
+    pub fn know(&self, address: &str) {
+        if let Some(m) = &self.metrics {
+            m.peer_reachable(address, self.is_up(address));
+        }
+    }
+
+    /// Whether this node currently considers the peer at `address` reachable.
+    pub fn is_up(&self, address: &str) -> bool {
+        !lock(&self.down).contains(address)
+    }
+
+    /// Records a call's outcome: the peer answered (a verdict of its own counts) or was
+    /// silent (a timeout, `status == None`, or a transport failure).
+    pub fn record_call(self: &Arc<Self>, address: &str, status: Option<&tonic::Status>) {
+        match status.map(PeerError::of) {
+            None | Some(PeerError::Silent(_)) => self.silent(address),
+            Some(PeerError::Refused(_)) => self.answered(address),
+        }
+    }
+
+    /// Records that the peer answered (a verdict of its own counts).
+    pub fn answered(&self, address: &str) {
+        if lock(&self.down).remove(address) {
+            tracing::info!(peer = %address, "peer answers again");
+            if let Some(m) = &self.metrics {
+                m.peer_reachable(address, true);
+            }
+        }
+    }
+
+    /// Records that the peer did not answer: marks it down and starts probing it.
+    fn silent(self: &Arc<Self>, address: &str) {
+        if !lock(&self.down).insert(address.to_string()) {
+            return;
+        }
+        tracing::warn!(peer = %address, "peer does not answer: marked down, probing it");
+        if let Some(m) = &self.metrics {
+            m.peer_reachable(address, false);
+        }
+        tokio::spawn(probe(Arc::downgrade(self), address.to_string()));
     }
 
     /// As [`new`](Self::new), with another limit on the bytes waiting on a stream.
@@ -220,54 +286,85 @@ impl Peers {
 
     /// A replica read of `key` on the node at `address`.
     pub async fn read(
-        &self,
+        self: &Arc<Self>,
         address: &str,
         key: bytes::Bytes,
         timeout: Duration,
     ) -> Result<pb::ReadLocalResponse, String> {
+        let result = self.read_once(address, key, timeout).await;
+        self.note(address, &result);
+        result.map_err(PeerError::into_message)
+    }
+
+    /// A merge of a key's state into the node at `address`.
+    pub async fn merge(
+        self: &Arc<Self>,
+        address: &str,
+        req: pb::MergeLocalRequest,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let result = self.merge_once(address, req, timeout).await;
+        self.note(address, &result);
+        result.map_err(PeerError::into_message)
+    }
+
+    fn note<T>(self: &Arc<Self>, address: &str, result: &Result<T, PeerError>) {
+        match result {
+            Ok(_) | Err(PeerError::Refused(_)) => self.answered(address),
+            Err(PeerError::Silent(_)) => self.silent(address),
+        }
+    }
+
+    async fn read_once(
+        &self,
+        address: &str,
+        key: bytes::Bytes,
+        timeout: Duration,
+    ) -> Result<pb::ReadLocalResponse, PeerError> {
         let req = pb::ReadLocalRequest { key: Some(key) };
         match self
             .exchange(address, pb::peer_request::Op::Read(req.clone()), timeout)
-            .await?
+            .await
+            .map_err(PeerError::Silent)?
         {
             Some(pb::peer_response::Result::Read(r)) => return Ok(r),
             Some(other) => return Err(unexpected(other)),
             None => {}
         }
-        let mut client = self.replica(address)?;
+        let mut client = self.replica(address).map_err(PeerError::Refused)?;
         let mut req = tonic::Request::new(req);
         req.set_timeout(timeout);
         tokio::time::timeout(timeout, client.read_local(req))
             .await
-            .map_err(|_| format!("no answer within {timeout:?}"))?
+            .map_err(|_| PeerError::Silent(format!("no answer within {timeout:?}")))?
             .map(tonic::Response::into_inner)
-            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+            .map_err(|s| PeerError::of(&s))
     }
 
-    /// A merge of a key's state into the node at `address`.
-    pub async fn merge(
+    async fn merge_once(
         &self,
         address: &str,
         req: pb::MergeLocalRequest,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), PeerError> {
         if req.encoded_len() <= STREAMED_MERGE_MAX_BYTES {
             match self
                 .exchange(address, pb::peer_request::Op::Merge(req.clone()), timeout)
-                .await?
+                .await
+                .map_err(PeerError::Silent)?
             {
                 Some(pb::peer_response::Result::Merge(_)) => return Ok(()),
                 Some(other) => return Err(unexpected(other)),
                 None => {}
             }
         }
-        let mut client = self.replica(address)?;
+        let mut client = self.replica(address).map_err(PeerError::Refused)?;
         let mut req = tonic::Request::new(req);
         req.set_timeout(timeout);
         tokio::time::timeout(timeout, client.merge_local(req))
             .await
-            .map_err(|_| format!("no answer within {timeout:?}"))?
-            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+            .map_err(|_| PeerError::Silent(format!("no answer within {timeout:?}")))?
+            .map_err(|s| PeerError::of(&s))?;
         Ok(())
     }
 }
@@ -275,12 +372,73 @@ impl Peers {
 /// How a peer without exchange streams answers (the reason a stream's requests get).
 const UNIMPLEMENTED: &str = "Unimplemented";
 
-fn unexpected(answer: pb::peer_response::Result) -> String {
-    match answer {
+fn unexpected(answer: pb::peer_response::Result) -> PeerError {
+    PeerError::Refused(match answer {
         pb::peer_response::Result::Failure(f) => {
             format!("{:?}: {}", tonic::Code::from_i32(f.code), f.message)
         }
         other => format!("the peer answered with the wrong kind of reply: {other:?}"),
+    })
+}
+
+/// Why a request to a peer failed: it did not answer (counts against its reachability), or
+/// it answered with an error of its own.
+#[derive(Debug)]
+enum PeerError {
+    Silent(String),
+    Refused(String),
+}
+
+impl PeerError {
+    /// A failed call: the transport's failures and timeouts are silence; anything with a
+    /// DynamoKV error code (or a code only a server sends) is the peer's own answer.
+    fn of(status: &tonic::Status) -> PeerError {
+        let message = format!("{:?}: {}", status.code(), status.message());
+        let ours = status
+            .metadata()
+            .contains_key(dynamokv_common::error_code::ERROR_CODE_METADATA);
+        match status.code() {
+            tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::DeadlineExceeded
+                if !ours =>
+            {
+                PeerError::Silent(message)
+            }
+            _ => PeerError::Refused(message),
+        }
+    }
+
+    fn into_message(self) -> String {
+        match self {
+            PeerError::Silent(m) | PeerError::Refused(m) => m,
+        }
+    }
+}
+
+/// Probes the peer at `address` with `Ping` until it answers, waiting longer each time, then
+/// marks it up. Ends when the node's `Peers` is dropped.
+async fn probe(peers: std::sync::Weak<Peers>, address: String) {
+    let mut wait = MIN_PROBE_BACKOFF;
+    loop {
+        tokio::time::sleep(wait).await;
+        let Some(peers) = peers.upgrade() else {
+            return;
+        };
+        if peers.is_up(&address) {
+            return;
+        }
+        let timeout = peers.timeout.min(wait.max(MIN_PROBE_BACKOFF));
+        if let Ok(mut client) = peers.replica(&address) {
+            let mut req = tonic::Request::new(pb::PingRequest {});
+            req.set_timeout(timeout);
+            if let Ok(Ok(_)) = tokio::time::timeout(timeout, client.ping(req)).await {
+                peers.answered(&address);
+                return;
+            }
+        }
+        wait = (wait * 2).min(MAX_PROBE_BACKOFF);
     }
 }
 
@@ -405,7 +563,7 @@ mod tests {
     async fn a_peer_without_exchange_streams_is_served_by_unary_calls() {
         let old = FakePeer::default();
         let (addr, server) = serve(old.clone()).await;
-        let peers = Peers::new(Duration::from_secs(5));
+        let peers = Arc::new(Peers::new(Duration::from_secs(5)));
         let t = Duration::from_secs(5);
         for _ in 0..3 {
             let read = peers.read(&addr, bytes::Bytes::from_static(b"k"), t).await;
@@ -433,7 +591,7 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().to_string()
         };
-        let peers = Peers::new(Duration::from_secs(5));
+        let peers = Arc::new(Peers::new(Duration::from_secs(5)));
         let started = std::time::Instant::now();
         let err = peers
             .read(

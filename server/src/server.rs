@@ -211,7 +211,12 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
         },
         Arc::clone(&metrics),
     )?);
-    let peers = Arc::new(Peers::new(config.replica_timeout()));
+    let peers = Arc::new(Peers::new(config.replica_timeout()).with_metrics(Arc::clone(&metrics)));
+    for m in &config.cluster.members {
+        if m.id != config.node_id {
+            peers.know(&m.address);
+        }
+    }
     let coordinator = Arc::new(Coordinator::new(
         membership,
         Arc::clone(&local),

@@ -72,3 +72,55 @@ async fn without_an_attempt_timeout_only_the_first_request_pays_for_a_hung_node(
     cluster.proxy(1).set(Mode::Pass);
     cluster.shutdown().await;
 }
+
+/// A node's own failure detection: a forwarding node whose first choice of replica hangs
+/// waits for it once, then goes straight to the next replica, and reads leave it out; its
+/// `/metrics` shows the peer down, and up again once a probe gets an answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_avoids_a_hung_peer_after_one_timeout_and_probes_it_back() {
+    use crate::support::{sample, scrape};
+
+    let cluster = Cluster::start_proxied(4, |c| {
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let hung = 1;
+    // Keys node-0 does not replicate, whose first replica is the hung node: node-0 forwards
+    // their writes, to the hung node first unless it knows better.
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("fwd-{i}"))
+        .filter(|k| {
+            let reps = cluster.replicas_of(k.as_bytes());
+            !reps.contains(&0) && reps[0] == hung
+        })
+        .take(6)
+        .collect();
+    let up_series = format!("dynamokv_peer_up{{peer=\"{}\"}}", cluster.seed(hung));
+    assert_eq!(sample(&scrape(&cluster, 0).await, &up_series), 1.0);
+
+    cluster.proxy(hung).set(Mode::Hang);
+    let client = cluster.client_of(0);
+    let mut slow = 0;
+    for key in &keys {
+        let started = Instant::now();
+        client.put(key, b"v".to_vec(), None).await.unwrap();
+        assert_eq!(client.get(key).await.unwrap().values, vec![b"v".to_vec()]);
+        if started.elapsed() > Duration::from_millis(500) {
+            slow += 1;
+        }
+    }
+    assert_eq!(
+        slow, 1,
+        "only the first write should wait on the hung replica"
+    );
+    assert_eq!(sample(&scrape(&cluster, 0).await, &up_series), 0.0);
+
+    cluster.proxy(hung).set(Mode::Pass);
+    eventually(
+        "node-0 probes the peer back",
+        Duration::from_secs(15),
+        || async { sample(&scrape(&cluster, 0).await, &up_series) == 1.0 },
+    )
+    .await;
+    cluster.shutdown().await;
+}
