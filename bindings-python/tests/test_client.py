@@ -27,6 +27,8 @@ CLIENTS = [dynamokv.Client, dynamokv.AsyncClient]
         (["127.0.0.1:7070"], {"connect_timeout": 0.0}),
         (["127.0.0.1:7070"], {"request_timeout": -1.0}),
         (["127.0.0.1:7070"], {"connect_timeout": float("nan")}),
+        (["127.0.0.1:7070"], {"attempt_timeout": 0}),
+        (["127.0.0.1:7070"], {"attempt_timeout": -0.5}),
         (["127.0.0.1:7070"], {"max_key_bytes": 0}),
     ],
 )
@@ -44,6 +46,33 @@ def test_valid_config_needs_no_server(cls: Any) -> None:
     assert (client.max_key_bytes, client.max_value_bytes) == (10, 20)
     assert repr(client) == f"{cls.__name__}(['127.0.0.1:1'])"
     assert cls(["127.0.0.1:1"], max_value_bytes=20).max_key_bytes == 4096  # client-core default
+    assert cls("127.0.0.1:1", request_timeout=5.0, attempt_timeout=1.5).node_health()
+
+
+@pytest.mark.parametrize("cls", CLIENTS)
+def test_node_health_of_a_fresh_client_lists_every_seed_up(cls: Any) -> None:
+    client = cls(["127.0.0.1:1", " 127.0.0.1:2"], attempt_timeout=1.0)
+    health = client.node_health()  # a plain method on both clients: no I/O
+    assert health == [
+        dynamokv.NodeHealth("127.0.0.1:1", True),
+        dynamokv.NodeHealth("127.0.0.1:2", True),  # as the client uses it: trimmed
+    ]
+    assert (health[0].address, health[0].up) == ("127.0.0.1:1", True)
+
+
+def test_node_health_after_calls_to_a_live_node(node: Any) -> None:
+    options: Dict[str, Any] = dict(request_timeout=5.0, attempt_timeout=2.0)
+    sync = dynamokv.Client([node.address], **options)
+    aio = dynamokv.AsyncClient([node.address], **options)
+    sync.put(b"health", b"v")
+    assert sync.get(b"health").values == [b"v"]
+    assert sync.node_health() == [dynamokv.NodeHealth(node.address, True)]
+
+    async def call() -> None:
+        assert (await aio.get(b"health")).values == [b"v"]
+
+    asyncio.run(call())
+    assert aio.node_health() == [dynamokv.NodeHealth(node.address, True)]
 
 
 def test_stopped_node_is_unavailable(start_node: Any) -> None:

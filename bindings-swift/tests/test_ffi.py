@@ -358,6 +358,7 @@ def test_invalid_config(kv, node):
         ([":7070"], None),
         ([node.address], kv.ClientOptions(request_timeout_ms=0)),
         ([node.address], kv.ClientOptions(connect_timeout_ms=0)),
+        ([node.address], kv.ClientOptions(attempt_timeout_ms=0)),
         ([node.address], kv.ClientOptions(max_key_bytes=0)),
     ]
     for seeds, options in bad:
@@ -365,6 +366,35 @@ def test_invalid_config(kv, node):
             kv.DynamoKvClient(seeds, options)
         assert info.value.message
         assert info.value.code() == "INVALID_CONFIG"
+
+
+def test_attempt_timeout_is_accepted(kv, node):
+    c = kv.DynamoKvClient(
+        [node.address], kv.ClientOptions(request_timeout_ms=5000, attempt_timeout_ms=1500)
+    )
+    assert c.node_health() == [kv.NodeHealth(address=node.address, up=True)]
+
+
+def test_node_health_of_a_fresh_client_lists_every_seed_up(kv):
+    seeds = ["127.0.0.1:1", "127.0.0.1:2"]
+    c = kv.DynamoKvClient(seeds, kv.ClientOptions(attempt_timeout_ms=1000))
+    health = c.node_health()  # synchronous: no I/O
+    assert [h.address for h in health] == seeds
+    assert all(h.up is True for h in health)
+
+
+def test_node_health_after_a_call_to_a_live_node(kv, node):
+    c = kv.DynamoKvClient(
+        [node.address], kv.ClientOptions(request_timeout_ms=5000, attempt_timeout_ms=2000)
+    )
+    k = key("health")
+
+    async def scenario():
+        await c.put(k, b"v")
+        assert (await c.get(k)).values == [b"v"]
+
+    run(scenario())
+    assert c.node_health() == [kv.NodeHealth(address=node.address, up=True)]
 
 
 def test_stopped_node_is_unavailable(kv):

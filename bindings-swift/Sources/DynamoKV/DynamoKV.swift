@@ -497,6 +497,30 @@ fileprivate struct FfiConverterUInt64: FfiConverterPrimitive {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterBool : FfiConverter {
+    typealias FfiType = Int8
+    typealias SwiftType = Bool
+
+    public static func lift(_ value: Int8) throws -> Bool {
+        return value != 0
+    }
+
+    public static func lower(_ value: Bool) -> Int8 {
+        return value ? 1 : 0
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Bool {
+        return try lift(readInt(&buf))
+    }
+
+    public static func write(_ value: Bool, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterString: FfiConverter {
     typealias SwiftType = String
     typealias FfiType = RustBuffer
@@ -610,6 +634,12 @@ public protocol DynamoKvClientProtocol: AnyObject, Sendable {
      * cluster's read quorum for this call.
      */
     func get(key: Data, r: UInt32?) async throws  -> GetResult
+    
+    /**
+     * The client's own view of its seed nodes, one entry per seed in order: which answer and
+     * which it avoids. Local state only: no I/O.
+     */
+    func nodeHealth()  -> [NodeHealth]
     
     /**
      * Writes `value` under `key`. With the context of a get it supersedes exactly what that get
@@ -754,6 +784,19 @@ open func get(key: Data, r: UInt32? = nil)async throws  -> GetResult  {
 }
     
     /**
+     * The client's own view of its seed nodes, one entry per seed in order: which answer and
+     * which it avoids. Local state only: no I/O.
+     */
+open func nodeHealth() -> [NodeHealth]  {
+    return try!  FfiConverterSequenceTypeNodeHealth.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_dynamokv_swift_fn_method_dynamokvclient_node_health(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
      * Writes `value` under `key`. With the context of a get it supersedes exactly what that get
      * saw; without one it becomes a sibling of whatever is stored. Returns the new context.
      * `w` overrides the cluster's write quorum for this call. `writeId` (16 bytes) names the
@@ -840,6 +883,12 @@ public struct ClientOptions: Equatable, Hashable {
      */
     public var requestTimeoutMs: UInt64?
     /**
+     * Time one node gets to answer one attempt, in milliseconds; `nil` gives it the whole
+     * request timeout. A node silent for that long is marked down: the call goes on to another
+     * node, later calls try it last, and a background probe brings it back once it answers.
+     */
+    public var attemptTimeoutMs: UInt64?
+    /**
      * How many further nodes to try when one cannot be reached (0 tries one node only).
      */
     public var maxRetries: UInt32?
@@ -862,6 +911,11 @@ public struct ClientOptions: Equatable, Hashable {
          * Deadline for a whole call, retries included, in milliseconds.
          */requestTimeoutMs: UInt64? = nil, 
         /**
+         * Time one node gets to answer one attempt, in milliseconds; `nil` gives it the whole
+         * request timeout. A node silent for that long is marked down: the call goes on to another
+         * node, later calls try it last, and a background probe brings it back once it answers.
+         */attemptTimeoutMs: UInt64? = nil, 
+        /**
          * How many further nodes to try when one cannot be reached (0 tries one node only).
          */maxRetries: UInt32? = nil, 
         /**
@@ -872,6 +926,7 @@ public struct ClientOptions: Equatable, Hashable {
          */maxValueBytes: UInt64? = nil) {
         self.connectTimeoutMs = connectTimeoutMs
         self.requestTimeoutMs = requestTimeoutMs
+        self.attemptTimeoutMs = attemptTimeoutMs
         self.maxRetries = maxRetries
         self.maxKeyBytes = maxKeyBytes
         self.maxValueBytes = maxValueBytes
@@ -895,6 +950,7 @@ public struct FfiConverterTypeClientOptions: FfiConverterRustBuffer {
             try ClientOptions(
                 connectTimeoutMs: FfiConverterOptionUInt64.read(from: &buf), 
                 requestTimeoutMs: FfiConverterOptionUInt64.read(from: &buf), 
+                attemptTimeoutMs: FfiConverterOptionUInt64.read(from: &buf), 
                 maxRetries: FfiConverterOptionUInt32.read(from: &buf), 
                 maxKeyBytes: FfiConverterOptionUInt64.read(from: &buf), 
                 maxValueBytes: FfiConverterOptionUInt64.read(from: &buf)
@@ -904,6 +960,7 @@ public struct FfiConverterTypeClientOptions: FfiConverterRustBuffer {
     public static func write(_ value: ClientOptions, into buf: inout [UInt8]) {
         FfiConverterOptionUInt64.write(value.connectTimeoutMs, into: &buf)
         FfiConverterOptionUInt64.write(value.requestTimeoutMs, into: &buf)
+        FfiConverterOptionUInt64.write(value.attemptTimeoutMs, into: &buf)
         FfiConverterOptionUInt32.write(value.maxRetries, into: &buf)
         FfiConverterOptionUInt64.write(value.maxKeyBytes, into: &buf)
         FfiConverterOptionUInt64.write(value.maxValueBytes, into: &buf)
@@ -1135,6 +1192,75 @@ public func FfiConverterTypeMemberInfo_lift(_ buf: RustBuffer) throws -> MemberI
 #endif
 public func FfiConverterTypeMemberInfo_lower(_ value: MemberInfo) -> RustBuffer {
     return FfiConverterTypeMemberInfo.lower(value)
+}
+
+
+/**
+ * Whether the client considers one of its seed nodes up (its own failure detector's view).
+ */
+public struct NodeHealth: Equatable, Hashable {
+    /**
+     * The seed's `host:port`.
+     */
+    public var address: String
+    /**
+     * False once the node failed to answer in time; true again when a probe gets an answer.
+     */
+    public var up: Bool
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The seed's `host:port`.
+         */address: String, 
+        /**
+         * False once the node failed to answer in time; true again when a probe gets an answer.
+         */up: Bool) {
+        self.address = address
+        self.up = up
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension NodeHealth: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeNodeHealth: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> NodeHealth {
+        return
+            try NodeHealth(
+                address: FfiConverterString.read(from: &buf), 
+                up: FfiConverterBool.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: NodeHealth, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.address, into: &buf)
+        FfiConverterBool.write(value.up, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeNodeHealth_lift(_ buf: RustBuffer) throws -> NodeHealth {
+    return try FfiConverterTypeNodeHealth.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeNodeHealth_lower(_ value: NodeHealth) -> RustBuffer {
+    return FfiConverterTypeNodeHealth.lower(value)
 }
 
 
@@ -1582,6 +1708,31 @@ fileprivate struct FfiConverterSequenceTypeMemberInfo: FfiConverterRustBuffer {
         return seq
     }
 }
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeNodeHealth: FfiConverterRustBuffer {
+    typealias SwiftType = [NodeHealth]
+
+    public static func write(_ value: [NodeHealth], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeNodeHealth.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [NodeHealth] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [NodeHealth]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeNodeHealth.read(from: &buf))
+        }
+        return seq
+    }
+}
 private let UNIFFI_RUST_FUTURE_POLL_READY: Int8 = 0
 private let UNIFFI_RUST_FUTURE_POLL_WAKE: Int8 = 1
 
@@ -1653,6 +1804,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_dynamokv_swift_checksum_method_dynamokvclient_get() != 31096) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_dynamokv_swift_checksum_method_dynamokvclient_node_health() != 680) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_dynamokv_swift_checksum_method_dynamokvclient_put() != 9227) {

@@ -273,6 +273,11 @@ uint64_t uniffi_dynamokv_swift_fn_method_dynamokvclient_delete(uint64_t ptr, Rus
 uint64_t uniffi_dynamokv_swift_fn_method_dynamokvclient_get(uint64_t ptr, RustBuffer key, RustBuffer r
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_DYNAMOKV_SWIFT_FN_METHOD_DYNAMOKVCLIENT_NODE_HEALTH
+#define UNIFFI_FFIDEF_UNIFFI_DYNAMOKV_SWIFT_FN_METHOD_DYNAMOKVCLIENT_NODE_HEALTH
+RustBuffer uniffi_dynamokv_swift_fn_method_dynamokvclient_node_health(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_DYNAMOKV_SWIFT_FN_METHOD_DYNAMOKVCLIENT_PUT
 #define UNIFFI_FFIDEF_UNIFFI_DYNAMOKV_SWIFT_FN_METHOD_DYNAMOKVCLIENT_PUT
 uint64_t uniffi_dynamokv_swift_fn_method_dynamokvclient_put(uint64_t ptr, RustBuffer key, RustBuffer value, RustBuffer context, RustBuffer w, RustBuffer write_id, RustBuffer sync_replicas
@@ -563,6 +568,12 @@ uint16_t uniffi_dynamokv_swift_checksum_method_dynamokvclient_delete(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_DYNAMOKV_SWIFT_CHECKSUM_METHOD_DYNAMOKVCLIENT_GET
 #define UNIFFI_FFIDEF_UNIFFI_DYNAMOKV_SWIFT_CHECKSUM_METHOD_DYNAMOKVCLIENT_GET
 uint16_t uniffi_dynamokv_swift_checksum_method_dynamokvclient_get(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_DYNAMOKV_SWIFT_CHECKSUM_METHOD_DYNAMOKVCLIENT_NODE_HEALTH
+#define UNIFFI_FFIDEF_UNIFFI_DYNAMOKV_SWIFT_CHECKSUM_METHOD_DYNAMOKVCLIENT_NODE_HEALTH
+uint16_t uniffi_dynamokv_swift_checksum_method_dynamokvclient_node_health(void
     
 );
 #endif

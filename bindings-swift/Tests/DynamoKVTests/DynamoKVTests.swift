@@ -435,6 +435,7 @@ final class DynamoKVTests: XCTestCase {
             ([":7070"], nil),
             ([address], ClientOptions(requestTimeoutMs: 0)),
             ([address], ClientOptions(connectTimeoutMs: 0)),
+            ([address], ClientOptions(attemptTimeoutMs: 0)),
             ([address], ClientOptions(maxKeyBytes: 0)),
         ]
         for (seeds, options) in cases {
@@ -445,6 +446,32 @@ final class DynamoKVTests: XCTestCase {
                 XCTAssertFalse(message.isEmpty)
             }
         }
+    }
+
+    func testAttemptTimeoutIsAccepted() throws {
+        let withAttempt = try DynamoKvClient(
+            seeds: [node.address],
+            options: ClientOptions(requestTimeoutMs: 5000, attemptTimeoutMs: 1500))
+        XCTAssertEqual(withAttempt.nodeHealth(), [NodeHealth(address: node.address, up: true)])
+    }
+
+    func testNodeHealthOfAFreshClientListsEverySeedUp() throws {
+        let seeds = ["127.0.0.1:1", "127.0.0.1:2"]
+        let fresh = try DynamoKvClient(
+            seeds: seeds, options: ClientOptions(attemptTimeoutMs: 1000))
+        XCTAssertEqual(fresh.nodeHealth().map { $0.address }, seeds)
+        XCTAssertTrue(fresh.nodeHealth().allSatisfy { $0.up })
+    }
+
+    func testNodeHealthAfterACallToALiveNode() async throws {
+        let live = try DynamoKvClient(
+            seeds: [node.address],
+            options: ClientOptions(requestTimeoutMs: 5000, attemptTimeoutMs: 2000))
+        let key = uniqueKey("health")
+        try await live.put(key: key, value: bytes("v"))
+        let got = try await live.get(key: key)
+        XCTAssertEqual(got.values, [bytes("v")])
+        XCTAssertEqual(live.nodeHealth(), [NodeHealth(address: node.address, up: true)])
     }
 
     func testStoppedNodeIsUnavailable() async throws {
