@@ -23,7 +23,7 @@ APT_PACKAGES := librocksdb-dev libclang-dev pkg-config
 RUST_PACKAGES := -p dynamokv-proto -p dynamokv-common -p dynamokv-server -p dynamokv-client -p dynamokv-examples -p dynamokv-bench
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help deps build run demo test test-rust test-python test-node test-swift fmt lint bench clean-data
+.PHONY: help deps build run demo test test-rust test-python test-node test-swift faults fmt lint bench clean-data
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ test-node: build ## Build the Node.js addon, typecheck, run node --test.
 
 test-swift: build ## Regenerate and parse the Swift bindings; drive their FFI from Python.
 	bash bindings-swift/scripts/check.sh
+
+faults: deps ## The fault campaign alone: real node processes killed, hung and restarted under load (also part of make test).
+	cargo test --release -p dynamokv-server --test it faults -- --nocapture
 
 fmt: ## Format the Rust code.
 	cargo fmt --all

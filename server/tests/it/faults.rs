@@ -135,3 +135,145 @@ async fn sigkill_during_blind_puts_loses_and_duplicates_nothing() {
         }
     }
 }
+
+/// Issue 8, scenario 2: one node of three hung with SIGSTOP for ten seconds (its connections
+/// stay open), then resumed, under a put-and-get load from four clients. Requests keep
+/// succeeding during the hang, none waits much more than the replica deadline (the clients'
+/// attempt timeout is set to it), and afterwards every acknowledged write is on every replica
+/// exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigstop_hang_keeps_requests_succeeding_and_loses_nothing() {
+    const WRITERS: usize = 4;
+    const REPLICA_DEADLINE: Duration = Duration::from_millis(1000);
+    const HANG: Duration = Duration::from_secs(10);
+    let cluster = ProcCluster::start(3, "").await;
+    let seeds = cluster.seeds();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let (seeds, stop, done) = (seeds.clone(), Arc::clone(&stop), Arc::clone(&done));
+        writers.push(tokio::spawn(async move {
+            let client = Client::builder(seeds)
+                .request_timeout(Duration::from_secs(5))
+                .attempt_timeout(REPLICA_DEADLINE)
+                .build()
+                .unwrap();
+            // (key, outcome, when the put started, how long put and get took, get ok)
+            let mut log = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("h{w}-{i}");
+                i += 1;
+                let t = Instant::now();
+                let outcome = match client.put(&key, key.clone().into_bytes(), None).await {
+                    Ok(_) => Outcome::Acknowledged,
+                    Err(e) if e.code() == "OUTCOME_UNKNOWN" => Outcome::Unknown,
+                    Err(_) => Outcome::Failed,
+                };
+                let put_took = t.elapsed();
+                let t2 = Instant::now();
+                let read_ok = match client.get(&key).await {
+                    Ok(got) => outcome != Outcome::Acknowledged || got.values == [key.as_bytes()],
+                    Err(_) => false,
+                };
+                log.push((key, outcome, t, put_took, t2.elapsed(), read_ok));
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            log
+        }));
+    }
+    let wait_for = |n: usize| {
+        let done = Arc::clone(&done);
+        async move {
+            let end = Instant::now() + Duration::from_secs(60);
+            while done.load(Ordering::Relaxed) < n {
+                assert!(Instant::now() < end, "the load stalled");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    wait_for(400).await;
+    let hung = cluster.procs[1].as_ref().unwrap();
+    hung.signal("STOP");
+    let hang_start = Instant::now();
+    tokio::time::sleep(HANG).await; // the fault's length, not a wait for anything
+    hung.signal("CONT");
+    let hang_end = Instant::now();
+    let resumed = done.load(Ordering::Relaxed);
+    wait_for(resumed + 400).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut log = Vec::new();
+    for w in writers {
+        log.extend(w.await.unwrap());
+    }
+
+    // During the hang (requests under way at any moment of it, the ones caught in flight when
+    // it began included): every request succeeded, none waited much past the replica deadline.
+    let during: Vec<_> = log
+        .iter()
+        .filter(|(_, _, t, put, get, _)| *t < hang_end && *t + *put + *get > hang_start)
+        .collect();
+    assert!(
+        during.len() > 100,
+        "only {} requests during the hang",
+        during.len()
+    );
+    let ok = during
+        .iter()
+        .filter(|(_, o, _, _, _, read_ok)| *o == Outcome::Acknowledged && *read_ok)
+        .count();
+    let mut latencies: Vec<Duration> = during
+        .iter()
+        .flat_map(|(_, _, _, p, g, _)| [*p, *g])
+        .collect();
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    let max = *latencies.last().unwrap();
+    println!(
+        "sigstop {HANG:?}: {} put-then-get pairs under way during the hang, {ok} fully succeeded ({:.1}%), p99 {p99:?}, max {max:?}; run took {:?}",
+        during.len(),
+        100.0 * ok as f64 / during.len() as f64,
+        started.elapsed()
+    );
+    assert_eq!(ok, during.len(), "requests failed during the hang");
+    assert!(
+        max < REPLICA_DEADLINE + Duration::from_millis(1500),
+        "a request took {max:?} during the hang"
+    );
+
+    // Afterwards: a quorum read of every key (read repair brings the resumed node up to date)
+    // and then every replica's own copy holds each acknowledged write exactly once.
+    let reader = Client::builder(cluster.seeds())
+        .request_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    for (key, outcome, ..) in &log {
+        let got = reader.get_with_quorum(key, Some(3)).await.unwrap();
+        match outcome {
+            Outcome::Acknowledged => {
+                assert_eq!(got.values, vec![key.clone().into_bytes()], "{key}")
+            }
+            _ => assert!(got.values.len() <= 1, "{key} stored twice"),
+        }
+    }
+    for i in 0..3 {
+        let addr = cluster.procs[i].as_ref().unwrap().addr;
+        let mut replica = ReplicaClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        for (key, outcome, ..) in &log {
+            let end = Instant::now() + Duration::from_secs(10);
+            loop {
+                let values = live_values(&mut replica, key).await;
+                assert!(values.len() <= 1, "node-{i} holds {key} twice");
+                if *outcome != Outcome::Acknowledged || values == [key.as_bytes()] {
+                    break;
+                }
+                assert!(Instant::now() < end, "node-{i} lacks acknowledged {key}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
