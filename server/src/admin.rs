@@ -11,6 +11,54 @@ use dynamokv_proto::v1 as pb;
 use dynamokv_proto::v1::kv_client::KvClient;
 use dynamokv_proto::v1::replica_client::ReplicaClient;
 
+/// What the node at `addr` sees of the cluster.
+pub async fn fetch_status(addr: &str) -> Result<pb::StatusResponse, String> {
+    let mut admin =
+        dynamokv_proto::v1::admin_client::AdminClient::connect(format!("http://{addr}"))
+            .await
+            .map_err(|e| format!("cannot reach {addr}: {e}"))?;
+    let mut req = tonic::Request::new(pb::StatusRequest {});
+    req.set_timeout(std::time::Duration::from_secs(10));
+    Ok(admin
+        .status(req)
+        .await
+        .map_err(|s| format!("{addr} refused the status call: {}", s.message()))?
+        .into_inner())
+}
+
+/// A node's status as text: each member, its address and whether that node reaches it.
+pub fn describe_status(status: &pb::StatusResponse) -> String {
+    let mut out = String::new();
+    let down = status.members.iter().filter(|m| !m.reachable).count();
+    let _ = writeln!(
+        out,
+        "{} in cluster {:?}: replicates {} of {} partitions (N = {}); {} of {} members reachable from here",
+        status.node_id,
+        status.cluster_name,
+        status.partitions_replicated,
+        status.partitions,
+        status.n,
+        status.members.len() - down,
+        status.members.len()
+    );
+    for m in &status.members {
+        let state = if m.is_self {
+            "this node"
+        } else if m.reachable {
+            "reachable"
+        } else {
+            "UNREACHABLE"
+        };
+        let zone = if m.zone.is_empty() {
+            String::new()
+        } else {
+            format!(" zone {}", m.zone)
+        };
+        let _ = writeln!(out, "  {:<12} {:<22} {state}{zone}", m.id, m.address);
+    }
+    out
+}
+
 /// Fetches the cluster view from the node at `addr` and builds its ring.
 pub async fn fetch_ring(addr: &str) -> Result<(pb::MembershipResponse, Ring), String> {
     let mut kv = KvClient::connect(format!("http://{addr}"))

@@ -143,6 +143,11 @@ impl Coordinator {
         &self.membership
     }
 
+    /// This node's connections to, and view of, its peers.
+    pub fn peers(&self) -> &Arc<Peers> {
+        &self.peers
+    }
+
     /// Read repairs sent since start.
     pub fn read_repairs(&self) -> u64 {
         self.metrics.read_repairs.get()

@@ -48,6 +48,19 @@ enum Command {
         #[arg(long)]
         key: String,
     },
+    /// Operator commands, answered by one node from its own view of the cluster.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// The members as the node sees them (reachable or not) and the partitions it replicates.
+    Status {
+        /// The node to ask.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        node: String,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -179,6 +192,11 @@ fn main() -> ExitCode {
                     key.as_deref().map(str::as_bytes)
                 )
             );
+            Ok(())
+        }),
+        Command::Admin(AdminCommand::Status { node }) => runtime.block_on(async {
+            let status = dynamokv_server::admin::fetch_status(&node).await?;
+            print!("{}", dynamokv_server::admin::describe_status(&status));
             Ok(())
         }),
         Command::DebugRead { node, key } => runtime.block_on(async {

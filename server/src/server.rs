@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
 use dynamokv_common::limits::MAX_MESSAGE_BYTES;
+use dynamokv_proto::v1::admin_server::AdminServer;
 use dynamokv_proto::v1::kv_server::KvServer;
 use dynamokv_proto::v1::replica_server::ReplicaServer;
 
@@ -20,7 +21,7 @@ use crate::membership::Membership;
 use crate::metrics::{HealthInfo, Metrics};
 use crate::peers::Peers;
 use crate::replica::{LocalReplica, SiblingLimits};
-use crate::service::{KvService, ReplicaService};
+use crate::service::{AdminService, KvService, ReplicaService};
 use crate::storage::{MemoryStorage, Storage, StorageError};
 
 /// A node that could not start or stopped with an error.
@@ -172,6 +173,7 @@ struct Ready {
     drain_deadline: Duration,
     kv: KvService,
     replica: ReplicaService,
+    admin: AdminService,
     metrics: Arc<Metrics>,
     /// Ends the peers' exchange streams at shutdown.
     streams_stop: CancellationToken,
@@ -237,6 +239,7 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
     );
     Ok(Ready {
         kv: KvService::new(Arc::clone(&coordinator)),
+        admin: AdminService::new(Arc::clone(&coordinator)),
         replica: ReplicaService::new(
             config.node_id.clone(),
             Arc::clone(&local),
@@ -315,6 +318,7 @@ async fn serve(
     };
     let result = tonic::transport::Server::builder()
         .add_service(health_service)
+        .add_service(AdminServer::new(ready.admin))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(

@@ -287,6 +287,63 @@ impl pb::replica_server::Replica for ReplicaService {
     }
 }
 
+/// Operator calls.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    coordinator: Arc<Coordinator>,
+}
+
+impl AdminService {
+    pub fn new(coordinator: Arc<Coordinator>) -> Self {
+        AdminService { coordinator }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let view = self.coordinator.membership().current();
+        let peers = self.coordinator.peers();
+        let n = view.quorums.n;
+        let q = view.ring.partition_count();
+        let replicated = (0..q)
+            .filter(|&p| {
+                view.ring
+                    .preference_list_of_partition(p, n as usize)
+                    .nodes
+                    .iter()
+                    .any(|m| m.id == view.self_id)
+            })
+            .count() as u32;
+        let members = view
+            .ring
+            .members()
+            .iter()
+            .map(|m| {
+                let is_self = m.id == view.self_id;
+                pb::MemberStatus {
+                    id: m.id.clone(),
+                    address: m.address.clone(),
+                    zone: m.zone.clone(),
+                    is_self,
+                    reachable: is_self || peers.is_up(&m.address),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::StatusResponse {
+            node_id: view.self_id.clone(),
+            cluster_name: view.cluster_name.clone(),
+            members,
+            partitions: q,
+            partitions_replicated: replicated,
+            n,
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -115,6 +115,43 @@ async fn a_node_avoids_a_hung_peer_after_one_timeout_and_probes_it_back() {
     );
     assert_eq!(sample(&scrape(&cluster, 0).await, &up_series), 0.0);
 
+    // `dynamokv admin status` shows node-0's own view: node-1 unreachable, the others not.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dynamokv"))
+        .args(["admin", "status", "--node", &cluster.addrs[0].to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("3 of 4 members reachable"), "{text}");
+    let line = |id: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("  {id} ")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(line("node-1").contains("UNREACHABLE"), "{text}");
+    assert!(line("node-0").contains("this node"), "{text}");
+    for id in ["node-2", "node-3"] {
+        assert!(
+            line(id).ends_with("reachable") && !line(id).contains("UNREACHABLE"),
+            "{text}"
+        );
+    }
+    // With 4 nodes and N = 3, node-0 holds a replica of about three quarters of the partitions.
+    let status = dynamokv_server::admin::fetch_status(&cluster.addrs[0].to_string())
+        .await
+        .unwrap();
+    let q = status.partitions;
+    assert_eq!(q, cluster.configs[0].cluster.partitions);
+    assert!(
+        status.partitions_replicated > q * 6 / 10 && status.partitions_replicated < q * 9 / 10,
+        "{status:?}"
+    );
+
     cluster.proxy(hung).set(Mode::Pass);
     eventually(
         "node-0 probes the peer back",
@@ -122,5 +159,9 @@ async fn a_node_avoids_a_hung_peer_after_one_timeout_and_probes_it_back() {
         || async { sample(&scrape(&cluster, 0).await, &up_series) == 1.0 },
     )
     .await;
+    let status = dynamokv_server::admin::fetch_status(&cluster.addrs[0].to_string())
+        .await
+        .unwrap();
+    assert!(status.members.iter().all(|m| m.reachable), "{status:?}");
     cluster.shutdown().await;
 }
