@@ -12,6 +12,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use dynamokv_common::limits::MAX_MESSAGE_BYTES;
 use dynamokv_common::{Limits, Member, Ring};
+use dynamokv_proto::transport::is_silence;
 use dynamokv_proto::v1 as pb;
 use dynamokv_proto::v1::kv_client::KvClient;
 
@@ -298,21 +299,6 @@ async fn probe(inner: Weak<Inner>, index: usize) {
 
 /// The least time a probe waits for its answer.
 const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(250);
-
-/// Whether a failed call says the node did not answer (the transport failed or timed out),
-/// as opposed to a node's own verdict.
-fn is_silence(status: &tonic::Status) -> bool {
-    !status
-        .metadata()
-        .contains_key(dynamokv_common::error_code::ERROR_CODE_METADATA)
-        && matches!(
-            status.code(),
-            tonic::Code::Unavailable
-                | tonic::Code::Unknown
-                | tonic::Code::Cancelled
-                | tonic::Code::DeadlineExceeded
-        )
-}
 
 impl Client {
     /// Options for a client of the cluster at `seeds`.

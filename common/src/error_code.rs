@@ -5,8 +5,9 @@
 
 use std::fmt;
 
-/// gRPC metadata key that carries an [`ErrorCode`] on error statuses.
-pub const ERROR_CODE_METADATA: &str = "dynamokv-error";
+/// gRPC metadata key that carries an [`ErrorCode`] on error statuses (part of the wire
+/// protocol, so it lives with it).
+pub use dynamokv_proto::transport::ERROR_CODE_METADATA;
 
 /// Why a request failed, as both ends name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

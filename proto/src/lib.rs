@@ -15,6 +15,25 @@ pub mod v1 {
 
 /// What a failed call says about whether the request reached the other end.
 pub mod transport {
+    /// gRPC metadata key that carries a DynamoKV error code on every error status a node
+    /// gives (`dynamokv_common::ErrorCode`). A status without it did not come from a node's
+    /// own verdict.
+    pub const ERROR_CODE_METADATA: &str = "dynamokv-error";
+
+    /// Whether a failed call means the other end did not answer, the transport failed or the
+    /// call timed out, as opposed to a verdict of its own. The failure detectors of nodes and
+    /// clients count these against a node's reachability (paper 4.8.3).
+    pub fn is_silence(status: &tonic::Status) -> bool {
+        !status.metadata().contains_key(ERROR_CODE_METADATA)
+            && matches!(
+                status.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::Unknown
+                    | tonic::Code::Cancelled
+                    | tonic::Code::DeadlineExceeded
+            )
+    }
+
     /// Whether a call that failed with `status` certainly never reached the server, so the
     /// request cannot have been applied: the connection could not be made. Any other failure
     /// (a reset, a timeout, a closed stream) may have come after the server acted on it.

@@ -361,7 +361,7 @@ impl Coordinator {
                 // replica syncs, so whichever acknowledge first count.
                 let sync = w.sync >= 2;
                 async move {
-                    let result = remote_merge(&peers, &m, key, &state, sync, timeout).await;
+                    let result = peers.merge(&m.address, &key, &state, sync, timeout).await;
                     (m.id, result)
                 }
             })
@@ -584,7 +584,9 @@ impl Coordinator {
                     .map(|_| ())
                     .map_err(|e| e.to_string())
             } else {
-                remote_merge(&self.peers, m, key.clone(), &merged, false, self.timeout).await
+                self.peers
+                    .merge(&m.address, &key, &merged, false, self.timeout)
+                    .await
             };
             if let Err(reason) = result {
                 tracing::debug!(node = %m.id, %reason, "read repair failed");
@@ -679,20 +681,4 @@ async fn remote_read(
         .state
         .map(|s| VersionedState::from_proto(&s).map_err(|e| format!("sent a bad state: {e}")))
         .transpose()
-}
-
-async fn remote_merge(
-    peers: &Arc<Peers>,
-    m: &Member,
-    key: Bytes,
-    state: &VersionedState,
-    sync: bool,
-    timeout: Duration,
-) -> Result<(), String> {
-    let req = pb::MergeLocalRequest {
-        key: Some(key),
-        state: Some(state.to_proto()),
-        sync,
-    };
-    peers.merge(&m.address, req, timeout).await
 }

@@ -300,10 +300,17 @@ impl Peers {
     pub async fn merge(
         self: &Arc<Self>,
         address: &str,
-        req: pb::MergeLocalRequest,
+        key: &bytes::Bytes,
+        state: &dynamokv_common::VersionedState,
+        sync: bool,
         timeout: Duration,
     ) -> Result<(), String> {
-        let result = self.merge_once(address, req, timeout).await;
+        let request = || pb::MergeLocalRequest {
+            key: Some(key.clone()),
+            state: Some(state.to_proto()),
+            sync,
+        };
+        let result = self.merge_once(address, request, timeout).await;
         self.note(address, &result);
         result.map_err(PeerError::into_message)
     }
@@ -341,21 +348,24 @@ impl Peers {
             .map_err(|s| PeerError::of(&s))
     }
 
+    /// `request` builds the request; it is called again only for the rare unary fallback,
+    /// so that the common path encodes the state once and copies nothing.
     async fn merge_once(
         &self,
         address: &str,
-        req: pb::MergeLocalRequest,
+        request: impl Fn() -> pb::MergeLocalRequest,
         timeout: Duration,
     ) -> Result<(), PeerError> {
+        let mut req = request();
         if req.encoded_len() <= STREAMED_MERGE_MAX_BYTES {
             match self
-                .exchange(address, pb::peer_request::Op::Merge(req.clone()), timeout)
+                .exchange(address, pb::peer_request::Op::Merge(req), timeout)
                 .await
                 .map_err(PeerError::Silent)?
             {
                 Some(pb::peer_response::Result::Merge(_)) => return Ok(()),
                 Some(other) => return Err(unexpected(other)),
-                None => {}
+                None => req = request(),
             }
         }
         let mut client = self.replica(address).map_err(PeerError::Refused)?;
@@ -394,19 +404,10 @@ impl PeerError {
     /// DynamoKV error code (or a code only a server sends) is the peer's own answer.
     fn of(status: &tonic::Status) -> PeerError {
         let message = format!("{:?}: {}", status.code(), status.message());
-        let ours = status
-            .metadata()
-            .contains_key(dynamokv_common::error_code::ERROR_CODE_METADATA);
-        match status.code() {
-            tonic::Code::Unavailable
-            | tonic::Code::Unknown
-            | tonic::Code::Cancelled
-            | tonic::Code::DeadlineExceeded
-                if !ours =>
-            {
-                PeerError::Silent(message)
-            }
-            _ => PeerError::Refused(message),
+        if dynamokv_proto::transport::is_silence(status) {
+            PeerError::Silent(message)
+        } else {
+            PeerError::Refused(message)
         }
     }
 
@@ -568,12 +569,11 @@ mod tests {
         for _ in 0..3 {
             let read = peers.read(&addr, bytes::Bytes::from_static(b"k"), t).await;
             assert_eq!(read.unwrap().actor, 42);
-            let merge = pb::MergeLocalRequest {
-                key: Some(bytes::Bytes::from_static(b"k")),
-                state: None,
-                sync: false,
-            };
-            peers.merge(&addr, merge, t).await.unwrap();
+            let state = dynamokv_common::VersionedState::new();
+            peers
+                .merge(&addr, &bytes::Bytes::from_static(b"k"), &state, false, t)
+                .await
+                .unwrap();
         }
         assert_eq!(old.unary.load(Ordering::SeqCst), 6);
         assert!(matches!(

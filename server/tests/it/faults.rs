@@ -1,7 +1,6 @@
 //! Fault campaigns on real `dynamokv serve` processes: every acknowledged write is recorded and
 //! checked at the end on every replica.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -39,6 +38,46 @@ async fn live_values(
         .state
         .map(|s| VersionedState::from_proto(&s).unwrap().live_values())
         .unwrap_or_default()
+}
+
+/// The end of every campaign: a quorum read of every key (which also read-repairs a node that
+/// missed writes), then every replica's own copy: each acknowledged write exactly once on all
+/// of them, and no write, acknowledged or not, stored twice anywhere.
+async fn every_acknowledged_write_on_every_replica_once(
+    cluster: &ProcCluster,
+    outcomes: &[(String, Outcome)],
+) {
+    let reader = Client::builder(cluster.seeds())
+        .request_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    for (key, outcome) in outcomes {
+        let got = reader.get_with_quorum(key, Some(3)).await.unwrap();
+        match outcome {
+            Outcome::Acknowledged => {
+                assert_eq!(got.values, vec![key.clone().into_bytes()], "{key}")
+            }
+            _ => assert!(got.values.len() <= 1, "{key} stored twice: {outcome:?}"),
+        }
+    }
+    for (i, node) in cluster.procs.iter().enumerate() {
+        let addr = node.as_ref().unwrap().addr;
+        let mut replica = ReplicaClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        for (key, outcome) in outcomes {
+            let end = Instant::now() + Duration::from_secs(10);
+            loop {
+                let values = live_values(&mut replica, key).await;
+                assert!(values.len() <= 1, "node-{i} holds {key} twice");
+                if *outcome != Outcome::Acknowledged || values == [key.as_bytes()] {
+                    break;
+                }
+                assert!(Instant::now() < end, "node-{i} lacks acknowledged {key}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
 }
 
 /// Defect 2, the campaign that found it: four writers make blind puts to distinct keys while
@@ -88,52 +127,20 @@ async fn sigkill_during_blind_puts_loses_and_duplicates_nothing() {
     cluster.kill(1);
     wait_for(2 * total / 3).await;
     cluster.start_node(1);
-    let mut outcomes: HashMap<String, Outcome> = HashMap::new();
+    let mut outcomes: Vec<(String, Outcome)> = Vec::new();
     for w in writers {
         outcomes.extend(w.await.unwrap());
     }
     let acked = outcomes
-        .values()
-        .filter(|o| **o == Outcome::Acknowledged)
+        .iter()
+        .filter(|(_, o)| *o == Outcome::Acknowledged)
         .count();
     assert!(
         acked > total / 2,
         "only {acked} of {total} puts acknowledged"
     );
 
-    // A quorum read of every key (which also read-repairs the restarted node)...
-    let reader = Client::builder(cluster.seeds())
-        .request_timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    for (key, outcome) in &outcomes {
-        let got = reader.get_with_quorum(key, Some(3)).await.unwrap();
-        match outcome {
-            Outcome::Acknowledged => {
-                assert_eq!(got.values, vec![key.clone().into_bytes()], "{key}")
-            }
-            _ => assert!(got.values.len() <= 1, "{key} stored twice: {outcome:?}"),
-        }
-    }
-    // ...then every replica's own copy: each acknowledged write exactly once on all three.
-    for i in 0..3 {
-        let addr = cluster.procs[i].as_ref().unwrap().addr;
-        let mut replica = ReplicaClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
-        for (key, outcome) in &outcomes {
-            let end = Instant::now() + Duration::from_secs(10);
-            loop {
-                let values = live_values(&mut replica, key).await;
-                assert!(values.len() <= 1, "node-{i} holds {key} twice");
-                if *outcome != Outcome::Acknowledged || values == [key.as_bytes()] {
-                    break;
-                }
-                assert!(Instant::now() < end, "node-{i} lacks acknowledged {key}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
+    every_acknowledged_write_on_every_replica_once(&cluster, &outcomes).await;
 }
 
 /// Issue 8, scenario 2: one node of three hung with SIGSTOP for ten seconds (its connections
@@ -243,37 +250,10 @@ async fn sigstop_hang_keeps_requests_succeeding_and_loses_nothing() {
         "a request took {max:?} during the hang"
     );
 
-    // Afterwards: a quorum read of every key (read repair brings the resumed node up to date)
-    // and then every replica's own copy holds each acknowledged write exactly once.
-    let reader = Client::builder(cluster.seeds())
-        .request_timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    for (key, outcome, ..) in &log {
-        let got = reader.get_with_quorum(key, Some(3)).await.unwrap();
-        match outcome {
-            Outcome::Acknowledged => {
-                assert_eq!(got.values, vec![key.clone().into_bytes()], "{key}")
-            }
-            _ => assert!(got.values.len() <= 1, "{key} stored twice"),
-        }
-    }
-    for i in 0..3 {
-        let addr = cluster.procs[i].as_ref().unwrap().addr;
-        let mut replica = ReplicaClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
-        for (key, outcome, ..) in &log {
-            let end = Instant::now() + Duration::from_secs(10);
-            loop {
-                let values = live_values(&mut replica, key).await;
-                assert!(values.len() <= 1, "node-{i} holds {key} twice");
-                if *outcome != Outcome::Acknowledged || values == [key.as_bytes()] {
-                    break;
-                }
-                assert!(Instant::now() < end, "node-{i} lacks acknowledged {key}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
+    // Afterwards (read repair brings the resumed node up to date):
+    let outcomes: Vec<(String, Outcome)> = log
+        .into_iter()
+        .map(|(key, outcome, ..)| (key, outcome))
+        .collect();
+    every_acknowledged_write_on_every_replica_once(&cluster, &outcomes).await;
 }
