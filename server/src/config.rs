@@ -65,6 +65,44 @@ pub struct Config {
     /// superseded writes), so a replica that catches up within it never sees a superseded or
     /// deleted value come back. A replica away for longer should be wiped before it rejoins.
     pub history_horizon_ms: u64,
+    /// Background work that heals replicas: hinted handoff, anti-entropy, tombstone reaping,
+    /// and the admission control that holds it back when requests slow down.
+    pub background: BackgroundConfig,
+}
+
+/// Hinted handoff (paper 4.6), anti-entropy (4.7), tombstone reaping and admission control of
+/// all three (6.5). TOML section `[background]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackgroundConfig {
+    /// How often hint delivery looks for owners that answer again, in milliseconds. Delivery
+    /// to an owner that does not answer backs off from this to 30 s, and never gives up.
+    pub handoff_interval_ms: u64,
+    /// How often this node compares its Merkle trees with one replica peer (taking the peers
+    /// in turn), in milliseconds. 0 turns anti-entropy off.
+    pub anti_entropy_interval_ms: u64,
+    /// A tombstone is removed once it is older than this and every replica of its key holds
+    /// it, in milliseconds. Keep it longer than any replica may stay away or any hint may wait:
+    /// a replica that comes back after its tombstones were reaped could bring deleted values
+    /// back. 0 never reaps.
+    pub tombstone_grace_ms: u64,
+    /// How often this node looks for tombstones to reap, in milliseconds.
+    pub reap_interval_ms: u64,
+    /// Admission control: while the 99th percentile of this node's foreground request
+    /// latency over the last second is above this, in milliseconds, background work pauses.
+    pub latency_bound_ms: u64,
+}
+
+impl Default for BackgroundConfig {
+    fn default() -> Self {
+        BackgroundConfig {
+            handoff_interval_ms: 1_000,
+            anti_entropy_interval_ms: 30_000,
+            tombstone_grace_ms: 24 * 60 * 60 * 1000,
+            reap_interval_ms: 60_000,
+            latency_bound_ms: 50,
+        }
+    }
 }
 
 /// The cluster this node belongs to. Membership is static here; gossip replaces it later.
@@ -136,6 +174,7 @@ impl Default for Config {
             replica_timeout_ms: 2_000,
             max_vector_entries: DEFAULT_MAX_VECTOR_ENTRIES,
             history_horizon_ms: DEFAULT_HISTORY_HORIZON_MS,
+            background: BackgroundConfig::default(),
         }
     }
 }
@@ -306,6 +345,12 @@ impl Config {
                 "max_vector_entries = {} is below cluster.n = {n}: a key written through its N replicas needs N entries",
                 self.max_vector_entries
             )));
+        }
+        let b = &self.background;
+        if b.handoff_interval_ms == 0 || b.reap_interval_ms == 0 || b.latency_bound_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "background.handoff_interval_ms, reap_interval_ms and latency_bound_ms must be positive".into(),
+            ));
         }
         Ok(())
     }
