@@ -165,6 +165,7 @@ pub async fn debug_read(
     let reply = client
         .read_local(pb::ReadLocalRequest {
             key: Some(Bytes::copy_from_slice(key)),
+            include_hints: false,
         })
         .await
         .map_err(|s| format!("{addr} refused the read: {}", s.message()))?

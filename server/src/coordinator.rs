@@ -40,10 +40,11 @@ use dynamokv_proto::transport::certainly_not_sent;
 use dynamokv_proto::v1 as pb;
 
 use crate::error::{Error, ReplicaFailure};
-use crate::membership::{ClusterView, Membership};
+use crate::membership::Membership;
 use crate::metrics::{Metrics, Role};
 use crate::peers::Peers;
 use crate::replica::{LocalReplica, WriteError, now_ms};
+use crate::sloppy_quorum;
 
 /// Metadata marking a put that a node forwarded to a coordinator, so it is never forwarded
 /// twice. It gives the request no other power: a node that is not a replica refuses it.
@@ -171,33 +172,43 @@ impl Coordinator {
         let n = view.quorums.n;
         let r = r.unwrap_or(view.quorums.r);
         check_quorum("R", r, n)?;
-        let replicas = top_n(&view, &key);
+        let list = view.ring.preference_list(&key, n as usize);
+        let replicas: Vec<Member> = list.nodes.iter().map(|m| (*m).clone()).collect();
+        let fallbacks: Vec<Member> = list.fallbacks.iter().map(|m| (*m).clone()).collect();
         check_replica_count("R", r, &replicas)?;
 
-        // Every replica this node can reach (itself included); those it marked down only when
-        // the others are too few for R, so that a read never waits on a known-silent peer.
-        let up: Vec<&Member> = replicas
-            .iter()
-            .filter(|m| m.id == view.self_id || self.peers.is_up(&m.address))
-            .collect();
-        let asked: Vec<&Member> = if up.len() as u32 >= r {
-            up
-        } else {
-            replicas.iter().collect()
+        // The primaries this node can reach (itself included); when those are too few for R,
+        // every primary and, in their stead, fallbacks holding hints (sloppy quorum, paper
+        // 4.6). A read never waits on a known-silent peer while others suffice.
+        let is_up = |m: &Member| self.peers.is_up(&m.address);
+        let (asked, mut extra) =
+            sloppy_quorum::place_read(&replicas, &fallbacks, &view.self_id, r as usize, is_up);
+        let read = |m: Member, hints: bool| {
+            let (this, key) = (Arc::clone(self), key.clone());
+            async move { this.read_replica(m, key, hints).await }
         };
-        let mut pending: FuturesUnordered<_> = asked
-            .into_iter()
-            .map(|m| {
-                let (this, m, key) = (Arc::clone(self), m.clone(), key.clone());
-                async move { this.read_replica(m, key).await }
-            })
-            .collect();
+        let mut pending: FuturesUnordered<_> = FuturesUnordered::new();
+        for m in asked {
+            pending.push(read(m, false));
+        }
+        for m in extra.drain(..) {
+            pending.push(read(m, true));
+        }
+        let mut asked_fallbacks = pending.len() > replicas.len();
         let mut replies: Vec<(String, Option<VersionedState>)> = Vec::new();
         let mut failures = Vec::new();
         while (replies.len() as u32) < r {
             match pending.next().await {
                 Some((node, Ok(state))) => replies.push((node, state)),
                 Some((node, Err(reason))) => failures.push(ReplicaFailure { node, reason }),
+                None if !asked_fallbacks => {
+                    // Primaries that looked up did not answer: the fallbacks that are up now.
+                    asked_fallbacks = true;
+                    let missing = replicas.len() - replies.len();
+                    for m in fallbacks.iter().filter(|m| is_up(m)).take(missing) {
+                        pending.push(read(m.clone(), true));
+                    }
+                }
                 None => break,
             }
         }
@@ -258,7 +269,9 @@ impl Coordinator {
         let sync = req.sync_replicas.unwrap_or(self.sync_replicas);
         check_sync_replicas(sync, w)?;
         let op = if req.value.is_some() { "put" } else { "delete" };
-        let replicas = top_n(&view, &key);
+        let list = view.ring.preference_list(&key, n as usize);
+        let replicas: Vec<Member> = list.nodes.iter().map(|m| (*m).clone()).collect();
+        let fallbacks: Vec<Member> = list.fallbacks.iter().map(|m| (*m).clone()).collect();
         check_replica_count("W", w, &replicas)?;
         let budget = req.budget.unwrap_or(DEFAULT_REQUEST_BUDGET);
         let verdict_at = Instant::now() + budget.saturating_sub(VERDICT_MARGIN);
@@ -294,7 +307,8 @@ impl Coordinator {
                 w,
                 sync,
             };
-            this.write(write, replicas, self_id, verdict_at, tx).await;
+            this.write(write, replicas, fallbacks, self_id, verdict_at, tx)
+                .await;
         });
         rx.await.unwrap_or_else(|_| {
             Err(Error::Internal(
@@ -303,12 +317,15 @@ impl Coordinator {
         })
     }
 
-    /// Coordinates a write: local update, then copies to the other replicas, answering `tx`
-    /// once W hold it or at `verdict_at`, and carrying on with the remaining copies after.
+    /// Coordinates a write: local update, then copies to the other replicas (or, for those
+    /// this node sees as down, hints on fallbacks: sloppy quorum), answering `tx` once W hold
+    /// it or at `verdict_at`, and carrying on with the remaining copies after. A copy that
+    /// fails moves to the next fallback as a hint, so the write still reaches N nodes.
     async fn write(
         self: Arc<Self>,
         w: Write,
         replicas: Vec<Member>,
+        fallbacks: Vec<Member>,
         self_id: String,
         verdict_at: Instant,
         tx: oneshot::Sender<Result<Bytes, Error>>,
@@ -346,26 +363,37 @@ impl Coordinator {
                 let _ = tx.send(Ok(reply.clone()));
             }
         }
-        let mut pending: FuturesUnordered<_> = replicas
-            .iter()
-            .filter(|m| m.id != self_id)
-            .map(|m| {
-                let (peers, m, key, state) = (
-                    Arc::clone(&self.peers),
-                    m.clone(),
-                    w.key.clone(),
-                    state.clone(),
-                );
-                let timeout = self.timeout;
-                // The coordinator's own copy is the first synced one; beyond it, every other
-                // replica syncs, so whichever acknowledge first count.
-                let sync = w.sync >= 2;
-                async move {
-                    let result = peers.merge(&m.address, &key, &state, sync, timeout).await;
-                    (m.id, result)
-                }
-            })
-            .collect();
+        let (copies, mut spare) =
+            sloppy_quorum::place_write(&replicas, &fallbacks, &self_id, |m| {
+                self.peers.is_up(&m.address)
+            });
+        // The coordinator's own copy is the first synced one; beyond it, every other replica
+        // syncs, so whichever acknowledge first count.
+        let sync = w.sync >= 2;
+        let send = |copy: sloppy_quorum::Copy| {
+            let (peers, key, state, timeout) = (
+                Arc::clone(&self.peers),
+                w.key.clone(),
+                state.clone(),
+                self.timeout,
+            );
+            async move {
+                let result = match &copy.hint_for {
+                    None => {
+                        peers
+                            .merge(&copy.to.address, &key, &state, sync, timeout)
+                            .await
+                    }
+                    Some(owner) => {
+                        peers
+                            .store_hint(&copy.to.address, &key, &owner.id, &state, sync, timeout)
+                            .await
+                    }
+                };
+                (copy, result)
+            }
+        };
+        let mut pending: FuturesUnordered<_> = copies.into_iter().map(send).collect();
         let deadline = tokio::time::sleep_until(verdict_at);
         tokio::pin!(deadline);
         loop {
@@ -380,7 +408,13 @@ impl Coordinator {
                             }
                         }
                     }
-                    Some((node, Err(reason))) => failures.push(ReplicaFailure { node, reason }),
+                    Some((copy, Err(reason))) => {
+                        if let Some(next) = sloppy_quorum::replace_copy(&copy, &mut spare) {
+                            tracing::debug!(failed = %copy.to.id, to = %next.to.id, "copy failed: handing it to a fallback");
+                            pending.push(send(next));
+                        }
+                        failures.push(ReplicaFailure { node: copy.to.id, reason });
+                    }
                 },
                 () = &mut deadline, if tx.is_some() => {
                     let mut failures = failures.clone();
@@ -420,7 +454,7 @@ impl Coordinator {
         let mut pending: FuturesUnordered<_> = replicas
             .iter()
             .filter(|m| m.id != self_id && self.peers.is_up(&m.address))
-            .map(|m| remote_read(&self.peers, m, key.clone(), wait))
+            .map(|m| remote_read(&self.peers, m, key.clone(), false, wait))
             .collect();
         while let Some(reply) = pending.next().await {
             if let Ok(Some(state)) = reply {
@@ -543,12 +577,18 @@ impl Coordinator {
         })
     }
 
-    async fn read_replica(&self, m: Member, key: Bytes) -> ReplicaReply<Option<VersionedState>> {
+    /// A replica's state of `key`; with `hints`, a fallback's hints for it too.
+    async fn read_replica(
+        &self,
+        m: Member,
+        key: Bytes,
+        hints: bool,
+    ) -> ReplicaReply<Option<VersionedState>> {
         let view_self = self.membership.current().self_id.clone();
         let result = if m.id == view_self {
             self.local.read(key).await.map_err(|e| e.to_string())
         } else {
-            remote_read(&self.peers, &m, key, self.timeout).await
+            remote_read(&self.peers, &m, key, hints, self.timeout).await
         };
         (m.id, result)
     }
@@ -624,16 +664,6 @@ fn merge_all<'a>(states: impl Iterator<Item = &'a VersionedState>) -> VersionedS
     merged
 }
 
-/// The key's N replicas: the top of its preference list.
-fn top_n(view: &ClusterView, key: &[u8]) -> Vec<Member> {
-    view.ring
-        .preference_list(key, view.quorums.n as usize)
-        .nodes
-        .into_iter()
-        .cloned()
-        .collect()
-}
-
 /// A quorum can never be met by more replicas than the key has.
 fn check_replica_count(name: &'static str, q: u32, replicas: &[Member]) -> Result<(), Error> {
     if q as usize > replicas.len() {
@@ -674,9 +704,10 @@ async fn remote_read(
     peers: &Arc<Peers>,
     m: &Member,
     key: Bytes,
+    include_hints: bool,
     timeout: Duration,
 ) -> Result<Option<VersionedState>, String> {
-    let reply = peers.read(&m.address, key, timeout).await?;
+    let reply = peers.read(&m.address, key, include_hints, timeout).await?;
     reply
         .state
         .map(|s| VersionedState::from_proto(&s).map_err(|e| format!("sent a bad state: {e}")))

@@ -3,22 +3,33 @@
 //! Layers, bottom up (see ARCHITECTURE.md):
 //! - [`storage`]: local persistence (paper 4.1), RocksDB or in-memory.
 //! - [`replica`]: this node's replica: atomic per-key version updates and merges (paper 4.4).
+//! - [`merkle`]: per-partition Merkle trees of this node's keys for anti-entropy (paper 4.7).
 //! - [`membership`]: the cluster view and ring (paper 4.2, 4.8).
+//! - [`peers`]: connections to the other nodes and local failure detection (paper 4.8.3).
+//! - [`sloppy_quorum`]: which nodes a request goes to, healthy ones first (paper 4.6).
 //! - [`coordinator`]: quorum reads and writes, forwarding, read repair (paper 4.5).
+//! - Background work, admitted by [`admission`] control (paper 6.5): [`hinted_handoff`]
+//!   (paper 4.6), [`anti_entropy`] (paper 4.7), [`tombstones`] (reaping deleted keys).
 //! - [`service`]: the gRPC services; [`server`] starts and stops it all.
 
 pub mod admin;
+pub mod admission;
+pub mod anti_entropy;
 pub mod config;
 pub mod coordinator;
 pub mod dev;
 pub mod error;
+pub mod hinted_handoff;
 pub mod membership;
+pub mod merkle;
 pub mod metrics;
 pub mod peers;
 pub mod replica;
 pub mod server;
 pub mod service;
+pub mod sloppy_quorum;
 pub mod storage;
+pub mod tombstones;
 
 pub use config::Config;
 pub use server::{NodeHandle, ServerError, run, start, start_on};

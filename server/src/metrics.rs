@@ -18,6 +18,13 @@
 //! - `peer_up{peer}`: 1 while this node can reach the peer, 0 once it marked it down.
 //! - `wal_syncs_total` and `synced_writes_total`: fsyncs of the write-ahead log and the writes
 //!   they made durable (their ratio is how many writes share one fsync in group commit).
+//! - Hinted handoff (paper 4.6): `hints_queued` (hints this node holds for other replicas),
+//!   `hint_oldest_age_seconds`, `hints_stored_total`, `hints_delivered_total`.
+//! - Anti-entropy (paper 4.7): `anti_entropy_exchanges_total`,
+//!   `anti_entropy_keys_compared_total`, `anti_entropy_keys_repaired_total`.
+//! - `tombstones_reaped_total`: deleted keys removed once every replica held the tombstone.
+//! - `background_paused_total{worker}`: times a background worker waited because foreground
+//!   latency was above `latency_bound_ms` (admission control, paper 6.5).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,6 +81,28 @@ struct PeerLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct WorkerLabels {
+    worker: &'static str,
+}
+
+/// Hinted handoff's counts.
+#[derive(Debug, Default)]
+pub struct HintMetrics {
+    pub stored: Counter,
+    pub delivered: Counter,
+    pub queued: Gauge,
+    pub oldest_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+/// Anti-entropy's counts.
+#[derive(Debug, Default)]
+pub struct AntiEntropyMetrics {
+    pub exchanges: Counter,
+    pub keys_compared: Counter,
+    pub keys_repaired: Counter,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct OpLabels {
     op: &'static str,
 }
@@ -96,6 +125,12 @@ pub struct Metrics {
     pub wal_syncs: Counter,
     pub synced_writes: Counter,
     peer_up: Family<PeerLabels, Gauge>,
+    pub hints: HintMetrics,
+    pub anti_entropy: AntiEntropyMetrics,
+    pub tombstones_reaped: Counter,
+    background_paused: Family<WorkerLabels, Counter>,
+    /// Foreground latency, as admission control of background work sees it.
+    pub foreground: crate::admission::Foreground,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -175,6 +210,58 @@ impl Metrics {
             "Whether this node can reach the peer (1) or marked it down after it failed to answer (0)",
             peer_up.clone(),
         );
+        let hints = HintMetrics::default();
+        registry.register(
+            "hints_queued",
+            "Hints this node holds for replicas it could not reach (hinted handoff)",
+            hints.queued.clone(),
+        );
+        registry.register_with_unit(
+            "hint_oldest_age",
+            "Age of the oldest hint this node holds",
+            Unit::Seconds,
+            hints.oldest_age_seconds.clone(),
+        );
+        registry.register(
+            "hints_stored",
+            "Hints stored here for other replicas",
+            hints.stored.clone(),
+        );
+        registry.register(
+            "hints_delivered",
+            "Hints delivered to their replica (and then deleted here)",
+            hints.delivered.clone(),
+        );
+        let anti_entropy = AntiEntropyMetrics::default();
+        registry.register(
+            "anti_entropy_exchanges",
+            "Merkle tree comparisons with another replica",
+            anti_entropy.exchanges.clone(),
+        );
+        registry.register(
+            "anti_entropy_keys_compared",
+            "Keys compared one by one under Merkle leaves that differed",
+            anti_entropy.keys_compared.clone(),
+        );
+        registry.register(
+            "anti_entropy_keys_repaired",
+            "Keys whose versions anti-entropy exchanged between replicas",
+            anti_entropy.keys_repaired.clone(),
+        );
+        let tombstones_reaped = counter(
+            &mut registry,
+            "tombstones_reaped",
+            "Tombstones removed here once every replica of the key held them",
+        );
+        let background_paused = Family::<WorkerLabels, Counter>::default();
+        registry.register(
+            "background_paused",
+            "Times a background worker paused because foreground latency was above the bound",
+            background_paused.clone(),
+        );
+        for worker in crate::admission::WORKERS {
+            drop(background_paused.get_or_create(&WorkerLabels { worker }));
+        }
         // Series that exist from the start, at zero, so dashboards and alerts see them before
         // the first request (a family only shows the label sets created in it).
         for (op, role) in [
@@ -207,7 +294,31 @@ impl Metrics {
             wal_syncs,
             synced_writes,
             peer_up,
+            hints,
+            anti_entropy,
+            tombstones_reaped,
+            background_paused,
+            foreground: crate::admission::Foreground::default(),
         }
+    }
+
+    /// Records that background worker `worker` paused for foreground latency.
+    pub fn background_paused(&self, worker: &'static str) {
+        self.background_paused
+            .get_or_create(&WorkerLabels { worker })
+            .inc();
+    }
+
+    /// Pauses of every background worker since start.
+    pub fn background_pauses(&self) -> u64 {
+        crate::admission::WORKERS
+            .iter()
+            .map(|&worker| {
+                self.background_paused
+                    .get_or_create(&WorkerLabels { worker })
+                    .get()
+            })
+            .sum()
     }
 
     /// Records whether the peer at `address` is reachable, as this node sees it.
@@ -225,6 +336,7 @@ impl Metrics {
             .get_or_create(&RequestLabels { op, outcome })
             .inc();
         self.latency(op, role, took);
+        self.foreground.record(took);
         if outcome == "QUORUM_NOT_REACHED" {
             self.quorum_failures.get_or_create(&OpLabels { op }).inc();
         }

@@ -284,14 +284,16 @@ impl Peers {
         }
     }
 
-    /// A replica read of `key` on the node at `address`.
+    /// A replica read of `key` on the node at `address`; with `include_hints`, merged with the
+    /// hints that node holds for the key (a fallback's answer to a sloppy-quorum read).
     pub async fn read(
         self: &Arc<Self>,
         address: &str,
         key: bytes::Bytes,
+        include_hints: bool,
         timeout: Duration,
     ) -> Result<pb::ReadLocalResponse, String> {
-        let result = self.read_once(address, key, timeout).await;
+        let result = self.read_once(address, key, include_hints, timeout).await;
         self.note(address, &result);
         result.map_err(PeerError::into_message)
     }
@@ -315,6 +317,56 @@ impl Peers {
         result.map_err(PeerError::into_message)
     }
 
+    /// A unary call `f` to the node at `address` with a deadline of `timeout`, noting whether
+    /// the node answered.
+    pub async fn call<T, F, Fut>(
+        self: &Arc<Self>,
+        address: &str,
+        timeout: Duration,
+        f: F,
+    ) -> Result<T, String>
+    where
+        F: FnOnce(ReplicaClient<Channel>, Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let result = match self.replica(address) {
+            Err(reason) => Err(PeerError::Refused(reason)),
+            Ok(client) => match tokio::time::timeout(timeout, f(client, timeout)).await {
+                Err(_) => Err(PeerError::Silent(format!("no answer within {timeout:?}"))),
+                Ok(r) => r
+                    .map(tonic::Response::into_inner)
+                    .map_err(|s| PeerError::of(&s)),
+            },
+        };
+        self.note(address, &result);
+        result.map_err(PeerError::into_message)
+    }
+
+    /// Hands `state` of `key` to the node at `address` as a hint for the replica `owner`.
+    pub async fn store_hint(
+        self: &Arc<Self>,
+        address: &str,
+        key: &bytes::Bytes,
+        owner: &str,
+        state: &dynamokv_common::VersionedState,
+        sync: bool,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let req = pb::StoreHintRequest {
+            key: Some(key.clone()),
+            state: Some(state.to_proto()),
+            owner: owner.to_string(),
+            sync,
+        };
+        self.call(address, timeout, |mut c, t| async move {
+            let mut req = tonic::Request::new(req);
+            req.set_timeout(t);
+            c.store_hint(req).await
+        })
+        .await
+        .map(|_| ())
+    }
+
     fn note<T>(self: &Arc<Self>, address: &str, result: &Result<T, PeerError>) {
         match result {
             Ok(_) | Err(PeerError::Refused(_)) => self.answered(address),
@@ -326,9 +378,13 @@ impl Peers {
         &self,
         address: &str,
         key: bytes::Bytes,
+        include_hints: bool,
         timeout: Duration,
     ) -> Result<pb::ReadLocalResponse, PeerError> {
-        let req = pb::ReadLocalRequest { key: Some(key) };
+        let req = pb::ReadLocalRequest {
+            key: Some(key),
+            include_hints,
+        };
         match self
             .exchange(address, pb::peer_request::Op::Read(req.clone()), timeout)
             .await
@@ -529,6 +585,41 @@ mod tests {
             Ok(Response::new(pb::MergeLocalResponse {}))
         }
 
+        async fn store_hint(
+            &self,
+            _: Request<pb::StoreHintRequest>,
+        ) -> Result<Response<pb::StoreHintResponse>, Status> {
+            Err(Status::unimplemented("an older version"))
+        }
+
+        async fn tree_roots(
+            &self,
+            _: Request<pb::TreeRootsRequest>,
+        ) -> Result<Response<pb::TreeRootsResponse>, Status> {
+            Err(Status::unimplemented("an older version"))
+        }
+
+        async fn tree_leaves(
+            &self,
+            _: Request<pb::TreeLeavesRequest>,
+        ) -> Result<Response<pb::TreeLeavesResponse>, Status> {
+            Err(Status::unimplemented("an older version"))
+        }
+
+        async fn leaf_keys(
+            &self,
+            _: Request<pb::LeafKeysRequest>,
+        ) -> Result<Response<pb::LeafKeysResponse>, Status> {
+            Err(Status::unimplemented("an older version"))
+        }
+
+        async fn reap(
+            &self,
+            _: Request<pb::ReapRequest>,
+        ) -> Result<Response<pb::ReapResponse>, Status> {
+            Err(Status::unimplemented("an older version"))
+        }
+
         async fn exchange(
             &self,
             req: Request<tonic::Streaming<pb::PeerRequest>>,
@@ -567,7 +658,9 @@ mod tests {
         let peers = Arc::new(Peers::new(Duration::from_secs(5)));
         let t = Duration::from_secs(5);
         for _ in 0..3 {
-            let read = peers.read(&addr, bytes::Bytes::from_static(b"k"), t).await;
+            let read = peers
+                .read(&addr, bytes::Bytes::from_static(b"k"), false, t)
+                .await;
             assert_eq!(read.unwrap().actor, 42);
             let state = dynamokv_common::VersionedState::new();
             peers
@@ -597,6 +690,7 @@ mod tests {
             .read(
                 &addr,
                 bytes::Bytes::from_static(b"k"),
+                false,
                 Duration::from_secs(5),
             )
             .await
@@ -611,6 +705,7 @@ mod tests {
             .read(
                 &addr,
                 bytes::Bytes::from_static(b"k"),
+                false,
                 Duration::from_secs(5),
             )
             .await;
@@ -637,7 +732,7 @@ mod tests {
             let (peers, addr, key) = (Arc::clone(&peers), addr.clone(), key.clone());
             calls.push(tokio::spawn(async move {
                 let t = std::time::Instant::now();
-                let r = peers.read(&addr, key, Duration::from_secs(3)).await;
+                let r = peers.read(&addr, key, false, Duration::from_secs(3)).await;
                 (r.map(|_| ()), t.elapsed())
             }));
         }

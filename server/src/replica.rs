@@ -24,8 +24,9 @@ use dynamokv_common::{
     Actor, CausalContext, HistoryLimits, UpdateOutcome, VersionedState, WriteId, key_position,
 };
 
+use crate::merkle::{self, MerkleForest};
 use crate::metrics::Metrics;
-use crate::storage::{self, GroupCommit, Storage, StorageError};
+use crate::storage::{self, GroupCommit, Space, Storage, StorageError};
 
 const LOCK_STRIPES: usize = 1024;
 const META_NODE_ID: &str = "node_id";
@@ -71,7 +72,12 @@ pub struct LocalReplica {
     siblings: SiblingLimits,
     metrics: Arc<Metrics>,
     group_commit: GroupCommit,
+    /// Merkle trees of the data (paper 4.7), updated under the key's lock by every write.
+    forest: MerkleForest,
 }
+
+/// Keys scanned per storage read when walking the data (tree rebuild, leaf listings).
+const SCAN_PAGE: usize = 1024;
 
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
@@ -81,10 +87,12 @@ pub(crate) fn now_ms() -> u64 {
 
 impl LocalReplica {
     /// Opens the replica on `store` as a new incarnation with a fresh actor, refusing a store
-    /// that belongs to another node id.
+    /// that belongs to another node id, and rebuilds the Merkle trees of the ring's
+    /// `partitions` partitions from what the store holds.
     pub fn open(
         store: Arc<dyn Storage>,
         node_id: &str,
+        partitions: u32,
         history: HistoryLimits,
         siblings: SiblingLimits,
         metrics: Arc<Metrics>,
@@ -109,7 +117,25 @@ impl LocalReplica {
             None => 0,
         } + 1;
         store.put_meta(META_INCARNATIONS, &incarnation.to_be_bytes())?;
+        let started = std::time::Instant::now();
+        let forest = MerkleForest::new(partitions);
+        let mut keys = 0u64;
+        let mut from = Vec::new();
+        loop {
+            let page = store.scan(Space::Data, &from, None, SCAN_PAGE)?;
+            for (k, v) in &page {
+                let key = storage::user_key(k);
+                forest.add(key, merkle::state_digest(key, &storage::decode_state(v)?));
+                keys += 1;
+            }
+            match page.last() {
+                Some((k, _)) if page.len() == SCAN_PAGE => from = after(k),
+                _ => break,
+            }
+        }
+        tracing::info!(keys, took = ?started.elapsed(), "Merkle trees rebuilt from storage");
         Ok(LocalReplica {
+            forest,
             store,
             actor: Actor(rand::random::<u64>()),
             incarnation,
@@ -206,6 +232,7 @@ impl LocalReplica {
         self.truncate(&mut state, now);
         if state != current {
             storage::write_state(self.store.as_ref(), key, &state)?;
+            self.forest.update(key, Some(&current), Some(&state));
         }
         Ok((state, outcome))
     }
@@ -278,8 +305,167 @@ impl LocalReplica {
         self.truncate(&mut state, now);
         if current.as_ref() != Some(&state) {
             storage::write_state(self.store.as_ref(), key, &state)?;
+            self.forest.update(key, current.as_ref(), Some(&state));
         }
         Ok(state)
+    }
+
+    /// This node's Merkle trees.
+    pub fn forest(&self) -> &MerkleForest {
+        &self.forest
+    }
+
+    /// The keys stored from ring position `first` to `last` (inclusive) with their state
+    /// digests, in storage order, at most `limit`, starting after storage key `after` (empty:
+    /// from `first`). The second value tells whether more follow.
+    pub fn key_digests(
+        &self,
+        first: u128,
+        last: u128,
+        after: &[u8],
+        limit: usize,
+    ) -> Result<(Vec<(Bytes, u64)>, bool), StorageError> {
+        let start = if after.is_empty() {
+            storage::position_start(first).to_vec()
+        } else {
+            self::after(after)
+        };
+        let end = last.checked_add(1).map(storage::position_start);
+        let page = self
+            .store
+            .scan(Space::Data, &start, end.as_ref().map(|e| &e[..]), limit)?;
+        let more = page.len() == limit;
+        let mut out = Vec::with_capacity(page.len());
+        for (k, v) in page {
+            let key = Bytes::copy_from_slice(storage::user_key(&k));
+            let digest = merkle::state_digest(&key, &storage::decode_state(&v)?);
+            out.push((key, digest));
+        }
+        Ok((out, more))
+    }
+
+    /// Up to `limit` stored states from storage key `from` on (tombstone reaping walks the
+    /// data with it), with the storage key to continue from, `None` at the end.
+    pub fn states_from(
+        &self,
+        from: &[u8],
+        limit: usize,
+    ) -> Result<(Vec<(Bytes, VersionedState)>, Option<Vec<u8>>), StorageError> {
+        let page = self.store.scan(Space::Data, from, None, limit)?;
+        let next = match page.last() {
+            Some((k, _)) if page.len() == limit => Some(after(k)),
+            _ => None,
+        };
+        let mut out = Vec::with_capacity(page.len());
+        for (k, v) in page {
+            out.push((
+                Bytes::copy_from_slice(storage::user_key(&k)),
+                storage::decode_state(&v)?,
+            ));
+        }
+        Ok((out, next))
+    }
+
+    /// Removes `key` if this replica's state of it is still the tombstone `digest` names (or it
+    /// holds nothing) and no hint for the key waits here. Returns whether the key is gone.
+    pub fn reap(&self, key: &[u8], digest: u64) -> Result<bool, StorageError> {
+        let _guard = self.stripe(key).lock().unwrap_or_else(|p| p.into_inner());
+        if !self.hints_of(key)?.is_empty() {
+            return Ok(false);
+        }
+        let Some(current) = storage::read_state(self.store.as_ref(), key)? else {
+            return Ok(true);
+        };
+        if !current.is_deleted() || merkle::state_digest(key, &current) != digest {
+            return Ok(false);
+        }
+        self.store
+            .delete_in(Space::Data, &storage::storage_key(key))?;
+        self.forest.update(key, Some(&current), None);
+        Ok(true)
+    }
+
+    /// Hinted handoff (paper 4.6): keeps `state` for the replica `owner`, merged with any hint
+    /// for it already here. With `sync`, returns once the hint is in the synced log.
+    pub async fn store_hint(
+        self: &Arc<Self>,
+        key: Bytes,
+        owner: String,
+        state: VersionedState,
+        sync: bool,
+    ) -> Result<(), StorageError> {
+        if !sync {
+            return self.apply_hint(&key, &owner, &state);
+        }
+        let this = Arc::clone(self);
+        durably(move || {
+            this.apply_hint(&key, &owner, &state)?;
+            this.group_commit.sync(this.store.as_ref())
+        })
+        .await
+    }
+
+    fn apply_hint(
+        &self,
+        key: &[u8],
+        owner: &str,
+        incoming: &VersionedState,
+    ) -> Result<(), StorageError> {
+        let _guard = self.stripe(key).lock().unwrap_or_else(|p| p.into_inner());
+        let hk = storage::hint_key(key, owner);
+        let now = now_ms();
+        let (created, mut state) = match self.store.get_in(Space::Hints, &hk)? {
+            Some(raw) => storage::decode_hint(&raw)?,
+            None => (now, VersionedState::new()),
+        };
+        state.merge(incoming, now);
+        self.truncate(&mut state, now);
+        self.store
+            .put_in(Space::Hints, &hk, &storage::encode_hint(created, &state))
+    }
+
+    /// The hints held here for `key`, whatever their owner: (owner, state).
+    fn hints_of(&self, key: &[u8]) -> Result<Vec<(String, VersionedState)>, StorageError> {
+        let prefix = storage::hint_prefix(key);
+        let mut out = Vec::new();
+        for (k, v) in self.store.scan(Space::Hints, &prefix, None, usize::MAX)? {
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let (_, owner) = storage::parse_hint_key(&k)?;
+            out.push((owner.to_string(), storage::decode_hint(&v)?.1));
+        }
+        Ok(out)
+    }
+
+    /// This replica's state of `key` merged with every hint held here for it: what a fallback
+    /// answers to a sloppy-quorum read.
+    pub fn read_with_hints(&self, key: &[u8]) -> Result<Option<VersionedState>, StorageError> {
+        let mut state = storage::read_state(self.store.as_ref(), key)?;
+        let now = now_ms();
+        for (_, hint) in self.hints_of(key)? {
+            state
+                .get_or_insert_with(VersionedState::new)
+                .merge(&hint, now);
+        }
+        Ok(state)
+    }
+
+    /// Up to `limit` hints from hint key `from` on: (hint key, raw record).
+    pub fn hints_from(&self, from: &[u8], limit: usize) -> Result<storage::Entries, StorageError> {
+        self.store.scan(Space::Hints, from, None, limit)
+    }
+
+    /// Deletes a delivered hint, unless it changed since it was read as `raw` (a newer write
+    /// for the owner merged into it: that one is delivered next time).
+    pub fn forget_hint(&self, hint_key: &[u8], raw: &[u8]) -> Result<bool, StorageError> {
+        let (key, _) = storage::parse_hint_key(hint_key)?;
+        let _guard = self.stripe(key).lock().unwrap_or_else(|p| p.into_inner());
+        if self.store.get_in(Space::Hints, hint_key)?.as_deref() != Some(raw) {
+            return Ok(false);
+        }
+        self.store.delete_in(Space::Hints, hint_key)?;
+        Ok(true)
     }
 
     /// Applies the history limits to a state, as every replica does before storing one.
@@ -303,6 +489,13 @@ impl LocalReplica {
     pub fn flush(&self) -> Result<(), StorageError> {
         self.store.flush()
     }
+}
+
+/// The smallest key after `key` in byte order.
+fn after(key: &[u8]) -> Vec<u8> {
+    let mut next = key.to_vec();
+    next.push(0);
+    next
 }
 
 /// `n` bytes in the largest binary unit that keeps it at least 1 (e.g. "32.0 MiB").
@@ -349,6 +542,7 @@ mod tests {
         LocalReplica::open(
             Arc::clone(store),
             node,
+            64,
             HistoryLimits::default(),
             limits(),
             Arc::default(),
@@ -406,7 +600,8 @@ mod tests {
             warn_object_bytes: 1 << 20,
         };
         let replica = Arc::new(
-            LocalReplica::open(store, "n", HistoryLimits::default(), l, Arc::default()).unwrap(),
+            LocalReplica::open(store, "n", 64, HistoryLimits::default(), l, Arc::default())
+                .unwrap(),
         );
         let key = Bytes::from_static(b"k");
         for i in 0..3u128 {

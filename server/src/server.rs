@@ -15,14 +15,18 @@ use dynamokv_proto::v1::admin_server::AdminServer;
 use dynamokv_proto::v1::kv_server::KvServer;
 use dynamokv_proto::v1::replica_server::ReplicaServer;
 
+use crate::admission::Admission;
+use crate::anti_entropy::AntiEntropy;
 use crate::config::{Config, ConfigError, Engine};
 use crate::coordinator::Coordinator;
+use crate::hinted_handoff::HintedHandoff;
 use crate::membership::Membership;
 use crate::metrics::{HealthInfo, Metrics};
 use crate::peers::Peers;
 use crate::replica::{LocalReplica, SiblingLimits};
 use crate::service::{AdminService, KvService, ReplicaService};
 use crate::storage::{MemoryStorage, Storage, StorageError};
+use crate::tombstones::TombstoneReaper;
 
 /// A node that could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +181,8 @@ struct Ready {
     metrics: Arc<Metrics>,
     /// Ends the peers' exchange streams at shutdown.
     streams_stop: CancellationToken,
+    /// The background workers: hint delivery, anti-entropy, tombstone reaping.
+    background: Background,
     /// Bound at preparation, so that a busy port stops the node before it serves.
     metrics_listener: Option<std::net::TcpListener>,
     metrics_addr: Option<SocketAddr>,
@@ -204,6 +210,7 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
     let local = Arc::new(LocalReplica::open(
         store,
         &config.node_id,
+        config.cluster.partitions,
         config.history_limits(),
         SiblingLimits {
             max_siblings: config.limits.max_siblings,
@@ -219,6 +226,13 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
             peers.know(&m.address);
         }
     }
+    let background = Background::new(
+        Arc::clone(&local),
+        Arc::clone(&peers),
+        membership.clone(),
+        Arc::clone(&metrics),
+        config,
+    );
     let coordinator = Arc::new(Coordinator::new(
         membership,
         Arc::clone(&local),
@@ -239,7 +253,12 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
     );
     Ok(Ready {
         kv: KvService::new(Arc::clone(&coordinator)),
-        admin: AdminService::new(Arc::clone(&coordinator)),
+        admin: AdminService::new(
+            Arc::clone(&coordinator),
+            Arc::clone(&background.handoff),
+            Arc::clone(&background.anti_entropy),
+            Arc::clone(&metrics),
+        ),
         replica: ReplicaService::new(
             config.node_id.clone(),
             Arc::clone(&local),
@@ -248,6 +267,7 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
             streams_stop.clone(),
         ),
         streams_stop,
+        background,
         metrics,
         metrics_listener,
         metrics_addr,
@@ -303,13 +323,16 @@ async fn serve(
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
+    ready.background.start();
     let shutting_down = {
         let health = health.clone();
         let shutdown = shutdown.clone();
         let streams_stop = ready.streams_stop.clone();
+        let background_stop = ready.background.stop.clone();
         async move {
             shutdown.cancelled().await;
             streams_stop.cancel();
+            background_stop.cancel();
             health.set_not_serving::<KvServer<KvService>>().await;
             health
                 .set_not_serving::<ReplicaServer<ReplicaService>>()
@@ -333,8 +356,10 @@ async fn serve(
         )
         .serve_with_incoming_shutdown(incoming(listener), shutting_down)
         .await;
-    // In-flight requests have finished; let the copies and repairs they started finish too,
-    // then make what they wrote durable before exiting.
+    // In-flight requests have finished; let the background workers end their batch and the
+    // copies and repairs requests started finish too, then make what they wrote durable
+    // before exiting.
+    ready.background.wait(ready.drain_deadline).await;
     ready.coordinator.drain(ready.drain_deadline).await;
     let flushed = ready.local.flush();
     http_stop.cancel();
@@ -345,6 +370,91 @@ async fn serve(
     result?;
     flushed?;
     Ok(())
+}
+
+/// The background workers of a node (paper 4.6, 4.7, 6.5), started with it and stopped before
+/// its storage closes.
+#[derive(Debug)]
+struct Background {
+    handoff: Arc<HintedHandoff>,
+    anti_entropy: Arc<AntiEntropy>,
+    reaper: Arc<TombstoneReaper>,
+    anti_entropy_on: bool,
+    stop: CancellationToken,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl Background {
+    fn new(
+        local: Arc<LocalReplica>,
+        peers: Arc<Peers>,
+        membership: Membership,
+        metrics: Arc<Metrics>,
+        config: &Config,
+    ) -> Background {
+        let b = &config.background;
+        let stop = CancellationToken::new();
+        let admission = Admission::new(
+            Arc::clone(&metrics),
+            Duration::from_millis(b.latency_bound_ms),
+            stop.clone(),
+        );
+        let timeout = config.replica_timeout();
+        let ms = Duration::from_millis;
+        Background {
+            handoff: Arc::new(HintedHandoff::new(
+                Arc::clone(&local),
+                Arc::clone(&peers),
+                membership.clone(),
+                Arc::clone(&metrics),
+                admission.clone(),
+                ms(b.handoff_interval_ms),
+                timeout,
+            )),
+            anti_entropy: Arc::new(AntiEntropy::new(
+                Arc::clone(&local),
+                Arc::clone(&peers),
+                membership.clone(),
+                Arc::clone(&metrics),
+                admission.clone(),
+                ms(b.anti_entropy_interval_ms),
+                timeout,
+            )),
+            reaper: Arc::new(TombstoneReaper::new(
+                local,
+                peers,
+                membership,
+                metrics,
+                admission,
+                ms(b.tombstone_grace_ms),
+                ms(b.reap_interval_ms),
+                timeout,
+            )),
+            anti_entropy_on: b.anti_entropy_interval_ms > 0,
+            stop,
+            tasks: tokio_util::task::TaskTracker::new(),
+        }
+    }
+
+    fn start(&self) {
+        self.tasks.spawn(Arc::clone(&self.handoff).run());
+        if self.anti_entropy_on {
+            self.tasks.spawn(Arc::clone(&self.anti_entropy).run());
+        }
+        self.tasks.spawn(Arc::clone(&self.reaper).run());
+        self.tasks.close();
+    }
+
+    /// Stops the workers and waits for them, at most `deadline`.
+    async fn wait(&self, deadline: Duration) {
+        self.stop.cancel();
+        if tokio::time::timeout(deadline, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background workers did not stop in time");
+        }
+    }
 }
 
 /// How often an idle accepted connection is probed, so that connections of clients that

@@ -10,10 +10,12 @@ use tonic::{Request, Response, Status};
 use dynamokv_common::{VersionedState, WriteId};
 use dynamokv_proto::v1 as pb;
 
+use crate::anti_entropy::AntiEntropy;
 use crate::coordinator::{Coordinator, FORWARDED_METADATA, WriteRequest};
 use crate::error::Error;
+use crate::hinted_handoff::HintedHandoff;
 use crate::metrics::{Metrics, Role};
-use crate::replica::LocalReplica;
+use crate::replica::{LocalReplica, now_ms};
 
 #[derive(Debug, Clone)]
 pub struct KvService {
@@ -169,7 +171,12 @@ impl ReplicaService {
     async fn read(&self, req: pb::ReadLocalRequest) -> Result<pb::ReadLocalResponse, Status> {
         let start = std::time::Instant::now();
         let key = required(req.key, "key")?;
-        let state = self.local.read(key).await.map_err(Error::from)?;
+        let state = if req.include_hints {
+            self.local.read_with_hints(&key)
+        } else {
+            self.local.read(key).await
+        }
+        .map_err(Error::from)?;
         self.metrics.latency("read", Role::Replica, start.elapsed());
         Ok(pb::ReadLocalResponse {
             state: state.map(|s| s.to_proto()),
@@ -285,17 +292,148 @@ impl pb::replica_server::Replica for ReplicaService {
     ) -> Result<Response<pb::MergeLocalResponse>, Status> {
         Ok(Response::new(self.merge(req.into_inner()).await?))
     }
+
+    async fn store_hint(
+        &self,
+        req: Request<pb::StoreHintRequest>,
+    ) -> Result<Response<pb::StoreHintResponse>, Status> {
+        let start = std::time::Instant::now();
+        let req = req.into_inner();
+        let key = required(req.key, "key")?;
+        let state = required(req.state, "state")?;
+        let state = VersionedState::from_proto(&state)
+            .map_err(|e| Status::invalid_argument(format!("bad replica state: {e}")))?;
+        if req.owner.is_empty() || req.owner == self.node_id {
+            return Err(Error::MalformedField("owner must name another node").into());
+        }
+        self.local
+            .store_hint(key, req.owner, state, req.sync)
+            .await
+            .map_err(Error::from)?;
+        self.metrics.hints.stored.inc();
+        self.metrics.latency("hint", Role::Replica, start.elapsed());
+        Ok(Response::new(pb::StoreHintResponse {}))
+    }
+
+    async fn tree_roots(
+        &self,
+        req: Request<pb::TreeRootsRequest>,
+    ) -> Result<Response<pb::TreeRootsResponse>, Status> {
+        let req = req.into_inner();
+        let forest = self.local.forest();
+        same_ring(forest.partitions(), req.partitions)?;
+        let roots = req
+            .partition
+            .iter()
+            .map(|&p| {
+                partition_in(forest.partitions(), p)?;
+                Ok(forest.partition_root(p))
+            })
+            .collect::<Result<_, Status>>()?;
+        Ok(Response::new(pb::TreeRootsResponse { roots }))
+    }
+
+    async fn tree_leaves(
+        &self,
+        req: Request<pb::TreeLeavesRequest>,
+    ) -> Result<Response<pb::TreeLeavesResponse>, Status> {
+        let req = req.into_inner();
+        let forest = self.local.forest();
+        same_ring(forest.partitions(), req.partitions)?;
+        partition_in(forest.partitions(), req.partition)?;
+        Ok(Response::new(pb::TreeLeavesResponse {
+            leaves: forest.partition_leaves(req.partition),
+        }))
+    }
+
+    async fn leaf_keys(
+        &self,
+        req: Request<pb::LeafKeysRequest>,
+    ) -> Result<Response<pb::LeafKeysResponse>, Status> {
+        let req = req.into_inner();
+        let forest = self.local.forest();
+        same_ring(forest.partitions(), req.partitions)?;
+        partition_in(forest.partitions(), req.partition)?;
+        if req.leaf as usize >= forest.leaves_per_partition() {
+            return Err(Status::invalid_argument(format!(
+                "leaf {} is outside the partition's {} leaves",
+                req.leaf,
+                forest.leaves_per_partition()
+            )));
+        }
+        let (first, last) = forest.leaf_range(req.partition, req.leaf);
+        let limit = (req.limit as usize).clamp(1, MAX_LEAF_KEYS);
+        let (keys, more) = self
+            .local
+            .key_digests(first, last, &req.after, limit)
+            .map_err(Error::from)?;
+        Ok(Response::new(pb::LeafKeysResponse {
+            keys: keys
+                .into_iter()
+                .map(|(key, digest)| pb::KeyDigest { key, digest })
+                .collect(),
+            more,
+        }))
+    }
+
+    async fn reap(
+        &self,
+        req: Request<pb::ReapRequest>,
+    ) -> Result<Response<pb::ReapResponse>, Status> {
+        let req = req.into_inner();
+        let key = required(req.key, "key")?;
+        let reaped = self.local.reap(&key, req.digest).map_err(Error::from)?;
+        if reaped {
+            self.metrics.tombstones_reaped.inc();
+        }
+        Ok(Response::new(pb::ReapResponse { reaped }))
+    }
+}
+
+/// Most keys one `LeafKeys` answer lists.
+pub const MAX_LEAF_KEYS: usize = 4096;
+
+/// Trees are compared only between nodes that cut the ring into the same partitions.
+fn same_ring(ours: u32, theirs: u32) -> Result<(), Status> {
+    if ours == theirs {
+        return Ok(());
+    }
+    Err(Status::failed_precondition(format!(
+        "this node's ring has {ours} partitions, the caller's {theirs}: their trees cannot be compared"
+    )))
+}
+
+fn partition_in(partitions: u32, p: u32) -> Result<(), Status> {
+    if p < partitions {
+        return Ok(());
+    }
+    Err(Status::invalid_argument(format!(
+        "partition {p} does not exist: the ring has {partitions}"
+    )))
 }
 
 /// Operator calls.
 #[derive(Debug, Clone)]
 pub struct AdminService {
     coordinator: Arc<Coordinator>,
+    handoff: Arc<HintedHandoff>,
+    anti_entropy: Arc<AntiEntropy>,
+    metrics: Arc<Metrics>,
 }
 
 impl AdminService {
-    pub fn new(coordinator: Arc<Coordinator>) -> Self {
-        AdminService { coordinator }
+    pub fn new(
+        coordinator: Arc<Coordinator>,
+        handoff: Arc<HintedHandoff>,
+        anti_entropy: Arc<AntiEntropy>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        AdminService {
+            coordinator,
+            handoff,
+            anti_entropy,
+            metrics,
+        }
     }
 }
 
@@ -333,6 +471,10 @@ impl pb::admin_server::Admin for AdminService {
                 }
             })
             .collect();
+        let now = now_ms();
+        let backlog = self.handoff.backlog();
+        let age = |at: u64| now.saturating_sub(at);
+        let ae = &self.metrics.anti_entropy;
         Ok(Response::new(pb::StatusResponse {
             node_id: view.self_id.clone(),
             cluster_name: view.cluster_name.clone(),
@@ -340,6 +482,35 @@ impl pb::admin_server::Admin for AdminService {
             partitions: q,
             partitions_replicated: replicated,
             n,
+            hints_queued: backlog.iter().map(|b| b.hints).sum(),
+            oldest_hint_age_ms: backlog.iter().map(|b| age(b.oldest_ms)).max().unwrap_or(0),
+            hint_backlog: backlog
+                .iter()
+                .map(|b| pb::HintBacklog {
+                    owner: b.owner.clone(),
+                    hints: b.hints,
+                    oldest_age_ms: age(b.oldest_ms),
+                })
+                .collect(),
+            anti_entropy: Some(pb::AntiEntropyStatus {
+                exchanges: ae.exchanges.get(),
+                keys_compared: ae.keys_compared.get(),
+                keys_repaired: ae.keys_repaired.get(),
+                peers: self
+                    .anti_entropy
+                    .last_exchanges()
+                    .into_iter()
+                    .map(|p| pb::PeerSync {
+                        peer: p.peer,
+                        last_exchange_age_ms: p.at.elapsed().as_millis() as u64,
+                        partitions_compared: p.partitions_compared,
+                        partitions_differing: p.partitions_differing,
+                        keys_repaired: p.keys_repaired,
+                    })
+                    .collect(),
+            }),
+            tombstones_reaped: self.metrics.tombstones_reaped.get(),
+            background_pauses: self.metrics.background_pauses(),
         }))
     }
 }

@@ -79,6 +79,7 @@ impl GroupCommit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::Space;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::time::Duration;
@@ -92,12 +93,25 @@ mod tests {
     }
 
     impl Storage for SlowLog {
-        fn get_raw(&self, _: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        fn get_in(&self, _: Space, _: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
             Ok(None)
         }
-        fn put_raw(&self, _: &[u8], _: &[u8]) -> Result<(), StorageError> {
+        fn put_in(&self, _: Space, _: &[u8], _: &[u8]) -> Result<(), StorageError> {
             self.written.fetch_add(1, Ordering::SeqCst);
             Ok(())
+        }
+        fn delete_in(&self, _: Space, _: &[u8]) -> Result<(), StorageError> {
+            self.written.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn scan(
+            &self,
+            _: Space,
+            _: &[u8],
+            _: Option<&[u8]>,
+            _: usize,
+        ) -> Result<crate::storage::Entries, StorageError> {
+            Ok(Vec::new())
         }
         fn get_meta(&self, _: &str) -> Result<Option<Vec<u8>>, StorageError> {
             Ok(None)

@@ -4,12 +4,22 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
 
-use super::{Storage, StorageError};
+use super::{Entries, Space, Storage, StorageError};
 
 #[derive(Debug, Default)]
 pub struct MemoryStorage {
     data: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
+    hints: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
     meta: RwLock<HashMap<String, Vec<u8>>>,
+}
+
+impl MemoryStorage {
+    fn space(&self, space: Space) -> &RwLock<BTreeMap<Vec<u8>, Vec<u8>>> {
+        match space {
+            Space::Data => &self.data,
+            Space::Hints => &self.hints,
+        }
+    }
 }
 
 fn poisoned<T>(_: T) -> StorageError {
@@ -17,21 +27,42 @@ fn poisoned<T>(_: T) -> StorageError {
 }
 
 impl Storage for MemoryStorage {
-    fn get_raw(&self, storage_key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+    fn get_in(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self
-            .data
+            .space(space)
             .read()
             .map_err(poisoned)?
-            .get(storage_key)
+            .get(key)
             .cloned())
     }
 
-    fn put_raw(&self, storage_key: &[u8], value: &[u8]) -> Result<(), StorageError> {
-        self.data
+    fn put_in(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        self.space(space)
             .write()
             .map_err(poisoned)?
-            .insert(storage_key.to_vec(), value.to_vec());
+            .insert(key.to_vec(), value.to_vec());
         Ok(())
+    }
+
+    fn delete_in(&self, space: Space, key: &[u8]) -> Result<(), StorageError> {
+        self.space(space).write().map_err(poisoned)?.remove(key);
+        Ok(())
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StorageError> {
+        let map = self.space(space).read().map_err(poisoned)?;
+        Ok(map
+            .range(start.to_vec()..)
+            .take_while(|(k, _)| end.is_none_or(|end| k.as_slice() < end))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {

@@ -46,12 +46,46 @@ pub enum StorageError {
     },
 }
 
-/// A key-value engine holding replica states and node metadata.
+/// The key spaces of an engine, kept apart (RocksDB column families).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Space {
+    /// This node's replica states, by storage key.
+    Data,
+    /// Hinted handoff (paper 4.6): states held for other replicas, by [`hint_key`]. Apart from
+    /// the data so that they never mix with this node's own replicas, are never served as
+    /// them, and never enter its Merkle trees.
+    Hints,
+}
+
+/// Key-value pairs in key order, as scans return them.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A key-value engine holding replica states, hints and node metadata.
 pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
-    /// The raw bytes stored under a storage key.
-    fn get_raw(&self, storage_key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
-    /// Stores raw bytes under a storage key; durable per the engine's settings when it returns.
-    fn put_raw(&self, storage_key: &[u8], value: &[u8]) -> Result<(), StorageError>;
+    /// The raw bytes stored under a key of `space`.
+    fn get_in(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Stores raw bytes under a key of `space`; durable per the engine's settings when it
+    /// returns.
+    fn put_in(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StorageError>;
+    /// Removes a key of `space`.
+    fn delete_in(&self, space: Space, key: &[u8]) -> Result<(), StorageError>;
+    /// At most `limit` entries of `space` with keys from `start` (inclusive) to `end`
+    /// (exclusive; `None`: to the end), in key order.
+    fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StorageError>;
+    /// The raw bytes stored under a storage key of the data.
+    fn get_raw(&self, storage_key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.get_in(Space::Data, storage_key)
+    }
+    /// Stores raw bytes under a storage key of the data.
+    fn put_raw(&self, storage_key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        self.put_in(Space::Data, storage_key, value)
+    }
     /// A metadata value.
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError>;
     /// Stores a metadata value, synced to disk.
@@ -68,6 +102,58 @@ pub fn storage_key(key: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&key_position(key).to_be_bytes());
     out.extend_from_slice(key);
     out
+}
+
+/// The storage key at which the keys of ring position `position` start.
+pub fn position_start(position: u128) -> [u8; 16] {
+    position.to_be_bytes()
+}
+
+/// The user key of a storage key.
+pub fn user_key(storage_key: &[u8]) -> &[u8] {
+    storage_key.get(16..).unwrap_or_default()
+}
+
+/// The key of a hint: the key's storage key (so a key's hints sort together, by ring
+/// position), then the owner's node id. The user key's length sits between them, so that no
+/// key and owner pair reads as another.
+pub fn hint_key(key: &[u8], owner: &str) -> Vec<u8> {
+    let mut out = hint_prefix(key);
+    out.extend_from_slice(owner.as_bytes());
+    out
+}
+
+/// What every hint key of `key` starts with.
+pub fn hint_prefix(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + 4 + key.len() + 16);
+    out.extend_from_slice(&key_position(key).to_be_bytes());
+    out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
+/// The user key and owner of a hint key.
+pub fn parse_hint_key(hint_key: &[u8]) -> Result<(&[u8], &str), StorageError> {
+    let bad = || StorageError::Corrupt("malformed hint key".into());
+    let len = hint_key.get(16..20).ok_or_else(bad)?;
+    let len = u32::from_be_bytes(len.try_into().map_err(|_| bad())?) as usize;
+    let key = hint_key.get(20..20 + len).ok_or_else(bad)?;
+    let owner = std::str::from_utf8(&hint_key[20 + len..]).map_err(|_| bad())?;
+    Ok((key, owner))
+}
+
+/// A stored hint: when it was first stored (milliseconds since the epoch) and the state.
+pub fn encode_hint(created_ms: u64, state: &VersionedState) -> Vec<u8> {
+    let mut out = created_ms.to_be_bytes().to_vec();
+    out.extend_from_slice(&encode_state(state));
+    out
+}
+
+pub fn decode_hint(raw: &[u8]) -> Result<(u64, VersionedState), StorageError> {
+    let (at, state) = raw
+        .split_first_chunk::<8>()
+        .ok_or_else(|| StorageError::Corrupt("short hint record".into()))?;
+    Ok((u64::from_be_bytes(*at), decode_state(state)?))
 }
 
 /// Reads and decodes a key's state.
@@ -87,7 +173,7 @@ pub fn write_state(
     store.put_raw(&storage_key(key), &encode_state(state))
 }
 
-fn encode_state(state: &VersionedState) -> Vec<u8> {
+pub fn encode_state(state: &VersionedState) -> Vec<u8> {
     let proto = state.to_proto();
     let mut out = Vec::with_capacity(1 + proto.encoded_len());
     out.push(STATE_FORMAT);
@@ -95,7 +181,7 @@ fn encode_state(state: &VersionedState) -> Vec<u8> {
     out
 }
 
-fn decode_state(raw: &[u8]) -> Result<VersionedState, StorageError> {
+pub fn decode_state(raw: &[u8]) -> Result<VersionedState, StorageError> {
     match raw.split_first() {
         Some((&STATE_FORMAT, body)) => {
             let proto = pb::VersionedState::decode(Bytes::copy_from_slice(body))
@@ -130,6 +216,21 @@ mod tests {
         assert_eq!(store.get_meta("m").unwrap(), None);
         store.put_meta("m", b"x").unwrap();
         assert_eq!(store.get_meta("m").unwrap(), Some(b"x".to_vec()));
+        // Spaces are apart; scans are ordered and bounded; deletes delete.
+        for i in 0..10u8 {
+            store.put_in(Space::Hints, &[i], &[i]).unwrap();
+        }
+        assert_eq!(store.get_in(Space::Data, &[3]).unwrap(), None);
+        let some = store.scan(Space::Hints, &[2], Some(&[6]), 3).unwrap();
+        assert_eq!(
+            some,
+            vec![(vec![2], vec![2]), (vec![3], vec![3]), (vec![4], vec![4])]
+        );
+        let rest = store.scan(Space::Hints, &[8], None, 100).unwrap();
+        assert_eq!(rest.len(), 2);
+        store.delete_in(Space::Hints, &[8]).unwrap();
+        assert_eq!(store.scan(Space::Hints, &[8], None, 100).unwrap().len(), 1);
+        assert_eq!(store.scan(Space::Data, &[], None, 100).unwrap().len(), 1);
         store.flush().unwrap();
     }
 
@@ -140,6 +241,19 @@ mod tests {
         for w in keys.windows(2) {
             assert!(key_position(&w[0]) <= key_position(&w[1]));
         }
+    }
+
+    #[test]
+    fn hint_keys_round_trip_and_sort_with_their_key() {
+        let k = hint_key(b"ab", "node-1");
+        assert_eq!(parse_hint_key(&k).unwrap(), (&b"ab"[..], "node-1"));
+        assert!(k.starts_with(&hint_prefix(b"ab")));
+        assert!(!hint_key(b"a", "bnode").starts_with(&hint_prefix(b"ab")));
+        assert!(parse_hint_key(b"short").is_err());
+        let mut s = VersionedState::new();
+        s.update(&CausalContext::new(), WriteId(1), None, Actor(1), 1, 5);
+        assert_eq!(decode_hint(&encode_hint(77, &s)).unwrap(), (77, s));
+        assert!(decode_hint(b"1234").is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The RocksDB engine (default).
 //!
-//! Two column families: `data` for replica states, `meta` for node metadata (actor, node id).
+//! Three column families: `data` for replica states, `hints` for states held for other
+//! replicas (hinted handoff), `meta` for node metadata (actor, node id).
 //! Every write goes through the write-ahead log before it is acknowledged, so it survives a
 //! `kill -9` of the process; `sync_writes` adds an fsync per write for power loss.
 
@@ -10,9 +11,10 @@ use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DataBlockIndexType, Options, WriteOptions,
 };
 
-use super::{Storage, StorageError};
+use super::{Entries, Space, Storage, StorageError};
 
 const CF_DATA: &str = "data";
+const CF_HINTS: &str = "hints";
 const CF_META: &str = "meta";
 
 pub struct RocksStorage {
@@ -91,6 +93,7 @@ impl RocksStorage {
         let cache = Cache::new_lru_cache(block_cache_bytes).map_err(engine)?;
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_DATA, data_options(&cache)),
+            ColumnFamilyDescriptor::new(CF_HINTS, Options::default()),
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&opts, dir.join("rocksdb"), cfs).map_err(engine)?;
@@ -103,6 +106,13 @@ impl RocksStorage {
             .ok_or_else(|| StorageError::Engine(format!("column family {name} missing")))
     }
 
+    fn space(&self, space: Space) -> Result<&rocksdb::ColumnFamily, StorageError> {
+        self.cf(match space {
+            Space::Data => CF_DATA,
+            Space::Hints => CF_HINTS,
+        })
+    }
+
     fn write_opts(&self, sync: bool) -> WriteOptions {
         let mut w = WriteOptions::default();
         w.set_sync(sync);
@@ -111,21 +121,50 @@ impl RocksStorage {
 }
 
 impl Storage for RocksStorage {
-    fn get_raw(&self, storage_key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.db
-            .get_cf(self.cf(CF_DATA)?, storage_key)
-            .map_err(engine)
+    fn get_in(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.db.get_cf(self.space(space)?, key).map_err(engine)
     }
 
-    fn put_raw(&self, storage_key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+    fn put_in(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
         self.db
             .put_cf_opt(
-                self.cf(CF_DATA)?,
-                storage_key,
+                self.space(space)?,
+                key,
                 value,
                 &self.write_opts(self.sync_writes),
             )
             .map_err(engine)
+    }
+
+    fn delete_in(&self, space: Space, key: &[u8]) -> Result<(), StorageError> {
+        self.db
+            .delete_cf_opt(self.space(space)?, key, &self.write_opts(self.sync_writes))
+            .map_err(engine)
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StorageError> {
+        let mut opts = rocksdb::ReadOptions::default();
+        if let Some(end) = end {
+            opts.set_iterate_upper_bound(end.to_vec());
+        }
+        // A scan reads many blocks once: keep them from evicting the point reads' working set.
+        opts.fill_cache(false);
+        let mode = rocksdb::IteratorMode::From(start, rocksdb::Direction::Forward);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf_opt(self.space(space)?, opts, mode) {
+            if out.len() == limit {
+                break;
+            }
+            let (k, v) = item.map_err(engine)?;
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
     }
 
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
@@ -144,7 +183,7 @@ impl Storage for RocksStorage {
 
     fn flush(&self) -> Result<(), StorageError> {
         self.db.flush_wal(true).map_err(engine)?;
-        for cf in [CF_DATA, CF_META] {
+        for cf in [CF_DATA, CF_HINTS, CF_META] {
             self.db.flush_cf(self.cf(cf)?).map_err(engine)?;
         }
         Ok(())

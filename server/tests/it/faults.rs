@@ -30,6 +30,7 @@ async fn live_values(
     let reply = client
         .read_local(pb::ReadLocalRequest {
             key: Some(Bytes::copy_from_slice(key.as_bytes())),
+            include_hints: false,
         })
         .await
         .unwrap()

@@ -13,5 +13,6 @@ mod cluster;
 mod durability;
 mod failure_detection;
 mod faults;
+mod healing;
 mod observability;
 mod versioning;

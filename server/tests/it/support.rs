@@ -375,6 +375,7 @@ pub async fn read_local(addr: SocketAddr, key: &[u8]) -> Option<VersionedState> 
     let reply = client
         .read_local(pb::ReadLocalRequest {
             key: Some(Bytes::copy_from_slice(key)),
+            include_hints: false,
         })
         .await
         .unwrap()

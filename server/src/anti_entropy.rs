@@ -1,0 +1,357 @@
+//! Anti-entropy with Merkle trees (paper 4.7): replicas of a partition compare their trees and
+//! exchange the keys that differ, so replicas that missed writes (for longer than hints cover,
+//! or after losing their disk) converge without any client reading the keys.
+//!
+//! Every `anti_entropy_interval_ms` this node takes the next peer in turn that replicates
+//! partitions with it, and compares top-down:
+//! 1. the roots of every partition both replicate, in one call (`TreeRoots`);
+//! 2. for each partition whose roots differ, its leaves (`TreeLeaves`);
+//! 3. for each leaf that differs, the keys under it with their state digests (`LeafKeys`);
+//! 4. for each key whose digests differ or that one side lacks: the peer's state is merged
+//!    into this node's (never overwriting a newer or concurrent version: a merge keeps every
+//!    version neither side has superseded), and the result is merged back into the peer unless
+//!    it already has all of it. Both directions in one pass.
+//!
+//! The trees are kept up to date by every write ([`crate::merkle`]), and rebuilt from storage at
+//! start, so an exchange of replicas in sync costs one call and a hash per shared partition.
+//! Batches of work are admitted by [`Admission`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::time::Instant;
+
+use dynamokv_common::{Member, VersionedState};
+use dynamokv_proto::v1 as pb;
+
+use crate::admission::Admission;
+use crate::membership::Membership;
+use crate::merkle;
+use crate::metrics::Metrics;
+use crate::peers::Peers;
+use crate::replica::LocalReplica;
+use crate::service::MAX_LEAF_KEYS;
+
+/// Keys repaired at once.
+const IN_FLIGHT: usize = 16;
+
+/// The last exchange with one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSync {
+    pub peer: String,
+    pub at: Instant,
+    pub partitions_compared: u32,
+    pub partitions_differing: u32,
+    pub keys_repaired: u64,
+}
+
+/// The anti-entropy worker.
+#[derive(Debug)]
+pub struct AntiEntropy {
+    local: Arc<LocalReplica>,
+    peers: Arc<Peers>,
+    membership: Membership,
+    metrics: Arc<Metrics>,
+    admission: Admission,
+    interval: Duration,
+    timeout: Duration,
+    last: Mutex<BTreeMap<String, PeerSync>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What one exchange found and did.
+#[derive(Debug, Default)]
+struct Tally {
+    differing: u32,
+    compared: u64,
+    repaired: u64,
+}
+
+impl AntiEntropy {
+    pub fn new(
+        local: Arc<LocalReplica>,
+        peers: Arc<Peers>,
+        membership: Membership,
+        metrics: Arc<Metrics>,
+        admission: Admission,
+        interval: Duration,
+        timeout: Duration,
+    ) -> AntiEntropy {
+        AntiEntropy {
+            local,
+            peers,
+            membership,
+            metrics,
+            admission,
+            interval,
+            timeout,
+            last: Mutex::default(),
+        }
+    }
+
+    /// The last exchange with each peer.
+    pub fn last_exchanges(&self) -> Vec<PeerSync> {
+        lock(&self.last).values().cloned().collect()
+    }
+
+    /// Compares trees with one peer after another until the node shuts down.
+    pub async fn run(self: Arc<Self>) {
+        let mut turn = 0usize;
+        loop {
+            if !self.admission.sleep(self.interval).await
+                || !self.admission.admit("anti_entropy").await
+            {
+                return;
+            }
+            let view = self.membership.current();
+            let peers: Vec<Member> = view
+                .ring
+                .members()
+                .iter()
+                .filter(|m| m.id != view.self_id)
+                .cloned()
+                .collect();
+            if peers.is_empty() {
+                continue;
+            }
+            // The next peer this node can reach; a silent one waits for its probe.
+            let Some(peer) = (0..peers.len())
+                .map(|i| &peers[(turn + i) % peers.len()])
+                .find(|m| self.peers.is_up(&m.address))
+                .cloned()
+            else {
+                continue;
+            };
+            turn = peers.iter().position(|m| m.id == peer.id).unwrap_or(0) + 1;
+            let started = Instant::now();
+            match self.exchange(&peer).await {
+                Ok(t) => {
+                    self.metrics.anti_entropy.exchanges.inc();
+                    if t.repaired > 0 {
+                        tracing::info!(peer = %peer.id, partitions = t.differing, keys = t.repaired, took = ?started.elapsed(), "anti-entropy repaired keys");
+                    }
+                }
+                Err(reason) => {
+                    tracing::debug!(peer = %peer.id, %reason, "anti-entropy exchange failed")
+                }
+            }
+        }
+    }
+
+    /// One comparison with `peer` of every partition both replicate.
+    async fn exchange(&self, peer: &Member) -> Result<Tally, String> {
+        let view = self.membership.current();
+        let n = view.quorums.n as usize;
+        let forest = self.local.forest();
+        let q = forest.partitions();
+        if view.ring.partition_count() != q {
+            return Err("the ring's partition count changed since the trees were built".into());
+        }
+        let shared: Vec<u32> = (0..q)
+            .filter(|&p| {
+                let nodes = view.ring.preference_list_of_partition(p, n).nodes;
+                nodes.iter().any(|m| m.id == view.self_id) && nodes.iter().any(|m| m.id == peer.id)
+            })
+            .collect();
+        if shared.is_empty() {
+            return Ok(Tally::default());
+        }
+        let request = pb::TreeRootsRequest {
+            partitions: q,
+            partition: shared.clone(),
+        };
+        let roots = self
+            .peers
+            .call(&peer.address, self.timeout, |mut c, t| async move {
+                let mut r = tonic::Request::new(request);
+                r.set_timeout(t);
+                c.tree_roots(r).await
+            })
+            .await?
+            .roots;
+        if roots.len() != shared.len() {
+            return Err(format!(
+                "asked for {} roots, got {}",
+                shared.len(),
+                roots.len()
+            ));
+        }
+        let mut tally = Tally::default();
+        for (&p, theirs) in shared.iter().zip(roots) {
+            if forest.partition_root(p) == theirs {
+                continue;
+            }
+            tally.differing += 1;
+            if !self.admission.admit("anti_entropy").await {
+                break;
+            }
+            self.sync_partition(peer, p, &mut tally).await?;
+        }
+        self.metrics
+            .anti_entropy
+            .keys_compared
+            .inc_by(tally.compared);
+        lock(&self.last).insert(
+            peer.id.clone(),
+            PeerSync {
+                peer: peer.id.clone(),
+                at: Instant::now(),
+                partitions_compared: shared.len() as u32,
+                partitions_differing: tally.differing,
+                keys_repaired: tally.repaired,
+            },
+        );
+        Ok(tally)
+    }
+
+    /// Compares one partition's leaves with the peer's and repairs the keys under those that
+    /// differ.
+    async fn sync_partition(&self, peer: &Member, p: u32, tally: &mut Tally) -> Result<(), String> {
+        let forest = self.local.forest();
+        let q = forest.partitions();
+        let request = pb::TreeLeavesRequest {
+            partitions: q,
+            partition: p,
+        };
+        let theirs = self
+            .peers
+            .call(&peer.address, self.timeout, |mut c, t| async move {
+                let mut r = tonic::Request::new(request);
+                r.set_timeout(t);
+                c.tree_leaves(r).await
+            })
+            .await?
+            .leaves;
+        let ours = forest.partition_leaves(p);
+        if theirs.len() != ours.len() {
+            return Err(format!(
+                "partition {p}: {} leaves here, {} there",
+                ours.len(),
+                theirs.len()
+            ));
+        }
+        for leaf in merkle::differing(&ours, &theirs) {
+            let keys = self.differing_keys(peer, p, leaf, tally).await?;
+            let repaired = futures::stream::iter(keys)
+                .map(|key| self.repair(peer, key))
+                .buffer_unordered(IN_FLIGHT)
+                .collect::<Vec<_>>()
+                .await;
+            for r in repaired {
+                match r {
+                    Ok(()) => {
+                        tally.repaired += 1;
+                        self.metrics.anti_entropy.keys_repaired.inc();
+                    }
+                    Err(reason) => return Err(reason),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The keys under one leaf whose digests differ between this node and the peer, or that
+    /// only one of them holds.
+    async fn differing_keys(
+        &self,
+        peer: &Member,
+        p: u32,
+        leaf: u32,
+        tally: &mut Tally,
+    ) -> Result<Vec<Bytes>, String> {
+        let forest = self.local.forest();
+        let q = forest.partitions();
+        let mut theirs: BTreeMap<Bytes, u64> = BTreeMap::new();
+        let mut after = Bytes::new();
+        loop {
+            let request = pb::LeafKeysRequest {
+                partitions: q,
+                partition: p,
+                leaf,
+                after: after.clone(),
+                limit: MAX_LEAF_KEYS as u32,
+            };
+            let page = self
+                .peers
+                .call(&peer.address, self.timeout, |mut c, t| async move {
+                    let mut r = tonic::Request::new(request);
+                    r.set_timeout(t);
+                    c.leaf_keys(r).await
+                })
+                .await?;
+            for k in &page.keys {
+                theirs.insert(k.key.clone(), k.digest);
+            }
+            match page.keys.last() {
+                Some(last) if page.more => {
+                    after = Bytes::from(crate::storage::storage_key(&last.key));
+                }
+                _ => break,
+            }
+        }
+        let (first, last) = forest.leaf_range(p, leaf);
+        let mut ours: BTreeMap<Bytes, u64> = BTreeMap::new();
+        let mut after: Vec<u8> = Vec::new();
+        loop {
+            let (page, more) = self
+                .local
+                .key_digests(first, last, &after, MAX_LEAF_KEYS)
+                .map_err(|e| e.to_string())?;
+            if let (true, Some((k, _))) = (more, page.last()) {
+                after = crate::storage::storage_key(k);
+            }
+            ours.extend(page);
+            if !more {
+                break;
+            }
+        }
+        let all: BTreeSet<&Bytes> = ours.keys().chain(theirs.keys()).collect();
+        tally.compared += all.len() as u64;
+        Ok(all
+            .into_iter()
+            .filter(|k| ours.get(*k) != theirs.get(*k))
+            .cloned()
+            .collect())
+    }
+
+    /// Makes this node and the peer hold the merge of both their states of `key`.
+    async fn repair(&self, peer: &Member, key: Bytes) -> Result<(), String> {
+        let reply = self
+            .peers
+            .read(&peer.address, key.clone(), false, self.timeout)
+            .await?;
+        let theirs = reply
+            .state
+            .map(|s| VersionedState::from_proto(&s))
+            .transpose()
+            .map_err(|e| format!("the peer sent a bad state: {e}"))?;
+        let merged = match &theirs {
+            Some(state) => self
+                .local
+                .merge(key.clone(), state.clone(), false)
+                .await
+                .map_err(|e| e.to_string())?,
+            None => match self
+                .local
+                .read(key.clone())
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Some(state) => state,
+                None => return Ok(()),
+            },
+        };
+        if theirs.as_ref().is_none_or(|t| !t.descends(&merged)) {
+            self.peers
+                .merge(&peer.address, &key, &merged, false, self.timeout)
+                .await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,249 @@
+//! Hinted handoff (paper 4.6): delivering the hints this node holds for other replicas.
+//!
+//! A coordinator that cannot reach one of a key's top N replicas sends that replica's copy to
+//! a fallback node with a hint naming it ([`crate::sloppy_quorum`]). The fallback keeps hints in
+//! their own column family ([`crate::storage::Space::Hints`]), durable across its restarts, and
+//! this worker delivers them: every `handoff_interval_ms` it walks the hints, merges each into
+//! its owner (synced: the owner's acknowledgement means the copy is on its disk) and deletes
+//! the hint only then, and only if no newer write merged into it meanwhile. An owner that does
+//! not answer is retried with backoff (from the interval up to [`MAX_BACKOFF`]), for as long as
+//! it takes: hints are never dropped for age.
+//!
+//! Work goes in batches, each admitted by [`Admission`]: delivery pauses while foreground
+//! requests are slow.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::time::Instant;
+
+use crate::admission::Admission;
+use crate::membership::Membership;
+use crate::metrics::Metrics;
+use crate::peers::Peers;
+use crate::replica::{LocalReplica, now_ms};
+use crate::storage::{self, StorageError};
+
+/// Longest wait between delivery attempts to an owner that does not answer.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Hints read from storage at a time.
+const PAGE: usize = 256;
+/// Deliveries in flight at once (synced merges share fsyncs on the owner).
+const IN_FLIGHT: usize = 32;
+
+/// The hints held for one owner, as of the last walk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backlog {
+    pub owner: String,
+    pub hints: u64,
+    /// When the oldest was first stored, in milliseconds since the epoch.
+    pub oldest_ms: u64,
+}
+
+/// When an owner that did not answer is tried next.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    next: Instant,
+    wait: Duration,
+}
+
+/// The hint delivery worker.
+#[derive(Debug)]
+pub struct HintedHandoff {
+    local: Arc<LocalReplica>,
+    peers: Arc<Peers>,
+    membership: Membership,
+    metrics: Arc<Metrics>,
+    admission: Admission,
+    interval: Duration,
+    timeout: Duration,
+    backoff: Mutex<HashMap<String, Backoff>>,
+    backlog: Mutex<Vec<Backlog>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl HintedHandoff {
+    pub fn new(
+        local: Arc<LocalReplica>,
+        peers: Arc<Peers>,
+        membership: Membership,
+        metrics: Arc<Metrics>,
+        admission: Admission,
+        interval: Duration,
+        timeout: Duration,
+    ) -> HintedHandoff {
+        HintedHandoff {
+            local,
+            peers,
+            membership,
+            metrics,
+            admission,
+            interval,
+            timeout,
+            backoff: Mutex::default(),
+            backlog: Mutex::default(),
+        }
+    }
+
+    /// The hint backlog per owner, as of the last walk.
+    pub fn backlog(&self) -> Vec<Backlog> {
+        lock(&self.backlog).clone()
+    }
+
+    /// Delivers hints until the node shuts down.
+    pub async fn run(self: Arc<Self>) {
+        // A first walk at once: hints kept over a restart show in the metrics straight away.
+        loop {
+            if !self.admission.admit("hinted_handoff").await {
+                return;
+            }
+            if let Err(e) = self.deliver_all().await {
+                tracing::warn!(error = %e, "hint delivery stopped by a storage error");
+            }
+            if !self.admission.sleep(self.interval).await {
+                return;
+            }
+        }
+    }
+
+    /// One walk over every hint: delivers those whose owner is not backing off, and records
+    /// what is left.
+    async fn deliver_all(&self) -> Result<(), StorageError> {
+        let mut left: BTreeMap<String, Backlog> = BTreeMap::new();
+        let mut from = Vec::new();
+        loop {
+            let page = self.local.hints_from(&from, PAGE)?;
+            let full = page.len() == PAGE;
+            if let Some((k, _)) = page.last() {
+                from = k.clone();
+                from.push(0);
+            }
+            let view = self.membership.current();
+            let mut deliveries = Vec::new();
+            for (hint_key, raw) in page {
+                let (owner, created) = match (
+                    storage::parse_hint_key(&hint_key),
+                    storage::decode_hint(&raw),
+                ) {
+                    (Ok((_, owner)), Ok((created, _))) => (owner.to_string(), created),
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::error!(error = %e, "a stored hint is unreadable: kept, not delivered");
+                        continue;
+                    }
+                };
+                let address = view.ring.member(&owner).map(|m| m.address.clone());
+                let ready = address.is_some() && self.ready(&owner);
+                let b = left.entry(owner.clone()).or_insert(Backlog {
+                    owner: owner.clone(),
+                    hints: 0,
+                    oldest_ms: created,
+                });
+                b.hints += 1;
+                b.oldest_ms = b.oldest_ms.min(created);
+                if let (true, Some(address)) = (ready, address) {
+                    deliveries.push((owner, address, hint_key, raw));
+                }
+            }
+            // Per owner: one hint first, as a probe; the rest together once it went through.
+            let mut by_owner: BTreeMap<String, Vec<(String, Vec<u8>, Vec<u8>)>> = BTreeMap::new();
+            for (owner, address, hint_key, raw) in deliveries {
+                by_owner
+                    .entry(owner)
+                    .or_default()
+                    .push((address, hint_key, raw));
+            }
+            for (owner, mut hints) in by_owner {
+                let rest = hints.split_off(1);
+                let (address, hint_key, raw) = &hints[0];
+                let first = self.deliver(address, hint_key, raw).await;
+                let mut results = vec![first];
+                if results[0].is_ok() {
+                    results.extend(
+                        futures::stream::iter(rest)
+                            .map(|(address, hint_key, raw)| async move {
+                                self.deliver(&address, &hint_key, &raw).await
+                            })
+                            .buffer_unordered(IN_FLIGHT)
+                            .collect::<Vec<_>>()
+                            .await,
+                    );
+                }
+                for result in results {
+                    match result {
+                        Ok(deleted) => {
+                            self.answered(&owner);
+                            if deleted {
+                                self.metrics.hints.delivered.inc();
+                                if let Some(b) = left.get_mut(&owner) {
+                                    b.hints -= 1;
+                                }
+                            }
+                        }
+                        Err(reason) => {
+                            tracing::debug!(%owner, %reason, "hint delivery failed: backing off");
+                            self.failed(&owner);
+                        }
+                    }
+                }
+            }
+            if !full || !self.admission.admit("hinted_handoff").await {
+                break;
+            }
+        }
+        left.retain(|_, b| b.hints > 0);
+        let queued: u64 = left.values().map(|b| b.hints).sum();
+        let oldest = left.values().map(|b| b.oldest_ms).min();
+        self.metrics.hints.queued.set(queued as i64);
+        self.metrics
+            .hints
+            .oldest_age_seconds
+            .set(oldest.map_or(0.0, |at| now_ms().saturating_sub(at) as f64 / 1000.0));
+        *lock(&self.backlog) = left.into_values().collect();
+        Ok(())
+    }
+
+    /// Merges one hint into its owner, then deletes it unless it changed meanwhile.
+    /// `Ok(false)`: delivered, but a newer write for the owner joined the hint; kept for the
+    /// next walk.
+    async fn deliver(&self, address: &str, hint_key: &[u8], raw: &[u8]) -> Result<bool, String> {
+        let (key, _) = storage::parse_hint_key(hint_key).map_err(|e| e.to_string())?;
+        let (_, state) = storage::decode_hint(raw).map_err(|e| e.to_string())?;
+        let key = bytes::Bytes::copy_from_slice(key);
+        self.peers
+            .merge(address, &key, &state, true, self.timeout)
+            .await?;
+        self.local
+            .forget_hint(hint_key, raw)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Whether delivery to `owner` may be tried now.
+    fn ready(&self, owner: &str) -> bool {
+        lock(&self.backoff)
+            .get(owner)
+            .is_none_or(|b| Instant::now() >= b.next)
+    }
+
+    fn answered(&self, owner: &str) {
+        lock(&self.backoff).remove(owner);
+    }
+
+    fn failed(&self, owner: &str) {
+        let mut backoff = lock(&self.backoff);
+        let wait = backoff
+            .get(owner)
+            .map_or(self.interval, |b| (b.wait * 2).min(MAX_BACKOFF));
+        backoff.insert(
+            owner.to_string(),
+            Backoff {
+                next: Instant::now() + wait,
+                wait,
+            },
+        );
+    }
+}
