@@ -56,7 +56,58 @@ pub fn describe_status(status: &pb::StatusResponse) -> String {
         };
         let _ = writeln!(out, "  {:<12} {:<22} {state}{zone}", m.id, m.address);
     }
+    let _ = write!(
+        out,
+        "hinted handoff: {} hint(s) held here",
+        status.hints_queued
+    );
+    if status.hints_queued > 0 {
+        let _ = write!(out, ", the oldest {}", human_age(status.oldest_hint_age_ms));
+    }
+    let _ = writeln!(out);
+    for b in &status.hint_backlog {
+        let _ = writeln!(
+            out,
+            "  for {:<12} {} hint(s), oldest {}",
+            b.owner,
+            b.hints,
+            human_age(b.oldest_age_ms)
+        );
+    }
+    if let Some(ae) = &status.anti_entropy {
+        let _ = writeln!(
+            out,
+            "anti-entropy: {} exchange(s), {} key(s) compared, {} repaired",
+            ae.exchanges, ae.keys_compared, ae.keys_repaired
+        );
+        for p in &ae.peers {
+            let _ = writeln!(
+                out,
+                "  with {:<12} {} ago: {} shared partition(s), {} differed, {} key(s) repaired",
+                p.peer,
+                human_age(p.last_exchange_age_ms),
+                p.partitions_compared,
+                p.partitions_differing,
+                p.keys_repaired
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "tombstones reaped: {}; background work paused for foreground latency: {} time(s)",
+        status.tombstones_reaped, status.background_pauses
+    );
     out
+}
+
+/// Milliseconds as "850 ms", "12.5 s", "3.2 min" or "1.5 h".
+fn human_age(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..60_000 => format!("{:.1} s", ms as f64 / 1e3),
+        60_000..3_600_000 => format!("{:.1} min", ms as f64 / 6e4),
+        _ => format!("{:.1} h", ms as f64 / 3.6e6),
+    }
 }
 
 /// Fetches the cluster view from the node at `addr` and builds its ring.

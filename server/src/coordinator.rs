@@ -40,7 +40,7 @@ use dynamokv_proto::transport::certainly_not_sent;
 use dynamokv_proto::v1 as pb;
 
 use crate::error::{Error, ReplicaFailure};
-use crate::membership::Membership;
+use crate::membership::{ClusterView, Membership};
 use crate::metrics::{Metrics, Role};
 use crate::peers::Peers;
 use crate::replica::{LocalReplica, WriteError, now_ms};
@@ -172,9 +172,7 @@ impl Coordinator {
         let n = view.quorums.n;
         let r = r.unwrap_or(view.quorums.r);
         check_quorum("R", r, n)?;
-        let list = view.ring.preference_list(&key, n as usize);
-        let replicas: Vec<Member> = list.nodes.iter().map(|m| (*m).clone()).collect();
-        let fallbacks: Vec<Member> = list.fallbacks.iter().map(|m| (*m).clone()).collect();
+        let (replicas, fallbacks) = preference_list(&view, &key);
         check_replica_count("R", r, &replicas)?;
 
         // The primaries this node can reach (itself included); when those are too few for R,
@@ -269,9 +267,7 @@ impl Coordinator {
         let sync = req.sync_replicas.unwrap_or(self.sync_replicas);
         check_sync_replicas(sync, w)?;
         let op = if req.value.is_some() { "put" } else { "delete" };
-        let list = view.ring.preference_list(&key, n as usize);
-        let replicas: Vec<Member> = list.nodes.iter().map(|m| (*m).clone()).collect();
-        let fallbacks: Vec<Member> = list.fallbacks.iter().map(|m| (*m).clone()).collect();
+        let (replicas, fallbacks) = preference_list(&view, &key);
         check_replica_count("W", w, &replicas)?;
         let budget = req.budget.unwrap_or(DEFAULT_REQUEST_BUDGET);
         let verdict_at = Instant::now() + budget.saturating_sub(VERDICT_MARGIN);
@@ -662,6 +658,15 @@ fn merge_all<'a>(states: impl Iterator<Item = &'a VersionedState>) -> VersionedS
         merged.merge(s, now);
     }
     merged
+}
+
+/// The key's N primary replicas (the top of its preference list), then its first N fallbacks:
+/// enough to stand in for every primary, and for some copies that fail.
+fn preference_list(view: &ClusterView, key: &[u8]) -> (Vec<Member>, Vec<Member>) {
+    let n = view.quorums.n as usize;
+    let list = view.ring.preference_list(key, n);
+    let owned = |ms: &[&Member]| ms.iter().take(n).map(|m| (*m).clone()).collect();
+    (owned(&list.nodes), owned(&list.fallbacks))
 }
 
 /// A quorum can never be met by more replicas than the key has.

@@ -150,7 +150,8 @@ impl HintedHandoff {
                 }
             }
             // Per owner: one hint first, as a probe; the rest together once it went through.
-            let mut by_owner: BTreeMap<String, Vec<(String, Vec<u8>, Vec<u8>)>> = BTreeMap::new();
+            type Hint = (String, Vec<u8>, Vec<u8>); // owner's address, hint key, record
+            let mut by_owner: BTreeMap<String, Vec<Hint>> = BTreeMap::new();
             for (owner, address, hint_key, raw) in deliveries {
                 by_owner
                     .entry(owner)

@@ -76,6 +76,9 @@ pub struct LocalReplica {
     forest: MerkleForest,
 }
 
+/// Stored states and the storage key to continue from (`None`: the end).
+pub type StatesPage = (Vec<(Bytes, VersionedState)>, Option<Vec<u8>>);
+
 /// Keys scanned per storage read when walking the data (tree rebuild, leaf listings).
 const SCAN_PAGE: usize = 1024;
 
@@ -346,11 +349,7 @@ impl LocalReplica {
 
     /// Up to `limit` stored states from storage key `from` on (tombstone reaping walks the
     /// data with it), with the storage key to continue from, `None` at the end.
-    pub fn states_from(
-        &self,
-        from: &[u8],
-        limit: usize,
-    ) -> Result<(Vec<(Bytes, VersionedState)>, Option<Vec<u8>>), StorageError> {
+    pub fn states_from(&self, from: &[u8], limit: usize) -> Result<StatesPage, StorageError> {
         let page = self.store.scan(Space::Data, from, None, limit)?;
         let next = match page.last() {
             Some((k, _)) if page.len() == limit => Some(after(k)),

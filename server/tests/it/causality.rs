@@ -113,12 +113,16 @@ async fn defect2_a_write_whose_answer_was_lost_is_never_applied_twice() {
 
 /// Defect 3: a forwarded put whose coordinator misses W must report the coordinator's verdict
 /// (QuorumNotReached), not a forwarding timeout that invites a retry, and must be stored once.
+/// Two of the key's three replicas hang, so that even the sloppy quorum (paper 4.6: the fourth
+/// node takes a hung replica's copy as a hint) makes only 2 of W = 3.
 #[tokio::test(flavor = "multi_thread")]
 async fn defect3_a_forwarded_put_that_misses_its_quorum_says_so_and_is_stored_once() {
     let cluster = Cluster::start_proxied(4, |_| {}).await;
     let key = cluster.key_not_replicated_on(0, "fwd");
     let reps = cluster.replicas_of(key.as_bytes());
-    cluster.proxy(reps[2]).set(Mode::Hang);
+    for &r in &reps[1..] {
+        cluster.proxy(r).set(Mode::Hang);
+    }
 
     // Through the non-replica only.
     match cluster
@@ -129,17 +133,30 @@ async fn defect3_a_forwarded_put_that_misses_its_quorum_says_so_and_is_stored_on
         Err(Error::QuorumNotReached { needed, got, .. }) => assert_eq!((needed, got), (3, 2)),
         other => panic!("expected QuorumNotReached, got {other:?}"),
     }
-    // With a second seed to fall back on.
+    for &r in &reps[1..] {
+        cluster.proxy(r).set(Mode::Pass);
+    }
+    // With a second seed to fall back on: a key whose two hung replicas are neither seed.
+    let seeds = [0, reps[0]];
     let two_seeds = Client::builder([cluster.seed(0), cluster.seed(reps[0])])
         .request_timeout(Duration::from_secs(8))
         .build()
         .unwrap();
-    let key2 = format!("{key}-2");
-    let reps2 = cluster.replicas_of(key2.as_bytes());
-    let hung = reps2[2];
-    if hung != reps[2] {
-        cluster.proxy(reps[2]).set(Mode::Pass);
-        cluster.proxy(hung).set(Mode::Hang);
+    let (key2, reps2) = (0..1000)
+        .map(|i| format!("{key}-{i}"))
+        .map(|k| {
+            let r = cluster.replicas_of(k.as_bytes());
+            (k, r)
+        })
+        .find(|(_, r)| r.iter().filter(|n| !seeds.contains(n)).count() == 2)
+        .unwrap();
+    let hung: Vec<usize> = reps2
+        .iter()
+        .copied()
+        .filter(|n| !seeds.contains(n))
+        .collect();
+    for &h in &hung {
+        cluster.proxy(h).set(Mode::Hang);
     }
     let result = two_seeds
         .put_with_quorum(&key2, b"w".to_vec(), None, Some(3))
@@ -148,14 +165,15 @@ async fn defect3_a_forwarded_put_that_misses_its_quorum_says_so_and_is_stored_on
         matches!(result, Err(Error::QuorumNotReached { .. })),
         "{result:?}"
     );
-    let healthy: Vec<usize> = reps2.iter().copied().filter(|&r| r != hung).collect();
-    for &i in &healthy {
+    for i in (0..4).filter(|i| !hung.contains(i)) {
         assert!(
             strings(&cluster.local_values(i, key2.as_bytes()).await).len() <= 1,
             "node-{i} holds the write twice"
         );
     }
-    cluster.proxy(hung).set(Mode::Pass);
+    for &h in &hung {
+        cluster.proxy(h).set(Mode::Pass);
+    }
     let got = two_seeds.get_with_quorum(&key2, Some(3)).await.unwrap();
     assert!(
         strings(&got.values).len() <= 1,

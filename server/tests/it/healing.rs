@@ -61,6 +61,19 @@ async fn writes_to_down_replicas_go_to_fallbacks_as_hints_and_reach_the_owners_l
             cluster.local_state(i, key.as_bytes()).await.is_none(),
             "node-{i} stored a hint as its own data"
         );
+        // `dynamokv admin status` names the owner each held hint waits for.
+        let st = status(&cluster, i).await;
+        let text = dynamokv_server::admin::describe_status(&st);
+        for b in &st.hint_backlog {
+            assert!(
+                down.iter().any(|d| b.owner == format!("node-{d}")),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!("for {:<12} 1 hint(s)", b.owner)),
+                "{text}"
+            );
+        }
     }
     for i in down {
         assert!(cluster.nodes[i].is_none());
