@@ -218,3 +218,46 @@ async fn tombstones_are_reaped_only_once_every_replica_holds_them() {
     assert_eq!(reaped, 3.0, "each replica reaped its copy once");
     cluster.shutdown().await;
 }
+
+/// Paper 6.5: background work yields to foreground requests. With a latency bound below what
+/// synced writes take, anti-entropy pauses (and says so in the metrics) while they run, and
+/// resumes when they stop.
+#[tokio::test(flavor = "multi_thread")]
+async fn background_work_pauses_while_foreground_latency_is_above_the_bound() {
+    let cluster = Cluster::start_with(3, |c| {
+        c.background.anti_entropy_interval_ms = 50;
+        c.background.latency_bound_ms = 1;
+        c.cluster.sync_replicas = 2;
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let series = "dynamokv_background_paused_total{worker=\"anti_entropy\"}";
+    let client = cluster.client_of(0);
+    // Every synced write waits for two fsyncs: well above 1 ms.
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            for i in 0..400 {
+                client
+                    .put(format!("slow-{i}"), b"v".to_vec(), None)
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    eventually("anti-entropy pauses for the slow writes", DEADLINE, || async {
+        sample(&scrape(&cluster, 0).await, series) > 0.0
+    })
+    .await;
+    writer.abort();
+    let _ = writer.await;
+    let exchanges = |text: String| sample(&text, "dynamokv_anti_entropy_exchanges_total");
+    let before = exchanges(scrape(&cluster, 0).await);
+    eventually("anti-entropy resumes once requests stop", DEADLINE, || async {
+        exchanges(scrape(&cluster, 0).await) > before + 2.0
+    })
+    .await;
+    let st = status(&cluster, 0).await;
+    assert!(st.background_pauses > 0, "{st:?}");
+    cluster.shutdown().await;
+}
