@@ -222,7 +222,9 @@ impl LocalReplica {
         value: Option<Bytes>,
     ) -> Result<(VersionedState, UpdateOutcome), WriteError> {
         let _guard = self.stripe(key).lock().unwrap_or_else(|p| p.into_inner());
-        let current = storage::read_state(self.store.as_ref(), key)?.unwrap_or_default();
+        let stored = storage::read_state(self.store.as_ref(), key)?;
+        let existed = stored.is_some();
+        let current = stored.unwrap_or_default();
         let mut state = current.clone();
         let floor = self.next_counter.fetch_add(1, Ordering::Relaxed);
         let now = now_ms();
@@ -235,7 +237,8 @@ impl LocalReplica {
         self.truncate(&mut state, now);
         if state != current {
             storage::write_state(self.store.as_ref(), key, &state)?;
-            self.forest.update(key, Some(&current), Some(&state));
+            self.forest
+                .update(key, existed.then_some(&current), Some(&state));
         }
         Ok((state, outcome))
     }
@@ -426,11 +429,15 @@ impl LocalReplica {
     /// The hints held here for `key`, whatever their owner: (owner, state).
     fn hints_of(&self, key: &[u8]) -> Result<Vec<(String, VersionedState)>, StorageError> {
         let prefix = storage::hint_prefix(key);
+        // Owner ids are UTF-8, which never holds the byte 0xff: every hint key of `key` sorts
+        // below this bound, and the scan stops there without reading deleted hints beyond it.
+        let mut end = prefix.clone();
+        end.push(0xff);
         let mut out = Vec::new();
-        for (k, v) in self.store.scan(Space::Hints, &prefix, None, usize::MAX)? {
-            if !k.starts_with(&prefix) {
-                break;
-            }
+        for (k, v) in self
+            .store
+            .scan(Space::Hints, &prefix, Some(&end), usize::MAX)?
+        {
             let (_, owner) = storage::parse_hint_key(&k)?;
             out.push((owner.to_string(), storage::decode_hint(&v)?.1));
         }
@@ -646,5 +653,146 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(state.live_values(), vec![Bytes::from_static(b"resolved")]);
+    }
+
+    #[tokio::test]
+    async fn hints_merge_per_owner_are_read_by_fallback_reads_and_are_forgotten_only_unchanged() {
+        let store: Arc<dyn Storage> = Arc::new(MemoryStorage::default());
+        let replica = Arc::new(open(&store, "fallback").unwrap());
+        let key = Bytes::from_static(b"k");
+        let write = |id: u128, v: &'static [u8]| {
+            let mut s = VersionedState::new();
+            s.update(
+                &CausalContext::new(),
+                WriteId(id),
+                Some(Bytes::from_static(v)),
+                Actor(id as u64),
+                1,
+                5,
+            );
+            s
+        };
+        replica
+            .store_hint(key.clone(), "a".into(), write(1, b"x"), false)
+            .await
+            .unwrap();
+        replica
+            .store_hint(key.clone(), "a".into(), write(2, b"y"), true)
+            .await
+            .unwrap();
+        replica
+            .store_hint(key.clone(), "b".into(), write(3, b"z"), false)
+            .await
+            .unwrap();
+        assert_eq!(
+            replica.read(key.clone()).await.unwrap(),
+            None,
+            "hints are not data"
+        );
+        let seen = replica.read_with_hints(&key).unwrap().unwrap();
+        assert_eq!(seen.live_count(), 3);
+        let hints = replica.hints_from(&[], 100).unwrap();
+        assert_eq!(hints.len(), 2, "one hint per owner and key");
+        let (hint_key, raw) = &hints[0];
+        // A write that joined the hint after it was read keeps it.
+        replica
+            .store_hint(key.clone(), "a".into(), write(4, b"w"), false)
+            .await
+            .unwrap();
+        assert!(!replica.forget_hint(hint_key, raw).unwrap());
+        let fresh = replica.hints_from(&[], 100).unwrap();
+        assert!(replica.forget_hint(&fresh[0].0, &fresh[0].1).unwrap());
+        assert_eq!(replica.hints_from(&[], 100).unwrap().len(), 1);
+        // Hints survive a reopen of the store.
+        let reopened = open(&store, "fallback").unwrap();
+        assert_eq!(reopened.hints_from(&[], 100).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn only_the_exact_tombstone_is_reaped_and_never_while_a_hint_for_it_waits() {
+        let store: Arc<dyn Storage> = Arc::new(MemoryStorage::default());
+        let replica = Arc::new(open(&store, "n").unwrap());
+        let key = Bytes::from_static(b"k");
+        let (live, _) = replica
+            .coordinate(
+                key.clone(),
+                CausalContext::new(),
+                WriteId(1),
+                Some(Bytes::from_static(b"v")),
+                false,
+            )
+            .await
+            .unwrap();
+        let digest = merkle::state_digest(&key, &live);
+        assert!(
+            !replica.reap(&key, digest).unwrap(),
+            "a live value is never reaped"
+        );
+        let (dead, _) = replica
+            .coordinate(
+                key.clone(),
+                CausalContext::of_read(&live),
+                WriteId(2),
+                None,
+                false,
+            )
+            .await
+            .unwrap();
+        let digest = merkle::state_digest(&key, &dead);
+        assert!(
+            !replica.reap(&key, digest ^ 1).unwrap(),
+            "another tombstone's digest"
+        );
+        replica
+            .store_hint(key.clone(), "other".into(), live.clone(), false)
+            .await
+            .unwrap();
+        assert!(
+            !replica.reap(&key, digest).unwrap(),
+            "a hint for the key waits here"
+        );
+        let hints = replica.hints_from(&[], 10).unwrap();
+        replica.forget_hint(&hints[0].0, &hints[0].1).unwrap();
+        assert!(replica.reap(&key, digest).unwrap());
+        assert_eq!(replica.read(key.clone()).await.unwrap(), None);
+        assert!(
+            replica.reap(&key, digest).unwrap(),
+            "nothing left is reaped already"
+        );
+        let empty = MerkleForest::new(64);
+        let p = replica.forest().leaf_of_key(&key).0;
+        assert_eq!(replica.forest().partition_root(p), empty.partition_root(p));
+    }
+
+    #[tokio::test]
+    async fn trees_follow_every_write_and_equal_a_rebuild_from_storage() {
+        let store: Arc<dyn Storage> = Arc::new(MemoryStorage::default());
+        let replica = Arc::new(open(&store, "n").unwrap());
+        let other_store: Arc<dyn Storage> = Arc::new(MemoryStorage::default());
+        let other = Arc::new(open(&other_store, "m").unwrap());
+        for i in 0..200u32 {
+            let key = Bytes::from(format!("k{}", i % 70));
+            let (state, _) = replica
+                .coordinate(
+                    key.clone(),
+                    CausalContext::new(),
+                    WriteId(u128::from(i)),
+                    Some(Bytes::from(i.to_string())),
+                    false,
+                )
+                .await
+                .unwrap();
+            other.merge(key, state, false).await.unwrap();
+        }
+        let rebuilt = open(&store, "n").unwrap();
+        for p in 0..64 {
+            let root = replica.forest().partition_root(p);
+            assert_eq!(root, rebuilt.forest().partition_root(p), "partition {p}");
+            assert_eq!(
+                root,
+                other.forest().partition_root(p),
+                "partition {p} on the replica"
+            );
+        }
     }
 }

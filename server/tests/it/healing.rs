@@ -145,6 +145,17 @@ async fn anti_entropy_restores_what_a_replica_missed_without_any_read() {
         "{ae:?}"
     );
     assert!(!ae.peers.is_empty(), "status shows the last exchanges");
+    // Once the replicas agree their trees do too: exchanges find nothing left to compare.
+    eventually("every exchange finds the trees equal", DEADLINE, || async {
+        for i in 0..3 {
+            let peers = status(&cluster, i).await.anti_entropy.unwrap().peers;
+            if peers.len() < 2 || peers.iter().any(|p| p.partitions_differing > 0) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
     cluster.shutdown().await;
 }
 
@@ -245,17 +256,21 @@ async fn background_work_pauses_while_foreground_latency_is_above_the_bound() {
             }
         })
     };
-    eventually("anti-entropy pauses for the slow writes", DEADLINE, || async {
-        sample(&scrape(&cluster, 0).await, series) > 0.0
-    })
+    eventually(
+        "anti-entropy pauses for the slow writes",
+        DEADLINE,
+        || async { sample(&scrape(&cluster, 0).await, series) > 0.0 },
+    )
     .await;
     writer.abort();
     let _ = writer.await;
     let exchanges = |text: String| sample(&text, "dynamokv_anti_entropy_exchanges_total");
     let before = exchanges(scrape(&cluster, 0).await);
-    eventually("anti-entropy resumes once requests stop", DEADLINE, || async {
-        exchanges(scrape(&cluster, 0).await) > before + 2.0
-    })
+    eventually(
+        "anti-entropy resumes once requests stop",
+        DEADLINE,
+        || async { exchanges(scrape(&cluster, 0).await) > before + 2.0 },
+    )
     .await;
     let st = status(&cluster, 0).await;
     assert!(st.background_pauses > 0, "{st:?}");
