@@ -27,12 +27,8 @@ use tokio::time::Instant;
 use dynamokv_common::{Member, VersionedState};
 use dynamokv_proto::v1 as pb;
 
-use crate::admission::Admission;
-use crate::membership::Membership;
+use crate::background::Shared;
 use crate::merkle;
-use crate::metrics::Metrics;
-use crate::peers::Peers;
-use crate::replica::LocalReplica;
 use crate::service::MAX_LEAF_KEYS;
 
 /// Keys repaired at once.
@@ -51,13 +47,8 @@ pub struct PeerSync {
 /// The anti-entropy worker.
 #[derive(Debug)]
 pub struct AntiEntropy {
-    local: Arc<LocalReplica>,
-    peers: Arc<Peers>,
-    membership: Membership,
-    metrics: Arc<Metrics>,
-    admission: Admission,
+    s: Shared,
     interval: Duration,
-    timeout: Duration,
     last: Mutex<BTreeMap<String, PeerSync>>,
 }
 
@@ -74,23 +65,10 @@ struct Tally {
 }
 
 impl AntiEntropy {
-    pub fn new(
-        local: Arc<LocalReplica>,
-        peers: Arc<Peers>,
-        membership: Membership,
-        metrics: Arc<Metrics>,
-        admission: Admission,
-        interval: Duration,
-        timeout: Duration,
-    ) -> AntiEntropy {
+    pub fn new(s: Shared, interval: Duration) -> AntiEntropy {
         AntiEntropy {
-            local,
-            peers,
-            membership,
-            metrics,
-            admission,
+            s,
             interval,
-            timeout,
             last: Mutex::default(),
         }
     }
@@ -104,12 +82,12 @@ impl AntiEntropy {
     pub async fn run(self: Arc<Self>) {
         let mut turn = 0usize;
         loop {
-            if !self.admission.sleep(self.interval).await
-                || !self.admission.admit("anti_entropy").await
+            if !self.s.admission.sleep(self.interval).await
+                || !self.s.admission.admit("anti_entropy").await
             {
                 return;
             }
-            let view = self.membership.current();
+            let view = self.s.membership.current();
             let peers: Vec<Member> = view
                 .ring
                 .members()
@@ -123,7 +101,7 @@ impl AntiEntropy {
             // The next peer this node can reach; a silent one waits for its probe.
             let Some(peer) = (0..peers.len())
                 .map(|i| &peers[(turn + i) % peers.len()])
-                .find(|m| self.peers.is_up(&m.address))
+                .find(|m| self.s.peers.is_up(&m.address))
                 .cloned()
             else {
                 continue;
@@ -132,7 +110,7 @@ impl AntiEntropy {
             let started = Instant::now();
             match self.exchange(&peer).await {
                 Ok(t) => {
-                    self.metrics.anti_entropy.exchanges.inc();
+                    self.s.metrics.anti_entropy.exchanges.inc();
                     if t.repaired > 0 {
                         tracing::info!(peer = %peer.id, partitions = t.differing, keys = t.repaired, took = ?started.elapsed(), "anti-entropy repaired keys");
                     }
@@ -146,9 +124,9 @@ impl AntiEntropy {
 
     /// One comparison with `peer` of every partition both replicate.
     async fn exchange(&self, peer: &Member) -> Result<Tally, String> {
-        let view = self.membership.current();
+        let view = self.s.membership.current();
         let n = view.quorums.n as usize;
-        let forest = self.local.forest();
+        let forest = self.s.local.forest();
         let q = forest.partitions();
         if view.ring.partition_count() != q {
             return Err("the ring's partition count changed since the trees were built".into());
@@ -167,12 +145,14 @@ impl AntiEntropy {
             partition: shared.clone(),
         };
         let roots = self
+            .s
             .peers
-            .call(&peer.address, self.timeout, |mut c, t| async move {
-                let mut r = tonic::Request::new(request);
-                r.set_timeout(t);
-                c.tree_roots(r).await
-            })
+            .call(
+                &peer.address,
+                self.s.timeout,
+                request,
+                |mut c, r| async move { c.tree_roots(r).await },
+            )
             .await?
             .roots;
         if roots.len() != shared.len() {
@@ -188,12 +168,13 @@ impl AntiEntropy {
                 continue;
             }
             tally.differing += 1;
-            if !self.admission.admit("anti_entropy").await {
+            if !self.s.admission.admit("anti_entropy").await {
                 break;
             }
             self.sync_partition(peer, p, &mut tally).await?;
         }
-        self.metrics
+        self.s
+            .metrics
             .anti_entropy
             .keys_compared
             .inc_by(tally.compared);
@@ -213,19 +194,21 @@ impl AntiEntropy {
     /// Compares one partition's leaves with the peer's and repairs the keys under those that
     /// differ.
     async fn sync_partition(&self, peer: &Member, p: u32, tally: &mut Tally) -> Result<(), String> {
-        let forest = self.local.forest();
+        let forest = self.s.local.forest();
         let q = forest.partitions();
         let request = pb::TreeLeavesRequest {
             partitions: q,
             partition: p,
         };
         let theirs = self
+            .s
             .peers
-            .call(&peer.address, self.timeout, |mut c, t| async move {
-                let mut r = tonic::Request::new(request);
-                r.set_timeout(t);
-                c.tree_leaves(r).await
-            })
+            .call(
+                &peer.address,
+                self.s.timeout,
+                request,
+                |mut c, r| async move { c.tree_leaves(r).await },
+            )
             .await?
             .leaves;
         let ours = forest.partition_leaves(p);
@@ -247,7 +230,7 @@ impl AntiEntropy {
                 match r {
                     Ok(()) => {
                         tally.repaired += 1;
-                        self.metrics.anti_entropy.keys_repaired.inc();
+                        self.s.metrics.anti_entropy.keys_repaired.inc();
                     }
                     Err(reason) => return Err(reason),
                 }
@@ -265,7 +248,7 @@ impl AntiEntropy {
         leaf: u32,
         tally: &mut Tally,
     ) -> Result<Vec<Bytes>, String> {
-        let forest = self.local.forest();
+        let forest = self.s.local.forest();
         let q = forest.partitions();
         let mut theirs: BTreeMap<Bytes, u64> = BTreeMap::new();
         let mut after = Bytes::new();
@@ -278,12 +261,14 @@ impl AntiEntropy {
                 limit: MAX_LEAF_KEYS as u32,
             };
             let page = self
+                .s
                 .peers
-                .call(&peer.address, self.timeout, |mut c, t| async move {
-                    let mut r = tonic::Request::new(request);
-                    r.set_timeout(t);
-                    c.leaf_keys(r).await
-                })
+                .call(
+                    &peer.address,
+                    self.s.timeout,
+                    request,
+                    |mut c, r| async move { c.leaf_keys(r).await },
+                )
                 .await?;
             for k in &page.keys {
                 theirs.insert(k.key.clone(), k.digest);
@@ -300,6 +285,7 @@ impl AntiEntropy {
         let mut after: Vec<u8> = Vec::new();
         loop {
             let (page, more) = self
+                .s
                 .local
                 .key_digests(first, last, &after, MAX_LEAF_KEYS)
                 .map_err(|e| e.to_string())?;
@@ -323,8 +309,9 @@ impl AntiEntropy {
     /// Makes this node and the peer hold the merge of both their states of `key`.
     async fn repair(&self, peer: &Member, key: Bytes) -> Result<(), String> {
         let reply = self
+            .s
             .peers
-            .read(&peer.address, key.clone(), false, self.timeout)
+            .read(&peer.address, key.clone(), false, self.s.timeout)
             .await?;
         let theirs = reply
             .state
@@ -333,11 +320,13 @@ impl AntiEntropy {
             .map_err(|e| format!("the peer sent a bad state: {e}"))?;
         let merged = match &theirs {
             Some(state) => self
+                .s
                 .local
                 .merge(key.clone(), state.clone(), false)
                 .await
                 .map_err(|e| e.to_string())?,
             None => match self
+                .s
                 .local
                 .read(key.clone())
                 .await
@@ -348,8 +337,9 @@ impl AntiEntropy {
             },
         };
         if theirs.as_ref().is_none_or(|t| !t.descends(&merged)) {
-            self.peers
-                .merge(&peer.address, &key, &merged, false, self.timeout)
+            self.s
+                .peers
+                .merge(&peer.address, &key, &merged, false, self.s.timeout)
                 .await?;
         }
         Ok(())

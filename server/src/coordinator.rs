@@ -581,7 +581,9 @@ impl Coordinator {
         hints: bool,
     ) -> ReplicaReply<Option<VersionedState>> {
         let view_self = self.membership.current().self_id.clone();
-        let result = if m.id == view_self {
+        let result = if m.id == view_self && hints {
+            self.local.read_with_hints(&key).map_err(|e| e.to_string())
+        } else if m.id == view_self {
             self.local.read(key).await.map_err(|e| e.to_string())
         } else {
             remote_read(&self.peers, &m, key, hints, self.timeout).await

@@ -19,11 +19,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::time::Instant;
 
-use crate::admission::Admission;
-use crate::membership::Membership;
-use crate::metrics::Metrics;
-use crate::peers::Peers;
-use crate::replica::{LocalReplica, now_ms};
+use crate::background::Shared;
+use crate::replica::now_ms;
 use crate::storage::{self, StorageError};
 
 /// Longest wait between delivery attempts to an owner that does not answer.
@@ -52,13 +49,8 @@ struct Backoff {
 /// The hint delivery worker.
 #[derive(Debug)]
 pub struct HintedHandoff {
-    local: Arc<LocalReplica>,
-    peers: Arc<Peers>,
-    membership: Membership,
-    metrics: Arc<Metrics>,
-    admission: Admission,
+    s: Shared,
     interval: Duration,
-    timeout: Duration,
     backoff: Mutex<HashMap<String, Backoff>>,
     backlog: Mutex<Vec<Backlog>>,
 }
@@ -68,23 +60,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl HintedHandoff {
-    pub fn new(
-        local: Arc<LocalReplica>,
-        peers: Arc<Peers>,
-        membership: Membership,
-        metrics: Arc<Metrics>,
-        admission: Admission,
-        interval: Duration,
-        timeout: Duration,
-    ) -> HintedHandoff {
+    pub fn new(s: Shared, interval: Duration) -> HintedHandoff {
         HintedHandoff {
-            local,
-            peers,
-            membership,
-            metrics,
-            admission,
+            s,
             interval,
-            timeout,
             backoff: Mutex::default(),
             backlog: Mutex::default(),
         }
@@ -99,13 +78,13 @@ impl HintedHandoff {
     pub async fn run(self: Arc<Self>) {
         // A first walk at once: hints kept over a restart show in the metrics straight away.
         loop {
-            if !self.admission.admit("hinted_handoff").await {
+            if !self.s.admission.admit("hinted_handoff").await {
                 return;
             }
             if let Err(e) = self.deliver_all().await {
                 tracing::warn!(error = %e, "hint delivery stopped by a storage error");
             }
-            if !self.admission.sleep(self.interval).await {
+            if !self.s.admission.sleep(self.interval).await {
                 return;
             }
         }
@@ -117,13 +96,13 @@ impl HintedHandoff {
         let mut left: BTreeMap<String, Backlog> = BTreeMap::new();
         let mut from = Vec::new();
         loop {
-            let page = self.local.hints_from(&from, PAGE)?;
+            let page = self.s.local.hints_from(&from, PAGE)?;
             let full = page.len() == PAGE;
             if let Some((k, _)) = page.last() {
                 from = k.clone();
                 from.push(0);
             }
-            let view = self.membership.current();
+            let view = self.s.membership.current();
             let mut deliveries = Vec::new();
             for (hint_key, raw) in page {
                 let (owner, created) = match (
@@ -179,7 +158,7 @@ impl HintedHandoff {
                         Ok(deleted) => {
                             self.answered(&owner);
                             if deleted {
-                                self.metrics.hints.delivered.inc();
+                                self.s.metrics.hints.delivered.inc();
                                 if let Some(b) = left.get_mut(&owner) {
                                     b.hints -= 1;
                                 }
@@ -192,15 +171,16 @@ impl HintedHandoff {
                     }
                 }
             }
-            if !full || !self.admission.admit("hinted_handoff").await {
+            if !full || !self.s.admission.admit("hinted_handoff").await {
                 break;
             }
         }
         left.retain(|_, b| b.hints > 0);
         let queued: u64 = left.values().map(|b| b.hints).sum();
         let oldest = left.values().map(|b| b.oldest_ms).min();
-        self.metrics.hints.queued.set(queued as i64);
-        self.metrics
+        self.s.metrics.hints.queued.set(queued as i64);
+        self.s
+            .metrics
             .hints
             .oldest_age_seconds
             .set(oldest.map_or(0.0, |at| now_ms().saturating_sub(at) as f64 / 1000.0));
@@ -215,10 +195,12 @@ impl HintedHandoff {
         let (key, _) = storage::parse_hint_key(hint_key).map_err(|e| e.to_string())?;
         let (_, state) = storage::decode_hint(raw).map_err(|e| e.to_string())?;
         let key = bytes::Bytes::copy_from_slice(key);
-        self.peers
-            .merge(address, &key, &state, true, self.timeout)
+        self.s
+            .peers
+            .merge(address, &key, &state, true, self.s.timeout)
             .await?;
-        self.local
+        self.s
+            .local
             .forget_hint(hint_key, raw)
             .map_err(|e| e.to_string())
     }

@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod admission;
 pub mod anti_entropy;
+pub mod background;
 pub mod config;
 pub mod coordinator;
 pub mod dev;

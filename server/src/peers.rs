@@ -317,21 +317,24 @@ impl Peers {
         result.map_err(PeerError::into_message)
     }
 
-    /// A unary call `f` to the node at `address` with a deadline of `timeout`, noting whether
-    /// the node answered.
-    pub async fn call<T, F, Fut>(
+    /// A unary call `f` of `request` to the node at `address` with a deadline of `timeout`,
+    /// noting whether the node answered.
+    pub async fn call<Req, T, F, Fut>(
         self: &Arc<Self>,
         address: &str,
         timeout: Duration,
+        request: Req,
         f: F,
     ) -> Result<T, String>
     where
-        F: FnOnce(ReplicaClient<Channel>, Duration) -> Fut,
+        F: FnOnce(ReplicaClient<Channel>, tonic::Request<Req>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(timeout);
         let result = match self.replica(address) {
             Err(reason) => Err(PeerError::Refused(reason)),
-            Ok(client) => match tokio::time::timeout(timeout, f(client, timeout)).await {
+            Ok(client) => match tokio::time::timeout(timeout, f(client, request)).await {
                 Err(_) => Err(PeerError::Silent(format!("no answer within {timeout:?}"))),
                 Ok(r) => r
                     .map(tonic::Response::into_inner)
@@ -358,10 +361,8 @@ impl Peers {
             owner: owner.to_string(),
             sync,
         };
-        self.call(address, timeout, |mut c, t| async move {
-            let mut req = tonic::Request::new(req);
-            req.set_timeout(t);
-            c.store_hint(req).await
+        self.call(address, timeout, req, |mut c, r| async move {
+            c.store_hint(r).await
         })
         .await
         .map(|_| ())

@@ -15,18 +15,15 @@ use dynamokv_proto::v1::admin_server::AdminServer;
 use dynamokv_proto::v1::kv_server::KvServer;
 use dynamokv_proto::v1::replica_server::ReplicaServer;
 
-use crate::admission::Admission;
-use crate::anti_entropy::AntiEntropy;
+use crate::background::Background;
 use crate::config::{Config, ConfigError, Engine};
 use crate::coordinator::Coordinator;
-use crate::hinted_handoff::HintedHandoff;
 use crate::membership::Membership;
 use crate::metrics::{HealthInfo, Metrics};
 use crate::peers::Peers;
 use crate::replica::{LocalReplica, SiblingLimits};
 use crate::service::{AdminService, KvService, ReplicaService};
 use crate::storage::{MemoryStorage, Storage, StorageError};
-use crate::tombstones::TombstoneReaper;
 
 /// A node that could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -370,91 +367,6 @@ async fn serve(
     result?;
     flushed?;
     Ok(())
-}
-
-/// The background workers of a node (paper 4.6, 4.7, 6.5), started with it and stopped before
-/// its storage closes.
-#[derive(Debug)]
-struct Background {
-    handoff: Arc<HintedHandoff>,
-    anti_entropy: Arc<AntiEntropy>,
-    reaper: Arc<TombstoneReaper>,
-    anti_entropy_on: bool,
-    stop: CancellationToken,
-    tasks: tokio_util::task::TaskTracker,
-}
-
-impl Background {
-    fn new(
-        local: Arc<LocalReplica>,
-        peers: Arc<Peers>,
-        membership: Membership,
-        metrics: Arc<Metrics>,
-        config: &Config,
-    ) -> Background {
-        let b = &config.background;
-        let stop = CancellationToken::new();
-        let admission = Admission::new(
-            Arc::clone(&metrics),
-            Duration::from_millis(b.latency_bound_ms),
-            stop.clone(),
-        );
-        let timeout = config.replica_timeout();
-        let ms = Duration::from_millis;
-        Background {
-            handoff: Arc::new(HintedHandoff::new(
-                Arc::clone(&local),
-                Arc::clone(&peers),
-                membership.clone(),
-                Arc::clone(&metrics),
-                admission.clone(),
-                ms(b.handoff_interval_ms),
-                timeout,
-            )),
-            anti_entropy: Arc::new(AntiEntropy::new(
-                Arc::clone(&local),
-                Arc::clone(&peers),
-                membership.clone(),
-                Arc::clone(&metrics),
-                admission.clone(),
-                ms(b.anti_entropy_interval_ms),
-                timeout,
-            )),
-            reaper: Arc::new(TombstoneReaper::new(
-                local,
-                peers,
-                membership,
-                metrics,
-                admission,
-                ms(b.tombstone_grace_ms),
-                ms(b.reap_interval_ms),
-                timeout,
-            )),
-            anti_entropy_on: b.anti_entropy_interval_ms > 0,
-            stop,
-            tasks: tokio_util::task::TaskTracker::new(),
-        }
-    }
-
-    fn start(&self) {
-        self.tasks.spawn(Arc::clone(&self.handoff).run());
-        if self.anti_entropy_on {
-            self.tasks.spawn(Arc::clone(&self.anti_entropy).run());
-        }
-        self.tasks.spawn(Arc::clone(&self.reaper).run());
-        self.tasks.close();
-    }
-
-    /// Stops the workers and waits for them, at most `deadline`.
-    async fn wait(&self, deadline: Duration) {
-        self.stop.cancel();
-        if tokio::time::timeout(deadline, self.tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("background workers did not stop in time");
-        }
-    }
 }
 
 /// How often an idle accepted connection is probed, so that connections of clients that

@@ -25,12 +25,9 @@ use bytes::Bytes;
 use dynamokv_common::{Member, VersionedState};
 use dynamokv_proto::v1 as pb;
 
-use crate::admission::Admission;
-use crate::membership::Membership;
+use crate::background::Shared;
 use crate::merkle;
-use crate::metrics::Metrics;
-use crate::peers::Peers;
-use crate::replica::{LocalReplica, now_ms};
+use crate::replica::now_ms;
 
 /// Keys examined per batch.
 const PAGE: usize = 1024;
@@ -38,37 +35,17 @@ const PAGE: usize = 1024;
 /// The tombstone reaper.
 #[derive(Debug)]
 pub struct TombstoneReaper {
-    local: Arc<LocalReplica>,
-    peers: Arc<Peers>,
-    membership: Membership,
-    metrics: Arc<Metrics>,
-    admission: Admission,
+    s: Shared,
     grace_ms: u64,
     interval: Duration,
-    timeout: Duration,
 }
 
 impl TombstoneReaper {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        local: Arc<LocalReplica>,
-        peers: Arc<Peers>,
-        membership: Membership,
-        metrics: Arc<Metrics>,
-        admission: Admission,
-        grace: Duration,
-        interval: Duration,
-        timeout: Duration,
-    ) -> TombstoneReaper {
+    pub fn new(s: Shared, grace: Duration, interval: Duration) -> TombstoneReaper {
         TombstoneReaper {
-            local,
-            peers,
-            membership,
-            metrics,
-            admission,
+            s,
             grace_ms: grace.as_millis() as u64,
             interval,
-            timeout,
         }
     }
 
@@ -79,16 +56,16 @@ impl TombstoneReaper {
         }
         let mut cursor: Option<Vec<u8>> = None;
         loop {
-            if !self.admission.sleep(self.interval).await {
+            if !self.s.admission.sleep(self.interval).await {
                 return;
             }
             // One pass over the whole data per interval, a page at a time.
             loop {
-                if !self.admission.admit("tombstone_reaper").await {
+                if !self.s.admission.admit("tombstone_reaper").await {
                     return;
                 }
                 let from = cursor.take().unwrap_or_default();
-                let (states, next) = match self.local.states_from(&from, PAGE) {
+                let (states, next) = match self.s.local.states_from(&from, PAGE) {
                     Ok(page) => page,
                     Err(e) => {
                         tracing::warn!(error = %e, "tombstone reaping stopped by a storage error");
@@ -125,7 +102,7 @@ impl TombstoneReaper {
 
     /// Reaps `key` everywhere if this node is its owner and every replica holds the tombstone.
     async fn reap(&self, key: Bytes, state: &VersionedState) {
-        let view = self.membership.current();
+        let view = self.s.membership.current();
         let list = view.ring.preference_list(&key, view.quorums.n as usize);
         if list.nodes.first().is_none_or(|m| m.id != view.self_id) {
             return;
@@ -136,14 +113,15 @@ impl TombstoneReaper {
             .copied()
             .filter(|m| m.id != view.self_id)
             .collect();
-        if others.iter().any(|m| !self.peers.is_up(&m.address)) {
+        if others.iter().any(|m| !self.s.peers.is_up(&m.address)) {
             return;
         }
         let digest = merkle::state_digest(&key, state);
         for m in &others {
             let held = match self
+                .s
                 .peers
-                .read(&m.address, key.clone(), false, self.timeout)
+                .read(&m.address, key.clone(), false, self.s.timeout)
                 .await
             {
                 Ok(reply) => reply.state,
@@ -164,10 +142,9 @@ impl TombstoneReaper {
                 digest,
             };
             let reaped = self
+                .s
                 .peers
-                .call(&m.address, self.timeout, |mut c, t| async move {
-                    let mut r = tonic::Request::new(request);
-                    r.set_timeout(t);
+                .call(&m.address, self.s.timeout, request, |mut c, r| async move {
                     c.reap(r).await
                 })
                 .await;
@@ -175,9 +152,9 @@ impl TombstoneReaper {
                 return;
             }
         }
-        match self.local.reap(&key, digest) {
+        match self.s.local.reap(&key, digest) {
             Ok(true) => {
-                self.metrics.tombstones_reaped.inc();
+                self.s.metrics.tombstones_reaped.inc();
                 tracing::debug!(key = %String::from_utf8_lossy(&key), "tombstone reaped on every replica");
             }
             Ok(false) => {}
