@@ -44,6 +44,8 @@ pub struct Backlog {
 struct Backoff {
     next: Instant,
     wait: Duration,
+    /// The failure detector had the owner down when delivery failed.
+    owner_was_down: bool,
 }
 
 /// The hint delivery worker.
@@ -116,7 +118,7 @@ impl HintedHandoff {
                     }
                 };
                 let address = view.ring.member(&owner).map(|m| m.address.clone());
-                let ready = address.is_some() && self.ready(&owner);
+                let ready = address.as_deref().is_some_and(|a| self.ready(&owner, a));
                 let b = left.entry(owner.clone()).or_insert(Backlog {
                     owner: owner.clone(),
                     hints: 0,
@@ -140,6 +142,7 @@ impl HintedHandoff {
             for (owner, mut hints) in by_owner {
                 let rest = hints.split_off(1);
                 let (address, hint_key, raw) = &hints[0];
+                let owner_address = address.clone();
                 let first = self.deliver(address, hint_key, raw).await;
                 let mut results = vec![first];
                 if results[0].is_ok() {
@@ -166,7 +169,7 @@ impl HintedHandoff {
                         }
                         Err(reason) => {
                             tracing::debug!(%owner, %reason, "hint delivery failed: backing off");
-                            self.failed(&owner);
+                            self.failed(&owner, &owner_address);
                         }
                     }
                 }
@@ -205,18 +208,22 @@ impl HintedHandoff {
             .map_err(|e| e.to_string())
     }
 
-    /// Whether delivery to `owner` may be tried now.
-    fn ready(&self, owner: &str) -> bool {
-        lock(&self.backoff)
-            .get(owner)
-            .is_none_or(|b| Instant::now() >= b.next)
+    /// Whether delivery to `owner` (at `address`) may be tried now: its backoff has run out,
+    /// or the node's failure detector saw it answer again since (its probe backs off to 10 s,
+    /// not 30).
+    fn ready(&self, owner: &str, address: &str) -> bool {
+        let Some(b) = lock(&self.backoff).get(owner).copied() else {
+            return true;
+        };
+        Instant::now() >= b.next || (b.owner_was_down && self.s.peers.is_up(address))
     }
 
     fn answered(&self, owner: &str) {
         lock(&self.backoff).remove(owner);
     }
 
-    fn failed(&self, owner: &str) {
+    fn failed(&self, owner: &str, address: &str) {
+        let owner_was_down = !self.s.peers.is_up(address);
         let mut backoff = lock(&self.backoff);
         let wait = backoff
             .get(owner)
@@ -226,6 +233,7 @@ impl HintedHandoff {
             Backoff {
                 next: Instant::now() + wait,
                 wait,
+                owner_was_down,
             },
         );
     }
