@@ -59,8 +59,13 @@ test-node: build ## Build the Node.js addon, typecheck, run node --test.
 test-swift: build ## Regenerate and parse the Swift bindings; drive their FFI from Python.
 	bash bindings-swift/scripts/check.sh
 
-faults: deps ## The fault campaign alone: real node processes killed, hung and restarted under load (also part of make test).
-	cargo test --release -p dynamokv-server --test it faults -- --nocapture
+CAMPAIGN_TABLE := $(or $(TMPDIR),/tmp)/dynamokv-campaign.txt
+
+faults: deps ## The fault campaign alone: nodes killed, hung, partitioned and wiped under load; prints its table (also part of make test).
+	@rm -f $(CAMPAIGN_TABLE); status=0; \
+	DYNAMOKV_CAMPAIGN_TABLE=$(CAMPAIGN_TABLE) cargo test --release -p dynamokv-server --test it campaign -- --nocapture --test-threads 1 || status=$$?; \
+	echo; echo "fault campaign, scenarios that passed ($(CAMPAIGN_TABLE)):"; cat $(CAMPAIGN_TABLE) 2>/dev/null || echo "(none)"; \
+	exit $$status
 
 fmt: ## Format the Rust code.
 	cargo fmt --all

@@ -55,6 +55,8 @@ pub const DEFAULT_REQUEST_BUDGET: Duration = Duration::from_secs(10);
 /// How long before its caller's deadline a coordinator gives its verdict, so that the verdict
 /// arrives in time.
 const VERDICT_MARGIN: Duration = Duration::from_millis(200);
+/// How long a node marked down gets to answer a ping before a request that needs it is refused.
+const QUICK_PING: Duration = Duration::from_millis(200);
 /// What a forwarder gives a coordinator beyond the coordinator's own replica timeout.
 const FORWARD_MARGIN: Duration = Duration::from_millis(500);
 
@@ -174,6 +176,8 @@ impl Coordinator {
         check_quorum("R", r, n)?;
         let (replicas, fallbacks) = preference_list(&view, &key);
         check_replica_count("R", r, &replicas)?;
+        self.check_reachable("get", r, &replicas, &fallbacks, &view.self_id)
+            .await?;
 
         // The primaries this node can reach (itself included); when those are too few for R,
         // every primary and, in their stead, fallbacks holding hints (sloppy quorum, paper
@@ -269,6 +273,8 @@ impl Coordinator {
         let op = if req.value.is_some() { "put" } else { "delete" };
         let (replicas, fallbacks) = preference_list(&view, &key);
         check_replica_count("W", w, &replicas)?;
+        self.check_reachable(op, w, &replicas, &fallbacks, &view.self_id)
+            .await?;
         let budget = req.budget.unwrap_or(DEFAULT_REQUEST_BUDGET);
         let verdict_at = Instant::now() + budget.saturating_sub(VERDICT_MARGIN);
 
@@ -310,6 +316,59 @@ impl Coordinator {
             Err(Error::Internal(
                 "the write task ended without a verdict".into(),
             ))
+        })
+    }
+
+    /// Fails fast when fewer of the key's primaries and fallbacks answer than `needed` (or, for
+    /// a write, no primary does, to coordinate it): waiting would only end in
+    /// `QuorumNotReached` after the replica timeout, while another node (the client tries one
+    /// next) may reach them. Nodes this one has marked down are pinged once first, briefly, so
+    /// that a node that just came back is not refused for the length of its probe's backoff.
+    async fn check_reachable(
+        &self,
+        op: &'static str,
+        needed: u32,
+        replicas: &[Member],
+        fallbacks: &[Member],
+        self_id: &str,
+    ) -> Result<(), Error> {
+        let up = |m: &Member| m.id == self_id || self.peers.is_up(&m.address);
+        let enough = || {
+            let reachable = replicas.iter().chain(fallbacks).filter(|m| up(m)).count() as u32;
+            let coordinator = op == "get" || replicas.iter().any(up);
+            (reachable >= needed && coordinator, reachable)
+        };
+        if enough().0 {
+            return Ok(());
+        }
+        let down: Vec<&Member> = replicas
+            .iter()
+            .chain(fallbacks)
+            .filter(|m| !up(m))
+            .collect();
+        futures::future::join_all(down.iter().map(|m| {
+            self.peers.call(
+                &m.address,
+                QUICK_PING,
+                pb::PingRequest {},
+                |mut c, r| async move { c.ping(r).await },
+            )
+        }))
+        .await;
+        let (ok, reachable) = enough();
+        if ok {
+            return Ok(());
+        }
+        Err(Error::TooFewReachable {
+            op,
+            needed,
+            reachable,
+            unreachable: replicas
+                .iter()
+                .chain(fallbacks)
+                .filter(|m| !up(m))
+                .map(|m| m.id.clone())
+                .collect(),
         })
     }
 

@@ -58,6 +58,18 @@ pub enum Error {
         op: &'static str,
         failures: Vec<ReplicaFailure>,
     },
+    /// This node sees fewer of the key's replicas and fallbacks up than the quorum needs, so it
+    /// did nothing (a node cut off from its peers answers at once, and clients try another).
+    #[error(
+        "{op} needs {needed} replica(s) but this node reaches only {reachable} of the key's replicas and fallbacks ({} unreachable from here): nothing was done; another node may reach more",
+        unreachable.join(", ")
+    )]
+    TooFewReachable {
+        op: &'static str,
+        needed: u32,
+        reachable: u32,
+        unreachable: Vec<String>,
+    },
     /// The write would grow the key past its sibling limits; nothing was written.
     #[error("{0}")]
     SiblingLimit(String),
@@ -98,7 +110,7 @@ impl Error {
             Error::QuorumNotReached { .. } => ErrorCode::QuorumNotReached,
             Error::OutcomeUnknown { .. } => ErrorCode::OutcomeUnknown,
             Error::SiblingLimit(_) => ErrorCode::SiblingLimit,
-            Error::NotReplica { .. } => ErrorCode::Unavailable,
+            Error::NotReplica { .. } | Error::TooFewReachable { .. } => ErrorCode::Unavailable,
             Error::Storage(_) | Error::Internal(_) => ErrorCode::Internal,
         }
     }

@@ -7,12 +7,12 @@ mod proxy;
 mod support;
 
 mod bad_input;
+mod campaign;
 mod causality;
 mod cli;
 mod cluster;
 mod durability;
 mod failure_detection;
-mod faults;
 mod healing;
 mod observability;
 mod versioning;

@@ -16,7 +16,7 @@ use dynamokv_proto::v1::replica_client::ReplicaClient;
 use dynamokv_server::config::{Config, Engine, MemberConfig};
 use dynamokv_server::{NodeHandle, start_on};
 
-use crate::proxy::Proxy;
+use crate::proxy::{Mode, Proxy};
 
 /// Polls `check` until it returns true or `deadline` passes.
 pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut check: F)
@@ -214,6 +214,8 @@ impl Cluster {
 pub struct Process {
     pub child: Child,
     pub addr: SocketAddr,
+    /// Where it serves `/metrics`, when started with `metrics_listen`.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Process {
@@ -233,30 +235,59 @@ impl Process {
         Self::spawn_command(cmd)
     }
 
-    /// Starts `dynamokv serve --config path`.
-    pub fn spawn_with_config(path: &Path) -> Process {
+    /// Starts `dynamokv serve --config path`, its log (stderr) appended to `log`, whose end a
+    /// failure to start quotes.
+    pub fn spawn_with_config(path: &Path, log: &Path) -> Process {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_dynamokv"));
         cmd.arg("serve").arg("--config").arg(path);
-        Self::spawn_command(cmd)
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        cmd.stderr(file);
+        Self::start_reading(cmd, Some(log))
     }
 
     fn spawn_command(mut cmd: Command) -> Process {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn dynamokv");
+        cmd.stderr(Stdio::null());
+        Self::start_reading(cmd, None)
+    }
+
+    fn start_reading(mut cmd: Command, log: Option<&Path>) -> Process {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn dynamokv");
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
+        // "dynamokv node ID listening on ADDR (pid P, data in DIR)[, metrics at http://ADDR/metrics]"
         let addr = line
             .split("listening on ")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                let status = child.wait();
+                let tail = log
+                    .and_then(|l| std::fs::read_to_string(l).ok())
+                    .map(|text| {
+                        let lines: Vec<&str> = text.lines().collect();
+                        lines[lines.len().saturating_sub(10)..].join("\n")
+                    })
+                    .unwrap_or_default();
+                panic!("dynamokv did not start ({status:?}); first line {line:?}; log:\n{tail}")
+            })
             .parse()
             .unwrap();
-        Process { child, addr }
+        let metrics = line
+            .split("metrics at http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .map(|a| a.parse().unwrap());
+        Process {
+            child,
+            addr,
+            metrics,
+        }
     }
 
     pub fn seed(&self) -> String {
@@ -291,49 +322,94 @@ impl Drop for Process {
     }
 }
 
-/// A cluster of `dynamokv serve` processes (RocksDB), each behind a [`Proxy`] whose address is
-/// its member address, so a node can be SIGKILLed and restarted on a new ephemeral port.
+/// A cluster of `dynamokv serve` processes (RocksDB) on loopback, wired through [`Proxy`]s so
+/// that a node can be SIGKILLed and restarted on a new ephemeral port, and cut off from its
+/// peers while clients still reach it:
+///
+/// - node `i`'s front proxy (`proxies[i]`) is its advertised address, the one clients use;
+/// - for every other node `j`, the link proxy `link[i][j]` is how node `i` reaches node `j`:
+///   node `i`'s config lists member `j` at that address (and itself at its front address).
+///
+/// Node ids are `node-{i}` everywhere, so every node computes the same ring (the ring depends
+/// on ids and weights, not addresses). Every node serves `/metrics` on an ephemeral port.
+///
+/// The methods that start or stop processes block while they do; use the cluster from a
+/// multi-thread runtime.
 pub struct ProcCluster {
+    /// Node `i`'s front proxy.
     pub proxies: Vec<Proxy>,
+    /// `links[i][j]`: the proxy node `i` reaches node `j` through (`None` when `i == j`).
+    links: Vec<Vec<Option<Proxy>>>,
     pub procs: Vec<Option<Process>>,
     /// Each node's data and config, removed when the cluster is dropped.
-    _dirs: Vec<tempfile::TempDir>,
+    dirs: Vec<tempfile::TempDir>,
     configs: Vec<std::path::PathBuf>,
+    ring: dynamokv_common::Ring,
 }
 
 impl ProcCluster {
+    /// Partitions of every `ProcCluster`'s ring.
+    pub const PARTITIONS: u32 = 64;
+
     /// `n` nodes; `extra_toml` is appended to the top level of every node's config file.
     pub async fn start(n: usize, extra_toml: &str) -> ProcCluster {
+        Self::start_with_sections(n, extra_toml, "").await
+    }
+
+    /// As [`start`](Self::start), and `sections` (whole TOML sections, such as
+    /// `[background]` and its keys) placed after the `[cluster]` section.
+    pub async fn start_with_sections(n: usize, extra_toml: &str, sections: &str) -> ProcCluster {
         let mut proxies = Vec::new();
         for _ in 0..n {
             proxies.push(Proxy::start().await);
         }
-        let members: String = proxies
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("  {{ id = \"node-{i}\", address = \"{}\" }},\n", p.addr))
-            .collect();
+        let mut links = Vec::new();
+        for i in 0..n {
+            let mut row = Vec::new();
+            for j in 0..n {
+                row.push(if i == j {
+                    None
+                } else {
+                    Some(Proxy::start().await)
+                });
+            }
+            links.push(row);
+        }
         let mut dirs = Vec::new();
         let mut configs = Vec::new();
-        for (i, p) in proxies.iter().enumerate() {
+        for (i, front) in proxies.iter().enumerate() {
+            let members: String = (0..n)
+                .map(|j| {
+                    let address = links[i][j].as_ref().map_or(front.addr, |l| l.addr);
+                    format!("  {{ id = \"node-{j}\", address = \"{address}\" }},\n")
+                })
+                .collect();
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("node.toml");
             let text = format!(
                 "node_id = \"node-{i}\"\nlisten = \"127.0.0.1:0\"\nadvertise = \"{}\"\n\
+                 metrics_listen = \"127.0.0.1:0\"\n\
                  data_dir = \"{}\"\nreplica_timeout_ms = 1000\n{extra_toml}\n\
-                 [cluster]\npartitions = 64\nmembers = [\n{members}]\n",
-                p.addr,
+                 [cluster]\npartitions = {}\nmembers = [\n{members}]\n{sections}\n",
+                front.addr,
                 dir.path().join("data").display(),
+                Self::PARTITIONS,
             );
             std::fs::write(&path, text).unwrap();
             dirs.push(dir);
             configs.push(path);
         }
+        let members = (0..n)
+            .map(|i| dynamokv_common::Member::new(format!("node-{i}"), proxies[i].addr.to_string()))
+            .collect();
+        let ring = dynamokv_common::Ring::new(Self::PARTITIONS, members).unwrap();
         let mut cluster = ProcCluster {
             proxies,
+            links,
             procs: (0..n).map(|_| None).collect(),
-            _dirs: dirs,
+            dirs,
             configs,
+            ring,
         };
         for i in 0..n {
             cluster.start_node(i);
@@ -341,11 +417,22 @@ impl ProcCluster {
         cluster
     }
 
-    /// Starts node `i`'s process and points its proxy at it.
+    pub fn node_count(&self) -> usize {
+        self.procs.len()
+    }
+
+    /// Starts node `i`'s process and points its front proxy and every link to it at it.
     pub fn start_node(&mut self, i: usize) {
         assert!(self.procs[i].is_none(), "node-{i} is running");
-        let p = Process::spawn_with_config(&self.configs[i]);
+        let path = &self.configs[i];
+        let log = self.dirs[i].path().join("node.log");
+        let p = tokio::task::block_in_place(|| Process::spawn_with_config(path, &log));
         self.proxies[i].point_at(p.addr);
+        for row in &self.links {
+            if let Some(link) = &row[i] {
+                link.point_at(p.addr);
+            }
+        }
         self.procs[i] = Some(p);
     }
 
@@ -353,17 +440,96 @@ impl ProcCluster {
     pub fn kill(&mut self, i: usize) {
         if let Some(mut p) = self.procs[i].take() {
             p.signal("KILL");
-            p.wait(Duration::from_secs(10));
+            tokio::task::block_in_place(|| p.wait(Duration::from_secs(10)));
         }
     }
 
+    /// Kills node `i`, deletes its data directory and starts it again, empty.
+    pub fn wipe(&mut self, i: usize) {
+        self.kill(i);
+        let data = self.dirs[i].path().join("data");
+        std::fs::remove_dir_all(&data).unwrap();
+        assert!(!data.exists());
+        self.start_node(i);
+    }
+
+    /// Sends `sig` (`STOP`, `CONT`, ...) to node `i`'s process.
+    pub fn signal(&self, i: usize, sig: &str) {
+        self.procs[i]
+            .as_ref()
+            .unwrap_or_else(|| panic!("node-{i} is not running"))
+            .signal(sig);
+    }
+
+    /// Cuts node `i` off from its peers: every link from and to it holds its bytes, as a
+    /// network that drops packets would. Clients still reach it through its front proxy.
+    pub fn cut(&self, i: usize) {
+        self.set_links_of(i, Mode::Hang);
+    }
+
+    /// Ends [`cut`](Self::cut): held bytes are delivered and links carry bytes again.
+    pub fn heal(&self, i: usize) {
+        self.set_links_of(i, Mode::Pass);
+    }
+
+    fn set_links_of(&self, i: usize, mode: Mode) {
+        for j in 0..self.node_count() {
+            for link in [&self.links[i][j], &self.links[j][i]].into_iter().flatten() {
+                link.set(mode.clone());
+            }
+        }
+    }
+
+    /// The address clients use for node `i`: its front proxy.
     pub fn seed(&self, i: usize) -> String {
         self.proxies[i].addr.to_string()
     }
 
     pub fn seeds(&self) -> Vec<String> {
-        (0..self.proxies.len()).map(|i| self.seed(i)).collect()
+        (0..self.node_count()).map(|i| self.seed(i)).collect()
     }
+
+    /// The ring every node computes.
+    pub fn ring(&self) -> &dynamokv_common::Ring {
+        &self.ring
+    }
+
+    /// The indexes of `key`'s top-N replicas (N = 3), in preference order.
+    pub fn replicas_of(&self, key: &[u8]) -> Vec<usize> {
+        node_indexes(&self.ring.preference_list(key, 3).nodes)
+    }
+
+    /// Node `i`'s whole `/metrics` page.
+    pub async fn scrape(&self, i: usize) -> String {
+        let addr = self.procs[i]
+            .as_ref()
+            .unwrap_or_else(|| panic!("node-{i} is not running"))
+            .metrics
+            .expect("the node serves metrics");
+        http_get(addr, "/metrics").await.1
+    }
+
+    /// The value of `series` (name and labels) on node `i`; 0 if absent.
+    pub async fn metric(&self, i: usize, series: &str) -> f64 {
+        sample(&self.scrape(i).await, series)
+    }
+
+    /// As [`metric`](Self::metric), `None` if node `i` does not export the series.
+    pub async fn metric_if_exported(&self, i: usize, series: &str) -> Option<f64> {
+        let scrape = self.scrape(i).await;
+        scrape
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map(|v| v.trim().parse().unwrap())
+    }
+}
+
+/// `node-{i}` ids to indexes.
+pub fn node_indexes(members: &[&dynamokv_common::Member]) -> Vec<usize> {
+    members
+        .iter()
+        .map(|m| m.id.trim_start_matches("node-").parse().unwrap())
+        .collect()
 }
 
 /// A node's own copy of `key`, read without coordination.
