@@ -32,7 +32,9 @@ use crate::merkle;
 use crate::service::MAX_LEAF_KEYS;
 
 /// Keys repaired at once.
-const IN_FLIGHT: usize = 16;
+const IN_FLIGHT: usize = 32;
+/// Leaves whose keys are listed at once.
+const LEAVES_IN_FLIGHT: usize = 8;
 
 /// The last exchange with one peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,35 +221,40 @@ impl AntiEntropy {
                 theirs.len()
             ));
         }
-        for leaf in merkle::differing(&ours, &theirs) {
-            let keys = self.differing_keys(peer, p, leaf, tally).await?;
-            let repaired = futures::stream::iter(keys)
-                .map(|key| self.repair(peer, key))
-                .buffer_unordered(IN_FLIGHT)
-                .collect::<Vec<_>>()
-                .await;
-            for r in repaired {
-                match r {
-                    Ok(()) => {
-                        tally.repaired += 1;
-                        self.s.metrics.anti_entropy.keys_repaired.inc();
-                    }
-                    Err(reason) => return Err(reason),
-                }
-            }
+        // Keys of several leaves are listed at once, and repaired together across leaves: a
+        // replica that missed many writes has one or two of them under each of many leaves.
+        let listed = futures::stream::iter(merkle::differing(&ours, &theirs))
+            .map(|leaf| self.differing_keys(peer, p, leaf))
+            .buffer_unordered(LEAVES_IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await;
+        let mut keys = Vec::new();
+        for leaf in listed {
+            let (differing, compared) = leaf?;
+            tally.compared += compared;
+            keys.extend(differing);
+        }
+        let repaired = futures::stream::iter(keys)
+            .map(|key| self.repair(peer, key))
+            .buffer_unordered(IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await;
+        for r in repaired {
+            r?;
+            tally.repaired += 1;
+            self.s.metrics.anti_entropy.keys_repaired.inc();
         }
         Ok(())
     }
 
     /// The keys under one leaf whose digests differ between this node and the peer, or that
-    /// only one of them holds.
+    /// only one of them holds, and how many keys were compared.
     async fn differing_keys(
         &self,
         peer: &Member,
         p: u32,
         leaf: u32,
-        tally: &mut Tally,
-    ) -> Result<Vec<Bytes>, String> {
+    ) -> Result<(Vec<Bytes>, u64), String> {
         let forest = self.s.local.forest();
         let q = forest.partitions();
         let mut theirs: BTreeMap<Bytes, u64> = BTreeMap::new();
@@ -298,12 +305,13 @@ impl AntiEntropy {
             }
         }
         let all: BTreeSet<&Bytes> = ours.keys().chain(theirs.keys()).collect();
-        tally.compared += all.len() as u64;
-        Ok(all
+        let compared = all.len() as u64;
+        let differing = all
             .into_iter()
             .filter(|k| ours.get(*k) != theirs.get(*k))
             .cloned()
-            .collect())
+            .collect();
+        Ok((differing, compared))
     }
 
     /// Makes this node and the peer hold the merge of both their states of `key`.

@@ -322,8 +322,9 @@ impl Coordinator {
     /// Fails fast when fewer of the key's primaries and fallbacks answer than `needed` (or, for
     /// a write, no primary does, to coordinate it): waiting would only end in
     /// `QuorumNotReached` after the replica timeout, while another node (the client tries one
-    /// next) may reach them. Nodes this one has marked down are pinged once first, briefly, so
-    /// that a node that just came back is not refused for the length of its probe's backoff.
+    /// next) may reach them. Nodes this one has marked down are pinged first, briefly and at
+    /// most once a second each ([`Peers::recheck`]), so that a node that just came back is not
+    /// refused for the length of its probe's backoff.
     async fn check_reachable(
         &self,
         op: &'static str,
@@ -341,20 +342,13 @@ impl Coordinator {
         if enough().0 {
             return Ok(());
         }
-        let down: Vec<&Member> = replicas
+        let down: Vec<&str> = replicas
             .iter()
             .chain(fallbacks)
             .filter(|m| !up(m))
+            .map(|m| m.address.as_str())
             .collect();
-        futures::future::join_all(down.iter().map(|m| {
-            self.peers.call(
-                &m.address,
-                QUICK_PING,
-                pb::PingRequest {},
-                |mut c, r| async move { c.ping(r).await },
-            )
-        }))
-        .await;
+        self.peers.recheck(&down, QUICK_PING).await;
         let (ok, reachable) = enough();
         if ok {
             return Ok(());

@@ -69,6 +69,9 @@ enum LinkState {
     Unsupported,
 }
 
+/// How often a request may ping a peer marked down ([`Peers::recheck`]).
+pub const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// First wait before probing a peer marked down; doubles up to [`MAX_PROBE_BACKOFF`].
 pub const MIN_PROBE_BACKOFF: Duration = Duration::from_millis(250);
 pub const MAX_PROBE_BACKOFF: Duration = Duration::from_secs(10);
@@ -84,6 +87,8 @@ pub struct Peers {
     next_id: AtomicU64,
     timeout: Duration,
     backlog_limit: usize,
+    /// When each peer marked down was last pinged on a request's behalf.
+    pinged: Mutex<HashMap<String, tokio::time::Instant>>,
 }
 
 /// Removes a request's entry when its caller stops waiting (timeout or cancellation).
@@ -112,6 +117,7 @@ impl Peers {
             next_id: AtomicU64::new(1),
             timeout,
             backlog_limit: STREAM_BACKLOG_BYTES,
+            pinged: Mutex::new(HashMap::new()),
         }
     }
 
@@ -343,6 +349,38 @@ impl Peers {
         };
         self.note(address, &result);
         result.map_err(PeerError::into_message)
+    }
+
+    /// Pings the peers at `addresses` that are marked down, at most once a
+    /// [`RECHECK_INTERVAL`] each, waiting at most `timeout`: a peer that answers is marked up.
+    /// For a request that cannot proceed without them, so that a peer that just came back is
+    /// found before the probe's backoff runs out, while a peer that stays silent costs the
+    /// requests of the following interval nothing.
+    pub async fn recheck(self: &Arc<Self>, addresses: &[&str], timeout: Duration) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<&str> = {
+            let mut pinged = lock(&self.pinged);
+            addresses
+                .iter()
+                .copied()
+                .filter(|a| !self.is_up(a))
+                .filter(|a| {
+                    let due = pinged
+                        .get(*a)
+                        .is_none_or(|at| now.duration_since(*at) >= RECHECK_INTERVAL);
+                    if due {
+                        pinged.insert(a.to_string(), now);
+                    }
+                    due
+                })
+                .collect()
+        };
+        futures::future::join_all(due.into_iter().map(|a| {
+            self.call(a, timeout, pb::PingRequest {}, |mut c, r| async move {
+                c.ping(r).await
+            })
+        }))
+        .await;
     }
 
     /// Hands `state` of `key` to the node at `address` as a hint for the replica `owner`.

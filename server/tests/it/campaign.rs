@@ -56,7 +56,7 @@ const TOMBSTONES_REAPED: &str = "dynamokv_tombstones_reaped_total";
 /// One scenario at a time, across the test harness's threads.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The `[background]` section scenarios 3 to 7 give every node: hints are offered every
+/// The `[background]` section every scenario gives every node: hints are offered every
 /// 200 ms, Merkle trees compared every 500 ms, tombstones looked for every 500 ms;
 /// `extra` adds keys (such as `tombstone_grace_ms`). The latency bound keeps its default.
 fn background(extra: &str) -> String {

@@ -351,13 +351,9 @@ impl ProcCluster {
     /// Partitions of every `ProcCluster`'s ring.
     pub const PARTITIONS: u32 = 64;
 
-    /// `n` nodes; `extra_toml` is appended to the top level of every node's config file.
-    pub async fn start(n: usize, extra_toml: &str) -> ProcCluster {
-        Self::start_with_sections(n, extra_toml, "").await
-    }
-
-    /// As [`start`](Self::start), and `sections` (whole TOML sections, such as
-    /// `[background]` and its keys) placed after the `[cluster]` section.
+    /// `n` nodes; `extra_toml` is appended to the top level of every node's config file, and
+    /// `sections` (whole TOML sections, such as `[background]` and its keys) after the
+    /// `[cluster]` section.
     pub async fn start_with_sections(n: usize, extra_toml: &str, sections: &str) -> ProcCluster {
         let mut proxies = Vec::new();
         for _ in 0..n {
