@@ -86,7 +86,8 @@ pub struct BackgroundConfig {
     /// a replica that comes back after its tombstones were reaped could bring deleted values
     /// back. 0 never reaps.
     pub tombstone_grace_ms: u64,
-    /// How often this node looks for tombstones to reap, in milliseconds.
+    /// How often this node walks its index of deleted keys for tombstones to reap, in
+    /// milliseconds.
     pub reap_interval_ms: u64,
     /// Admission control: while the 99th percentile of this node's foreground request
     /// latency over the last second is above this, in milliseconds, background work pauses.

@@ -76,7 +76,7 @@ pub struct LocalReplica {
     forest: MerkleForest,
 }
 
-/// Stored states and the storage key to continue from (`None`: the end).
+/// Keys with their states, and the storage key to continue from (`None`: the end).
 pub type StatesPage = (Vec<(Bytes, VersionedState)>, Option<Vec<u8>>);
 
 /// Keys scanned per storage read when walking the data (tree rebuild, leaf listings).
@@ -128,7 +128,13 @@ impl LocalReplica {
             let page = store.scan(Space::Data, &from, None, SCAN_PAGE)?;
             for (k, v) in &page {
                 let key = storage::user_key(k);
-                forest.add(key, merkle::state_digest(key, &storage::decode_state(v)?));
+                let state = storage::decode_state(v)?;
+                forest.add(key, merkle::state_digest(key, &state));
+                if state.is_deleted() {
+                    // Writes index their tombstones; a crash between the two writes is mended
+                    // here.
+                    store.put_in(Space::Tombstones, k, &[])?;
+                }
                 keys += 1;
             }
             match page.last() {
@@ -236,9 +242,7 @@ impl LocalReplica {
         }
         self.truncate(&mut state, now);
         if state != current {
-            storage::write_state(self.store.as_ref(), key, &state)?;
-            self.forest
-                .update(key, existed.then_some(&current), Some(&state));
+            self.store_state(key, existed.then_some(&current), &state)?;
         }
         Ok((state, outcome))
     }
@@ -310,10 +314,31 @@ impl LocalReplica {
         state.merge(incoming, now);
         self.truncate(&mut state, now);
         if current.as_ref() != Some(&state) {
-            storage::write_state(self.store.as_ref(), key, &state)?;
-            self.forest.update(key, current.as_ref(), Some(&state));
+            self.store_state(key, current.as_ref(), &state)?;
         }
         Ok(state)
+    }
+
+    /// Writes a key's new state (it was `before`), keeping the Merkle trees and the tombstone
+    /// index in step; under the key's lock.
+    fn store_state(
+        &self,
+        key: &[u8],
+        before: Option<&VersionedState>,
+        after: &VersionedState,
+    ) -> Result<(), StorageError> {
+        storage::write_state(self.store.as_ref(), key, after)?;
+        self.forest.update(key, before, Some(after));
+        let was_deleted = before.is_some_and(VersionedState::is_deleted);
+        if after.is_deleted() != was_deleted {
+            let sk = storage::storage_key(key);
+            if after.is_deleted() {
+                self.store.put_in(Space::Tombstones, &sk, &[])?;
+            } else {
+                self.store.delete_in(Space::Tombstones, &sk)?;
+            }
+        }
+        Ok(())
     }
 
     /// This node's Merkle trees.
@@ -350,20 +375,25 @@ impl LocalReplica {
         Ok((out, more))
     }
 
-    /// Up to `limit` stored states from storage key `from` on (tombstone reaping walks the
-    /// data with it), with the storage key to continue from, `None` at the end.
-    pub fn states_from(&self, from: &[u8], limit: usize) -> Result<StatesPage, StorageError> {
-        let page = self.store.scan(Space::Data, from, None, limit)?;
+    /// Up to `limit` keys of the tombstone index from storage key `from` on, with their
+    /// states, and the storage key to continue from (`None`: the end). Entries whose key no
+    /// longer holds only tombstones (written again since) are dropped from the index.
+    pub fn tombstones_from(&self, from: &[u8], limit: usize) -> Result<StatesPage, StorageError> {
+        let page = self.store.scan(Space::Tombstones, from, None, limit)?;
         let next = match page.last() {
             Some((k, _)) if page.len() == limit => Some(after(k)),
             _ => None,
         };
         let mut out = Vec::with_capacity(page.len());
-        for (k, v) in page {
-            out.push((
-                Bytes::copy_from_slice(storage::user_key(&k)),
-                storage::decode_state(&v)?,
-            ));
+        for (sk, _) in page {
+            let key = storage::user_key(&sk);
+            let _guard = self.stripe(key).lock().unwrap_or_else(|p| p.into_inner());
+            match storage::read_state(self.store.as_ref(), key)? {
+                Some(state) if state.is_deleted() => {
+                    out.push((Bytes::copy_from_slice(key), state));
+                }
+                _ => self.store.delete_in(Space::Tombstones, &sk)?,
+            }
         }
         Ok((out, next))
     }
@@ -381,8 +411,9 @@ impl LocalReplica {
         if !current.is_deleted() || merkle::state_digest(key, &current) != digest {
             return Ok(false);
         }
-        self.store
-            .delete_in(Space::Data, &storage::storage_key(key))?;
+        let sk = storage::storage_key(key);
+        self.store.delete_in(Space::Data, &sk)?;
+        self.store.delete_in(Space::Tombstones, &sk)?;
         self.forest.update(key, Some(&current), None);
         Ok(true)
     }
@@ -739,6 +770,12 @@ mod tests {
             .await
             .unwrap();
         let digest = merkle::state_digest(&key, &dead);
+        let indexed = |r: &LocalReplica| r.tombstones_from(&[], 10).unwrap().0;
+        assert_eq!(
+            indexed(&replica).len(),
+            1,
+            "the delete is indexed for reaping"
+        );
         assert!(
             !replica.reap(&key, digest ^ 1).unwrap(),
             "another tombstone's digest"
@@ -753,8 +790,15 @@ mod tests {
         );
         let hints = replica.hints_from(&[], 10).unwrap();
         replica.forget_hint(&hints[0].0, &hints[0].1).unwrap();
+        // An index lost in a crash is mended when the store is opened.
+        store
+            .delete_in(Space::Tombstones, &storage::storage_key(&key))
+            .unwrap();
+        assert!(indexed(&replica).is_empty());
+        assert_eq!(indexed(&open(&store, "n").unwrap()).len(), 1);
         assert!(replica.reap(&key, digest).unwrap());
         assert_eq!(replica.read(key.clone()).await.unwrap(), None);
+        assert!(indexed(&replica).is_empty(), "reaped keys leave the index");
         assert!(
             replica.reap(&key, digest).unwrap(),
             "nothing left is reaped already"
@@ -762,6 +806,35 @@ mod tests {
         let empty = MerkleForest::new(64);
         let p = replica.forest().leaf_of_key(&key).0;
         assert_eq!(replica.forest().partition_root(p), empty.partition_root(p));
+    }
+
+    #[tokio::test]
+    async fn a_key_written_again_after_its_delete_leaves_the_tombstone_index() {
+        let store: Arc<dyn Storage> = Arc::new(MemoryStorage::default());
+        let replica = Arc::new(open(&store, "n").unwrap());
+        let key = Bytes::from_static(b"k");
+        let (dead, _) = replica
+            .coordinate(key.clone(), CausalContext::new(), WriteId(1), None, false)
+            .await
+            .unwrap();
+        assert_eq!(replica.tombstones_from(&[], 10).unwrap().0.len(), 1);
+        replica
+            .coordinate(
+                key.clone(),
+                CausalContext::of_read(&dead),
+                WriteId(2),
+                Some(Bytes::from_static(b"back")),
+                false,
+            )
+            .await
+            .unwrap();
+        assert!(replica.tombstones_from(&[], 10).unwrap().0.is_empty());
+        assert!(
+            store
+                .scan(Space::Tombstones, &[], None, 10)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[tokio::test]

@@ -10,6 +10,9 @@
 //!   state digests) or nothing (a replica that reaped it in an earlier, unfinished round), and
 //!   none holds a hint for the key.
 //!
+//! The worker walks the tombstone index (a column family of the keys whose state holds only
+//! tombstones, kept by every write and mended at start), not the data.
+//!
 //! One node decides for each key: the first of its preference list (the partition's owner).
 //! It asks the other replicas to reap first (each removes the key only if its state is still
 //! that tombstone, under the key's lock), and removes its own copy last, only when all of them
@@ -49,7 +52,8 @@ impl TombstoneReaper {
         }
     }
 
-    /// Walks the data for tombstones to reap, a batch at a time, until the node shuts down.
+    /// Walks the tombstone index for tombstones to reap, a batch at a time, until the node
+    /// shuts down.
     pub async fn run(self: Arc<Self>) {
         if self.grace_ms == 0 {
             return;
@@ -59,13 +63,13 @@ impl TombstoneReaper {
             if !self.s.admission.sleep(self.interval).await {
                 return;
             }
-            // One pass over the whole data per interval, a page at a time.
+            // One pass over the tombstone index per interval, a page at a time.
             loop {
                 if !self.s.admission.admit("tombstone_reaper").await {
                     return;
                 }
                 let from = cursor.take().unwrap_or_default();
-                let (states, next) = match self.s.local.states_from(&from, PAGE) {
+                let (states, next) = match self.s.local.tombstones_from(&from, PAGE) {
                     Ok(page) => page,
                     Err(e) => {
                         tracing::warn!(error = %e, "tombstone reaping stopped by a storage error");

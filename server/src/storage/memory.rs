@@ -10,6 +10,7 @@ use super::{Entries, Space, Storage, StorageError};
 pub struct MemoryStorage {
     data: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
     hints: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
+    tombstones: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
     meta: RwLock<HashMap<String, Vec<u8>>>,
 }
 
@@ -18,6 +19,7 @@ impl MemoryStorage {
         match space {
             Space::Data => &self.data,
             Space::Hints => &self.hints,
+            Space::Tombstones => &self.tombstones,
         }
     }
 }

@@ -55,6 +55,9 @@ pub enum Space {
     /// the data so that they never mix with this node's own replicas, are never served as
     /// them, and never enter its Merkle trees.
     Hints,
+    /// The storage keys of states that hold only tombstones (values empty): what tombstone
+    /// reaping walks, instead of all the data.
+    Tombstones,
 }
 
 /// Key-value pairs in key order, as scans return them.

@@ -1,7 +1,8 @@
 //! The RocksDB engine (default).
 //!
-//! Three column families: `data` for replica states, `hints` for states held for other
-//! replicas (hinted handoff), `meta` for node metadata (actor, node id).
+//! Four column families: `data` for replica states, `hints` for states held for other
+//! replicas (hinted handoff), `tombstones` indexing the deleted keys, `meta` for node metadata
+//! (actor, node id).
 //! Every write goes through the write-ahead log before it is acknowledged, so it survives a
 //! `kill -9` of the process; `sync_writes` adds an fsync per write for power loss.
 
@@ -15,6 +16,7 @@ use super::{Entries, Space, Storage, StorageError};
 
 const CF_DATA: &str = "data";
 const CF_HINTS: &str = "hints";
+const CF_TOMBSTONES: &str = "tombstones";
 const CF_META: &str = "meta";
 
 pub struct RocksStorage {
@@ -94,6 +96,7 @@ impl RocksStorage {
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_DATA, data_options(&cache)),
             ColumnFamilyDescriptor::new(CF_HINTS, Options::default()),
+            ColumnFamilyDescriptor::new(CF_TOMBSTONES, Options::default()),
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&opts, dir.join("rocksdb"), cfs).map_err(engine)?;
@@ -110,6 +113,7 @@ impl RocksStorage {
         self.cf(match space {
             Space::Data => CF_DATA,
             Space::Hints => CF_HINTS,
+            Space::Tombstones => CF_TOMBSTONES,
         })
     }
 
@@ -183,7 +187,7 @@ impl Storage for RocksStorage {
 
     fn flush(&self) -> Result<(), StorageError> {
         self.db.flush_wal(true).map_err(engine)?;
-        for cf in [CF_DATA, CF_HINTS, CF_META] {
+        for cf in [CF_DATA, CF_HINTS, CF_TOMBSTONES, CF_META] {
             self.db.flush_cf(self.cf(cf)?).map_err(engine)?;
         }
         Ok(())
