@@ -80,6 +80,9 @@ pub const MAX_PROBE_BACKOFF: Duration = Duration::from_secs(10);
 pub struct Peers {
     /// Addresses of the peers marked down.
     down: Mutex<std::collections::HashSet<String>>,
+    /// How many peers are marked down: while none is, `is_up` answers without the lock (every
+    /// request asks it for each replica).
+    down_count: AtomicUsize,
     /// Where reachability changes are reported.
     metrics: Option<Arc<crate::metrics::Metrics>>,
     channels: Mutex<HashMap<String, Channel>>,
@@ -111,6 +114,7 @@ impl Peers {
     pub fn new(timeout: Duration) -> Peers {
         Peers {
             down: Mutex::new(std::collections::HashSet::new()),
+            down_count: AtomicUsize::new(0),
             metrics: None,
             channels: Mutex::new(HashMap::new()),
             links: Mutex::new(HashMap::new()),
@@ -136,7 +140,7 @@ impl Peers {
 
     /// Whether this node currently considers the peer at `address` reachable.
     pub fn is_up(&self, address: &str) -> bool {
-        !lock(&self.down).contains(address)
+        self.down_count.load(Ordering::Acquire) == 0 || !lock(&self.down).contains(address)
     }
 
     /// Records a call's outcome: the peer answered (a verdict of its own counts) or was
@@ -150,7 +154,13 @@ impl Peers {
 
     /// Records that the peer answered (a verdict of its own counts).
     pub fn answered(&self, address: &str) {
-        if lock(&self.down).remove(address) {
+        let removed = {
+            let mut down = lock(&self.down);
+            let removed = down.remove(address);
+            self.down_count.store(down.len(), Ordering::Release);
+            removed
+        };
+        if removed {
             tracing::info!(peer = %address, "peer answers again");
             if let Some(m) = &self.metrics {
                 m.peer_reachable(address, true);
@@ -160,7 +170,13 @@ impl Peers {
 
     /// Records that the peer did not answer: marks it down and starts probing it.
     fn silent(self: &Arc<Self>, address: &str) {
-        if !lock(&self.down).insert(address.to_string()) {
+        let inserted = {
+            let mut down = lock(&self.down);
+            let inserted = down.insert(address.to_string());
+            self.down_count.store(down.len(), Ordering::Release);
+            inserted
+        };
+        if !inserted {
             return;
         }
         tracing::warn!(peer = %address, "peer does not answer: marked down, probing it");
