@@ -100,12 +100,6 @@ pub fn place_read(
     (primaries.to_vec(), extra)
 }
 
-/// Whether a get that heard `replies` answers from primaries, with every primary done, should
-/// ask the fallbacks too: it has fewer than `r`.
-pub fn needs_fallbacks(replies: usize, r: usize) -> bool {
-    replies < r
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +210,5 @@ mod tests {
             !["b", "c", "d"].contains(&m.id.as_str())
         });
         assert_eq!(ids(&extra), ["e", "g"]);
-        assert!(needs_fallbacks(1, 2) && !needs_fallbacks(2, 2));
     }
 }
