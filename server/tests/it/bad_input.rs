@@ -203,3 +203,123 @@ async fn client_configuration_errors_and_unreachable_nodes() {
         }
     );
 }
+
+/// The node-to-node calls of failure handling (hints, Merkle trees, reaping) refuse malformed
+/// requests with a clear error and change nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_hint_tree_and_reap_calls_are_refused_and_change_nothing() {
+    use dynamokv_proto::v1::replica_client::ReplicaClient;
+    let cluster = Cluster::start(3).await;
+    let client = cluster.client_of(0);
+    client.put("kept", b"v".to_vec(), None).await.unwrap();
+    let mut peer = ReplicaClient::connect(format!("http://{}", cluster.addrs[0]))
+        .await
+        .unwrap();
+    let state = cluster.local_state(0, b"kept").await.unwrap().to_proto();
+    let hint = |owner: &str| pb::StoreHintRequest {
+        key: Some(Bytes::from_static(b"never-hinted")),
+        state: Some(state.clone()),
+        owner: owner.to_string(),
+        sync: false,
+    };
+    for (what, result) in [
+        (
+            "a hint without an owner",
+            peer.store_hint(hint("")).await.map(|_| ()),
+        ),
+        (
+            "a hint for the node itself",
+            peer.store_hint(hint("node-0")).await.map(|_| ()),
+        ),
+        (
+            "a hint without a key",
+            peer.store_hint(pb::StoreHintRequest {
+                key: None,
+                ..hint("node-1")
+            })
+            .await
+            .map(|_| ()),
+        ),
+        (
+            "roots of a ring cut differently",
+            peer.tree_roots(pb::TreeRootsRequest {
+                partitions: 128,
+                partition: vec![0],
+            })
+            .await
+            .map(|_| ()),
+        ),
+        (
+            "roots of a partition that does not exist",
+            peer.tree_roots(pb::TreeRootsRequest {
+                partitions: 64,
+                partition: vec![64],
+            })
+            .await
+            .map(|_| ()),
+        ),
+        (
+            "leaves of a partition that does not exist",
+            peer.tree_leaves(pb::TreeLeavesRequest {
+                partitions: 64,
+                partition: 1 << 20,
+            })
+            .await
+            .map(|_| ()),
+        ),
+        (
+            "keys of a leaf outside its partition",
+            peer.leaf_keys(pb::LeafKeysRequest {
+                partitions: 64,
+                partition: 0,
+                leaf: 1 << 20,
+                after: Bytes::new(),
+                limit: 10,
+            })
+            .await
+            .map(|_| ()),
+        ),
+        (
+            "a reap without a key",
+            peer.reap(pb::ReapRequest {
+                key: None,
+                digest: 0,
+            })
+            .await
+            .map(|_| ()),
+        ),
+    ] {
+        let status = result.expect_err(what);
+        assert!(
+            matches!(
+                status.code(),
+                tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition
+            ),
+            "{what}: {status:?}"
+        );
+        assert!(!status.message().is_empty(), "{what}: no message");
+    }
+    // A reap of a live key is refused by its state, not by its form: nothing is removed.
+    let reaped = peer
+        .reap(pb::ReapRequest {
+            key: Some(Bytes::from_static(b"kept")),
+            digest: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!reaped.reaped);
+    for i in 0..3 {
+        assert_eq!(cluster.local_values(i, b"kept").await, vec![b"v".to_vec()]);
+    }
+    let hinted = peer
+        .read_local(pb::ReadLocalRequest {
+            key: Some(Bytes::from_static(b"never-hinted")),
+            include_hints: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hinted.state, None, "no refused hint was stored");
+    cluster.shutdown().await;
+}
