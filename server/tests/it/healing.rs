@@ -278,3 +278,42 @@ async fn background_work_pauses_while_foreground_latency_is_above_the_bound() {
     assert!(st.background_pauses > 0, "{st:?}");
     cluster.shutdown().await;
 }
+
+/// A get coordinated by a fallback counts the hints that fallback holds itself: with every
+/// primary of the key down, the hinted write is still read.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fallback_coordinating_a_get_reads_its_own_hints() {
+    let mut cluster = Cluster::start_with(5, |c| {
+        c.background.handoff_interval_ms = 60_000;
+        c.background.anti_entropy_interval_ms = 0;
+    })
+    .await;
+    let key = "self-hinted";
+    let replicas = cluster.replicas_of(key.as_bytes());
+    // The first fallback in ring order takes the copy of the one primary that is down.
+    let members: Vec<dynamokv_common::Member> = cluster.configs[0]
+        .cluster
+        .members
+        .iter()
+        .map(|m| dynamokv_common::Member::new(m.id.clone(), m.address.clone()))
+        .collect();
+    let ring = dynamokv_common::Ring::new(64, members).unwrap();
+    let first_fallback: usize = ring.preference_list(key.as_bytes(), 3).fallbacks[0]
+        .id
+        .trim_start_matches("node-")
+        .parse()
+        .unwrap();
+    assert!(!replicas.contains(&first_fallback));
+    cluster.stop(replicas[1]).await;
+    cluster
+        .client_of(replicas[0])
+        .put(key, b"v".to_vec(), None)
+        .await
+        .unwrap();
+    for &r in &[replicas[0], replicas[2]] {
+        cluster.stop(r).await;
+    }
+    let got = cluster.client_of(first_fallback).get(key).await.unwrap();
+    assert_eq!(got.values, vec![b"v".to_vec()]);
+    cluster.shutdown().await;
+}
