@@ -4,7 +4,8 @@
 //! - [`storage`]: local persistence (paper 4.1), RocksDB or in-memory.
 //! - [`replica`]: this node's replica: atomic per-key version updates and merges (paper 4.4).
 //! - [`merkle`]: per-partition Merkle trees of this node's keys for anti-entropy (paper 4.7).
-//! - [`membership`]: the cluster view and ring (paper 4.2, 4.8).
+//! - [`membership`]: the cluster view and ring (paper 4.2, 4.8); [`membership_state`]: the
+//!   membership state gossip will spread, with its deterministic merge (paper 4.8.1).
 //! - [`peers`]: connections to the other nodes and local failure detection (paper 4.8.3).
 //! - [`sloppy_quorum`]: which nodes a request goes to, healthy ones first (paper 4.6).
 //! - [`coordinator`]: quorum reads and writes, forwarding, read repair (paper 4.5).
@@ -22,6 +23,7 @@ pub mod dev;
 pub mod error;
 pub mod hinted_handoff;
 pub mod membership;
+pub mod membership_state;
 pub mod merkle;
 pub mod metrics;
 pub mod peers;

@@ -1,0 +1,461 @@
+//! The membership state nodes gossip (paper 4.8.1, 4.8.2), as pure data with a deterministic
+//! merge. Gossip itself (who talks to whom, how often, over what) is built on top.
+//!
+//! "Each node contacts a peer chosen at random every second and the two nodes efficiently
+//! reconcile their persisted membership change histories." The state has two parts:
+//! - **Member records**: each node's address, zone, weight and status (joining, up, leaving,
+//!   removed), versioned per member. A record is changed by bumping its version; of two
+//!   records of one member the higher version wins, and equal versions with different contents
+//!   (two nodes changed it at once) are ordered by their contents, so every node picks the
+//!   same one.
+//! - **The ring version**: which members own partitions, as the last `commit` of a topology
+//!   change set it (the partition assignment is a pure function of that set and Q,
+//!   [`dynamokv_common::Ring`]). Of two ring versions the higher number wins, ties going to
+//!   the greater committer id and owner list, so two changes committed at once on different
+//!   nodes resolve to one of them everywhere: two rings never live side by side for longer than
+//!   gossip takes to spread the winner.
+//!
+//! [`MembershipState::merge`] is a join: commutative, associative and idempotent. Nodes that
+//! have exchanged everything hold equal states whatever the order of their exchanges; the
+//! tests check this over random gossip schedules.
+
+use std::collections::BTreeMap;
+
+use dynamokv_common::{Member, Ring, RingError};
+
+/// Where a member is in its life in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Status {
+    /// Admitted, receiving its partitions; not yet serving them alone.
+    Joining,
+    Up,
+    /// Handing its partitions off before it stops owning anything.
+    Leaving,
+    /// Gone for good; kept as a record so that old views cannot bring it back.
+    Removed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Joining => "joining",
+            Status::Up => "up",
+            Status::Leaving => "leaving",
+            Status::Removed => "removed",
+        }
+    }
+}
+
+/// One member as the cluster knows it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MemberRecord {
+    /// Bumped by every change of the record; the higher wins.
+    pub version: u64,
+    pub id: String,
+    pub address: String,
+    pub zone: String,
+    pub weight: u32,
+    pub status: Status,
+}
+
+impl MemberRecord {
+    pub fn new(id: impl Into<String>, address: impl Into<String>) -> MemberRecord {
+        MemberRecord {
+            version: 1,
+            id: id.into(),
+            address: address.into(),
+            zone: String::new(),
+            weight: 1,
+            status: Status::Up,
+        }
+    }
+
+    fn member(&self) -> Member {
+        Member::new(self.id.clone(), self.address.clone())
+            .with_zone(self.zone.clone())
+            .with_weight(self.weight)
+    }
+}
+
+/// Which members own partitions, as a commit set it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RingVersion {
+    pub version: u64,
+    /// The node whose commit made this version.
+    pub committed_by: String,
+    /// Ids of the members that own partitions, sorted.
+    pub owners: Vec<String>,
+}
+
+/// Two states that can never be merged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MergeError {
+    #[error("the other node belongs to cluster {theirs:?}, this one to {ours:?}")]
+    OtherCluster { ours: String, theirs: String },
+    #[error("the other node's ring has {theirs} partitions, this one {ours}")]
+    OtherPartitioning { ours: u32, theirs: u32 },
+}
+
+/// A node's view of the cluster's membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipState {
+    pub cluster: String,
+    /// Q, fixed when the cluster is created.
+    pub partitions: u32,
+    members: BTreeMap<String, MemberRecord>,
+    ring: RingVersion,
+}
+
+impl MembershipState {
+    /// A new cluster of one: `me`, owning every partition.
+    pub fn new_cluster(cluster: impl Into<String>, partitions: u32, me: MemberRecord) -> Self {
+        let ring = RingVersion {
+            version: 1,
+            committed_by: me.id.clone(),
+            owners: vec![me.id.clone()],
+        };
+        MembershipState {
+            cluster: cluster.into(),
+            partitions,
+            members: BTreeMap::from([(me.id.clone(), me)]),
+            ring,
+        }
+    }
+
+    pub fn members(&self) -> impl Iterator<Item = &MemberRecord> {
+        self.members.values()
+    }
+
+    pub fn member(&self, id: &str) -> Option<&MemberRecord> {
+        self.members.get(id)
+    }
+
+    pub fn ring_version(&self) -> &RingVersion {
+        &self.ring
+    }
+
+    /// The ring the current ring version describes, with the owners' current addresses.
+    /// Fails when an owner's record has not arrived yet (a view mid-gossip).
+    pub fn ring(&self) -> Result<Ring, RingError> {
+        let mut owners = Vec::with_capacity(self.ring.owners.len());
+        for id in &self.ring.owners {
+            match self.members.get(id) {
+                Some(r) => owners.push(r.member()),
+                None => return Err(RingError::NoMembers),
+            }
+        }
+        Ring::new(self.partitions, owners)
+    }
+
+    /// Sets a member's record (a node announcing itself or changing its address, an operator
+    /// changing its status), as a new version above any this view has seen of it.
+    pub fn set_member(&mut self, mut record: MemberRecord) {
+        let seen = self.members.get(&record.id).map_or(0, |r| r.version);
+        record.version = record.version.max(seen + 1);
+        self.members.insert(record.id.clone(), record);
+    }
+
+    /// Commits a topology change: the members in `owners` own the partitions from now on.
+    pub fn commit(&mut self, owners: impl IntoIterator<Item = String>, by: &str) {
+        let mut owners: Vec<String> = owners.into_iter().collect();
+        owners.sort();
+        owners.dedup();
+        self.ring = RingVersion {
+            version: self.ring.version + 1,
+            committed_by: by.to_string(),
+            owners,
+        };
+    }
+
+    /// Joins `other` into this view. Returns whether anything changed.
+    pub fn merge(&mut self, other: &MembershipState) -> Result<bool, MergeError> {
+        if other.cluster != self.cluster {
+            return Err(MergeError::OtherCluster {
+                ours: self.cluster.clone(),
+                theirs: other.cluster.clone(),
+            });
+        }
+        if other.partitions != self.partitions {
+            return Err(MergeError::OtherPartitioning {
+                ours: self.partitions,
+                theirs: other.partitions,
+            });
+        }
+        let mut changed = false;
+        for (id, theirs) in &other.members {
+            match self.members.get(id) {
+                Some(ours) if ours >= theirs => {}
+                _ => {
+                    self.members.insert(id.clone(), theirs.clone());
+                    changed = true;
+                }
+            }
+        }
+        if other.ring > self.ring {
+            self.ring = other.ring.clone();
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// What a peer that holds `digest` lacks of this view: the records of members whose
+    /// version there is lower or absent, and the ring version if newer. Gossip sends only this.
+    pub fn delta_for(&self, digest: &Digest) -> MembershipState {
+        let members = self
+            .members
+            .iter()
+            .filter(|(id, r)| digest.members.get(*id).is_none_or(|v| *v < r.version))
+            .map(|(id, r)| (id.clone(), r.clone()))
+            .collect();
+        MembershipState {
+            cluster: self.cluster.clone(),
+            partitions: self.partitions,
+            members,
+            ring: if self.ring > digest.ring {
+                self.ring.clone()
+            } else {
+                digest.ring.clone()
+            },
+        }
+    }
+
+    /// The versions this view holds, for a peer to compute what to send.
+    pub fn digest(&self) -> Digest {
+        Digest {
+            members: self
+                .members
+                .iter()
+                .map(|(id, r)| (id.clone(), r.version))
+                .collect(),
+            ring: self.ring.clone(),
+        }
+    }
+}
+
+/// The versions a view holds: what one side of a gossip exchange sends first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digest {
+    pub members: BTreeMap<String, u64>,
+    pub ring: RingVersion,
+}
+
+/// One partition whose replicas change between two rings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Move {
+    pub partition: u32,
+    /// Nodes that replicate it before and not after.
+    pub from: Vec<String>,
+    /// Nodes that replicate it after and not before.
+    pub to: Vec<String>,
+}
+
+/// Which partitions' replica sets change from `before` to `after` with `n` replicas each: what
+/// `plan` shows before a `commit`.
+pub fn plan(before: &Ring, after: &Ring, n: usize) -> Vec<Move> {
+    let replicas = |ring: &Ring, p: u32| -> Vec<String> {
+        let mut ids: Vec<String> = ring
+            .preference_list_of_partition(p, n)
+            .nodes
+            .iter()
+            .map(|m| m.id.clone())
+            .collect();
+        ids.sort();
+        ids
+    };
+    (0..before.partition_count())
+        .filter_map(|p| {
+            let (b, a) = (replicas(before, p), replicas(after, p));
+            let from: Vec<String> = b.iter().filter(|id| !a.contains(id)).cloned().collect();
+            let to: Vec<String> = a.iter().filter(|id| !b.contains(id)).cloned().collect();
+            (!from.is_empty() || !to.is_empty()).then_some(Move {
+                partition: p,
+                from,
+                to,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn node(i: usize) -> MemberRecord {
+        MemberRecord::new(format!("node-{i}"), format!("10.0.0.{i}:7070"))
+    }
+
+    /// A cluster of `n` nodes as node-0 would build it, one join at a time.
+    fn cluster(n: usize) -> MembershipState {
+        let mut s = MembershipState::new_cluster("c", 64, node(0));
+        for i in 1..n {
+            s.set_member(node(i));
+        }
+        s.commit((0..n).map(|i| format!("node-{i}")), "node-0");
+        s
+    }
+
+    #[test]
+    fn the_higher_version_wins_and_equal_versions_resolve_the_same_everywhere() {
+        let base = cluster(3);
+        let (mut a, mut b) = (base.clone(), base.clone());
+        let mut moved = node(1);
+        moved.address = "10.0.1.1:7070".into();
+        a.set_member(moved.clone());
+        let mut leaving = node(1);
+        leaving.status = Status::Leaving;
+        b.set_member(leaving);
+        // Both changed node-1 to the same version at once: each side picks the same record.
+        let (mut ab, mut ba) = (a.clone(), b.clone());
+        ab.merge(&b).unwrap();
+        ba.merge(&a).unwrap();
+        assert_eq!(ab, ba);
+        // A later change beats both.
+        let mut later = ab.member("node-1").unwrap().clone();
+        later.status = Status::Up;
+        a.set_member(later);
+        let v = a.member("node-1").unwrap().version;
+        assert!(v > ab.member("node-1").unwrap().version);
+        ab.merge(&a).unwrap();
+        assert_eq!(ab.member("node-1").unwrap().status, Status::Up);
+    }
+
+    #[test]
+    fn concurrent_commits_resolve_to_one_ring_everywhere() {
+        let base = cluster(3);
+        let (mut a, mut b) = (base.clone(), base.clone());
+        a.set_member(node(3));
+        a.commit((0..4).map(|i| format!("node-{i}")), "node-0");
+        b.set_member(node(4));
+        b.commit(
+            ["node-0", "node-1", "node-2", "node-4"].map(String::from),
+            "node-2",
+        );
+        let (mut ab, mut ba) = (a.clone(), b.clone());
+        ab.merge(&b).unwrap();
+        ba.merge(&a).unwrap();
+        assert_eq!(ab, ba);
+        assert_eq!(
+            ab.ring_version().committed_by,
+            "node-2",
+            "the greater committer"
+        );
+        assert!(ab.ring().is_ok());
+    }
+
+    #[test]
+    fn views_of_other_clusters_or_partitionings_are_refused_and_change_nothing() {
+        let mut a = cluster(3);
+        let before = a.clone();
+        let other = MembershipState::new_cluster("other", 64, node(9));
+        assert!(matches!(
+            a.merge(&other),
+            Err(MergeError::OtherCluster { .. })
+        ));
+        let other = MembershipState::new_cluster("c", 128, node(9));
+        assert!(matches!(
+            a.merge(&other),
+            Err(MergeError::OtherPartitioning { .. })
+        ));
+        assert_eq!(a, before);
+    }
+
+    #[test]
+    fn a_delta_for_a_digest_brings_the_peer_level_and_nothing_more() {
+        let old = cluster(3);
+        let mut new = old.clone();
+        new.set_member(node(3));
+        new.commit((0..4).map(|i| format!("node-{i}")), "node-1");
+        let delta = new.delta_for(&old.digest());
+        assert_eq!(delta.members().count(), 1, "only node-3's record travels");
+        let mut caught_up = old.clone();
+        caught_up.merge(&delta).unwrap();
+        assert_eq!(caught_up, new);
+        assert_eq!(new.delta_for(&new.digest()).members().count(), 0);
+    }
+
+    #[test]
+    fn a_plan_lists_exactly_the_partitions_whose_replicas_change() {
+        let three = cluster(3).ring().unwrap();
+        let mut s = cluster(3);
+        s.set_member(node(3));
+        s.commit((0..4).map(|i| format!("node-{i}")), "node-0");
+        let four = s.ring().unwrap();
+        let moves = plan(&three, &four, 3);
+        assert!(!moves.is_empty());
+        for m in &moves {
+            assert_eq!(m.to, vec!["node-3".to_string()], "{m:?}");
+            assert_eq!(m.from.len(), 1, "{m:?}");
+        }
+        // With N = 3 on 3 nodes every node held everything: a partition moves exactly when
+        // node-3 now replicates it, about 3/4 of them.
+        let holds = (0..64)
+            .filter(|&p| {
+                four.preference_list_of_partition(p, 3)
+                    .nodes
+                    .iter()
+                    .any(|m| m.id == "node-3")
+            })
+            .count();
+        assert_eq!(moves.len(), holds);
+        assert!((44..=52).contains(&holds), "{holds}");
+        assert!(plan(&four, &four, 3).is_empty());
+    }
+
+    proptest! {
+        /// Random changes on random nodes, then random pairwise merges until everyone has
+        /// heard everything: every node ends with the same state, whatever the order.
+        #[test]
+        fn gossip_in_any_order_converges_on_one_state(
+            changes in proptest::collection::vec((0usize..5, 0u8..4, 0usize..7), 1..30),
+            exchanges in proptest::collection::vec((0usize..5, 0usize..5), 0..60),
+        ) {
+            let mut views: Vec<MembershipState> = (0..5).map(|_| cluster(3)).collect();
+            for (at, what, who) in changes {
+                let v = &mut views[at];
+                match what {
+                    0 => {
+                        let mut r = v.member(&format!("node-{who}")).cloned().unwrap_or_else(|| node(who));
+                        r.address = format!("10.9.{at}.{who}:7070");
+                        v.set_member(r);
+                    }
+                    1 => {
+                        let mut r = v.member(&format!("node-{who}")).cloned().unwrap_or_else(|| node(who));
+                        r.status = Status::Leaving;
+                        v.set_member(r);
+                    }
+                    2 => {
+                        v.set_member(node(who));
+                        let mut owners = v.ring_version().owners.clone();
+                        owners.push(format!("node-{who}"));
+                        v.commit(owners, &format!("node-{at}"));
+                    }
+                    _ => {
+                        let owners: Vec<String> = v.ring_version().owners.iter().filter(|o| **o != format!("node-{who}")).cloned().collect();
+                        if !owners.is_empty() {
+                            v.commit(owners, &format!("node-{at}"));
+                        }
+                    }
+                }
+            }
+            for (a, b) in exchanges {
+                let theirs = views[b].clone();
+                views[a].merge(&theirs).unwrap();
+            }
+            // Then a full round both ways: everything has been heard everywhere.
+            for a in 0..5 {
+                for b in 0..5 {
+                    let theirs = views[b].clone();
+                    views[a].merge(&theirs).unwrap();
+                }
+            }
+            for v in &views[1..] {
+                prop_assert_eq!(v, &views[0]);
+            }
+            // And merging is idempotent.
+            let mut again = views[0].clone();
+            prop_assert!(!again.merge(&views[1]).unwrap());
+        }
+    }
+}
