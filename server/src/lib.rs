@@ -5,7 +5,8 @@
 //! - [`replica`]: this node's replica: atomic per-key version updates and merges (paper 4.4).
 //! - [`merkle`]: per-partition Merkle trees of this node's keys for anti-entropy (paper 4.7).
 //! - [`membership`]: the cluster view and ring (paper 4.2, 4.8); [`membership_state`]: the
-//!   membership state gossip will spread, with its deterministic merge (paper 4.8.1).
+//!   membership state gossip spreads, with its deterministic merge, and [`gossip`], the
+//!   exchange that spreads it (paper 4.8.1).
 //! - [`peers`]: connections to the other nodes and local failure detection (paper 4.8.3).
 //! - [`sloppy_quorum`]: which nodes a request goes to, healthy ones first (paper 4.6).
 //! - [`coordinator`]: quorum reads and writes, forwarding, read repair (paper 4.5).
@@ -21,6 +22,7 @@ pub mod config;
 pub mod coordinator;
 pub mod dev;
 pub mod error;
+pub mod gossip;
 pub mod hinted_handoff;
 pub mod membership;
 pub mod membership_state;

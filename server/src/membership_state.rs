@@ -22,6 +22,7 @@
 use std::collections::BTreeMap;
 
 use dynamokv_common::{Member, Ring, RingError};
+use dynamokv_proto::v1 as pb;
 
 /// Where a member is in its life in the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -36,6 +37,16 @@ pub enum Status {
 }
 
 impl Status {
+    pub fn parse(s: &str) -> Option<Status> {
+        Some(match s {
+            "joining" => Status::Joining,
+            "up" => Status::Up,
+            "leaving" => Status::Leaving,
+            "removed" => Status::Removed,
+            _ => return None,
+        })
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Joining => "joining",
@@ -95,6 +106,8 @@ pub enum MergeError {
     OtherCluster { ours: String, theirs: String },
     #[error("the other node's ring has {theirs} partitions, this one {ours}")]
     OtherPartitioning { ours: u32, theirs: u32 },
+    #[error("a malformed membership state: {0}")]
+    Malformed(&'static str),
 }
 
 /// A node's view of the cluster's membership.
@@ -230,6 +243,94 @@ impl MembershipState {
                 .collect(),
             ring: self.ring.clone(),
         }
+    }
+}
+
+impl MembershipState {
+    pub fn to_proto(&self) -> pb::MembershipState {
+        pb::MembershipState {
+            cluster: self.cluster.clone(),
+            partitions: self.partitions,
+            members: self.members.values().map(record_to_proto).collect(),
+            ring: Some(ring_to_proto(&self.ring)),
+        }
+    }
+
+    /// Decodes a state another node sent, refusing anything malformed.
+    pub fn from_proto(m: &pb::MembershipState) -> Result<MembershipState, MergeError> {
+        let mut members = BTreeMap::new();
+        for r in &m.members {
+            let status = Status::parse(&r.status).ok_or(MergeError::Malformed("unknown status"))?;
+            if r.id.is_empty() || r.version == 0 || r.weight == 0 {
+                return Err(MergeError::Malformed(
+                    "a member record without id, version or weight",
+                ));
+            }
+            let record = MemberRecord {
+                version: r.version,
+                id: r.id.clone(),
+                address: r.address.clone(),
+                zone: r.zone.clone(),
+                weight: r.weight,
+                status,
+            };
+            if members.insert(r.id.clone(), record).is_some() {
+                return Err(MergeError::Malformed("a member listed twice"));
+            }
+        }
+        Ok(MembershipState {
+            cluster: m.cluster.clone(),
+            partitions: m.partitions,
+            members,
+            ring: ring_from_proto(m.ring.as_ref())?,
+        })
+    }
+}
+
+fn record_to_proto(r: &MemberRecord) -> pb::MemberRecord {
+    pb::MemberRecord {
+        version: r.version,
+        id: r.id.clone(),
+        address: r.address.clone(),
+        zone: r.zone.clone(),
+        weight: r.weight,
+        status: r.status.as_str().to_string(),
+    }
+}
+
+fn ring_to_proto(r: &RingVersion) -> pb::RingVersion {
+    pb::RingVersion {
+        version: r.version,
+        committed_by: r.committed_by.clone(),
+        owners: r.owners.clone(),
+    }
+}
+
+fn ring_from_proto(r: Option<&pb::RingVersion>) -> Result<RingVersion, MergeError> {
+    let r = r.ok_or(MergeError::Malformed("no ring version"))?;
+    let mut owners = r.owners.clone();
+    owners.sort();
+    owners.dedup();
+    Ok(RingVersion {
+        version: r.version,
+        committed_by: r.committed_by.clone(),
+        owners,
+    })
+}
+
+impl Digest {
+    pub fn to_proto(&self) -> pb::MembershipDigest {
+        pb::MembershipDigest {
+            members: self.members.clone().into_iter().collect(),
+            ring: Some(ring_to_proto(&self.ring)),
+        }
+    }
+
+    pub fn from_proto(d: &pb::MembershipDigest) -> Result<Digest, MergeError> {
+        Ok(Digest {
+            members: d.members.clone().into_iter().collect(),
+            ring: ring_from_proto(d.ring.as_ref())?,
+        })
     }
 }
 
@@ -401,6 +502,29 @@ mod tests {
         assert_eq!(moves.len(), holds);
         assert!((44..=52).contains(&holds), "{holds}");
         assert!(plan(&four, &four, 3).is_empty());
+    }
+
+    #[test]
+    fn states_and_digests_round_trip_and_malformed_ones_are_refused() {
+        let mut s = cluster(4);
+        let mut r = node(2);
+        r.status = Status::Leaving;
+        r.zone = "b".into();
+        s.set_member(r);
+        assert_eq!(MembershipState::from_proto(&s.to_proto()).unwrap(), s);
+        assert_eq!(
+            Digest::from_proto(&s.digest().to_proto()).unwrap(),
+            s.digest()
+        );
+        let mut bad = s.to_proto();
+        bad.members[0].status = "asleep".into();
+        assert!(MembershipState::from_proto(&bad).is_err());
+        let mut bad = s.to_proto();
+        bad.members.push(bad.members[0].clone());
+        assert!(MembershipState::from_proto(&bad).is_err());
+        let mut bad = s.to_proto();
+        bad.ring = None;
+        assert!(MembershipState::from_proto(&bad).is_err());
     }
 
     proptest! {
