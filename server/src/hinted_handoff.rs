@@ -39,6 +39,16 @@ pub struct Backlog {
     pub oldest_ms: u64,
 }
 
+/// A stored hint on its way to its owner.
+#[derive(Debug)]
+struct Hint {
+    /// The owner's address.
+    address: String,
+    /// The hint's storage key and record, as read.
+    key: Vec<u8>,
+    raw: Vec<u8>,
+}
+
 /// When an owner that did not answer is tried next.
 #[derive(Debug, Clone, Copy)]
 struct Backoff {
@@ -104,107 +114,122 @@ impl HintedHandoff {
                 from = k.clone();
                 from.push(0);
             }
-            let view = self.s.membership.current();
-            let mut deliveries = Vec::new();
-            for (hint_key, raw) in page {
-                let (owner, created) = match (
-                    storage::parse_hint_key(&hint_key),
-                    storage::decode_hint(&raw),
-                ) {
-                    (Ok((_, owner)), Ok((created, _))) => (owner.to_string(), created),
-                    (Err(e), _) | (_, Err(e)) => {
-                        tracing::error!(error = %e, "a stored hint is unreadable: kept, not delivered");
-                        continue;
-                    }
-                };
-                let address = view.ring.member(&owner).map(|m| m.address.clone());
-                let ready = address.as_deref().is_some_and(|a| self.ready(&owner, a));
-                let b = left.entry(owner.clone()).or_insert(Backlog {
-                    owner: owner.clone(),
-                    hints: 0,
-                    oldest_ms: created,
-                });
-                b.hints += 1;
-                b.oldest_ms = b.oldest_ms.min(created);
-                if let (true, Some(address)) = (ready, address) {
-                    deliveries.push((owner, address, hint_key, raw));
-                }
-            }
-            // Per owner: one hint first, as a probe; the rest together once it went through.
-            type Hint = (String, Vec<u8>, Vec<u8>); // owner's address, hint key, record
-            let mut by_owner: BTreeMap<String, Vec<Hint>> = BTreeMap::new();
-            for (owner, address, hint_key, raw) in deliveries {
-                by_owner
-                    .entry(owner)
-                    .or_default()
-                    .push((address, hint_key, raw));
-            }
-            for (owner, mut hints) in by_owner {
-                let rest = hints.split_off(1);
-                let (address, hint_key, raw) = &hints[0];
-                let owner_address = address.clone();
-                let first = self.deliver(address, hint_key, raw).await;
-                let mut results = vec![first];
-                if results[0].is_ok() {
-                    results.extend(
-                        futures::stream::iter(rest)
-                            .map(|(address, hint_key, raw)| async move {
-                                self.deliver(&address, &hint_key, &raw).await
-                            })
-                            .buffer_unordered(IN_FLIGHT)
-                            .collect::<Vec<_>>()
-                            .await,
-                    );
-                }
-                for result in results {
-                    match result {
-                        Ok(deleted) => {
-                            self.answered(&owner);
-                            if deleted {
-                                self.s.metrics.hints.delivered.inc();
-                                if let Some(b) = left.get_mut(&owner) {
-                                    b.hints -= 1;
-                                }
-                            }
-                        }
-                        Err(reason) => {
-                            tracing::debug!(%owner, %reason, "hint delivery failed: backing off");
-                            self.failed(&owner, &owner_address);
-                        }
-                    }
+            for (owner, hints) in self.sort(page, &mut left) {
+                let delivered = self.deliver_to(&owner, hints).await;
+                if let Some(b) = left.get_mut(&owner) {
+                    b.hints -= delivered;
                 }
             }
             if !full || !self.s.admission.admit("hinted_handoff").await {
                 break;
             }
         }
+        self.publish(left);
+        Ok(())
+    }
+
+    /// Counts a page of hints into the backlog per owner, and returns those that may be
+    /// delivered now, by owner.
+    fn sort(
+        &self,
+        page: crate::storage::Entries,
+        backlog: &mut BTreeMap<String, Backlog>,
+    ) -> BTreeMap<String, Vec<Hint>> {
+        let view = self.s.membership.current();
+        let mut ready: BTreeMap<String, Vec<Hint>> = BTreeMap::new();
+        for (key, raw) in page {
+            let (owner, created) = match (storage::parse_hint_key(&key), storage::decode_hint(&raw))
+            {
+                (Ok((_, owner)), Ok((created, _))) => (owner.to_string(), created),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::error!(error = %e, "a stored hint is unreadable: kept, not delivered");
+                    continue;
+                }
+            };
+            let b = backlog.entry(owner.clone()).or_insert(Backlog {
+                owner: owner.clone(),
+                hints: 0,
+                oldest_ms: created,
+            });
+            b.hints += 1;
+            b.oldest_ms = b.oldest_ms.min(created);
+            // An owner no longer in the ring keeps its hints (membership changes hand them on).
+            let Some(address) = view.ring.member(&owner).map(|m| m.address.clone()) else {
+                continue;
+            };
+            if self.ready(&owner, &address) {
+                ready
+                    .entry(owner)
+                    .or_default()
+                    .push(Hint { address, key, raw });
+            }
+        }
+        ready
+    }
+
+    /// Delivers `hints` to `owner`: one first, as a probe, and the rest together once it went
+    /// through. Returns how many were delivered and deleted.
+    async fn deliver_to(&self, owner: &str, mut hints: Vec<Hint>) -> u64 {
+        let rest = hints.split_off(1);
+        let Some(first) = hints.pop() else {
+            return 0;
+        };
+        let mut results = vec![self.deliver(&first).await];
+        if results[0].is_ok() {
+            results.extend(
+                futures::stream::iter(rest)
+                    .map(|h| async move { self.deliver(&h).await })
+                    .buffer_unordered(IN_FLIGHT)
+                    .collect::<Vec<_>>()
+                    .await,
+            );
+        }
+        let mut delivered = 0;
+        for result in results {
+            match result {
+                Ok(deleted) => {
+                    self.answered(owner);
+                    if deleted {
+                        self.s.metrics.hints.delivered.inc();
+                        delivered += 1;
+                    }
+                }
+                Err(reason) => {
+                    tracing::debug!(%owner, %reason, "hint delivery failed: backing off");
+                    self.failed(owner, &first.address);
+                }
+            }
+        }
+        delivered
+    }
+
+    /// Records what a walk left: metrics and the backlog `admin status` shows.
+    fn publish(&self, mut left: BTreeMap<String, Backlog>) {
         left.retain(|_, b| b.hints > 0);
         let queued: u64 = left.values().map(|b| b.hints).sum();
         let oldest = left.values().map(|b| b.oldest_ms).min();
-        self.s.metrics.hints.queued.set(queued as i64);
-        self.s
-            .metrics
-            .hints
+        let hints = &self.s.metrics.hints;
+        hints.queued.set(queued as i64);
+        hints
             .oldest_age_seconds
             .set(oldest.map_or(0.0, |at| now_ms().saturating_sub(at) as f64 / 1000.0));
         *lock(&self.backlog) = left.into_values().collect();
-        Ok(())
     }
 
     /// Merges one hint into its owner, then deletes it unless it changed meanwhile.
     /// `Ok(false)`: delivered, but a newer write for the owner joined the hint; kept for the
     /// next walk.
-    async fn deliver(&self, address: &str, hint_key: &[u8], raw: &[u8]) -> Result<bool, String> {
-        let (key, _) = storage::parse_hint_key(hint_key).map_err(|e| e.to_string())?;
-        let (_, state) = storage::decode_hint(raw).map_err(|e| e.to_string())?;
+    async fn deliver(&self, hint: &Hint) -> Result<bool, String> {
+        let (key, _) = storage::parse_hint_key(&hint.key).map_err(|e| e.to_string())?;
+        let (_, state) = storage::decode_hint(&hint.raw).map_err(|e| e.to_string())?;
         let key = bytes::Bytes::copy_from_slice(key);
         self.s
             .peers
-            .merge(address, &key, &state, true, self.s.timeout)
+            .merge(&hint.address, &key, &state, true, self.s.timeout)
             .await?;
         self.s
             .local
-            .forget_hint(hint_key, raw)
+            .forget_hint(&hint.key, &hint.raw)
             .map_err(|e| e.to_string())
     }
 
