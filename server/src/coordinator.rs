@@ -183,7 +183,7 @@ impl Coordinator {
         // every primary and, in their stead, fallbacks holding hints (sloppy quorum, paper
         // 4.6). A read never waits on a known-silent peer while others suffice.
         let is_up = |m: &Member| self.peers.is_up(&m.address);
-        let (asked, mut extra) =
+        let (asked, extra) =
             sloppy_quorum::place_read(&replicas, &fallbacks, &view.self_id, r as usize, is_up);
         let read = |m: Member, hints: bool| {
             let (this, key) = (Arc::clone(self), key.clone());
@@ -193,10 +193,12 @@ impl Coordinator {
         for m in asked {
             pending.push(read(m, false));
         }
-        for m in extra.drain(..) {
+        // Whether the fallbacks were asked: at once when the primaries that look up are too
+        // few, or later, when those that looked up do not all answer.
+        let mut asked_fallbacks = !extra.is_empty();
+        for m in extra {
             pending.push(read(m, true));
         }
-        let mut asked_fallbacks = pending.len() > replicas.len();
         let mut replies: Vec<(String, Option<VersionedState>)> = Vec::new();
         let mut failures = Vec::new();
         while (replies.len() as u32) < r {

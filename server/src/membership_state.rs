@@ -98,6 +98,16 @@ pub struct RingVersion {
     pub owners: Vec<String>,
 }
 
+/// A view that does not make a ring (yet).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ViewError {
+    #[error("the ring names owner {0:?}, whose member record has not arrived yet")]
+    UnknownOwner(String),
+    #[error(transparent)]
+    Ring(#[from] RingError),
+}
+
 /// Two states that can never be merged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -150,15 +160,16 @@ impl MembershipState {
 
     /// The ring the current ring version describes, with the owners' current addresses.
     /// Fails when an owner's record has not arrived yet (a view mid-gossip).
-    pub fn ring(&self) -> Result<Ring, RingError> {
+    pub fn ring(&self) -> Result<Ring, ViewError> {
         let mut owners = Vec::with_capacity(self.ring.owners.len());
         for id in &self.ring.owners {
-            match self.members.get(id) {
-                Some(r) => owners.push(r.member()),
-                None => return Err(RingError::NoMembers),
-            }
+            let r = self
+                .members
+                .get(id)
+                .ok_or_else(|| ViewError::UnknownOwner(id.clone()))?;
+            owners.push(r.member());
         }
-        Ring::new(self.partitions, owners)
+        Ok(Ring::new(self.partitions, owners)?)
     }
 
     /// Sets a member's record (a node announcing itself or changing its address, an operator
@@ -443,6 +454,16 @@ mod tests {
             "the greater committer"
         );
         assert!(ab.ring().is_ok());
+    }
+
+    #[test]
+    fn a_ring_naming_an_owner_whose_record_has_not_arrived_says_so() {
+        let mut s = cluster(3);
+        s.commit(["node-0", "node-7"].map(String::from), "node-0");
+        assert_eq!(
+            s.ring().unwrap_err(),
+            ViewError::UnknownOwner("node-7".into())
+        );
     }
 
     #[test]

@@ -575,6 +575,24 @@ mod tests {
         }
     }
 
+    /// A blind write (empty context) of `value` (`None`: a delete) under write id `id`.
+    async fn blind(
+        replica: &Arc<LocalReplica>,
+        key: &Bytes,
+        id: u128,
+        value: Option<&'static [u8]>,
+    ) -> Result<(VersionedState, UpdateOutcome), WriteError> {
+        replica
+            .coordinate(
+                key.clone(),
+                CausalContext::new(),
+                WriteId(id),
+                value.map(Bytes::from_static),
+                false,
+            )
+            .await
+    }
+
     fn open(store: &Arc<dyn Storage>, node: &str) -> Result<LocalReplica, StorageError> {
         LocalReplica::open(
             Arc::clone(store),
@@ -642,27 +660,9 @@ mod tests {
         );
         let key = Bytes::from_static(b"k");
         for i in 0..3u128 {
-            replica
-                .coordinate(
-                    key.clone(),
-                    CausalContext::new(),
-                    WriteId(i),
-                    Some(Bytes::from_static(b"v")),
-                    false,
-                )
-                .await
-                .unwrap();
+            blind(&replica, &key, i, Some(b"v")).await.unwrap();
         }
-        let refused = replica
-            .coordinate(
-                key.clone(),
-                CausalContext::new(),
-                WriteId(9),
-                Some(Bytes::from_static(b"v")),
-                false,
-            )
-            .await
-            .unwrap_err();
+        let refused = blind(&replica, &key, 9, Some(b"v")).await.unwrap_err();
         assert!(
             matches!(refused, WriteError::SiblingLimit { siblings: 3, .. }),
             "{refused}"
@@ -744,16 +744,7 @@ mod tests {
         let store: Arc<dyn Storage> = Arc::new(MemoryStorage::default());
         let replica = Arc::new(open(&store, "n").unwrap());
         let key = Bytes::from_static(b"k");
-        let (live, _) = replica
-            .coordinate(
-                key.clone(),
-                CausalContext::new(),
-                WriteId(1),
-                Some(Bytes::from_static(b"v")),
-                false,
-            )
-            .await
-            .unwrap();
+        let (live, _) = blind(&replica, &key, 1, Some(b"v")).await.unwrap();
         let digest = merkle::state_digest(&key, &live);
         assert!(
             !replica.reap(&key, digest).unwrap(),
@@ -813,10 +804,7 @@ mod tests {
         let store: Arc<dyn Storage> = Arc::new(MemoryStorage::default());
         let replica = Arc::new(open(&store, "n").unwrap());
         let key = Bytes::from_static(b"k");
-        let (dead, _) = replica
-            .coordinate(key.clone(), CausalContext::new(), WriteId(1), None, false)
-            .await
-            .unwrap();
+        let (dead, _) = blind(&replica, &key, 1, None).await.unwrap();
         assert_eq!(replica.tombstones_from(&[], 10).unwrap().0.len(), 1);
         replica
             .coordinate(
