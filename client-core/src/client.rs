@@ -346,6 +346,8 @@ impl Client {
                 let mut req = tonic::Request::new(pb::GetRequest {
                     key: Some(key.clone()),
                     r,
+                    // Routing by ring version is the client-driven coordination work (issue 10).
+                    ring_version: 0,
                 });
                 req.set_timeout(budget);
                 async move { kv.get(req).await.map(|r| r.into_inner()) }
@@ -413,6 +415,8 @@ impl Client {
                     write_id: id_bytes.clone(),
                     attempt,
                     sync_replicas,
+                    // Routing by ring version is the client-driven coordination work (issue 10).
+                    ring_version: 0,
                 });
                 req.set_timeout(budget);
                 async move { kv.put(req).await.map(|r| r.into_inner().context) }
@@ -464,6 +468,8 @@ impl Client {
                     write_id: id_bytes.clone(),
                     attempt,
                     sync_replicas,
+                    // Routing by ring version is the client-driven coordination work (issue 10).
+                    ring_version: 0,
                 });
                 req.set_timeout(budget);
                 async move { kv.delete(req).await.map(|r| r.into_inner().context) }

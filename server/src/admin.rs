@@ -11,19 +11,248 @@ use dynamokv_proto::v1 as pb;
 use dynamokv_proto::v1::kv_client::KvClient;
 use dynamokv_proto::v1::replica_client::ReplicaClient;
 
+type AdminClient = dynamokv_proto::v1::admin_client::AdminClient<tonic::transport::Channel>;
+
+async fn admin_client(addr: &str) -> Result<AdminClient, String> {
+    AdminClient::connect(format!("http://{addr}"))
+        .await
+        .map_err(|e| format!("cannot reach {addr}: {e}"))
+}
+
+/// One admin call to the node at `addr`, with a 10 s deadline, its refusal as text.
+async fn admin_call<Req, T, F, Fut>(addr: &str, what: &str, request: Req, f: F) -> Result<T, String>
+where
+    F: FnOnce(AdminClient, tonic::Request<Req>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let client = admin_client(addr).await?;
+    let mut req = tonic::Request::new(request);
+    req.set_timeout(std::time::Duration::from_secs(10));
+    Ok(f(client, req)
+        .await
+        .map_err(|s| format!("{addr} refused {what}: {}", s.message()))?
+        .into_inner())
+}
+
 /// What the node at `addr` sees of the cluster.
 pub async fn fetch_status(addr: &str) -> Result<pb::StatusResponse, String> {
-    let mut admin =
-        dynamokv_proto::v1::admin_client::AdminClient::connect(format!("http://{addr}"))
-            .await
-            .map_err(|e| format!("cannot reach {addr}: {e}"))?;
-    let mut req = tonic::Request::new(pb::StatusRequest {});
-    req.set_timeout(std::time::Duration::from_secs(10));
-    Ok(admin
-        .status(req)
-        .await
-        .map_err(|s| format!("{addr} refused the status call: {}", s.message()))?
-        .into_inner())
+    admin_call(addr, "the status call", pb::StatusRequest {}, |mut c, r| async move {
+        c.status(r).await
+    })
+    .await
+}
+
+/// The membership state (every member record, the ring version) of the node at `addr`.
+pub async fn fetch_membership(
+    addr: &str,
+) -> Result<crate::membership_state::MembershipState, String> {
+    let reply = admin_call(addr, "the ring call", pb::RingRequest {}, |mut c, r| async move {
+        c.ring(r).await
+    })
+    .await?;
+    let state = reply.state.ok_or("the node sent no membership state")?;
+    crate::membership_state::MembershipState::from_proto(&state).map_err(|e| e.to_string())
+}
+
+/// Asks the node at `addr` (started alone) to join the cluster of `seed`.
+pub async fn join(addr: &str, seed: &str) -> Result<pb::JoinResponse, String> {
+    let request = pb::JoinRequest {
+        seed: seed.to_string(),
+    };
+    admin_call(addr, "to join", request, |mut c, r| async move { c.join(r).await }).await
+}
+
+/// Stages the decommission of `node_id` (empty: the node at `addr`).
+pub async fn leave(addr: &str, node_id: &str) -> Result<(), String> {
+    let request = pb::LeaveRequest {
+        node_id: node_id.to_string(),
+    };
+    admin_call(addr, "the leave", request, |mut c, r| async move { c.leave(r).await }).await?;
+    Ok(())
+}
+
+/// Stages the removal of `node_id`, a node gone for good.
+pub async fn remove(addr: &str, node_id: &str) -> Result<(), String> {
+    let request = pb::RemoveRequest {
+        node_id: node_id.to_string(),
+    };
+    admin_call(addr, "the removal", request, |mut c, r| async move {
+        c.remove(r).await
+    })
+    .await?;
+    Ok(())
+}
+
+/// The staged topology change as the node at `addr` plans it.
+pub async fn plan(addr: &str) -> Result<pb::PlanResponse, String> {
+    admin_call(addr, "to plan", pb::PlanRequest {}, |mut c, r| async move {
+        c.plan(r).await
+    })
+    .await
+}
+
+/// Commits the staged change planned at ring version `planned`; returns the new version.
+pub async fn commit(addr: &str, planned: u64) -> Result<u64, String> {
+    let request = pb::CommitRequest {
+        ring_version: planned,
+    };
+    Ok(
+        admin_call(addr, "the commit", request, |mut c, r| async move {
+            c.commit(r).await
+        })
+        .await?
+        .ring_version,
+    )
+}
+
+/// A plan as text: the owners before and after, each node's partitions after, and every
+/// partition whose replicas change (the first `list` of them) with totals per pair of nodes.
+pub fn describe_plan(plan: &pb::PlanResponse, list: usize) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "plan from ring version {}: owners {} (N = {}) -> {} (N = {})",
+        plan.ring_version,
+        plan.owners_before.join(", "),
+        plan.n_before,
+        plan.owners_after.join(", "),
+        plan.n_after
+    );
+    let mut owned: Vec<(&String, &u32)> = plan.owned_after.iter().collect();
+    owned.sort();
+    let owned: Vec<String> = owned.iter().map(|(id, n)| format!("{id} {n}")).collect();
+    let _ = writeln!(out, "partitions owned after: {}", owned.join(", "));
+    let (keys, bytes): (u64, u64) = plan
+        .moves
+        .iter()
+        .fold((0, 0), |(k, b), m| (k + m.keys, b + m.bytes));
+    let estimated = plan.moves.iter().any(|m| m.estimated);
+    let _ = writeln!(
+        out,
+        "{} partition(s) change replicas, about {keys} key(s) and {} to copy{}",
+        plan.moves.len(),
+        human_bytes(bytes),
+        if estimated {
+            " (partitions the planning node does not hold are estimated from those it does)"
+        } else {
+            ""
+        }
+    );
+    // Totals per (from, to) pair.
+    let mut pairs: std::collections::BTreeMap<(String, String), (u32, u64, u64)> =
+        Default::default();
+    for m in &plan.moves {
+        let from = if m.from.is_empty() {
+            "-".to_string()
+        } else {
+            m.from.join("+")
+        };
+        let to = if m.to.is_empty() {
+            "-".to_string()
+        } else {
+            m.to.join("+")
+        };
+        let e = pairs.entry((from, to)).or_default();
+        e.0 += 1;
+        e.1 += m.keys;
+        e.2 += m.bytes;
+    }
+    let _ = writeln!(out, "  {:<24} {:<24} {:>10} {:>10} {:>10}", "from", "to", "partitions", "keys", "bytes");
+    for ((from, to), (n, k, b)) in &pairs {
+        let _ = writeln!(out, "  {from:<24} {to:<24} {n:>10} {k:>10} {:>10}", human_bytes(*b));
+    }
+    let shown = plan.moves.len().min(list);
+    if shown > 0 {
+        let _ = writeln!(out, "  partition  from -> to (keys, bytes)");
+    }
+    for m in &plan.moves[..shown] {
+        let _ = writeln!(
+            out,
+            "  {:>9}  {} -> {} ({}, {}{})",
+            m.partition,
+            m.from.join(","),
+            m.to.join(","),
+            m.keys,
+            human_bytes(m.bytes),
+            if m.estimated { ", estimated" } else { "" }
+        );
+    }
+    if shown > 0 && shown < plan.moves.len() {
+        let _ = writeln!(out, "  ... and {} more (--all lists every one)", plan.moves.len() - shown);
+    }
+    if plan.blocked.is_empty() {
+        let _ = writeln!(
+            out,
+            "commit with: dynamokv admin commit --ring-version {}",
+            plan.ring_version
+        );
+    } else {
+        let _ = writeln!(out, "cannot commit now: {}", plan.blocked);
+    }
+    out
+}
+
+/// A membership view as text: the ring version and each member record.
+pub fn describe_membership(state: &crate::membership_state::MembershipState) -> String {
+    let mut out = String::new();
+    let ring = state.ring_version();
+    let _ = writeln!(
+        out,
+        "cluster {:?}, {} partitions, ring version {} (committed by {}): owners {}",
+        state.cluster,
+        state.partitions,
+        ring.version,
+        if ring.committed_by.is_empty() {
+            "-"
+        } else {
+            &ring.committed_by
+        },
+        ring.owners.join(", ")
+    );
+    if state.handover_in_progress() {
+        let _ = writeln!(
+            out,
+            "handover from the previous owners ({}) in progress; waiting for {}",
+            ring.previous.join(", "),
+            state.awaiting_handoff().join(", ")
+        );
+    }
+    let built = state.ring().ok();
+    for r in state.members() {
+        let owned = built
+            .as_ref()
+            .map_or(0, |ring| ring.partitions_of(&r.id).len());
+        let _ = writeln!(
+            out,
+            "  {:<12} {:<22} {:<8} owns {:>5}  record v{} handed off v{}{}{}",
+            r.id,
+            r.address,
+            state.status_of(&r.id),
+            owned,
+            r.version,
+            r.handed_off,
+            if r.zone.is_empty() {
+                String::new()
+            } else {
+                format!(" zone {}", r.zone)
+            },
+            if r.weight != 1 {
+                format!(" weight {}", r.weight)
+            } else {
+                String::new()
+            }
+        );
+    }
+    out
+}
+
+fn human_bytes(b: u64) -> String {
+    match b {
+        0..1024 => format!("{b} B"),
+        1024..1_048_576 => format!("{:.1} KiB", b as f64 / 1024.0),
+        1_048_576..1_073_741_824 => format!("{:.1} MiB", b as f64 / 1_048_576.0),
+        _ => format!("{:.1} GiB", b as f64 / 1_073_741_824.0),
+    }
 }
 
 /// A node's status as text: each member, its address and whether that node reaches it.
@@ -32,9 +261,11 @@ pub fn describe_status(status: &pb::StatusResponse) -> String {
     let down = status.members.iter().filter(|m| !m.reachable).count();
     let _ = writeln!(
         out,
-        "{} in cluster {:?}: replicates {} of {} partitions (N = {}); {} of {} members reachable from here",
+        "{} in cluster {:?}: ring version {}, owns {} and replicates {} of {} partitions (N = {}); {} of {} members reachable from here",
         status.node_id,
         status.cluster_name,
+        status.ring_version,
+        status.partitions_owned,
         status.partitions_replicated,
         status.partitions,
         status.n,
@@ -54,8 +285,24 @@ pub fn describe_status(status: &pb::StatusResponse) -> String {
         } else {
             format!(" zone {}", m.zone)
         };
-        let _ = writeln!(out, "  {:<12} {:<22} {state}{zone}", m.id, m.address);
+        let _ = writeln!(
+            out,
+            "  {:<12} {:<22} {:<8} owns {:>5}  {state}{zone}",
+            m.id, m.address, m.status, m.partitions_owned
+        );
     }
+    let _ = writeln!(
+        out,
+        "key-range transfer: {}; {} partition(s) still to hand over from here, {} holding data no longer replicated here; {} key(s) sent since start",
+        if status.handover {
+            "handover in progress"
+        } else {
+            "no handover"
+        },
+        status.transfers_pending,
+        status.partitions_to_drop,
+        status.keys_transferred
+    );
     let _ = write!(
         out,
         "hinted handoff: {} hint(s) held here",
@@ -302,6 +549,7 @@ mod tests {
             w: 1,
             members: vec![],
             self_id: "a".into(),
+            ..Default::default()
         };
         let text = describe_ring(&view, &ring, Some(b"k"));
         for id in [

@@ -22,7 +22,12 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 
 /// The named background workers, as they appear in metrics.
-pub const WORKERS: [&str; 3] = ["hinted_handoff", "anti_entropy", "tombstone_reaper"];
+pub const WORKERS: [&str; 4] = [
+    "hinted_handoff",
+    "anti_entropy",
+    "tombstone_reaper",
+    "transfer",
+];
 
 /// How long a paused worker waits before looking at the latency again.
 const PAUSE_STEP: Duration = Duration::from_millis(100);

@@ -58,12 +58,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Which way keys that differ travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Both replicas end with the merge of both states (anti-entropy).
+    Both,
+    /// Only the peer is brought up to date (key-range transfer to a new replica).
+    Push,
+}
+
 /// What one exchange found and did.
 #[derive(Debug, Default)]
-struct Tally {
-    differing: u32,
-    compared: u64,
-    repaired: u64,
+pub struct Tally {
+    pub differing: u32,
+    pub compared: u64,
+    pub repaired: u64,
 }
 
 impl AntiEntropy {
@@ -173,7 +182,8 @@ impl AntiEntropy {
             if !self.s.admission.admit("anti_entropy").await {
                 break;
             }
-            self.sync_partition(peer, p, &mut tally).await?;
+            self.sync_partition(peer, p, &mut tally, Direction::Both)
+                .await?;
         }
         self.s
             .metrics
@@ -194,8 +204,14 @@ impl AntiEntropy {
     }
 
     /// Compares one partition's leaves with the peer's and repairs the keys under those that
-    /// differ.
-    async fn sync_partition(&self, peer: &Member, p: u32, tally: &mut Tally) -> Result<(), String> {
+    /// differ: both ways, or only the peer's copies with `Direction::Push`.
+    pub async fn sync_partition(
+        &self,
+        peer: &Member,
+        p: u32,
+        tally: &mut Tally,
+        direction: Direction,
+    ) -> Result<(), String> {
         let forest = self.s.local.forest();
         let q = forest.partitions();
         let request = pb::TreeLeavesRequest {
@@ -235,7 +251,7 @@ impl AntiEntropy {
             keys.extend(differing);
         }
         let repaired = futures::stream::iter(keys)
-            .map(|key| self.repair(peer, key))
+            .map(|key| self.repair(peer, key, direction))
             .buffer_unordered(IN_FLIGHT)
             .collect::<Vec<_>>()
             .await;
@@ -314,8 +330,25 @@ impl AntiEntropy {
         Ok((differing, compared))
     }
 
-    /// Makes this node and the peer hold the merge of both their states of `key`.
-    async fn repair(&self, peer: &Member, key: Bytes) -> Result<(), String> {
+    /// Makes this node and the peer hold the merge of both their states of `key` (with
+    /// `Direction::Push`: makes the peer hold this node's state merged into its own).
+    async fn repair(&self, peer: &Member, key: Bytes, direction: Direction) -> Result<(), String> {
+        if direction == Direction::Push {
+            let Some(ours) = self
+                .s
+                .local
+                .read(key.clone())
+                .await
+                .map_err(|e| e.to_string())?
+            else {
+                return Ok(());
+            };
+            return self
+                .s
+                .peers
+                .merge(&peer.address, &key, &ours, true, self.s.timeout)
+                .await;
+        }
         let reply = self
             .s
             .peers

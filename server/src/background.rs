@@ -1,6 +1,6 @@
-//! A node's background workers (paper 4.6, 4.7, 6.5): hint delivery, anti-entropy and
-//! tombstone reaping, each admitted by [`Admission`] control, started with the node and
-//! stopped before its storage closes.
+//! A node's background workers (paper 4.6, 4.7, 4.8, 4.9, 6.5): membership gossip, hint
+//! delivery, anti-entropy, key-range transfer and tombstone reaping, all but gossip admitted by
+//! [`Admission`] control, started with the node and stopped before its storage closes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +11,8 @@ use crate::admission::Admission;
 use crate::anti_entropy::AntiEntropy;
 use crate::config::Config;
 use crate::hinted_handoff::HintedHandoff;
-use crate::membership::Membership;
+use crate::key_range_transfer::KeyRangeTransfer;
+use crate::membership::{Membership, PeerTransport};
 use crate::metrics::Metrics;
 use crate::peers::Peers;
 use crate::replica::LocalReplica;
@@ -36,6 +37,8 @@ pub struct Background {
     pub handoff: Arc<HintedHandoff>,
     pub anti_entropy: Arc<AntiEntropy>,
     reaper: Arc<TombstoneReaper>,
+    pub transfer: Arc<KeyRangeTransfer>,
+    gossip: (Membership, PeerTransport, Duration),
     anti_entropy_on: bool,
     /// Cancelled when the node starts shutting down.
     pub stop: CancellationToken,
@@ -66,15 +69,31 @@ impl Background {
             timeout: config.replica_timeout(),
         };
         let ms = Duration::from_millis;
+        let anti_entropy = Arc::new(AntiEntropy::new(
+            shared.clone(),
+            ms(b.anti_entropy_interval_ms),
+        ));
+        let transfer = Arc::new(KeyRangeTransfer::new(
+            shared.clone(),
+            Arc::clone(&anti_entropy),
+            ms(config.cluster.transfer_interval_ms),
+        ));
+        let gossip = (
+            shared.membership.clone(),
+            PeerTransport {
+                peers: Arc::clone(&shared.peers),
+                timeout: shared.timeout,
+            },
+            ms(config.cluster.gossip_interval_ms),
+        );
         Background {
             handoff: Arc::new(HintedHandoff::new(
                 shared.clone(),
                 ms(b.handoff_interval_ms),
             )),
-            anti_entropy: Arc::new(AntiEntropy::new(
-                shared.clone(),
-                ms(b.anti_entropy_interval_ms),
-            )),
+            anti_entropy,
+            transfer,
+            gossip,
             reaper: Arc::new(TombstoneReaper::new(
                 shared,
                 ms(b.tombstone_grace_ms),
@@ -88,6 +107,10 @@ impl Background {
 
     /// Starts the workers.
     pub fn start(&self) {
+        let (membership, transport, interval) = self.gossip.clone();
+        self.tasks
+            .spawn(membership.run_gossip(transport, interval, self.stop.clone()));
+        self.tasks.spawn(Arc::clone(&self.transfer).run());
         self.tasks.spawn(Arc::clone(&self.handoff).run());
         if self.anti_entropy_on {
             self.tasks.spawn(Arc::clone(&self.anti_entropy).run());

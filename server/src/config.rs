@@ -106,7 +106,8 @@ impl Default for BackgroundConfig {
     }
 }
 
-/// The cluster this node belongs to. Membership is static here; gossip replaces it later.
+/// The cluster this node belongs to. Membership is learnt by gossip and kept in the data
+/// directory; `seeds` (or `members`, a static list all nodes share) say where it starts.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
@@ -124,8 +125,22 @@ pub struct ClusterConfig {
     /// written but not synced, which survives a crash of the process, not a power cut of every
     /// replica at once. Synced writes arriving together share one fsync (group commit).
     pub sync_replicas: u32,
-    /// Every member, this node included. Empty means a one-node cluster of this node.
+    /// A static membership, every member and this node included, that every node configured
+    /// with the same list starts from. Empty: the node starts from `seeds`, or alone.
     pub members: Vec<MemberConfig>,
+    /// Addresses (`host:port`) of nodes of the cluster to join and to gossip with now and then,
+    /// so that nodes started from the same seeds never form separate rings. Empty (and no
+    /// `members`): the node starts as a cluster of one.
+    pub seeds: Vec<String>,
+    /// This node's failure domain (rack, zone); preference lists spread over zones.
+    pub zone: Option<String>,
+    /// This node's capacity weight: a node of weight 2 owns twice the partitions.
+    pub weight: Option<u32>,
+    /// How often a node gossips its membership view with a random peer, in milliseconds.
+    pub gossip_interval_ms: u64,
+    /// How often a node checks for partitions to hand to new replicas or to drop after a
+    /// topology change, in milliseconds.
+    pub transfer_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -190,6 +205,11 @@ impl Default for ClusterConfig {
             w: None,
             sync_replicas: 0,
             members: Vec::new(),
+            seeds: Vec::new(),
+            zone: None,
+            weight: None,
+            gossip_interval_ms: 1_000,
+            transfer_interval_ms: 1_000,
         }
     }
 }
@@ -269,6 +289,24 @@ impl Config {
 
     /// N, R, W with defaults applied, refusing impossible combinations.
     pub fn quorums(&self) -> Result<Quorums, ConfigError> {
+        if self.cluster.members.is_empty() {
+            // Membership is dynamic: N is capped by the ring's members when requests come.
+            // Checked as the cluster will be once it has grown to N nodes; returned as a node
+            // alone uses them.
+            let q = crate::membership::quorums_for(&self.cluster, 3);
+            if q.n == 0 {
+                return Err(ConfigError::Invalid("cluster.n must be at least 1".into()));
+            }
+            for (name, v) in [("r", q.r), ("w", q.w)] {
+                if v == 0 || v > q.n {
+                    return Err(ConfigError::Invalid(format!(
+                        "cluster.{name} = {v} must be between 1 and cluster.n = {}",
+                        q.n
+                    )));
+                }
+            }
+            return Ok(crate::membership::quorums_for(&self.cluster, 1));
+        }
         let single = self.cluster.members.is_empty();
         let d = if single {
             1
@@ -305,7 +343,10 @@ impl Config {
                 "worker_threads must be at least 1 (or absent: one per core)".into(),
             ));
         }
-        let q = self.quorums()?;
+        let mut q = self.quorums()?;
+        if self.cluster.members.is_empty() {
+            q = crate::membership::quorums_for(&self.cluster, 3);
+        }
         if self.cluster.sync_replicas > q.w {
             return Err(ConfigError::Invalid(format!(
                 "cluster.sync_replicas = {} is more than cluster.w = {}: only replicas that acknowledge a write can fsync before it is acknowledged",

@@ -171,6 +171,7 @@ impl Coordinator {
     async fn get_inner(self: &Arc<Self>, key: Bytes, r: Option<u32>) -> Result<GetResult, Error> {
         self.limits.check_key(&key)?;
         let view = self.membership.current();
+        check_joined(&view)?;
         let n = view.quorums.n;
         let r = r.unwrap_or(view.quorums.r);
         check_quorum("R", r, n)?;
@@ -267,6 +268,7 @@ impl Coordinator {
         }
         let context = decode_context(&key, &req.context)?;
         let view = self.membership.current();
+        check_joined(&view)?;
         let n = view.quorums.n;
         let w = req.w.unwrap_or(view.quorums.w);
         check_quorum("W", w, n)?;
@@ -568,6 +570,7 @@ impl Coordinator {
                             write_id,
                             attempt,
                             sync_replicas: Some(sync_replicas),
+                            ring_version: 0,
                         });
                         mark_forwarded(&mut r, budget);
                         client.put(r).await.map(|r| r.into_inner().context)
@@ -580,6 +583,7 @@ impl Coordinator {
                             write_id,
                             attempt,
                             sync_replicas: Some(sync_replicas),
+                            ring_version: 0,
                         });
                         mark_forwarded(&mut r, budget);
                         client.delete(r).await.map(|r| r.into_inner().context)
@@ -719,11 +723,42 @@ fn merge_all<'a>(states: impl Iterator<Item = &'a VersionedState>) -> VersionedS
 
 /// The key's N primary replicas (the top of its preference list), then its first N fallbacks:
 /// enough to stand in for every primary, and for some copies that fail.
-fn preference_list(view: &ClusterView, key: &[u8]) -> (Vec<Member>, Vec<Member>) {
+///
+/// While partitions are handed over after a topology change (paper 4.9), the replicas are
+/// those of the new ring followed by those of the previous ring that are not among them (less
+/// removed members): writes reach old and new replicas and reads consult both, so nothing
+/// written before, during or after the change is missed while data moves.
+pub(crate) fn preference_list(view: &ClusterView, key: &[u8]) -> (Vec<Member>, Vec<Member>) {
     let n = view.quorums.n as usize;
     let list = view.ring.preference_list(key, n);
-    let owned = |ms: &[&Member]| ms.iter().take(n).map(|m| (*m).clone()).collect();
-    (owned(&list.nodes), owned(&list.fallbacks))
+    let mut replicas: Vec<Member> = list.nodes.iter().take(n).map(|m| (*m).clone()).collect();
+    if let Some((previous, pn)) = &view.previous {
+        for m in previous.preference_list(key, *pn as usize).nodes {
+            if !replicas.iter().any(|r| r.id == m.id) && view.state.status_of(&m.id) != "removed"
+            {
+                replicas.push(m.clone());
+            }
+        }
+    }
+    let fallbacks = list
+        .fallbacks
+        .iter()
+        .filter(|m| !replicas.iter().any(|r| r.id == m.id))
+        .take(n)
+        .map(|m| (*m).clone())
+        .collect();
+    (replicas, fallbacks)
+}
+
+/// Refuses requests on a node that is not part of a ring yet.
+fn check_joined(view: &ClusterView) -> Result<(), Error> {
+    if view.joined() {
+        Ok(())
+    } else {
+        Err(Error::NotJoined {
+            node: view.self_id.clone(),
+        })
+    }
 }
 
 /// A quorum can never be met by more replicas than the key has.

@@ -1,5 +1,10 @@
 //! `dynamokv dev`: a real local cluster in one command, one `dynamokv serve` process per node,
 //! each with its own RocksDB directory, so that killing one shows failure handling.
+//!
+//! The cluster forms the way an operator forms one: the first node starts alone, the others
+//! start with it as their seed and ask to join, and once the first node sees all of them the
+//! change is planned and committed (`admin plan`, `admin commit`). Nodes restarted on the data
+//! of an earlier run start from the membership they stored.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -29,20 +34,21 @@ struct DevNode {
 }
 
 fn node_config(opts: &DevOptions, i: usize, members: &[(String, String)], dir: &Path) -> String {
-    let mut toml = format!(
-        "# Written by `dynamokv dev`; rewritten at every start.\nnode_id = \"{}\"\nlisten = \"{}\"\nmetrics_listen = \"{}:0\"\nworker_threads = {}\ndata_dir = \"{}\"\n\n[cluster]\nname = \"dev\"\npartitions = {}\nmembers = [\n",
+    // The first node starts alone; the others join through it.
+    let seeds = if i == 0 {
+        String::new()
+    } else {
+        format!("\"{}\"", members[0].1)
+    };
+    format!(
+        "# Written by `dynamokv dev`; rewritten at every start.\nnode_id = \"{}\"\nlisten = \"{}\"\nmetrics_listen = \"{}:0\"\nworker_threads = {}\ndata_dir = \"{}\"\n\n[cluster]\nname = \"dev\"\npartitions = {}\nseeds = [{seeds}]\n",
         members[i].0,
         members[i].1,
         opts.host,
         workers_per_node(opts.nodes),
         dir.display(),
-        opts.partitions
-    );
-    for (id, addr) in members {
-        toml.push_str(&format!("  {{ id = \"{id}\", address = \"{addr}\" }},\n"));
-    }
-    toml.push_str("]\n");
-    toml
+        opts.partitions,
+    )
 }
 
 /// The machine's cores shared among the nodes (at least one each): nodes on one machine that
@@ -53,8 +59,8 @@ pub fn workers_per_node(nodes: usize) -> usize {
 }
 
 /// The nodes' ports: consecutive from `base_port`, or with `base_port == 0` free ports the OS
-/// picks (probed by binding and releasing them; membership is static, so every address must be
-/// known before the first node starts).
+/// picks (probed by binding and releasing them, so every address is known before the first node
+/// starts).
 fn ports(opts: &DevOptions) -> Result<Vec<u16>, String> {
     if opts.base_port == 0 {
         let probes: Vec<std::net::TcpListener> = (0..opts.nodes)
@@ -149,17 +155,9 @@ pub async fn run(opts: DevOptions) -> Result<(), String> {
         });
     }
 
-    // Every node answers before the cluster is declared up.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for i in 0..nodes.len() {
-        while crate::admin::fetch_ring(&nodes[i].address).await.is_err() {
-            if Instant::now() > deadline {
-                let err = format!("{} at {} does not answer", nodes[i].id, nodes[i].address);
-                stop_all(&mut nodes).await;
-                return Err(err);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    if let Err(e) = form_cluster(&nodes).await {
+        stop_all(&mut nodes).await;
+        return Err(e);
     }
     let seeds: Vec<String> = nodes.iter().map(|n| n.address.clone()).collect();
     println!(
@@ -194,6 +192,53 @@ pub async fn run(opts: DevOptions) -> Result<(), String> {
     wait_for_signal(&mut nodes).await;
     stop_all(&mut nodes).await;
     Ok(())
+}
+
+/// Waits until the first node knows every other node, commits them into the ring if they are
+/// not in it yet, and waits until every node routes by that ring with its handover done.
+async fn form_cluster(nodes: &[DevNode]) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first = &nodes[0].address;
+    let ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+    // Every node has announced itself to the first.
+    loop {
+        if let Ok(ring) = crate::admin::fetch_membership(first).await
+            && ids.iter().all(|id| ring.member(id).is_some())
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "not every node reached {} within 60 s; see the logs",
+                nodes[0].id
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let plan = crate::admin::plan(first).await?;
+    if plan.blocked.is_empty() {
+        print!("{}", crate::admin::describe_plan(&plan, 0));
+        let version = crate::admin::commit(first, plan.ring_version).await?;
+        println!("committed ring version {version}");
+    }
+    // Every node routes by the first node's ring, with the handover complete.
+    loop {
+        let want = crate::admin::fetch_membership(first).await?;
+        let mut ready = want.ring_version().owners.len() == nodes.len();
+        for n in nodes {
+            match crate::admin::fetch_status(&n.address).await {
+                Ok(s) if s.ring_version == want.ring_version().version && !s.handover => {}
+                _ => ready = false,
+            }
+        }
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("the nodes did not agree on one ring within 60 s; see the logs".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn wait_for_signal(nodes: &mut [DevNode]) {

@@ -78,6 +78,11 @@ pub enum Error {
         "node {node} is not a replica of this key (the forwarding node's view of the cluster differs): nothing was written, retry on another node"
     )]
     NotReplica { node: String },
+    /// The node was started to join a cluster and has not heard from it yet.
+    #[error(
+        "node {node} has not joined a cluster yet (it is waiting to hear from its seeds): retry on another node"
+    )]
+    NotJoined { node: String },
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("internal error: {0}")]
@@ -110,7 +115,9 @@ impl Error {
             Error::QuorumNotReached { .. } => ErrorCode::QuorumNotReached,
             Error::OutcomeUnknown { .. } => ErrorCode::OutcomeUnknown,
             Error::SiblingLimit(_) => ErrorCode::SiblingLimit,
-            Error::NotReplica { .. } | Error::TooFewReachable { .. } => ErrorCode::Unavailable,
+            Error::NotReplica { .. } | Error::TooFewReachable { .. } | Error::NotJoined { .. } => {
+                ErrorCode::Unavailable
+            }
             Error::Storage(_) | Error::Internal(_) => ErrorCode::Internal,
         }
     }

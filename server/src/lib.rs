@@ -24,6 +24,7 @@ pub mod dev;
 pub mod error;
 pub mod gossip;
 pub mod hinted_handoff;
+pub mod key_range_transfer;
 pub mod membership;
 pub mod membership_state;
 pub mod merkle;

@@ -55,11 +55,56 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum AdminCommand {
-    /// The members as the node sees them (reachable or not) and the partitions it replicates.
+    /// The members as the node sees them (status, reachability, partitions owned), its
+    /// backlogs of hints, anti-entropy and transfers.
     Status {
-        /// The node to ask.
+        /// The node to ask (any member).
         #[arg(long, default_value = "127.0.0.1:7070")]
         node: String,
+    },
+    /// The node's membership view: ring version, owners, every member record.
+    Ring {
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        node: String,
+    },
+    /// Makes the node at --node, started alone and empty, ask the cluster of SEED to admit it
+    /// (then plan and commit on any member).
+    Join {
+        /// The node that joins.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        node: String,
+        /// Any member of the cluster to join.
+        seed: String,
+    },
+    /// Stages the decommission of a live node (NODE_ID, or the node at --node): at the next
+    /// commit it hands its partitions off and stops owning any.
+    Leave {
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        node: String,
+        node_id: Option<String>,
+    },
+    /// Stages the removal of a node that is gone for good: at the next commit its partitions
+    /// get new owners, rebuilt from the surviving replicas.
+    Remove {
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        node: String,
+        node_id: String,
+    },
+    /// Shows the staged change: which partitions move from which node to which, with counts.
+    Plan {
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        node: String,
+        /// List every moving partition (by default the first 20).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Applies the staged change as the next ring version.
+    Commit {
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        node: String,
+        /// The ring version `plan` showed: the commit is refused if the ring moved since.
+        #[arg(long)]
+        ring_version: Option<u64>,
     },
 }
 
@@ -105,6 +150,10 @@ struct ServeArgs {
     /// Serve `/metrics` and `/health` over HTTP on this address (overrides `metrics_listen`).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// Ask the cluster of this node (host:port) to admit this one; added to `cluster.seeds`.
+    /// Ignored once the node has stored a membership view (it restarts as the member it was).
+    #[arg(long, value_name = "SEED_ADDR")]
+    join: Vec<String>,
 }
 
 fn load(args: &ServeArgs) -> Result<Config, String> {
@@ -126,6 +175,11 @@ fn load(args: &ServeArgs) -> Result<Config, String> {
     }
     if let Some(v) = args.metrics_listen {
         config.metrics_listen = Some(v);
+    }
+    for seed in &args.join {
+        if !config.cluster.seeds.contains(seed) {
+            config.cluster.seeds.push(seed.clone());
+        }
     }
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
@@ -194,11 +248,7 @@ fn main() -> ExitCode {
             );
             Ok(())
         }),
-        Command::Admin(AdminCommand::Status { node }) => runtime.block_on(async {
-            let status = dynamokv_server::admin::fetch_status(&node).await?;
-            print!("{}", dynamokv_server::admin::describe_status(&status));
-            Ok(())
-        }),
+        Command::Admin(cmd) => runtime.block_on(admin(cmd)),
         Command::DebugRead { node, key } => runtime.block_on(async {
             let (actor, state) = dynamokv_server::admin::debug_read(&node, key.as_bytes()).await?;
             print!(
@@ -247,6 +297,50 @@ async fn serve(config: Config) -> Result<(), String> {
         }
     );
     node.serve(shutdown).await.map_err(|e| e.to_string())
+}
+
+async fn admin(cmd: AdminCommand) -> Result<(), String> {
+    use dynamokv_server::admin as a;
+    match cmd {
+        AdminCommand::Status { node } => {
+            print!("{}", a::describe_status(&a::fetch_status(&node).await?));
+        }
+        AdminCommand::Ring { node } => {
+            print!("{}", a::describe_membership(&a::fetch_membership(&node).await?));
+        }
+        AdminCommand::Join { node, seed } => {
+            let joined = a::join(&node, &seed).await?;
+            println!(
+                "{node} asked to join cluster {:?} ({} member(s) known to {seed}); it owns nothing until a commit: run `dynamokv admin plan` then `dynamokv admin commit` on any member",
+                joined.cluster_name, joined.members
+            );
+        }
+        AdminCommand::Leave { node, node_id } => {
+            let id = node_id.unwrap_or_default();
+            a::leave(&node, &id).await?;
+            println!(
+                "leave of {} staged; `dynamokv admin plan` shows what moves, `dynamokv admin commit` applies it",
+                if id.is_empty() { node.as_str() } else { id.as_str() }
+            );
+        }
+        AdminCommand::Remove { node, node_id } => {
+            a::remove(&node, &node_id).await?;
+            println!(
+                "removal of {node_id} staged; `dynamokv admin plan` shows what moves, `dynamokv admin commit` applies it"
+            );
+        }
+        AdminCommand::Plan { node, all } => {
+            let list = if all { usize::MAX } else { 20 };
+            print!("{}", a::describe_plan(&a::plan(&node).await?, list));
+        }
+        AdminCommand::Commit { node, ring_version } => {
+            let version = a::commit(&node, ring_version.unwrap_or(0)).await?;
+            println!(
+                "committed ring version {version}; partitions now move to their new replicas (`dynamokv admin status` shows the progress)"
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn wait_for_signal() {

@@ -1,66 +1,628 @@
 //! Cluster membership (paper 4.8) as the rest of the node sees it: the current
-//! [`ClusterView`], published through a watch channel.
+//! [`ClusterView`], published through a watch channel whenever gossip or an operator changes
+//! this node's [`MembershipState`].
 //!
-//! Here the view comes from the static member list of the configuration. Gossip will publish
-//! new views into the same channel, so the coordinator and services do not change when it does.
+//! The view is kept in storage (`meta`), so a node restarts with the membership it last knew.
+//! A node starts from, in order: its stored view; the static `cluster.members` of its
+//! configuration (every node configured alike builds the same view); a joining view when it
+//! has seeds (`cluster.seeds`, `serve --join`); or a cluster of one.
+//!
+//! Gossip ([`Membership::run_gossip`]) calls a random live member about every
+//! `gossip_interval_ms`, and a seed every tenth round (or whenever it knows no other member),
+//! so that nodes started from the same seeds never stay separate rings.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use prost::Message;
+use rand::Rng;
+use rand::seq::IndexedRandom;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-use dynamokv_common::{Member, Ring};
+use dynamokv_common::Ring;
+use dynamokv_proto::v1 as pb;
 
-use crate::config::{Config, ConfigError, Quorums};
+use crate::config::{ClusterConfig, Config, ConfigError, Quorums};
+use crate::gossip::{GossipTransport, Gossiper};
+use crate::membership_state::{MemberRecord, MembershipState, MergeError, Status, ViewError};
+use crate::peers::Peers;
+use crate::storage::{Storage, StorageError};
+
+/// Where the membership view is kept in the store's metadata.
+const META_MEMBERSHIP: &str = "membership";
 
 /// One consistent picture of the cluster.
 #[derive(Debug)]
 pub struct ClusterView {
     pub cluster_name: String,
     pub self_id: String,
+    /// The ring requests are routed by. Before this node has joined a cluster, a ring of itself
+    /// alone, with `ring_version` 0: it coordinates nothing.
     pub ring: Ring,
     pub quorums: Quorums,
+    pub ring_version: u64,
+    /// While partitions are handed over (paper 4.9): the previous ring and its N. Writes go to
+    /// the replicas of both rings and reads consult both until the handover completes.
+    pub previous: Option<(Ring, u32)>,
+    /// The membership state this view was built from.
+    pub state: MembershipState,
 }
 
-/// The current view, and what later views will be published through.
+impl ClusterView {
+    /// Whether this node is part of a ring yet.
+    pub fn joined(&self) -> bool {
+        self.ring_version > 0
+    }
+}
+
+/// Errors opening or changing the membership.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MembershipError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("the stored membership view is unreadable: {0}")]
+    Corrupt(String),
+    #[error(
+        "the data directory belongs to cluster {stored:?} with {stored_partitions} partitions, but the configuration says {configured:?} with {configured_partitions}"
+    )]
+    OtherCluster {
+        stored: String,
+        stored_partitions: u32,
+        configured: String,
+        configured_partitions: u32,
+    },
+    #[error(transparent)]
+    View(#[from] ViewError),
+    #[error(transparent)]
+    Merge(#[from] MergeError),
+}
+
+/// The current view, and the gossip that keeps it current.
 #[derive(Debug, Clone)]
 pub struct Membership {
+    inner: Arc<Inner>,
     rx: watch::Receiver<Arc<ClusterView>>,
 }
 
+#[derive(Debug)]
+struct Inner {
+    gossiper: Gossiper,
+    tx: watch::Sender<Arc<ClusterView>>,
+    store: Option<Arc<dyn Storage>>,
+    cluster: ClusterConfig,
+    self_id: String,
+    advertised: String,
+    /// The state the published view was built from.
+    published: Mutex<MembershipState>,
+    /// Seeds given at run time (`admin join`), besides the configured ones.
+    extra_seeds: Mutex<Vec<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// N, R and W for a ring of `owners` members: the configured values, or by default N = 3, R =
+/// W = 2 (capped by the number of owners; 1 for a single node).
+pub fn quorums_for(cluster: &ClusterConfig, owners: usize) -> Quorums {
+    let n = cluster.n.unwrap_or_else(|| 3.min(owners.max(1) as u32));
+    let dq = if n == 1 { 1 } else { 2 };
+    Quorums {
+        n,
+        r: cluster.r.unwrap_or(dq),
+        w: cluster.w.unwrap_or(dq),
+    }
+}
+
+fn own_record(config: &Config, advertised: &str) -> MemberRecord {
+    let mut me = MemberRecord::new(config.node_id.clone(), advertised);
+    if let Some(m) = config
+        .cluster
+        .members
+        .iter()
+        .find(|m| m.id == config.node_id)
+    {
+        me.zone = m.zone.clone();
+        me.weight = m.weight;
+    }
+    me.zone = config.cluster.zone.clone().unwrap_or(me.zone);
+    me.weight = config.cluster.weight.unwrap_or(me.weight);
+    me
+}
+
+/// The view this node starts from when its store holds none.
+fn initial_state(config: &Config, advertised: &str) -> MembershipState {
+    let c = &config.cluster;
+    let me = own_record(config, advertised);
+    if !c.members.is_empty() {
+        let records = c.members.iter().map(|m| {
+            let mut r = MemberRecord::new(m.id.clone(), m.address.clone());
+            r.zone = m.zone.clone();
+            r.weight = m.weight;
+            if m.id == me.id {
+                r.address = me.address.clone();
+            }
+            r
+        });
+        MembershipState::of_members(c.name.clone(), c.partitions, records)
+    } else if !c.seeds.is_empty() {
+        MembershipState::joining(c.name.clone(), c.partitions, me)
+    } else {
+        MembershipState::new_cluster(c.name.clone(), c.partitions, me)
+    }
+}
+
 impl Membership {
-    /// A membership that never changes: the configured members, or this node alone (at its
-    /// advertised address) when none are configured.
-    pub fn fixed(config: &Config, advertised: &str) -> Result<Membership, ConfigError> {
-        let members: Vec<Member> = if config.cluster.members.is_empty() {
-            vec![Member::new(config.node_id.clone(), advertised)]
-        } else {
-            config
-                .cluster
-                .members
-                .iter()
-                .map(|m| {
-                    Member::new(m.id.clone(), m.address.clone())
-                        .with_zone(m.zone.clone())
-                        .with_weight(m.weight)
-                })
-                .collect()
+    /// Opens the membership of a node: its stored view (updated with its current address, zone
+    /// and weight), or the view its configuration describes.
+    pub fn open(
+        config: &Config,
+        advertised: &str,
+        store: Option<Arc<dyn Storage>>,
+    ) -> Result<Membership, MembershipError> {
+        let stored = match &store {
+            Some(s) => s.get_meta(META_MEMBERSHIP)?,
+            None => None,
         };
-        let ring = Ring::new(config.cluster.partitions, members)
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        let view = ClusterView {
-            cluster_name: config.cluster.name.clone(),
-            self_id: config.node_id.clone(),
-            ring,
-            quorums: config.quorums()?,
+        let mut state = match stored {
+            Some(raw) => {
+                let proto = pb::MembershipState::decode(raw.as_slice())
+                    .map_err(|e| MembershipError::Corrupt(e.to_string()))?;
+                let state = MembershipState::from_proto(&proto)
+                    .map_err(|e| MembershipError::Corrupt(e.to_string()))?;
+                if state.cluster != config.cluster.name
+                    || state.partitions != config.cluster.partitions
+                {
+                    return Err(MembershipError::OtherCluster {
+                        stored: state.cluster,
+                        stored_partitions: state.partitions,
+                        configured: config.cluster.name.clone(),
+                        configured_partitions: config.cluster.partitions,
+                    });
+                }
+                state
+            }
+            None => initial_state(config, advertised),
         };
+        // A node owns its own record: a changed address, zone or weight is announced as a new
+        // version of it.
+        let me = own_record(config, advertised);
+        if let Some(r) = state.member(&me.id).cloned()
+            && (r.address != me.address || r.zone != me.zone || r.weight != me.weight)
+            && r.status != Status::Removed
+        {
+            state.set_member(MemberRecord {
+                address: me.address.clone(),
+                zone: me.zone.clone(),
+                weight: me.weight,
+                ..r
+            });
+        }
+        let view = build_view(&state, &config.cluster, &config.node_id)?;
         let (tx, rx) = watch::channel(Arc::new(view));
-        // A fixed membership has no publisher; keep the channel open for the process lifetime.
-        std::mem::forget(tx);
-        Ok(Membership { rx })
+        let membership = Membership {
+            inner: Arc::new(Inner {
+                gossiper: Gossiper::new(config.node_id.clone(), state.clone()),
+                tx,
+                store,
+                cluster: config.cluster.clone(),
+                self_id: config.node_id.clone(),
+                advertised: advertised.to_string(),
+                published: Mutex::new(state.clone()),
+                extra_seeds: Mutex::new(Vec::new()),
+            }),
+            rx,
+        };
+        membership.persist(&state)?;
+        Ok(membership)
+    }
+
+    /// A membership of the configuration alone, never stored (tests of components).
+    pub fn fixed(config: &Config, advertised: &str) -> Result<Membership, ConfigError> {
+        Membership::open(config, advertised, None).map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 
     /// The view in force now.
     pub fn current(&self) -> Arc<ClusterView> {
         Arc::clone(&self.rx.borrow())
+    }
+
+    /// A receiver that wakes whenever a new view is published.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterView>> {
+        self.rx.clone()
+    }
+
+    /// This node's membership state now.
+    pub fn state(&self) -> MembershipState {
+        self.inner.gossiper.state()
+    }
+
+    /// Changes this node's membership state (an operator's join, leave, remove or commit, a
+    /// finished handoff), then publishes and stores it. `f` may refuse the change with an
+    /// error, which leaves the state as it was.
+    pub fn update<T, E>(
+        &self,
+        f: impl FnOnce(&mut MembershipState) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<MembershipError>,
+    {
+        let mut out = None;
+        self.inner.gossiper.update(|s| {
+            let mut draft = s.clone();
+            let r = f(&mut draft);
+            if r.is_ok() {
+                *s = draft;
+            }
+            out = Some(r);
+        });
+        let result = out.expect("update ran");
+        if result.is_ok() {
+            self.publish().map_err(E::from)?;
+        }
+        result
+    }
+
+    /// Answers a peer's gossip call, publishing whatever it taught this node.
+    pub fn handle_gossip(
+        &self,
+        request: &pb::GossipRequest,
+    ) -> Result<pb::GossipResponse, MergeError> {
+        let response = self.inner.gossiper.handle(request)?;
+        if request.delta.is_some()
+            && let Err(e) = self.publish()
+        {
+            tracing::error!(error = %e, "cannot publish the membership view");
+        }
+        Ok(response)
+    }
+
+    /// Builds, publishes and stores the view of the current state, if it changed. A state that
+    /// does not make a ring yet (an owner's record has not arrived) is stored but not
+    /// published until it does.
+    pub fn publish(&self) -> Result<(), MembershipError> {
+        self.assert_own_record();
+        let state = self.inner.gossiper.state();
+        {
+            let mut published = lock(&self.inner.published);
+            if *published == state {
+                return Ok(());
+            }
+            *published = state.clone();
+        }
+        self.persist(&state)?;
+        let before = self.current();
+        match build_view(&state, &self.inner.cluster, &self.inner.self_id) {
+            Ok(view) => {
+                if view.ring_version != before.ring_version
+                    || view.previous.is_some() != before.previous.is_some()
+                {
+                    tracing::info!(
+                        ring_version = view.ring_version,
+                        owners = view.ring.members().len(),
+                        handover = view.previous.is_some(),
+                        "membership view changed"
+                    );
+                }
+                self.inner.tx.send_replace(Arc::new(view));
+            }
+            Err(e) => tracing::debug!(error = %e, "membership view not yet complete"),
+        }
+        Ok(())
+    }
+
+    /// Gossip may bring this node's own record back in an older shape (another node's view
+    /// from before a restart with a new address): the node re-announces itself.
+    fn assert_own_record(&self) {
+        let inner = &self.inner;
+        inner.gossiper.update(|s| {
+            if let Some(r) = s.member(&inner.self_id).cloned()
+                && r.address != inner.advertised
+                && r.status != Status::Removed
+            {
+                s.set_member(MemberRecord {
+                    address: inner.advertised.clone(),
+                    ..r
+                });
+            }
+        });
+    }
+
+    fn persist(&self, state: &MembershipState) -> Result<(), MembershipError> {
+        if let Some(store) = &self.inner.store {
+            store.put_meta(META_MEMBERSHIP, &state.to_proto().encode_to_vec())?;
+        }
+        Ok(())
+    }
+
+    /// Gossips until `stop`: about every `interval` (±25%), one exchange with a random live
+    /// member, or with a seed every tenth round and whenever no other member is known.
+    pub async fn run_gossip<T: GossipTransport>(
+        self,
+        transport: T,
+        interval: Duration,
+        stop: CancellationToken,
+    ) {
+        let mut round = 0u64;
+        loop {
+            let jitter = rand::rng().random_range(0.75..1.25);
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(interval.mul_f64(jitter)) => {}
+            }
+            round += 1;
+            let Some(peer) = self.gossip_target(round) else {
+                continue;
+            };
+            match self.inner.gossiper.exchange(&transport, &peer).await {
+                Ok(true) => {
+                    if let Err(e) = self.publish() {
+                        tracing::error!(error = %e, "cannot publish the membership view");
+                    }
+                }
+                Ok(false) => {}
+                Err(reason) => tracing::debug!(%peer, %reason, "gossip exchange failed"),
+            }
+        }
+    }
+
+    /// Whom to gossip with in round `round`: an address.
+    fn gossip_target(&self, round: u64) -> Option<String> {
+        let state = self.inner.gossiper.state();
+        let me = &self.inner.advertised;
+        let members: Vec<String> = state
+            .live_members()
+            .filter(|r| r.id != self.inner.self_id && &r.address != me)
+            .map(|r| r.address.clone())
+            .collect();
+        let mut seeds: Vec<String> = self.inner.cluster.seeds.clone();
+        seeds.extend(lock(&self.inner.extra_seeds).iter().cloned());
+        seeds.retain(|s| s != me);
+        let mut rng = rand::rng();
+        if (members.is_empty() || round % 10 == 0)
+            && let Some(seed) = seeds.choose(&mut rng)
+        {
+            return Some(seed.clone());
+        }
+        members.choose(&mut rng).cloned()
+    }
+}
+
+/// A topology change an operator asked for that cannot be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TopologyError {
+    #[error("no member {0:?} in this node's view of the cluster")]
+    UnknownMember(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
+}
+
+/// What `plan` shows: the staged change from the current ring to the next.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub ring_version: u64,
+    pub owners_before: Vec<String>,
+    pub owners_after: Vec<String>,
+    pub moves: Vec<crate::membership_state::Move>,
+    /// Partitions each member owns (as coordinator) after the change.
+    pub owned_after: Vec<(String, u32)>,
+    /// Why it cannot be committed now, if it cannot.
+    pub blocked: Option<String>,
+    /// N of the ring before and after.
+    pub n_before: u32,
+    pub n_after: u32,
+}
+
+impl Membership {
+    /// Stages the decommission of `id` (this node when empty): at the next commit it stops
+    /// owning partitions and hands them off.
+    pub fn stage_leave(&self, id: &str) -> Result<(), TopologyError> {
+        let id = if id.is_empty() {
+            self.inner.self_id.as_str()
+        } else {
+            id
+        };
+        self.update(|s| {
+            let r = s
+                .member(id)
+                .cloned()
+                .ok_or_else(|| TopologyError::UnknownMember(id.to_string()))?;
+            match r.status {
+                Status::Up | Status::Joining => {}
+                Status::Leaving => return Ok(()),
+                Status::Removed => {
+                    return Err(TopologyError::Refused(format!("{id} was removed")));
+                }
+            }
+            s.set_member(MemberRecord {
+                status: Status::Leaving,
+                ..r
+            });
+            Ok(())
+        })
+    }
+
+    /// Stages the removal of `id`, a member gone for good: at the next commit its partitions
+    /// get new owners, rebuilt from the surviving replicas.
+    pub fn stage_remove(&self, id: &str) -> Result<(), TopologyError> {
+        if id == self.inner.self_id {
+            return Err(TopologyError::Refused(
+                "a node cannot remove itself: use leave to decommission a live node, or remove it from another member".into(),
+            ));
+        }
+        self.update(|s| {
+            let r = s
+                .member(id)
+                .cloned()
+                .ok_or_else(|| TopologyError::UnknownMember(id.to_string()))?;
+            if r.status != Status::Removed {
+                s.set_member(MemberRecord {
+                    status: Status::Removed,
+                    ..r
+                });
+            }
+            Ok(())
+        })
+    }
+
+    /// The staged change: which partitions' replicas change, from which node to which.
+    pub fn plan(&self) -> Result<Plan, TopologyError> {
+        let state = self.state();
+        let view = self.current();
+        if !view.joined() {
+            return Err(TopologyError::Refused(
+                "this node has not joined a cluster yet".into(),
+            ));
+        }
+        let owners_after = state.staged_owners();
+        let blocked = state.commit_blocked();
+        let mut next = state.clone();
+        next.commit(owners_after.clone(), &self.inner.self_id);
+        let (moves, owned_after, n_after) = match next.ring() {
+            Ok(after) => {
+                let n_after = quorums_for(&self.inner.cluster, after.members().len()).n;
+                let moves = crate::membership_state::plan(
+                    &view.ring,
+                    view.quorums.n as usize,
+                    &after,
+                    n_after as usize,
+                );
+                let owned = after
+                    .members()
+                    .iter()
+                    .map(|m| (m.id.clone(), after.partitions_of(&m.id).len() as u32))
+                    .collect();
+                (moves, owned, n_after)
+            }
+            Err(_) => (Vec::new(), Vec::new(), 0),
+        };
+        Ok(Plan {
+            ring_version: view.ring_version,
+            owners_before: state.ring_version().owners.clone(),
+            owners_after,
+            moves,
+            owned_after,
+            blocked,
+            n_before: view.quorums.n,
+            n_after,
+        })
+    }
+
+    /// Commits the staged change as the next ring version, if the ring is still at `planned`
+    /// (0: whatever it is). Returns the new version.
+    pub fn commit(&self, planned: u64) -> Result<u64, TopologyError> {
+        let by = self.inner.self_id.clone();
+        self.update(|s| {
+            let at = s.ring_version().version;
+            if planned != 0 && planned != at {
+                return Err(TopologyError::Refused(format!(
+                    "the ring moved from version {planned} to {at} since the plan: plan again"
+                )));
+            }
+            if let Some(why) = s.commit_blocked() {
+                return Err(TopologyError::Refused(why));
+            }
+            let owners = s.staged_owners();
+            s.commit(owners, &by);
+            Ok(s.ring_version().version)
+        })
+    }
+
+    /// Turns a node that is a cluster of one, holding no data, into one joining the cluster
+    /// `cluster` (with `partitions` partitions) that `seed` belongs to.
+    pub fn join(
+        &self,
+        seed: &str,
+        cluster: &str,
+        partitions: u32,
+        holds_data: bool,
+    ) -> Result<(), TopologyError> {
+        let me = self.inner.self_id.clone();
+        self.update(|s| {
+            if partitions != s.partitions {
+                return Err(TopologyError::Refused(format!(
+                    "the cluster at {seed} has {partitions} partitions, this node {}: set cluster.partitions to match",
+                    s.partitions
+                )));
+            }
+            if s.members().count() > 1 || s.ring_version().version > 1 {
+                return Err(TopologyError::Refused(
+                    "this node is already a member of a cluster of several nodes".into(),
+                ));
+            }
+            if holds_data {
+                return Err(TopologyError::Refused(
+                    "this node holds data of its own: only an empty node can join a cluster".into(),
+                ));
+            }
+            let record = s
+                .member(&me)
+                .cloned()
+                .ok_or_else(|| TopologyError::UnknownMember(me.clone()))?;
+            *s = MembershipState::joining(cluster, partitions, record);
+            Ok(())
+        })?;
+        lock(&self.inner.extra_seeds).push(seed.to_string());
+        Ok(())
+    }
+}
+
+fn build_view(
+    state: &MembershipState,
+    cluster: &ClusterConfig,
+    self_id: &str,
+) -> Result<ClusterView, MembershipError> {
+    let (ring, version) = match state.ring() {
+        Ok(ring) => (ring, state.ring_version().version),
+        Err(ViewError::NotJoined) => {
+            let me = state
+                .member(self_id)
+                .ok_or(ViewError::UnknownOwner(self_id.to_string()))?;
+            (Ring::new(state.partitions, vec![me.member()]).map_err(ViewError::from)?, 0)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let quorums = quorums_for(cluster, ring.members().len());
+    let previous = state.previous_ring()?.map(|r| {
+        let n = quorums_for(cluster, r.members().len()).n;
+        (r, n)
+    });
+    Ok(ClusterView {
+        cluster_name: state.cluster.clone(),
+        self_id: self_id.to_string(),
+        ring,
+        quorums,
+        ring_version: version,
+        previous,
+        state: state.clone(),
+    })
+}
+
+/// Gossip over the node-to-node gRPC service.
+#[derive(Debug, Clone)]
+pub struct PeerTransport {
+    pub peers: Arc<Peers>,
+    pub timeout: Duration,
+}
+
+impl GossipTransport for PeerTransport {
+    async fn call(
+        &self,
+        peer: &str,
+        request: pb::GossipRequest,
+    ) -> Result<pb::GossipResponse, String> {
+        self.peers.know(peer);
+        self.peers
+            .call(peer, self.timeout, request, |mut c, r| async move {
+                c.gossip(r).await
+            })
+            .await
     }
 }

@@ -67,6 +67,10 @@ pub struct MemberRecord {
     pub zone: String,
     pub weight: u32,
     pub status: Status,
+    /// The highest ring version for which this node has handed every partition it replicated
+    /// under the previous ring to that partition's new replicas (key-range transfer, paper
+    /// 4.9). Only the node itself raises it.
+    pub handed_off: u64,
 }
 
 impl MemberRecord {
@@ -78,10 +82,11 @@ impl MemberRecord {
             zone: String::new(),
             weight: 1,
             status: Status::Up,
+            handed_off: 0,
         }
     }
 
-    fn member(&self) -> Member {
+    pub fn member(&self) -> Member {
         Member::new(self.id.clone(), self.address.clone())
             .with_zone(self.zone.clone())
             .with_weight(self.weight)
@@ -96,6 +101,9 @@ pub struct RingVersion {
     pub committed_by: String,
     /// Ids of the members that own partitions, sorted.
     pub owners: Vec<String>,
+    /// The owners before this version: where the partitions that changed replicas come from
+    /// until the handover completes. Empty for the first ring.
+    pub previous: Vec<String>,
 }
 
 /// A view that does not make a ring (yet).
@@ -104,6 +112,8 @@ pub struct RingVersion {
 pub enum ViewError {
     #[error("the ring names owner {0:?}, whose member record has not arrived yet")]
     UnknownOwner(String),
+    #[error("this node has not joined a cluster yet")]
+    NotJoined,
     #[error(transparent)]
     Ring(#[from] RingError),
 }
@@ -137,12 +147,57 @@ impl MembershipState {
             version: 1,
             committed_by: me.id.clone(),
             owners: vec![me.id.clone()],
+            previous: Vec::new(),
         };
         MembershipState {
             cluster: cluster.into(),
             partitions,
             members: BTreeMap::from([(me.id.clone(), me)]),
             ring,
+        }
+    }
+
+    /// A node asking to join `cluster`: it knows only itself, as joining, and no ring (version
+    /// 0, which any ring of the cluster beats). It owns nothing until a commit includes it.
+    pub fn joining(cluster: impl Into<String>, partitions: u32, mut me: MemberRecord) -> Self {
+        me.status = Status::Joining;
+        MembershipState {
+            cluster: cluster.into(),
+            partitions,
+            members: BTreeMap::from([(me.id.clone(), me)]),
+            ring: RingVersion {
+                version: 0,
+                committed_by: String::new(),
+                owners: Vec::new(),
+                previous: Vec::new(),
+            },
+        }
+    }
+
+    /// A cluster of `members`, all up and owning partitions, as every node configured with the
+    /// same static member list builds it (so all of them start from one identical view).
+    pub fn of_members(
+        cluster: impl Into<String>,
+        partitions: u32,
+        members: impl IntoIterator<Item = MemberRecord>,
+    ) -> Self {
+        let members: BTreeMap<String, MemberRecord> = members
+            .into_iter()
+            .map(|mut r| {
+                r.status = Status::Up;
+                (r.id.clone(), r)
+            })
+            .collect();
+        MembershipState {
+            cluster: cluster.into(),
+            partitions,
+            ring: RingVersion {
+                version: 1,
+                committed_by: "config".into(),
+                owners: members.keys().cloned().collect(),
+                previous: Vec::new(),
+            },
+            members,
         }
     }
 
@@ -161,8 +216,15 @@ impl MembershipState {
     /// The ring the current ring version describes, with the owners' current addresses.
     /// Fails when an owner's record has not arrived yet (a view mid-gossip).
     pub fn ring(&self) -> Result<Ring, ViewError> {
-        let mut owners = Vec::with_capacity(self.ring.owners.len());
-        for id in &self.ring.owners {
+        if self.ring.owners.is_empty() {
+            return Err(ViewError::NotJoined);
+        }
+        self.ring_of(&self.ring.owners)
+    }
+
+    fn ring_of(&self, ids: &[String]) -> Result<Ring, ViewError> {
+        let mut owners = Vec::with_capacity(ids.len());
+        for id in ids {
             let r = self
                 .members
                 .get(id)
@@ -170,6 +232,119 @@ impl MembershipState {
             owners.push(r.member());
         }
         Ok(Ring::new(self.partitions, owners)?)
+    }
+
+    /// While partitions are handed over from the previous ring (paper 4.9): that ring. Writes
+    /// go to the replicas of both and reads consult both until every owner of the previous
+    /// ring that is not removed has handed its partitions to their new replicas.
+    pub fn previous_ring(&self) -> Result<Option<Ring>, ViewError> {
+        if !self.handover_in_progress() {
+            return Ok(None);
+        }
+        self.ring_of(&self.ring.previous).map(Some)
+    }
+
+    /// Whether some owner of the previous ring still has partitions to hand over.
+    pub fn handover_in_progress(&self) -> bool {
+        !self.awaiting_handoff().is_empty()
+    }
+
+    /// The owners of the previous ring that have not yet handed their partitions over (removed
+    /// members never will, and are not waited for: their partitions are rebuilt from the
+    /// surviving replicas).
+    pub fn awaiting_handoff(&self) -> Vec<&str> {
+        self.ring
+            .previous
+            .iter()
+            .filter(|id| {
+                self.members.get(*id).is_some_and(|r| {
+                    r.status != Status::Removed && r.handed_off < self.ring.version
+                })
+            })
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// The owners the staged change leaves: the current ones, plus members asking to join,
+    /// less members leaving or removed.
+    pub fn staged_owners(&self) -> Vec<String> {
+        let mut owners: Vec<String> = self
+            .ring
+            .owners
+            .iter()
+            .filter(|id| {
+                self.members
+                    .get(*id)
+                    .is_some_and(|r| matches!(r.status, Status::Joining | Status::Up))
+            })
+            .cloned()
+            .collect();
+        for r in self.members.values() {
+            if r.status == Status::Joining && !owners.contains(&r.id) {
+                owners.push(r.id.clone());
+            }
+        }
+        owners.sort();
+        owners
+    }
+
+    /// Why the staged change cannot be committed now, if it cannot.
+    pub fn commit_blocked(&self) -> Option<String> {
+        let staged = self.staged_owners();
+        if self.ring.owners.is_empty() {
+            Some("this node has not joined a cluster yet".into())
+        } else if self.handover_in_progress() {
+            Some(format!(
+                "ring version {} is still being handed over (waiting for {}); commit again once it completes",
+                self.ring.version,
+                self.awaiting_handoff().join(", ")
+            ))
+        } else if staged == self.ring.owners {
+            Some("nothing is staged: join, leave or remove a node first".into())
+        } else if staged.is_empty() {
+            Some("the change would leave the cluster without members".into())
+        } else if (self.partitions as usize) < staged.len() {
+            Some(format!(
+                "{} partitions cannot be spread over {} nodes",
+                self.partitions,
+                staged.len()
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// The display status of a member: its record's status, except that a joining member the
+    /// ring includes is up and a leaving one that owns nothing any more has left.
+    pub fn status_of(&self, id: &str) -> &'static str {
+        let Some(r) = self.members.get(id) else {
+            return "unknown";
+        };
+        let owns = self.ring.owners.contains(&r.id);
+        match r.status {
+            Status::Joining if owns => "up",
+            Status::Leaving if !owns && !self.awaiting_handoff().contains(&id) => "left",
+            s => s.as_str(),
+        }
+    }
+
+    /// Members worth gossiping with: not removed, not departed.
+    pub fn live_members(&self) -> impl Iterator<Item = &MemberRecord> {
+        self.members
+            .values()
+            .filter(|r| !matches!(self.status_of(&r.id), "removed" | "left"))
+    }
+
+    /// Records that this node has handed over everything for ring `version`.
+    pub fn set_handed_off(&mut self, id: &str, version: u64) {
+        if let Some(r) = self.members.get(id).cloned()
+            && r.handed_off < version
+        {
+            self.set_member(MemberRecord {
+                handed_off: version,
+                ..r
+            });
+        }
     }
 
     /// Sets a member's record (a node announcing itself or changing its address, an operator
@@ -185,10 +360,12 @@ impl MembershipState {
         let mut owners: Vec<String> = owners.into_iter().collect();
         owners.sort();
         owners.dedup();
+        let previous = std::mem::take(&mut self.ring.owners);
         self.ring = RingVersion {
             version: self.ring.version + 1,
             committed_by: by.to_string(),
             owners,
+            previous,
         };
     }
 
@@ -284,6 +461,7 @@ impl MembershipState {
                 zone: r.zone.clone(),
                 weight: r.weight,
                 status,
+                handed_off: r.handed_off,
             };
             if members.insert(r.id.clone(), record).is_some() {
                 return Err(MergeError::Malformed("a member listed twice"));
@@ -306,6 +484,7 @@ fn record_to_proto(r: &MemberRecord) -> pb::MemberRecord {
         zone: r.zone.clone(),
         weight: r.weight,
         status: r.status.as_str().to_string(),
+        handed_off: r.handed_off,
     }
 }
 
@@ -314,18 +493,23 @@ fn ring_to_proto(r: &RingVersion) -> pb::RingVersion {
         version: r.version,
         committed_by: r.committed_by.clone(),
         owners: r.owners.clone(),
+        previous: r.previous.clone(),
     }
 }
 
 fn ring_from_proto(r: Option<&pb::RingVersion>) -> Result<RingVersion, MergeError> {
     let r = r.ok_or(MergeError::Malformed("no ring version"))?;
-    let mut owners = r.owners.clone();
-    owners.sort();
-    owners.dedup();
+    let sorted = |ids: &[String]| {
+        let mut ids = ids.to_vec();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
     Ok(RingVersion {
         version: r.version,
         committed_by: r.committed_by.clone(),
-        owners,
+        owners: sorted(&r.owners),
+        previous: sorted(&r.previous),
     })
 }
 
@@ -362,10 +546,10 @@ pub struct Move {
     pub to: Vec<String>,
 }
 
-/// Which partitions' replica sets change from `before` to `after` with `n` replicas each: what
+/// Which partitions' replica sets change from `before` (N = `n_before`) to `after`: what
 /// `plan` shows before a `commit`.
-pub fn plan(before: &Ring, after: &Ring, n: usize) -> Vec<Move> {
-    let replicas = |ring: &Ring, p: u32| -> Vec<String> {
+pub fn plan(before: &Ring, n_before: usize, after: &Ring, n_after: usize) -> Vec<Move> {
+    let replicas = |ring: &Ring, p: u32, n: usize| -> Vec<String> {
         let mut ids: Vec<String> = ring
             .preference_list_of_partition(p, n)
             .nodes
@@ -377,7 +561,7 @@ pub fn plan(before: &Ring, after: &Ring, n: usize) -> Vec<Move> {
     };
     (0..before.partition_count())
         .filter_map(|p| {
-            let (b, a) = (replicas(before, p), replicas(after, p));
+            let (b, a) = (replicas(before, p, n_before), replicas(after, p, n_after));
             let from: Vec<String> = b.iter().filter(|id| !a.contains(id)).cloned().collect();
             let to: Vec<String> = a.iter().filter(|id| !b.contains(id)).cloned().collect();
             (!from.is_empty() || !to.is_empty()).then_some(Move {
@@ -504,7 +688,7 @@ mod tests {
         s.set_member(node(3));
         s.commit((0..4).map(|i| format!("node-{i}")), "node-0");
         let four = s.ring().unwrap();
-        let moves = plan(&three, &four, 3);
+        let moves = plan(&three, 3, &four, 3);
         assert!(!moves.is_empty());
         for m in &moves {
             assert_eq!(m.to, vec!["node-3".to_string()], "{m:?}");
@@ -522,7 +706,7 @@ mod tests {
             .count();
         assert_eq!(moves.len(), holds);
         assert!((44..=52).contains(&holds), "{holds}");
-        assert!(plan(&four, &four, 3).is_empty());
+        assert!(plan(&four, 3, &four, 3).is_empty());
     }
 
     #[test]

@@ -94,6 +94,22 @@ pub struct HintMetrics {
     pub oldest_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
+/// Membership and key-range transfer (paper 4.8, 4.9).
+#[derive(Debug, Default)]
+pub struct MembershipMetrics {
+    pub ring_version: Gauge,
+    pub members: Gauge,
+    /// 1 while partitions are being handed over after a topology change.
+    pub handover: Gauge,
+    /// Partitions this node still has to hand to new replicas.
+    pub transfers_pending: Gauge,
+    /// Partitions this node holds data of and no longer replicates.
+    pub partitions_to_drop: Gauge,
+    pub keys_transferred: Counter,
+    pub keys_dropped: Counter,
+    pub gossip_exchanges: Counter,
+}
+
 /// Anti-entropy's counts.
 #[derive(Debug, Default)]
 pub struct AntiEntropyMetrics {
@@ -127,6 +143,7 @@ pub struct Metrics {
     peer_up: Family<PeerLabels, Gauge>,
     pub hints: HintMetrics,
     pub anti_entropy: AntiEntropyMetrics,
+    pub membership: MembershipMetrics,
     pub tombstones_reaped: Counter,
     background_paused: Family<WorkerLabels, Counter>,
     /// Foreground latency, as admission control of background work sees it.
@@ -248,6 +265,55 @@ impl Metrics {
             "Keys whose versions anti-entropy exchanged between replicas",
             anti_entropy.keys_repaired.clone(),
         );
+        let membership = MembershipMetrics::default();
+        for (name, help, g) in [
+            (
+                "ring_version",
+                "Version of the ring this node routes by (bumped by every committed topology change)",
+                &membership.ring_version,
+            ),
+            (
+                "members",
+                "Members of the ring this node routes by",
+                &membership.members,
+            ),
+            (
+                "handover",
+                "1 while partitions are handed over to new replicas after a topology change",
+                &membership.handover,
+            ),
+            (
+                "transfers_pending",
+                "Partitions this node still has to hand to their new replicas",
+                &membership.transfers_pending,
+            ),
+            (
+                "partitions_to_drop",
+                "Partitions this node holds data of but no longer replicates",
+                &membership.partitions_to_drop,
+            ),
+        ] {
+            registry.register(name, help, g.clone());
+        }
+        for (name, help, c) in [
+            (
+                "keys_transferred",
+                "Keys this node sent to new replicas of their partitions (key-range transfer)",
+                &membership.keys_transferred,
+            ),
+            (
+                "keys_dropped",
+                "Keys dropped here after their partition's current replicas confirmed holding them",
+                &membership.keys_dropped,
+            ),
+            (
+                "gossip_exchanges",
+                "Membership gossip exchanges this node started that changed its view",
+                &membership.gossip_exchanges,
+            ),
+        ] {
+            registry.register(name, help, c.clone());
+        }
         let tombstones_reaped = counter(
             &mut registry,
             "tombstones_reaped",
@@ -296,6 +362,7 @@ impl Metrics {
             peer_up,
             hints,
             anti_entropy,
+            membership,
             tombstones_reaped,
             background_paused,
             foreground: crate::admission::Foreground::default(),

@@ -675,6 +675,13 @@ mod tests {
             Err(Status::unimplemented("an older version"))
         }
 
+        async fn gossip(
+            &self,
+            _: Request<pb::GossipRequest>,
+        ) -> Result<Response<pb::GossipResponse>, Status> {
+            Err(Status::unimplemented("an older version"))
+        }
+
         async fn exchange(
             &self,
             req: Request<tonic::Streaming<pb::PeerRequest>>,

@@ -375,6 +375,27 @@ impl LocalReplica {
         Ok((out, more))
     }
 
+    /// How many keys, and how many bytes of stored state, this replica holds from ring
+    /// position `first` to `last` (inclusive).
+    pub fn range_size(&self, first: u128, last: u128) -> Result<(u64, u64), StorageError> {
+        let end = last.checked_add(1).map(storage::position_start);
+        let mut from = storage::position_start(first).to_vec();
+        let (mut keys, mut bytes) = (0u64, 0u64);
+        loop {
+            let page =
+                self.store
+                    .scan(Space::Data, &from, end.as_ref().map(|e| &e[..]), SCAN_PAGE)?;
+            for (k, v) in &page {
+                keys += 1;
+                bytes += (k.len() + v.len()) as u64;
+            }
+            match page.last() {
+                Some((k, _)) if page.len() == SCAN_PAGE => from = after(k),
+                _ => return Ok((keys, bytes)),
+            }
+        }
+    }
+
     /// Up to `limit` keys of the tombstone index from storage key `from` on, with their
     /// states, and the storage key to continue from (`None`: the end). Entries whose key no
     /// longer holds only tombstones (written again since) are dropped from the index.
@@ -401,14 +422,30 @@ impl LocalReplica {
     /// Removes `key` if this replica's state of it is still the tombstone `digest` names (or it
     /// holds nothing) and no hint for the key waits here. Returns whether the key is gone.
     pub fn reap(&self, key: &[u8], digest: u64) -> Result<bool, StorageError> {
+        self.remove_if_unchanged(key, digest, true)
+    }
+
+    /// Removes `key` if this replica's state of it still has the state digest `digest` (or it
+    /// holds nothing): a partition this node no longer replicates is dropped key by key this
+    /// way once its new replicas hold it, so a write that arrived since is never dropped.
+    pub fn drop_if_unchanged(&self, key: &[u8], digest: u64) -> Result<bool, StorageError> {
+        self.remove_if_unchanged(key, digest, false)
+    }
+
+    fn remove_if_unchanged(
+        &self,
+        key: &[u8],
+        digest: u64,
+        reaping: bool,
+    ) -> Result<bool, StorageError> {
         let _guard = self.stripe(key).lock().unwrap_or_else(|p| p.into_inner());
-        if !self.hints_of(key)?.is_empty() {
+        if reaping && !self.hints_of(key)?.is_empty() {
             return Ok(false);
         }
         let Some(current) = storage::read_state(self.store.as_ref(), key)? else {
             return Ok(true);
         };
-        if !current.is_deleted() || merkle::state_digest(key, &current) != digest {
+        if (reaping && !current.is_deleted()) || merkle::state_digest(key, &current) != digest {
             return Ok(false);
         }
         let sk = storage::storage_key(key);

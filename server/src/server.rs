@@ -33,6 +33,8 @@ pub enum ServerError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Membership(#[from] crate::membership::MembershipError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -190,7 +192,6 @@ struct Ready {
 fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
     config.validate()?;
     let advertised = config.advertise.clone().unwrap_or_else(|| addr.to_string());
-    let membership = Membership::fixed(config, &advertised)?;
     let (metrics_listener, metrics_addr) = match config.metrics_listen {
         None => (None, None),
         Some(want) => {
@@ -205,7 +206,7 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
     let streams_stop = CancellationToken::new();
     let store = open_storage(config)?;
     let local = Arc::new(LocalReplica::open(
-        store,
+        Arc::clone(&store),
         &config.node_id,
         config.cluster.partitions,
         config.history_limits(),
@@ -217,8 +218,10 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
         },
         Arc::clone(&metrics),
     )?);
+    // After the replica's check that the store is this node's.
+    let membership = Membership::open(config, &advertised, Some(store))?;
     let peers = Arc::new(Peers::new(config.replica_timeout()).with_metrics(Arc::clone(&metrics)));
-    for m in &config.cluster.members {
+    for m in membership.state().members() {
         if m.id != config.node_id {
             peers.know(&m.address);
         }
@@ -252,8 +255,8 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
         kv: KvService::new(Arc::clone(&coordinator)),
         admin: AdminService::new(
             Arc::clone(&coordinator),
-            Arc::clone(&background.handoff),
-            Arc::clone(&background.anti_entropy),
+            Arc::clone(&local),
+            &background,
             Arc::clone(&metrics),
         ),
         replica: ReplicaService::new(

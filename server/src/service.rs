@@ -11,6 +11,8 @@ use dynamokv_common::{VersionedState, WriteId};
 use dynamokv_proto::v1 as pb;
 
 use crate::anti_entropy::AntiEntropy;
+use crate::key_range_transfer::KeyRangeTransfer;
+use crate::membership::TopologyError;
 use crate::coordinator::{Coordinator, FORWARDED_METADATA, WriteRequest};
 use crate::error::Error;
 use crate::hinted_handoff::HintedHandoff;
@@ -66,6 +68,18 @@ fn write_id(raw: &[u8]) -> Result<Option<WriteId>, Status> {
         .ok_or_else(|| Error::MalformedField("write_id must be empty or 16 bytes").into())
 }
 
+impl KvService {
+    /// This node's ring version, and whether it is newer than the one `routed_by` (0: the
+    /// client did not say) that the client routed the request by.
+    fn ring_news(&self, routed_by: u64) -> Option<pb::RingNews> {
+        let version = self.coordinator.membership().current().ring_version;
+        Some(pb::RingNews {
+            version,
+            moved_on: routed_by != 0 && routed_by < version,
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
@@ -75,12 +89,14 @@ impl pb::kv_server::Kv for KvService {
         Ok(Response::new(pb::GetResponse {
             values: got.values,
             context: got.context,
+            ring: self.ring_news(req.ring_version),
         }))
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let (fwd, budget) = (forwarded(&req), budget(&req));
         let req = req.into_inner();
+        let routed_by = req.ring_version;
         let context = self
             .coordinator
             .put(WriteRequest {
@@ -95,7 +111,10 @@ impl pb::kv_server::Kv for KvService {
                 budget,
             })
             .await?;
-        Ok(Response::new(pb::PutResponse { context }))
+        Ok(Response::new(pb::PutResponse {
+            context,
+            ring: self.ring_news(routed_by),
+        }))
     }
 
     async fn delete(
@@ -104,6 +123,7 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let (fwd, budget) = (forwarded(&req), budget(&req));
         let req = req.into_inner();
+        let routed_by = req.ring_version;
         let context = self
             .coordinator
             .put(WriteRequest {
@@ -118,7 +138,10 @@ impl pb::kv_server::Kv for KvService {
                 budget,
             })
             .await?;
-        Ok(Response::new(pb::DeleteResponse { context }))
+        Ok(Response::new(pb::DeleteResponse {
+            context,
+            ring: self.ring_news(routed_by),
+        }))
     }
 
     async fn membership(
@@ -134,6 +157,12 @@ impl pb::kv_server::Kv for KvService {
             w: view.quorums.w,
             members: view.ring.members().iter().map(|m| m.to_proto()).collect(),
             self_id: view.self_id.clone(),
+            ring_version: view.ring_version,
+            previous_members: view
+                .previous
+                .as_ref()
+                .map(|(ring, _)| ring.members().iter().map(|m| m.to_proto()).collect())
+                .unwrap_or_default(),
         }))
     }
 }
@@ -388,6 +417,21 @@ impl pb::replica_server::Replica for ReplicaService {
         }
         Ok(Response::new(pb::ReapResponse { reaped }))
     }
+
+    async fn gossip(
+        &self,
+        req: Request<pb::GossipRequest>,
+    ) -> Result<Response<pb::GossipResponse>, Status> {
+        use crate::membership_state::MergeError;
+        let req = req.into_inner();
+        match self.coordinator.membership().handle_gossip(&req) {
+            Ok(answer) => Ok(Response::new(answer)),
+            Err(e @ (MergeError::OtherCluster { .. } | MergeError::OtherPartitioning { .. })) => {
+                Err(Status::failed_precondition(e.to_string()))
+            }
+            Err(e) => Err(Status::invalid_argument(e.to_string())),
+        }
+    }
 }
 
 /// Most keys one `LeafKeys` answer lists.
@@ -416,29 +460,199 @@ fn partition_in(partitions: u32, p: u32) -> Result<(), Status> {
 #[derive(Debug, Clone)]
 pub struct AdminService {
     coordinator: Arc<Coordinator>,
+    local: Arc<LocalReplica>,
     handoff: Arc<HintedHandoff>,
     anti_entropy: Arc<AntiEntropy>,
+    transfer: Arc<KeyRangeTransfer>,
     metrics: Arc<Metrics>,
 }
 
 impl AdminService {
     pub fn new(
         coordinator: Arc<Coordinator>,
-        handoff: Arc<HintedHandoff>,
-        anti_entropy: Arc<AntiEntropy>,
+        local: Arc<LocalReplica>,
+        background: &crate::background::Background,
         metrics: Arc<Metrics>,
     ) -> Self {
         AdminService {
             coordinator,
-            handoff,
-            anti_entropy,
+            local,
+            handoff: Arc::clone(&background.handoff),
+            anti_entropy: Arc::clone(&background.anti_entropy),
+            transfer: Arc::clone(&background.transfer),
             metrics,
+        }
+    }
+}
+
+impl From<TopologyError> for Status {
+    fn from(e: TopologyError) -> Status {
+        match e {
+            TopologyError::UnknownMember(_) => Status::not_found(e.to_string()),
+            TopologyError::Refused(_) => Status::failed_precondition(e.to_string()),
+            TopologyError::Membership(_) => Status::internal(e.to_string()),
         }
     }
 }
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
+    async fn ring(
+        &self,
+        _req: Request<pb::RingRequest>,
+    ) -> Result<Response<pb::RingResponse>, Status> {
+        let view = self.coordinator.membership().current();
+        Ok(Response::new(pb::RingResponse {
+            state: Some(view.state.to_proto()),
+            handover: view.previous.is_some(),
+        }))
+    }
+
+    async fn join(
+        &self,
+        req: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        let seed = req.into_inner().seed;
+        if seed.is_empty() {
+            return Err(Status::invalid_argument("join needs the address of a seed"));
+        }
+        let mut client = dynamokv_proto::v1::admin_client::AdminClient::connect(format!(
+            "http://{seed}"
+        ))
+        .await
+        .map_err(|e| Status::unavailable(format!("cannot reach the seed {seed}: {e}")))?;
+        let theirs = client
+            .ring(pb::RingRequest {})
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!("the seed {seed} did not answer: {}", e.message()))
+            })?
+            .into_inner()
+            .state
+            .ok_or_else(|| Status::internal("the seed sent no membership state"))?;
+        let holds_data = (0..self.local.forest().partitions())
+            .any(|p| self.local.forest().partition_leaves(p).iter().any(|l| *l != 0));
+        self.coordinator.membership().join(
+            &seed,
+            &theirs.cluster,
+            theirs.partitions,
+            holds_data,
+        )?;
+        Ok(Response::new(pb::JoinResponse {
+            cluster_name: theirs.cluster,
+            members: theirs.members.len() as u32,
+        }))
+    }
+
+    async fn leave(
+        &self,
+        req: Request<pb::LeaveRequest>,
+    ) -> Result<Response<pb::LeaveResponse>, Status> {
+        self.coordinator
+            .membership()
+            .stage_leave(&req.into_inner().node_id)?;
+        Ok(Response::new(pb::LeaveResponse {}))
+    }
+
+    async fn remove(
+        &self,
+        req: Request<pb::RemoveRequest>,
+    ) -> Result<Response<pb::RemoveResponse>, Status> {
+        let id = req.into_inner().node_id;
+        if id.is_empty() {
+            return Err(Status::invalid_argument("remove needs the id of the node"));
+        }
+        self.coordinator.membership().stage_remove(&id)?;
+        Ok(Response::new(pb::RemoveResponse {}))
+    }
+
+    async fn plan(
+        &self,
+        _req: Request<pb::PlanRequest>,
+    ) -> Result<Response<pb::PlanResponse>, Status> {
+        let plan = self.coordinator.membership().plan()?;
+        let view = self.coordinator.membership().current();
+        let ring = &view.ring;
+        // Keys and bytes this node holds of each moving partition; for partitions it does not
+        // hold, the mean of those it does (an estimate, said so by `estimated`).
+        let local = Arc::clone(&self.local);
+        let ranges: Vec<(u32, (u128, u128))> = plan
+            .moves
+            .iter()
+            .map(|m| (m.partition, ring.partition_range(m.partition)))
+            .collect();
+        let sizes = tokio::task::spawn_blocking(move || {
+            ranges
+                .into_iter()
+                .map(|(p, (first, last))| Ok((p, local.range_size(first, last)?)))
+                .collect::<Result<Vec<_>, crate::storage::StorageError>>()
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(Error::from)?;
+        let n = view.quorums.n as usize;
+        let mine = |p: u32| {
+            ring.preference_list_of_partition(p, n)
+                .nodes
+                .iter()
+                .any(|m| m.id == view.self_id)
+        };
+        let held: Vec<(u64, u64)> = sizes
+            .iter()
+            .filter(|(p, _)| mine(*p))
+            .map(|(_, s)| *s)
+            .collect();
+        let mean = if held.is_empty() {
+            (0, 0)
+        } else {
+            let k = held.len() as u64;
+            (
+                held.iter().map(|s| s.0).sum::<u64>() / k,
+                held.iter().map(|s| s.1).sum::<u64>() / k,
+            )
+        };
+        let moves = plan
+            .moves
+            .iter()
+            .zip(&sizes)
+            .map(|(m, (p, size))| {
+                let estimated = !mine(*p);
+                let (keys, bytes) = if estimated { mean } else { *size };
+                pb::PartitionMove {
+                    partition: m.partition,
+                    from: m.from.clone(),
+                    to: m.to.clone(),
+                    keys,
+                    bytes,
+                    estimated,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::PlanResponse {
+            ring_version: plan.ring_version,
+            owners_before: plan.owners_before,
+            owners_after: plan.owners_after,
+            moves,
+            blocked: plan.blocked.unwrap_or_default(),
+            owned_after: plan.owned_after.into_iter().collect(),
+            n_before: plan.n_before,
+            n_after: plan.n_after,
+        }))
+    }
+
+    async fn commit(
+        &self,
+        req: Request<pb::CommitRequest>,
+    ) -> Result<Response<pb::CommitResponse>, Status> {
+        let version = self
+            .coordinator
+            .membership()
+            .commit(req.into_inner().ring_version)?;
+        Ok(Response::new(pb::CommitResponse {
+            ring_version: version,
+        }))
+    }
+
     async fn status(
         &self,
         _req: Request<pb::StatusRequest>,
@@ -457,9 +671,8 @@ impl pb::admin_server::Admin for AdminService {
             })
             .count() as u32;
         let members = view
-            .ring
+            .state
             .members()
-            .iter()
             .map(|m| {
                 let is_self = m.id == view.self_id;
                 pb::MemberStatus {
@@ -468,9 +681,16 @@ impl pb::admin_server::Admin for AdminService {
                     zone: m.zone.clone(),
                     is_self,
                     reachable: is_self || peers.is_up(&m.address),
+                    status: view.state.status_of(&m.id).to_string(),
+                    partitions_owned: if view.joined() {
+                        view.ring.partitions_of(&m.id).len() as u32
+                    } else {
+                        0
+                    },
                 }
             })
             .collect();
+        let transfer = self.transfer.status();
         let now = now_ms();
         let backlog = self.handoff.backlog();
         let age = |at: u64| now.saturating_sub(at);
@@ -511,6 +731,16 @@ impl pb::admin_server::Admin for AdminService {
             }),
             tombstones_reaped: self.metrics.tombstones_reaped.get(),
             background_pauses: self.metrics.background_pauses(),
+            ring_version: view.ring_version,
+            handover: view.previous.is_some(),
+            transfers_pending: transfer.pending,
+            keys_transferred: self.metrics.membership.keys_transferred.get(),
+            partitions_to_drop: transfer.to_drop,
+            partitions_owned: if view.joined() {
+                view.ring.partitions_of(&view.self_id).len() as u32
+            } else {
+                0
+            },
         }))
     }
 }
