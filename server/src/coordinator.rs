@@ -44,7 +44,7 @@ use crate::membership::{ClusterView, Membership};
 use crate::metrics::{Metrics, Role};
 use crate::peers::Peers;
 use crate::replica::{LocalReplica, WriteError, now_ms};
-use crate::sloppy_quorum;
+use crate::sloppy_quorum::{self, Acks, QuorumSets};
 
 /// Metadata marking a put that a node forwarded to a coordinator, so it is never forwarded
 /// twice. It gives the request no other power: a node that is not a replica refuses it.
@@ -175,7 +175,7 @@ impl Coordinator {
         let n = view.quorums.n;
         let r = r.unwrap_or(view.quorums.r);
         check_quorum("R", r, n)?;
-        let (replicas, fallbacks) = preference_list(&view, &key);
+        let (replicas, fallbacks, sets) = preference_list(&view, &key);
         check_replica_count("R", r, &replicas)?;
         self.check_reachable("get", r, &replicas, &fallbacks, &view.self_id)
             .await?;
@@ -202,14 +202,19 @@ impl Coordinator {
         }
         let mut replies: Vec<(String, Option<VersionedState>)> = Vec::new();
         let mut failures = Vec::new();
-        while (replies.len() as u32) < r {
+        // Answers that count toward R (during a handover, not those of new-only replicas).
+        let mut counted = 0u32;
+        while counted < r {
             match pending.next().await {
-                Some((node, Ok(state))) => replies.push((node, state)),
+                Some((node, Ok(state))) => {
+                    counted += u32::from(sets.read_counts(&node));
+                    replies.push((node, state));
+                }
                 Some((node, Err(reason))) => failures.push(ReplicaFailure { node, reason }),
                 None if !asked_fallbacks => {
                     // Primaries that looked up did not answer: the fallbacks that are up now.
                     asked_fallbacks = true;
-                    let missing = replicas.len() - replies.len();
+                    let missing = replicas.len().saturating_sub(replies.len());
                     for m in fallbacks.iter().filter(|m| is_up(m)).take(missing) {
                         pending.push(read(m.clone(), true));
                     }
@@ -217,11 +222,11 @@ impl Coordinator {
                 None => break,
             }
         }
-        if (replies.len() as u32) < r {
+        if counted < r {
             return Err(Error::QuorumNotReached {
                 op: "get",
                 needed: r,
-                got: replies.len() as u32,
+                got: counted,
                 failures,
             });
         }
@@ -275,7 +280,7 @@ impl Coordinator {
         let sync = req.sync_replicas.unwrap_or(self.sync_replicas);
         check_sync_replicas(sync, w)?;
         let op = if req.value.is_some() { "put" } else { "delete" };
-        let (replicas, fallbacks) = preference_list(&view, &key);
+        let (replicas, fallbacks, sets) = preference_list(&view, &key);
         check_replica_count("W", w, &replicas)?;
         self.check_reachable(op, w, &replicas, &fallbacks, &view.self_id)
             .await?;
@@ -312,6 +317,7 @@ impl Coordinator {
                 value: req.value,
                 w,
                 sync,
+                sets,
             };
             this.write(write, replicas, fallbacks, self_id, verdict_at, tx)
                 .await;
@@ -409,9 +415,10 @@ impl Coordinator {
             &w.context.with_write(w.write_id, &outcome.dots()),
         ));
         let mut tx = Some(tx);
-        let mut acks = 1u32;
+        let mut acks = Acks::new(&w.sets);
+        acks.add(&self_id);
         let mut failures = Vec::new();
-        if acks >= w.w {
+        if acks.met(w.w) {
             if let Some(tx) = tx.take() {
                 let _ = tx.send(Ok(reply.clone()));
             }
@@ -453,9 +460,9 @@ impl Coordinator {
             tokio::select! {
                 next = pending.next() => match next {
                     None => break,
-                    Some((_, Ok(()))) => {
-                        acks += 1;
-                        if acks >= w.w {
+                    Some((copy, Ok(()))) => {
+                        acks.add(&copy.hint_for.as_ref().unwrap_or(&copy.to).id);
+                        if acks.met(w.w) {
                             if let Some(tx) = tx.take() {
                                 let _ = tx.send(Ok(reply.clone()));
                             }
@@ -476,7 +483,7 @@ impl Coordinator {
                         reason: "no answer before the request's deadline".into(),
                     });
                     if let Some(tx) = tx.take() {
-                        let _ = tx.send(Err(Error::QuorumNotReached { op: w.op, needed: w.w, got: acks, failures }));
+                        let _ = tx.send(Err(Error::QuorumNotReached { op: w.op, needed: w.w, got: acks.all, failures }));
                     }
                 }
             }
@@ -485,7 +492,7 @@ impl Coordinator {
             let _ = tx.send(Err(Error::QuorumNotReached {
                 op: w.op,
                 needed: w.w,
-                got: acks,
+                got: acks.all,
                 failures,
             }));
         }
@@ -710,6 +717,8 @@ struct Write {
     w: u32,
     /// Acknowledging replicas that fsync first.
     sync: u32,
+    /// What W is counted over (two sets during a handover).
+    sets: QuorumSets,
 }
 
 fn merge_all<'a>(states: impl Iterator<Item = &'a VersionedState>) -> VersionedState {
@@ -728,16 +737,28 @@ fn merge_all<'a>(states: impl Iterator<Item = &'a VersionedState>) -> VersionedS
 /// those of the new ring followed by those of the previous ring that are not among them (less
 /// removed members): writes reach old and new replicas and reads consult both, so nothing
 /// written before, during or after the change is missed while data moves.
-pub(crate) fn preference_list(view: &ClusterView, key: &[u8]) -> (Vec<Member>, Vec<Member>) {
+pub(crate) fn preference_list(
+    view: &ClusterView,
+    key: &[u8],
+) -> (Vec<Member>, Vec<Member>, QuorumSets) {
     let n = view.quorums.n as usize;
     let list = view.ring.preference_list(key, n);
     let mut replicas: Vec<Member> = list.nodes.iter().take(n).map(|m| (*m).clone()).collect();
+    let mut sets = QuorumSets::default();
     if let Some((previous, pn)) = &view.previous {
+        sets.new = replicas.iter().map(|m| m.id.clone()).collect();
         for m in previous.preference_list(key, *pn as usize).nodes {
-            if !replicas.iter().any(|r| r.id == m.id) && view.state.status_of(&m.id) != "removed"
-            {
+            if view.state.status_of(&m.id) == "removed" {
+                continue;
+            }
+            sets.old.push(m.id.clone());
+            if !replicas.iter().any(|r| r.id == m.id) {
                 replicas.push(m.clone());
             }
+        }
+        if sets.old.is_empty() {
+            // Every previous replica was removed: the new ones are all there is.
+            sets = QuorumSets::default();
         }
     }
     let fallbacks = list
@@ -747,7 +768,7 @@ pub(crate) fn preference_list(view: &ClusterView, key: &[u8]) -> (Vec<Member>, V
         .take(n)
         .map(|m| (*m).clone())
         .collect();
-    (replicas, fallbacks)
+    (replicas, fallbacks, sets)
 }
 
 /// Refuses requests on a node that is not part of a ring yet.

@@ -114,10 +114,25 @@ impl HintedHandoff {
                 from = k.clone();
                 from.push(0);
             }
-            for (owner, hints) in self.sort(page, &mut left) {
+            let (ready, orphans) = self.sort(page, &mut left);
+            for (owner, hints) in ready {
                 let delivered = self.deliver_to(&owner, hints).await;
                 if let Some(b) = left.get_mut(&owner) {
                     b.hints -= delivered;
+                }
+            }
+            for (owner, hint) in orphans {
+                match self.rehome(&hint).await {
+                    Ok(true) => {
+                        self.s.metrics.hints.delivered.inc();
+                        if let Some(b) = left.get_mut(&owner) {
+                            b.hints -= 1;
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(reason) => {
+                        tracing::debug!(%owner, %reason, "cannot hand a departed owner's hint to the key's replicas yet")
+                    }
                 }
             }
             if !full || !self.s.admission.admit("hinted_handoff").await {
@@ -129,14 +144,16 @@ impl HintedHandoff {
     }
 
     /// Counts a page of hints into the backlog per owner, and returns those that may be
-    /// delivered now, by owner.
+    /// delivered now, by owner, and those whose owner has left the cluster (or was removed),
+    /// which go to the key's current replicas instead.
     fn sort(
         &self,
         page: crate::storage::Entries,
         backlog: &mut BTreeMap<String, Backlog>,
-    ) -> BTreeMap<String, Vec<Hint>> {
+    ) -> (BTreeMap<String, Vec<Hint>>, Vec<(String, Hint)>) {
         let view = self.s.membership.current();
         let mut ready: BTreeMap<String, Vec<Hint>> = BTreeMap::new();
+        let mut orphans = Vec::new();
         for (key, raw) in page {
             let (owner, created) = match (storage::parse_hint_key(&key), storage::decode_hint(&raw))
             {
@@ -153,8 +170,25 @@ impl HintedHandoff {
             });
             b.hints += 1;
             b.oldest_ms = b.oldest_ms.min(created);
-            // An owner no longer in the ring keeps its hints (membership changes hand them on).
-            let Some(address) = view.ring.member(&owner).map(|m| m.address.clone()) else {
+            // An owner still in the ring (or in the previous one, during a handover) gets its
+            // hints; those of an owner that left or was removed go to the key's replicas now.
+            let address = view
+                .ring
+                .member(&owner)
+                .or_else(|| view.previous.as_ref().and_then(|(r, _)| r.member(&owner)))
+                .filter(|_| view.state.status_of(&owner) != "removed")
+                .map(|m| m.address.clone());
+            let Some(address) = address else {
+                if view.joined() {
+                    orphans.push((
+                        owner,
+                        Hint {
+                            address: String::new(),
+                            key,
+                            raw,
+                        },
+                    ));
+                }
                 continue;
             };
             if self.ready(&owner, &address) {
@@ -164,7 +198,35 @@ impl HintedHandoff {
                     .push(Hint { address, key, raw });
             }
         }
-        ready
+        (ready, orphans)
+    }
+
+    /// Hands a hint whose owner left the cluster to every current replica of its key (this
+    /// node's own copy merged locally), then deletes it unless it changed meanwhile.
+    async fn rehome(&self, hint: &Hint) -> Result<bool, String> {
+        let (key, _) = storage::parse_hint_key(&hint.key).map_err(|e| e.to_string())?;
+        let (_, state) = storage::decode_hint(&hint.raw).map_err(|e| e.to_string())?;
+        let key = bytes::Bytes::copy_from_slice(key);
+        let view = self.s.membership.current();
+        let (replicas, _, _) = crate::coordinator::preference_list(&view, &key);
+        for m in &replicas {
+            if m.id == view.self_id {
+                self.s
+                    .local
+                    .merge(key.clone(), state.clone(), true)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            } else {
+                self.s
+                    .peers
+                    .merge(&m.address, &key, &state, true, self.s.timeout)
+                    .await?;
+            }
+        }
+        self.s
+            .local
+            .forget_hint(&hint.key, &hint.raw)
+            .map_err(|e| e.to_string())
     }
 
     /// Delivers `hints` to `owner`: one first, as a probe, and the rest together once it went

@@ -24,7 +24,7 @@
 //! All of it is background work under [`crate::admission`] control.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dynamokv_common::{Member, Ring};
 
@@ -49,6 +49,8 @@ pub struct KeyRangeTransfer {
     anti_entropy: Arc<AntiEntropy>,
     interval: Duration,
     status: Mutex<TransferStatus>,
+    /// Since when every live member has routed by the ring version noted.
+    all_routing_since: Mutex<Option<(u64, Instant)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -70,6 +72,7 @@ impl KeyRangeTransfer {
             anti_entropy,
             interval,
             status: Mutex::default(),
+            all_routing_since: Mutex::default(),
         }
     }
 
@@ -126,15 +129,40 @@ impl KeyRangeTransfer {
         if !was_owner || done {
             return 0;
         }
+        // (partition, its new replicas that were not replicas before)
+        let work: Vec<(u32, Vec<Member>)> = (0..view.ring.partition_count())
+            .filter_map(|p| {
+                let before = replicas(previous, p, *pn);
+                if !before.iter().any(|m| &m.id == me) {
+                    return None;
+                }
+                let targets: Vec<Member> = replicas(&view.ring, p, view.quorums.n)
+                    .into_iter()
+                    .filter(|m| !before.iter().any(|b| b.id == m.id))
+                    .collect();
+                Some((p, targets))
+            })
+            .collect();
+        // The last transfer must come after every write routed by the previous ring alone: only
+        // once every live member routes by this one, and in-flight requests have had time to
+        // finish.
+        if !view.state.not_routing_by_current().is_empty() {
+            *lock(&self.all_routing_since) = None;
+            return work.len() as u32;
+        }
+        let since = *lock(&self.all_routing_since).get_or_insert((version, Instant::now()));
+        if since.0 != version {
+            *lock(&self.all_routing_since) = Some((version, Instant::now()));
+            return work.len() as u32;
+        }
+        if since.1.elapsed() < self.s.timeout * 2 {
+            return work.len() as u32;
+        }
         let mut pending = 0;
-        for p in 0..view.ring.partition_count() {
-            let before = replicas(previous, p, *pn);
-            if !before.iter().any(|m| &m.id == me) {
-                continue;
-            }
-            let after = replicas(&view.ring, p, view.quorums.n);
+        for (p, targets) in &work {
+            let p = *p;
             let mut sent_all = true;
-            for target in after.iter().filter(|m| !before.iter().any(|b| b.id == m.id)) {
+            for target in targets {
                 if !self.s.admission.admit("transfer").await {
                     return pending + 1;
                 }

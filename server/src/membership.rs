@@ -204,7 +204,7 @@ impl Membership {
         }
         let view = build_view(&state, &config.cluster, &config.node_id)?;
         let (tx, rx) = watch::channel(Arc::new(view));
-        let membership = Membership {
+        let mut membership = Membership {
             inner: Arc::new(Inner {
                 gossiper: Gossiper::new(config.node_id.clone(), state.clone()),
                 tx,
@@ -217,6 +217,12 @@ impl Membership {
             }),
             rx,
         };
+        membership.assert_own_record();
+        let state = membership.state();
+        let view = build_view(&state, &config.cluster, &config.node_id)?;
+        membership.inner.tx.send_replace(Arc::new(view));
+        *lock(&membership.inner.published) = state.clone();
+        membership.rx.mark_unchanged();
         membership.persist(&state)?;
         Ok(membership)
     }
@@ -320,6 +326,11 @@ impl Membership {
     fn assert_own_record(&self) {
         let inner = &self.inner;
         inner.gossiper.update(|s| {
+            // This node routes by the ring its state holds as soon as the state makes one.
+            let version = s.ring_version().version;
+            if version > 0 && s.ring().is_ok() {
+                s.set_ring_seen(&inner.self_id, version);
+            }
             if let Some(r) = s.member(&inner.self_id).cloned()
                 && r.address != inner.advertised
                 && r.status != Status::Removed

@@ -71,6 +71,10 @@ pub struct MemberRecord {
     /// under the previous ring to that partition's new replicas (key-range transfer, paper
     /// 4.9). Only the node itself raises it.
     pub handed_off: u64,
+    /// The highest ring version this node routes by. Old owners hand partitions over only once
+    /// every live member routes by the new ring, so that no write routed by the old one alone
+    /// arrives after their last transfer.
+    pub ring_seen: u64,
 }
 
 impl MemberRecord {
@@ -83,6 +87,7 @@ impl MemberRecord {
             weight: 1,
             status: Status::Up,
             handed_off: 0,
+            ring_seen: 0,
         }
     }
 
@@ -335,6 +340,26 @@ impl MembershipState {
             .filter(|r| !matches!(self.status_of(&r.id), "removed" | "left"))
     }
 
+    /// Records that this node routes by ring `version` (or a later one).
+    pub fn set_ring_seen(&mut self, id: &str, version: u64) {
+        if let Some(r) = self.members.get(id).cloned()
+            && r.ring_seen < version
+        {
+            self.set_member(MemberRecord {
+                ring_seen: version,
+                ..r
+            });
+        }
+    }
+
+    /// Live members that do not route by the current ring yet.
+    pub fn not_routing_by_current(&self) -> Vec<&str> {
+        self.live_members()
+            .filter(|r| r.ring_seen < self.ring.version)
+            .map(|r| r.id.as_str())
+            .collect()
+    }
+
     /// Records that this node has handed over everything for ring `version`.
     pub fn set_handed_off(&mut self, id: &str, version: u64) {
         if let Some(r) = self.members.get(id).cloned()
@@ -462,6 +487,7 @@ impl MembershipState {
                 weight: r.weight,
                 status,
                 handed_off: r.handed_off,
+                ring_seen: r.ring_seen,
             };
             if members.insert(r.id.clone(), record).is_some() {
                 return Err(MergeError::Malformed("a member listed twice"));
@@ -485,6 +511,7 @@ fn record_to_proto(r: &MemberRecord) -> pb::MemberRecord {
         weight: r.weight,
         status: r.status.as_str().to_string(),
         handed_off: r.handed_off,
+        ring_seen: r.ring_seen,
     }
 }
 

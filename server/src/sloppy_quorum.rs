@@ -13,6 +13,69 @@
 
 use dynamokv_common::Member;
 
+/// The replica sets a quorum is counted over. Outside a handover there is one, the key's N
+/// replicas, and both lists are empty. During a handover (paper 4.9) the key has the replicas
+/// of the previous ring (`old`, less removed members) and those of the new ring (`new`): a
+/// write needs W acknowledgements among each, so that the replicas reads consult now and those
+/// they will consult once the handover completes both hold it; a read needs R answers that are
+/// not from new-only replicas (which may not have received the partition yet).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuorumSets {
+    pub old: Vec<String>,
+    pub new: Vec<String>,
+}
+
+impl QuorumSets {
+    pub fn handover(&self) -> bool {
+        !self.old.is_empty()
+    }
+
+    /// Whether a read's answer from `node` counts toward R.
+    pub fn read_counts(&self, node: &str) -> bool {
+        !self.handover() || self.old.iter().any(|o| o == node) || !self.new.iter().any(|n| n == node)
+    }
+}
+
+/// A write's acknowledgements, by the replica each stands for.
+#[derive(Debug, Clone)]
+pub struct Acks<'a> {
+    sets: &'a QuorumSets,
+    pub all: u32,
+    old: u32,
+    new: u32,
+}
+
+impl<'a> Acks<'a> {
+    pub fn new(sets: &'a QuorumSets) -> Self {
+        Acks {
+            sets,
+            all: 0,
+            old: 0,
+            new: 0,
+        }
+    }
+
+    /// An acknowledgement by (or, as a hint, for) the replica `primary`.
+    pub fn add(&mut self, primary: &str) {
+        self.all += 1;
+        if self.sets.old.iter().any(|o| o == primary) {
+            self.old += 1;
+        }
+        if self.sets.new.iter().any(|n| n == primary) {
+            self.new += 1;
+        }
+    }
+
+    /// Whether the write has its W.
+    pub fn met(&self, w: u32) -> bool {
+        if !self.sets.handover() {
+            return self.all >= w;
+        }
+        let need = |set: &[String]| w.min(set.len() as u32);
+        self.old >= need(&self.sets.old) && self.new >= need(&self.sets.new)
+    }
+}
+
 /// Where one copy of a write goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Copy {
@@ -98,6 +161,70 @@ pub fn place_read(
         .cloned()
         .collect();
     (primaries.to_vec(), extra)
+}
+
+#[cfg(test)]
+mod handover_tests {
+    use super::*;
+
+    fn sets() -> QuorumSets {
+        QuorumSets {
+            old: vec!["a".into(), "b".into(), "c".into()],
+            new: vec!["a".into(), "b".into(), "d".into()],
+        }
+    }
+
+    #[test]
+    fn outside_a_handover_any_w_acknowledgements_do() {
+        let none = QuorumSets::default();
+        let mut acks = Acks::new(&none);
+        acks.add("x");
+        assert!(!acks.met(2));
+        acks.add("y");
+        assert!(acks.met(2));
+        assert!(none.read_counts("anyone"));
+    }
+
+    #[test]
+    fn during_a_handover_a_write_needs_w_in_the_old_and_the_new_replicas() {
+        let s = sets();
+        // The leaving replica and the new one: one in each set is not enough.
+        let mut acks = Acks::new(&s);
+        acks.add("c");
+        acks.add("d");
+        assert!(!acks.met(2));
+        acks.add("a");
+        assert!(acks.met(2), "a counts in both");
+        // The two replicas shared by both rings suffice.
+        let mut acks = Acks::new(&s);
+        acks.add("a");
+        acks.add("b");
+        assert!(acks.met(2));
+    }
+
+    #[test]
+    fn a_smaller_old_set_caps_what_it_must_give() {
+        // A removed member is left out of `old`: its one survivor must acknowledge.
+        let s = QuorumSets {
+            old: vec!["a".into()],
+            new: vec!["a".into(), "d".into(), "e".into()],
+        };
+        let mut acks = Acks::new(&s);
+        acks.add("d");
+        acks.add("e");
+        assert!(!acks.met(2));
+        acks.add("a");
+        assert!(acks.met(2));
+    }
+
+    #[test]
+    fn during_a_handover_reads_count_answers_not_from_new_only_replicas() {
+        let s = sets();
+        assert!(s.read_counts("a"));
+        assert!(s.read_counts("c"));
+        assert!(!s.read_counts("d"), "d may not hold the partition yet");
+        assert!(s.read_counts("fallback"));
+    }
 }
 
 #[cfg(test)]

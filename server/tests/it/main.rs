@@ -12,6 +12,7 @@ mod causality;
 mod cli;
 mod cluster;
 mod durability;
+mod elasticity;
 mod failure_detection;
 mod healing;
 mod observability;
