@@ -38,7 +38,7 @@ pub struct Background {
     pub anti_entropy: Arc<AntiEntropy>,
     reaper: Arc<TombstoneReaper>,
     pub transfer: Arc<KeyRangeTransfer>,
-    gossip: (Membership, PeerTransport, Duration),
+    gossip: (Membership, PeerTransport, Duration, Arc<Metrics>),
     anti_entropy_on: bool,
     /// Cancelled when the node starts shutting down.
     pub stop: CancellationToken,
@@ -85,6 +85,7 @@ impl Background {
                 timeout: shared.timeout,
             },
             ms(config.cluster.gossip_interval_ms),
+            Arc::clone(&shared.metrics),
         );
         Background {
             handoff: Arc::new(HintedHandoff::new(
@@ -107,9 +108,13 @@ impl Background {
 
     /// Starts the workers.
     pub fn start(&self) {
-        let (membership, transport, interval) = self.gossip.clone();
-        self.tasks
-            .spawn(membership.run_gossip(transport, interval, self.stop.clone()));
+        let (membership, transport, interval, metrics) = self.gossip.clone();
+        self.tasks.spawn(membership.run_gossip(
+            transport,
+            interval,
+            self.stop.clone(),
+            metrics,
+        ));
         self.tasks.spawn(Arc::clone(&self.transfer).run());
         self.tasks.spawn(Arc::clone(&self.handoff).run());
         if self.anti_entropy_on {

@@ -143,9 +143,6 @@ fn initial_state(config: &Config, advertised: &str) -> MembershipState {
             let mut r = MemberRecord::new(m.id.clone(), m.address.clone());
             r.zone = m.zone.clone();
             r.weight = m.weight;
-            if m.id == me.id {
-                r.address = me.address.clone();
-            }
             r
         });
         MembershipState::of_members(c.name.clone(), c.partitions, records)
@@ -164,6 +161,20 @@ impl Membership {
         advertised: &str,
         store: Option<Arc<dyn Storage>>,
     ) -> Result<Membership, MembershipError> {
+        // The address others reach this node at: `advertise`, else its entry in a static
+        // member list (which may be a proxy or a load balancer), else the bound address.
+        let listed = config
+            .cluster
+            .members
+            .iter()
+            .find(|m| m.id == config.node_id)
+            .map(|m| m.address.clone());
+        let advertised = config
+            .advertise
+            .clone()
+            .or(listed)
+            .unwrap_or_else(|| advertised.to_string());
+        let advertised = advertised.as_str();
         let stored = match &store {
             Some(s) => s.get_meta(META_MEMBERSHIP)?,
             None => None,
@@ -357,9 +368,15 @@ impl Membership {
         transport: T,
         interval: Duration,
         stop: CancellationToken,
+        metrics: Arc<crate::metrics::Metrics>,
     ) {
         let mut round = 0u64;
         loop {
+            let view = self.current();
+            let m = &metrics.membership;
+            m.ring_version.set(view.ring_version as i64);
+            m.members.set(view.ring.members().len() as i64);
+            m.handover.set(i64::from(view.previous.is_some()));
             let jitter = rand::rng().random_range(0.75..1.25);
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -371,6 +388,7 @@ impl Membership {
             };
             match self.inner.gossiper.exchange(&transport, &peer).await {
                 Ok(true) => {
+                    metrics.membership.gossip_exchanges.inc();
                     if let Err(e) = self.publish() {
                         tracing::error!(error = %e, "cannot publish the membership view");
                     }
