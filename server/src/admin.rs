@@ -36,9 +36,12 @@ where
 
 /// What the node at `addr` sees of the cluster.
 pub async fn fetch_status(addr: &str) -> Result<pb::StatusResponse, String> {
-    admin_call(addr, "the status call", pb::StatusRequest {}, |mut c, r| async move {
-        c.status(r).await
-    })
+    admin_call(
+        addr,
+        "the status call",
+        pb::StatusRequest {},
+        |mut c, r| async move { c.status(r).await },
+    )
     .await
 }
 
@@ -46,9 +49,12 @@ pub async fn fetch_status(addr: &str) -> Result<pb::StatusResponse, String> {
 pub async fn fetch_membership(
     addr: &str,
 ) -> Result<crate::membership_state::MembershipState, String> {
-    let reply = admin_call(addr, "the ring call", pb::RingRequest {}, |mut c, r| async move {
-        c.ring(r).await
-    })
+    let reply = admin_call(
+        addr,
+        "the ring call",
+        pb::RingRequest {},
+        |mut c, r| async move { c.ring(r).await },
+    )
     .await?;
     let state = reply.state.ok_or("the node sent no membership state")?;
     crate::membership_state::MembershipState::from_proto(&state).map_err(|e| e.to_string())
@@ -59,7 +65,10 @@ pub async fn join(addr: &str, seed: &str) -> Result<pb::JoinResponse, String> {
     let request = pb::JoinRequest {
         seed: seed.to_string(),
     };
-    admin_call(addr, "to join", request, |mut c, r| async move { c.join(r).await }).await
+    admin_call(addr, "to join", request, |mut c, r| async move {
+        c.join(r).await
+    })
+    .await
 }
 
 /// Stages the decommission of `node_id` (empty: the node at `addr`).
@@ -67,7 +76,10 @@ pub async fn leave(addr: &str, node_id: &str) -> Result<(), String> {
     let request = pb::LeaveRequest {
         node_id: node_id.to_string(),
     };
-    admin_call(addr, "the leave", request, |mut c, r| async move { c.leave(r).await }).await?;
+    admin_call(addr, "the leave", request, |mut c, r| async move {
+        c.leave(r).await
+    })
+    .await?;
     Ok(())
 }
 
@@ -157,9 +169,17 @@ pub fn describe_plan(plan: &pb::PlanResponse, list: usize) -> String {
         e.1 += m.keys;
         e.2 += m.bytes;
     }
-    let _ = writeln!(out, "  {:<24} {:<24} {:>10} {:>10} {:>10}", "from", "to", "partitions", "keys", "bytes");
+    let _ = writeln!(
+        out,
+        "  {:<24} {:<24} {:>10} {:>10} {:>10}",
+        "from", "to", "partitions", "keys", "bytes"
+    );
     for ((from, to), (n, k, b)) in &pairs {
-        let _ = writeln!(out, "  {from:<24} {to:<24} {n:>10} {k:>10} {:>10}", human_bytes(*b));
+        let _ = writeln!(
+            out,
+            "  {from:<24} {to:<24} {n:>10} {k:>10} {:>10}",
+            human_bytes(*b)
+        );
     }
     let shown = plan.moves.len().min(list);
     if shown > 0 {
@@ -178,7 +198,11 @@ pub fn describe_plan(plan: &pb::PlanResponse, list: usize) -> String {
         );
     }
     if shown > 0 && shown < plan.moves.len() {
-        let _ = writeln!(out, "  ... and {} more (--all lists every one)", plan.moves.len() - shown);
+        let _ = writeln!(
+            out,
+            "  ... and {} more (--all lists every one)",
+            plan.moves.len() - shown
+        );
     }
     if plan.blocked.is_empty() {
         let _ = writeln!(

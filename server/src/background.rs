@@ -109,12 +109,8 @@ impl Background {
     /// Starts the workers.
     pub fn start(&self) {
         let (membership, transport, interval, metrics) = self.gossip.clone();
-        self.tasks.spawn(membership.run_gossip(
-            transport,
-            interval,
-            self.stop.clone(),
-            metrics,
-        ));
+        self.tasks
+            .spawn(membership.run_gossip(transport, interval, self.stop.clone(), metrics));
         self.tasks.spawn(Arc::clone(&self.transfer).run());
         self.tasks.spawn(Arc::clone(&self.handoff).run());
         if self.anti_entropy_on {

@@ -306,7 +306,10 @@ async fn admin(cmd: AdminCommand) -> Result<(), String> {
             print!("{}", a::describe_status(&a::fetch_status(&node).await?));
         }
         AdminCommand::Ring { node } => {
-            print!("{}", a::describe_membership(&a::fetch_membership(&node).await?));
+            print!(
+                "{}",
+                a::describe_membership(&a::fetch_membership(&node).await?)
+            );
         }
         AdminCommand::Join { node, seed } => {
             let joined = a::join(&node, &seed).await?;
@@ -320,7 +323,11 @@ async fn admin(cmd: AdminCommand) -> Result<(), String> {
             a::leave(&node, &id).await?;
             println!(
                 "leave of {} staged; `dynamokv admin plan` shows what moves, `dynamokv admin commit` applies it",
-                if id.is_empty() { node.as_str() } else { id.as_str() }
+                if id.is_empty() {
+                    node.as_str()
+                } else {
+                    id.as_str()
+                }
             );
         }
         AdminCommand::Remove { node, node_id } => {

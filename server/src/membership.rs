@@ -261,10 +261,7 @@ impl Membership {
     /// Changes this node's membership state (an operator's join, leave, remove or commit, a
     /// finished handoff), then publishes and stores it. `f` may refuse the change with an
     /// error, which leaves the state as it was.
-    pub fn update<T, E>(
-        &self,
-        f: impl FnOnce(&mut MembershipState) -> Result<T, E>,
-    ) -> Result<T, E>
+    pub fn update<T, E>(&self, f: impl FnOnce(&mut MembershipState) -> Result<T, E>) -> Result<T, E>
     where
         E: From<MembershipError>,
     {
@@ -614,7 +611,10 @@ fn build_view(
             let me = state
                 .member(self_id)
                 .ok_or(ViewError::UnknownOwner(self_id.to_string()))?;
-            (Ring::new(state.partitions, vec![me.member()]).map_err(ViewError::from)?, 0)
+            (
+                Ring::new(state.partitions, vec![me.member()]).map_err(ViewError::from)?,
+                0,
+            )
         }
         Err(e) => return Err(e.into()),
     };

@@ -11,11 +11,11 @@ use dynamokv_common::{VersionedState, WriteId};
 use dynamokv_proto::v1 as pb;
 
 use crate::anti_entropy::AntiEntropy;
-use crate::key_range_transfer::KeyRangeTransfer;
-use crate::membership::TopologyError;
 use crate::coordinator::{Coordinator, FORWARDED_METADATA, WriteRequest};
 use crate::error::Error;
 use crate::hinted_handoff::HintedHandoff;
+use crate::key_range_transfer::KeyRangeTransfer;
+use crate::membership::TopologyError;
 use crate::metrics::{Metrics, Role};
 use crate::replica::{LocalReplica, now_ms};
 
@@ -516,11 +516,10 @@ impl pb::admin_server::Admin for AdminService {
         if seed.is_empty() {
             return Err(Status::invalid_argument("join needs the address of a seed"));
         }
-        let mut client = dynamokv_proto::v1::admin_client::AdminClient::connect(format!(
-            "http://{seed}"
-        ))
-        .await
-        .map_err(|e| Status::unavailable(format!("cannot reach the seed {seed}: {e}")))?;
+        let mut client =
+            dynamokv_proto::v1::admin_client::AdminClient::connect(format!("http://{seed}"))
+                .await
+                .map_err(|e| Status::unavailable(format!("cannot reach the seed {seed}: {e}")))?;
         let theirs = client
             .ring(pb::RingRequest {})
             .await
@@ -530,8 +529,13 @@ impl pb::admin_server::Admin for AdminService {
             .into_inner()
             .state
             .ok_or_else(|| Status::internal("the seed sent no membership state"))?;
-        let holds_data = (0..self.local.forest().partitions())
-            .any(|p| self.local.forest().partition_leaves(p).iter().any(|l| *l != 0));
+        let holds_data = (0..self.local.forest().partitions()).any(|p| {
+            self.local
+                .forest()
+                .partition_leaves(p)
+                .iter()
+                .any(|l| *l != 0)
+        });
         self.coordinator.membership().join(
             &seed,
             &theirs.cluster,

@@ -32,7 +32,9 @@ impl QuorumSets {
 
     /// Whether a read's answer from `node` counts toward R.
     pub fn read_counts(&self, node: &str) -> bool {
-        !self.handover() || self.old.iter().any(|o| o == node) || !self.new.iter().any(|n| n == node)
+        !self.handover()
+            || self.old.iter().any(|o| o == node)
+            || !self.new.iter().any(|n| n == node)
     }
 }
 

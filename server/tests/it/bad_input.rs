@@ -135,7 +135,11 @@ async fn requests_missing_required_fields_are_refused() {
         .await
         .unwrap();
     let no_key = raw
-        .get(pb::GetRequest { key: None, r: None, ring_version: 0 })
+        .get(pb::GetRequest {
+            key: None,
+            r: None,
+            ring_version: 0,
+        })
         .await
         .unwrap_err();
     assert_eq!(no_key.code(), tonic::Code::InvalidArgument);

@@ -124,15 +124,19 @@ impl Nodes {
     /// Waits until node `at` knows every node of `ids`.
     async fn wait_known(&self, at: usize, ids: &[usize]) {
         let addr = self.addr(at);
-        eventually("the joining nodes to reach the seed", Duration::from_secs(30), || {
-            let addr = addr.clone();
-            async move {
-                let Ok(s) = admin::fetch_membership(&addr).await else {
-                    return false;
-                };
-                ids.iter().all(|i| s.member(&format!("node-{i}")).is_some())
-            }
-        })
+        eventually(
+            "the joining nodes to reach the seed",
+            Duration::from_secs(30),
+            || {
+                let addr = addr.clone();
+                async move {
+                    let Ok(s) = admin::fetch_membership(&addr).await else {
+                        return false;
+                    };
+                    ids.iter().all(|i| s.member(&format!("node-{i}")).is_some())
+                }
+            },
+        )
         .await;
     }
 
@@ -140,7 +144,9 @@ impl Nodes {
     async fn change(&self, at: usize) -> (dynamokv_proto::v1::PlanResponse, u64) {
         let plan = admin::plan(&self.addr(at)).await.unwrap();
         assert!(plan.blocked.is_empty(), "plan blocked: {}", plan.blocked);
-        let version = admin::commit(&self.addr(at), plan.ring_version).await.unwrap();
+        let version = admin::commit(&self.addr(at), plan.ring_version)
+            .await
+            .unwrap();
         assert_eq!(version, plan.ring_version + 1);
         (plan, version)
     }
@@ -161,7 +167,11 @@ impl Nodes {
                             && s.partitions_to_drop == 0 => {}
                     Ok(s) => lagging.push(format!(
                         "{}: ring v{} handover {} pending {} to drop {}",
-                        s.node_id, s.ring_version, s.handover, s.transfers_pending, s.partitions_to_drop
+                        s.node_id,
+                        s.ring_version,
+                        s.handover,
+                        s.transfers_pending,
+                        s.partitions_to_drop
                     )),
                     Err(e) => lagging.push(e),
                 }
@@ -170,7 +180,9 @@ impl Nodes {
                 return;
             }
             if Instant::now() > end {
-                let view = admin::fetch_membership(&addrs[0]).await.map(|s| admin::describe_membership(&s));
+                let view = admin::fetch_membership(&addrs[0])
+                    .await
+                    .map(|s| admin::describe_membership(&s));
                 panic!(
                     "the nodes did not settle on ring version {version} within {deadline:?}: {lagging:?}\n{}",
                     view.unwrap_or_else(|e| e)
@@ -308,7 +320,12 @@ fn during(pairs: &[Pair], from: Instant, to: Instant) -> (usize, usize) {
 /// Every acknowledged key is held, with its value, by each of its N replicas in `ring`; no
 /// running node outside a key's replicas holds it (acknowledged or not). Polls while replicas
 /// converge; returns how long that took.
-async fn check_placement(nodes: &Nodes, ring: &Ring, pairs: &[Pair], deadline: Duration) -> Duration {
+async fn check_placement(
+    nodes: &Nodes,
+    ring: &Ring,
+    pairs: &[Pair],
+    deadline: Duration,
+) -> Duration {
     let started = Instant::now();
     let running = nodes.running();
     let mut left: Vec<&Pair> = pairs.iter().collect();
@@ -376,7 +393,11 @@ fn check_balance(ring: &Ring) {
 fn report(line: String) {
     println!("{line}");
     let path = std::env::temp_dir().join("dynamokv-elasticity.txt");
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
         use std::io::Write;
         let _ = writeln!(f, "{line}");
     }
@@ -434,7 +455,10 @@ async fn grow_from_3_to_5_then_shrink_to_4_by_leave_under_load() {
             (to - from).as_secs_f64()
         ));
         assert!(total > 100, "too little load during {what}: {total}");
-        assert!(rate >= 99.9, "{what}: only {rate:.2}% of requests succeeded");
+        assert!(
+            rate >= 99.9,
+            "{what}: only {rate:.2}% of requests succeeded"
+        );
     }
     report(format!(
         "elasticity: {} puts, {acked} acknowledged, every one on each of its {N} replicas and nowhere else ({converged:?} after the load)",
@@ -484,14 +508,18 @@ async fn rolling_restart_of_five_nodes_under_load_loses_nothing() {
         nodes.start(i, None).await;
         // Back, with its stored view: it routes by the same ring at once.
         let addr = nodes.addr(i);
-        eventually("the restarted node to answer", Duration::from_secs(20), || {
-            let addr = addr.clone();
-            async move {
-                admin::fetch_status(&addr)
-                    .await
-                    .is_ok_and(|s| s.ring_version == version)
-            }
-        })
+        eventually(
+            "the restarted node to answer",
+            Duration::from_secs(20),
+            || {
+                let addr = addr.clone();
+                async move {
+                    admin::fetch_status(&addr)
+                        .await
+                        .is_ok_and(|s| s.ring_version == version)
+                }
+            },
+        )
         .await;
         load.run_for(100).await;
     }
@@ -600,7 +628,11 @@ async fn topology_changes_that_cannot_work_are_refused_and_change_nothing() {
         })
         .await
         .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
     assert!(refused.message().contains("other"), "{refused:?}");
     assert_eq!(nodes.membership(0).await, before);
     // A member holding data cannot join another cluster by `admin join`.
@@ -609,6 +641,9 @@ async fn topology_changes_that_cannot_work_are_refused_and_change_nothing() {
     nodes.start(2, None).await;
     let err = admin::join(&a, &nodes.addr(2)).await.unwrap_err();
     assert!(err.contains("already a member"), "{err}");
-    assert_eq!(nodes.membership(0).await.ring_version(), before.ring_version());
+    assert_eq!(
+        nodes.membership(0).await.ring_version(),
+        before.ring_version()
+    );
     nodes.shutdown().await;
 }
