@@ -58,6 +58,9 @@ struct Backoff {
     owner_was_down: bool,
 }
 
+/// Hints by the owner they are for.
+type ByOwner = BTreeMap<String, Vec<Hint>>;
+
 /// The hint delivery worker.
 #[derive(Debug)]
 pub struct HintedHandoff {
@@ -150,7 +153,7 @@ impl HintedHandoff {
         &self,
         page: crate::storage::Entries,
         backlog: &mut BTreeMap<String, Backlog>,
-    ) -> (BTreeMap<String, Vec<Hint>>, Vec<(String, Hint)>) {
+    ) -> (ByOwner, Vec<(String, Hint)>) {
         let view = self.s.membership.current();
         let mut ready: BTreeMap<String, Vec<Hint>> = BTreeMap::new();
         let mut orphans = Vec::new();
