@@ -5,7 +5,8 @@
 //! The view is kept in storage (`meta`), so a node restarts with the membership it last knew.
 //! A node starts from, in order: its stored view; the static `cluster.members` of its
 //! configuration (every node configured alike builds the same view); a joining view when it
-//! has seeds (`cluster.seeds`, `serve --join`); or a cluster of one.
+//! has seeds (`cluster.seeds`, `serve --join`) and is not the first of them; or a cluster of
+//! one.
 //!
 //! Gossip ([`Membership::run_gossip`]) calls a random live member about every
 //! `gossip_interval_ms`, and a seed every tenth round (or whenever it knows no other member),
@@ -146,9 +147,11 @@ fn initial_state(config: &Config, advertised: &str) -> MembershipState {
             r
         });
         MembershipState::of_members(c.name.clone(), c.partitions, records)
-    } else if !c.seeds.is_empty() {
+    } else if c.seeds.first().is_some_and(|s| *s != me.address) {
         MembershipState::joining(c.name.clone(), c.partitions, me)
     } else {
+        // No seeds, or this node is the first seed: every node may share one seed list, and
+        // its first entry starts the cluster the others join.
         MembershipState::new_cluster(c.name.clone(), c.partitions, me)
     }
 }
@@ -400,10 +403,18 @@ impl Membership {
     fn gossip_target(&self, round: u64) -> Option<String> {
         let state = self.inner.gossiper.state();
         let me = &self.inner.advertised;
+        let local = |id: &str| {
+            self.inner
+                .cluster
+                .members
+                .iter()
+                .find(|m| m.id == id)
+                .map(|m| m.address.clone())
+        };
         let members: Vec<String> = state
             .live_members()
             .filter(|r| r.id != self.inner.self_id && &r.address != me)
-            .map(|r| r.address.clone())
+            .map(|r| local(&r.id).unwrap_or_else(|| r.address.clone()))
             .collect();
         let mut seeds: Vec<String> = self.inner.cluster.seeds.clone();
         seeds.extend(lock(&self.inner.extra_seeds).iter().cloned());
@@ -618,11 +629,15 @@ fn build_view(
         }
         Err(e) => return Err(e.into()),
     };
+    let ring = local_addresses(ring, cluster, self_id)?;
     let quorums = quorums_for(cluster, ring.members().len());
-    let previous = state.previous_ring()?.map(|r| {
-        let n = quorums_for(cluster, r.members().len()).n;
-        (r, n)
-    });
+    let previous = match state.previous_ring()? {
+        Some(r) => {
+            let n = quorums_for(cluster, r.members().len()).n;
+            Some((local_addresses(r, cluster, self_id)?, n))
+        }
+        None => None,
+    };
     Ok(ClusterView {
         cluster_name: state.cluster.clone(),
         self_id: self_id.to_string(),
@@ -632,6 +647,42 @@ fn build_view(
         previous,
         state: state.clone(),
     })
+}
+
+/// The ring with the addresses this node's static `members` list gives its peers, where it
+/// lists them: a node may reach a peer through an address of its own (a proxy, a NAT), while
+/// gossip carries the address each node announces for itself.
+fn local_addresses(
+    ring: Ring,
+    cluster: &ClusterConfig,
+    self_id: &str,
+) -> Result<Ring, MembershipError> {
+    let local = |id: &str| {
+        cluster
+            .members
+            .iter()
+            .find(|m| m.id == id && m.id != self_id)
+            .map(|m| m.address.clone())
+    };
+    if !ring
+        .members()
+        .iter()
+        .any(|m| local(&m.id).is_some_and(|a| a != m.address))
+    {
+        return Ok(ring);
+    }
+    let members = ring
+        .members()
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            if let Some(a) = local(&m.id) {
+                m.address = a;
+            }
+            m
+        })
+        .collect();
+    Ok(Ring::new(ring.partition_count(), members).map_err(ViewError::from)?)
 }
 
 /// Gossip over the node-to-node gRPC service.
@@ -653,5 +704,89 @@ impl GossipTransport for PeerTransport {
                 c.gossip(r).await
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(seeds: &[&str]) -> Config {
+        let mut c = Config {
+            node_id: "me".into(),
+            ..Config::default()
+        };
+        c.cluster.seeds = seeds.iter().map(|s| s.to_string()).collect();
+        c
+    }
+
+    #[test]
+    fn the_first_seed_starts_the_cluster_and_the_others_join_it() {
+        let me = "10.0.0.1:7070";
+        let alone = initial_state(&config(&[]), me);
+        assert_eq!(alone.ring_version().owners, vec!["me".to_string()]);
+        let first = initial_state(&config(&[me, "10.0.0.2:7070"]), me);
+        assert_eq!(first.ring_version().version, 1);
+        assert_eq!(first.status_of("me"), "up");
+        let other = initial_state(&config(&["10.0.0.2:7070", me]), me);
+        assert_eq!(other.ring_version().version, 0);
+        assert_eq!(other.status_of("me"), "joining");
+        assert!(other.ring_version().owners.is_empty());
+    }
+
+    #[test]
+    fn a_node_reaches_peers_at_the_addresses_its_own_member_list_gives() {
+        use crate::config::MemberConfig;
+        let mut c = config(&[]);
+        c.cluster.members = ["me", "peer"]
+            .iter()
+            .map(|id| MemberConfig {
+                id: id.to_string(),
+                address: format!("proxy-to-{id}:1"),
+                zone: String::new(),
+                weight: 1,
+            })
+            .collect();
+        let m = Membership::open(&c, "10.0.0.1:7070", None).unwrap();
+        // Gossip brings the address the peer announces for itself.
+        m.update(|s| -> Result<(), MembershipError> {
+            let r = s.member("peer").unwrap().clone();
+            s.set_member(MemberRecord {
+                address: "10.0.0.2:7070".into(),
+                ..r
+            });
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(m.state().member("peer").unwrap().address, "10.0.0.2:7070");
+        let view = m.current();
+        assert_eq!(view.ring.member("peer").unwrap().address, "proxy-to-peer:1");
+        assert_eq!(view.ring.member("me").unwrap().address, "proxy-to-me:1");
+    }
+
+    #[test]
+    fn a_stored_view_of_another_cluster_is_refused() {
+        let store: Arc<dyn Storage> = Arc::new(crate::storage::MemoryStorage::default());
+        let c = config(&[]);
+        Membership::open(&c, "10.0.0.1:7070", Some(Arc::clone(&store))).unwrap();
+        let mut other = c.clone();
+        other.cluster.name = "elsewhere".into();
+        let err = Membership::open(&other, "10.0.0.1:7070", Some(store)).unwrap_err();
+        assert!(matches!(err, MembershipError::OtherCluster { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_restarted_node_keeps_its_view_and_announces_a_new_address() {
+        let store: Arc<dyn Storage> = Arc::new(crate::storage::MemoryStorage::default());
+        let c = config(&["10.0.0.9:7070"]);
+        let m = Membership::open(&c, "10.0.0.1:7070", Some(Arc::clone(&store))).unwrap();
+        assert!(!m.current().joined());
+        let before = m.state().member("me").unwrap().version;
+        drop(m);
+        let m = Membership::open(&c, "10.0.0.1:7071", Some(store)).unwrap();
+        let r = m.state().member("me").unwrap().clone();
+        assert_eq!(r.address, "10.0.0.1:7071");
+        assert!(r.version > before);
+        assert_eq!(r.status, Status::Joining, "still asking to join");
     }
 }

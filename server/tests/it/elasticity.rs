@@ -495,6 +495,32 @@ async fn remove_of_a_destroyed_node_restores_every_keys_replicas() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_handover_resumes_after_an_old_owner_restarts_midway() {
+    let mut nodes = Nodes::new(4).await;
+    nodes.form(3).await;
+    let load = Load::start(nodes.all()[..3].to_vec(), "resume");
+    load.run_for(1500).await;
+    let pairs = load.finish().await;
+    nodes.start(3, Some(0)).await;
+    nodes.wait_known(1, &[3]).await;
+    let (_, version) = nodes.change(1).await;
+    // node-0, an owner of the previous ring, stops before it has handed its partitions over
+    // (it waits for every node to route by the new ring, then twice the replica timeout).
+    nodes.stop(0).await;
+    let seen = nodes.membership(1).await;
+    assert!(seen.handover_in_progress());
+    assert!(
+        seen.member("node-0").unwrap().handed_off < version,
+        "node-0 stopped after its handoff: the test proves nothing"
+    );
+    nodes.start(0, None).await;
+    nodes.settle(version, Duration::from_secs(60)).await;
+    let ring = nodes.membership(2).await.ring().unwrap();
+    check_placement(&nodes, &ring, &pairs, Duration::from_secs(60)).await;
+    nodes.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rolling_restart_of_five_nodes_under_load_loses_nothing() {
     let mut nodes = Nodes::new(5).await;
     let version = nodes.form(5).await;
