@@ -23,7 +23,7 @@ APT_PACKAGES := librocksdb-dev libclang-dev pkg-config
 RUST_PACKAGES := -p dynamokv-proto -p dynamokv-common -p dynamokv-server -p dynamokv-client -p dynamokv-examples -p dynamokv-bench
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help deps build run demo test test-rust test-python test-node test-swift faults fmt lint bench clean-data
+.PHONY: help deps build run demo test test-rust test-python test-node test-swift faults elasticity fmt lint bench clean-data
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -65,6 +65,13 @@ faults: deps ## The fault campaign alone: nodes killed, hung, partitioned and wi
 	@rm -f $(CAMPAIGN_TABLE); status=0; \
 	DYNAMOKV_CAMPAIGN_TABLE=$(CAMPAIGN_TABLE) cargo test --release -p dynamokv-server --test it campaign -- --nocapture --test-threads 1 || status=$$?; \
 	echo; echo "fault campaign, scenarios that passed ($(CAMPAIGN_TABLE)):"; cat $(CAMPAIGN_TABLE) 2>/dev/null || echo "(none)"; \
+	exit $$status
+
+ELASTICITY_REPORT := $(or $(TMPDIR),/tmp)/dynamokv-elasticity.txt
+elasticity: deps ## Membership changes under load: grow 3->5, leave to 4, remove, rolling restart; prints the figures (also part of make test).
+	@rm -f $(ELASTICITY_REPORT); status=0; \
+	cargo test --release -p dynamokv-server --test it elasticity -- --nocapture --test-threads 1 || status=$$?; \
+	echo; echo "membership changes under load ($(ELASTICITY_REPORT)):"; cat $(ELASTICITY_REPORT) 2>/dev/null || echo "(none)"; \
 	exit $$status
 
 fmt: ## Format the Rust code.

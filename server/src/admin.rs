@@ -248,13 +248,21 @@ pub fn describe_membership(state: &crate::membership_state::MembershipState) -> 
             .map_or(0, |ring| ring.partitions_of(&r.id).len());
         let _ = writeln!(
             out,
-            "  {:<12} {:<22} {:<8} owns {:>5}  record v{} handed off v{}{}{}",
+            "  {:<12} {:<22} {:<8} owns {:>5}  record v{}{}{}{}",
             r.id,
             r.address,
             state.status_of(&r.id),
             owned,
             r.version,
-            r.handed_off,
+            if ring.previous.contains(&r.id) && state.handover_in_progress() {
+                if state.has_handed_off(&r.id) {
+                    " handed off"
+                } else {
+                    " handing off"
+                }
+            } else {
+                ""
+            },
             if r.zone.is_empty() {
                 String::new()
             } else {

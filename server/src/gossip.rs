@@ -246,9 +246,9 @@ mod tests {
         }
         state.commit((0..n).map(|i| format!("node-{i}")), "node-0");
         // Every node routes by that ring, and the first handover is over.
-        let version = state.ring_version().version;
+        let version = state.ring_version().id();
         for i in 0..n {
-            state.set_ring_seen(&format!("node-{i}"), version);
+            state.set_ring_seen(&format!("node-{i}"));
             state.set_handed_off(&format!("node-{i}"), version);
         }
         let transport = Arc::new(InMemoryTransport::default());
@@ -282,9 +282,8 @@ mod tests {
             // As `Membership` does: a node that learnt a newer ring routes by it and says so in
             // its own record, which gossip spreads too.
             node.update(|s| {
-                let v = s.ring_version().version;
                 if s.ring().is_ok() {
-                    s.set_ring_seen(&format!("node-{i}"), v);
+                    s.set_ring_seen(&format!("node-{i}"));
                 }
             });
         }

@@ -8,7 +8,7 @@
 //!    Merkle tree with those of the partition's new replicas, and sends them the keys they lack
 //!    (the anti-entropy comparison, one way: [`Direction::Push`], merges synced to the log).
 //!    When every partition it replicated has reached every new replica, it records that in its
-//!    own member record (`handed_off` = the ring version), which gossip spreads. Meanwhile
+//!    own member record (`handed_off` = the ring's id), which gossip spreads. Meanwhile
 //!    writes go to old and new replicas and reads consult both
 //!    ([`crate::coordinator`]). A node that restarts simply compares again: what already
 //!    arrived is equal and costs nothing.
@@ -121,11 +121,9 @@ impl KeyRangeTransfer {
         };
         let me = &view.self_id;
         let version = view.ring_version;
+        let ring_id = view.state.ring_version().id();
         let was_owner = view.state.ring_version().previous.contains(me);
-        let done = view
-            .state
-            .member(me)
-            .is_some_and(|r| r.handed_off >= version);
+        let done = view.state.has_handed_off(me);
         if !was_owner || done {
             return 0;
         }
@@ -179,12 +177,13 @@ impl KeyRangeTransfer {
             let handed = self
                 .s
                 .membership
-                .update(|s| -> Result<(), MembershipError> {
-                    s.set_handed_off(me, version);
-                    Ok(())
-                });
+                .update(|s| -> Result<bool, MembershipError> { Ok(s.set_handed_off(me, ring_id)) });
             match handed {
-                Ok(()) => tracing::info!(
+                Ok(false) => tracing::info!(
+                    ring_version = version,
+                    "the ring changed during the handover: handing over again"
+                ),
+                Ok(true) => tracing::info!(
                     ring_version = version,
                     "handed every partition over to its new replicas"
                 ),

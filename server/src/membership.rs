@@ -241,11 +241,6 @@ impl Membership {
         Ok(membership)
     }
 
-    /// A membership of the configuration alone, never stored (tests of components).
-    pub fn fixed(config: &Config, advertised: &str) -> Result<Membership, ConfigError> {
-        Membership::open(config, advertised, None).map_err(|e| ConfigError::Invalid(e.to_string()))
-    }
-
     /// The view in force now.
     pub fn current(&self) -> Arc<ClusterView> {
         Arc::clone(&self.rx.borrow())
@@ -338,9 +333,8 @@ impl Membership {
         let inner = &self.inner;
         inner.gossiper.update(|s| {
             // This node routes by the ring its state holds as soon as the state makes one.
-            let version = s.ring_version().version;
-            if version > 0 && s.ring().is_ok() {
-                s.set_ring_seen(&inner.self_id, version);
+            if s.ring_version().version > 0 && s.ring().is_ok() {
+                s.set_ring_seen(&inner.self_id);
             }
             if let Some(r) = s.member(&inner.self_id).cloned()
                 && r.address != inner.advertised

@@ -67,12 +67,14 @@ pub struct MemberRecord {
     pub zone: String,
     pub weight: u32,
     pub status: Status,
-    /// The highest ring version for which this node has handed every partition it replicated
-    /// under the previous ring to that partition's new replicas (key-range transfer, paper
-    /// 4.9). Only the node itself raises it.
+    /// The [`RingVersion::id`] of the ring for which this node has handed every partition it
+    /// replicated under the previous ring to that partition's new replicas (key-range transfer,
+    /// paper 4.9); 0 for none. Only the node itself sets it. An id, not a version number: two
+    /// commits made at once carry the same number, and a handoff for the one that lost must
+    /// not count for the one that won.
     pub handed_off: u64,
-    /// The highest ring version this node routes by. Old owners hand partitions over only once
-    /// every live member routes by the new ring, so that no write routed by the old one alone
+    /// The id of the ring this node routes by. Old owners hand partitions over only once every
+    /// live member routes by the new ring, so that no write routed by the old one alone
     /// arrives after their last transfer.
     pub ring_seen: u64,
 }
@@ -109,6 +111,24 @@ pub struct RingVersion {
     /// The owners before this version: where the partitions that changed replicas come from
     /// until the handover completes. Empty for the first ring.
     pub previous: Vec<String>,
+}
+
+impl RingVersion {
+    /// A 64-bit identity of this exact ring (version, committer, owners, previous owners): two
+    /// rings committed at once with the same version number have different ids. Never 0.
+    pub fn id(&self) -> u64 {
+        let mut text = format!("{}\0{}\0", self.version, self.committed_by);
+        for o in &self.owners {
+            text.push_str(o);
+            text.push('\0');
+        }
+        text.push('\x01');
+        for o in &self.previous {
+            text.push_str(o);
+            text.push('\0');
+        }
+        xxhash_rust::xxh3::xxh3_64(text.as_bytes()).max(1)
+    }
 }
 
 /// A view that does not make a ring (yet).
@@ -262,9 +282,9 @@ impl MembershipState {
             .previous
             .iter()
             .filter(|id| {
-                self.members.get(*id).is_some_and(|r| {
-                    r.status != Status::Removed && r.handed_off < self.ring.version
-                })
+                self.members
+                    .get(*id)
+                    .is_some_and(|r| r.status != Status::Removed && r.handed_off != self.ring.id())
             })
             .map(String::as_str)
             .collect()
@@ -340,36 +360,51 @@ impl MembershipState {
             .filter(|r| !matches!(self.status_of(&r.id), "removed" | "left"))
     }
 
-    /// Records that this node routes by ring `version` (or a later one).
-    pub fn set_ring_seen(&mut self, id: &str, version: u64) {
+    /// Records that member `id` routes by the current ring.
+    pub fn set_ring_seen(&mut self, id: &str) {
+        let ring = self.ring.id();
         if let Some(r) = self.members.get(id).cloned()
-            && r.ring_seen < version
+            && r.ring_seen != ring
         {
             self.set_member(MemberRecord {
-                ring_seen: version,
+                ring_seen: ring,
                 ..r
             });
         }
     }
 
-    /// Live members that do not route by the current ring yet.
+    /// Live members that do not route by the current ring yet (as far as this view knows:
+    /// one that routes by a newer ring this view has not heard of counts as not yet).
     pub fn not_routing_by_current(&self) -> Vec<&str> {
+        let ring = self.ring.id();
         self.live_members()
-            .filter(|r| r.ring_seen < self.ring.version)
+            .filter(|r| r.ring_seen != ring)
             .map(|r| r.id.as_str())
             .collect()
     }
 
-    /// Records that this node has handed over everything for ring `version`.
-    pub fn set_handed_off(&mut self, id: &str, version: u64) {
+    /// Records that member `id` has handed everything over for the ring whose id is `ring`,
+    /// if that is still the current ring. Returns whether it is.
+    pub fn set_handed_off(&mut self, id: &str, ring: u64) -> bool {
+        if self.ring.id() != ring {
+            return false;
+        }
         if let Some(r) = self.members.get(id).cloned()
-            && r.handed_off < version
+            && r.handed_off != ring
         {
             self.set_member(MemberRecord {
-                handed_off: version,
+                handed_off: ring,
                 ..r
             });
         }
+        true
+    }
+
+    /// Whether member `id` has handed everything over for the current ring.
+    pub fn has_handed_off(&self, id: &str) -> bool {
+        self.members
+            .get(id)
+            .is_some_and(|r| r.handed_off == self.ring.id())
     }
 
     /// Sets a member's record (a node announcing itself or changing its address, an operator
@@ -665,6 +700,39 @@ mod tests {
             "the greater committer"
         );
         assert!(ab.ring().is_ok());
+    }
+
+    #[test]
+    fn a_handoff_for_a_ring_that_lost_a_concurrent_commit_does_not_count_for_the_winner() {
+        let mut base = cluster(3);
+        for i in 0..3 {
+            base.set_ring_seen(&format!("node-{i}"));
+            let id = base.ring_version().id();
+            base.set_handed_off(&format!("node-{i}"), id);
+        }
+        assert!(!base.handover_in_progress());
+        let (mut a, mut b) = (base.clone(), base.clone());
+        a.set_member(node(3));
+        a.commit((0..4).map(|i| format!("node-{i}")), "node-0");
+        b.set_member(node(4));
+        b.commit(
+            ["node-0", "node-1", "node-2", "node-4"].map(String::from),
+            "node-2",
+        );
+        assert_eq!(a.ring_version().version, b.ring_version().version);
+        // Every old owner hands over for a's ring (the one that will lose).
+        let lost = a.ring_version().id();
+        for i in 0..3 {
+            assert!(a.set_handed_off(&format!("node-{i}"), lost));
+        }
+        assert!(!a.handover_in_progress());
+        a.merge(&b).unwrap();
+        assert_eq!(a.ring_version().committed_by, "node-2", "b's ring wins");
+        assert!(
+            a.handover_in_progress(),
+            "handoffs for the losing ring must not complete the winner's"
+        );
+        assert!(!a.set_handed_off("node-0", lost), "the lost ring is gone");
     }
 
     #[test]
