@@ -202,12 +202,12 @@ impl Coordinator {
         }
         let mut replies: Vec<(String, Option<VersionedState>)> = Vec::new();
         let mut failures = Vec::new();
-        // Answers that count toward R (during a handover, not those of new-only replicas).
-        let mut counted = 0u32;
-        while counted < r {
+        // R answers (during a handover, R among the previous replicas and R among the new).
+        let mut answers = Acks::new(&sets);
+        while !answers.met(r) {
             match pending.next().await {
                 Some((node, Ok(state))) => {
-                    counted += u32::from(sets.read_counts(&node));
+                    answers.add(&node);
                     replies.push((node, state));
                 }
                 Some((node, Err(reason))) => failures.push(ReplicaFailure { node, reason }),
@@ -222,11 +222,11 @@ impl Coordinator {
                 None => break,
             }
         }
-        if counted < r {
+        if !answers.met(r) {
             return Err(Error::QuorumNotReached {
                 op: "get",
                 needed: r,
-                got: counted,
+                got: answers.all,
                 failures,
             });
         }

@@ -15,10 +15,14 @@ use dynamokv_common::Member;
 
 /// The replica sets a quorum is counted over. Outside a handover there is one, the key's N
 /// replicas, and both lists are empty. During a handover (paper 4.9) the key has the replicas
-/// of the previous ring (`old`, less removed members) and those of the new ring (`new`): a
-/// write needs W acknowledgements among each, so that the replicas reads consult now and those
-/// they will consult once the handover completes both hold it; a read needs R answers that are
-/// not from new-only replicas (which may not have received the partition yet).
+/// of the previous ring (`old`, less removed members) and those of the new ring (`new`), and
+/// both writes and reads need their quorum in each: W acknowledgements among the old replicas
+/// and W among the new, R answers among the old and R among the new. Nodes learn that a
+/// handover began or ended at different moments, so a write may be counted by the old ring
+/// alone (before the commit reached its coordinator), by both, or by the new ring alone (after
+/// the handover ended there), and a read by any of the three; quorums in both sets intersect
+/// all of them. Answers from a fallback (a hint holder standing in for a down primary) count
+/// in both sets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QuorumSets {
     pub old: Vec<String>,
@@ -29,16 +33,9 @@ impl QuorumSets {
     pub fn handover(&self) -> bool {
         !self.old.is_empty()
     }
-
-    /// Whether a read's answer from `node` counts toward R.
-    pub fn read_counts(&self, node: &str) -> bool {
-        !self.handover()
-            || self.old.iter().any(|o| o == node)
-            || !self.new.iter().any(|n| n == node)
-    }
 }
 
-/// A write's acknowledgements, by the replica each stands for.
+/// A write's acknowledgements (by the replica each stands for) or a read's answers.
 #[derive(Debug, Clone)]
 pub struct Acks<'a> {
     sets: &'a QuorumSets,
@@ -57,18 +54,21 @@ impl<'a> Acks<'a> {
         }
     }
 
-    /// An acknowledgement by (or, as a hint, for) the replica `primary`.
+    /// An acknowledgement or answer by (or, as a hint, for) the replica `primary`; a node in
+    /// neither set is a fallback, which counts in both.
     pub fn add(&mut self, primary: &str) {
         self.all += 1;
-        if self.sets.old.iter().any(|o| o == primary) {
+        let old = self.sets.old.iter().any(|o| o == primary);
+        let new = self.sets.new.iter().any(|n| n == primary);
+        if old || !new {
             self.old += 1;
         }
-        if self.sets.new.iter().any(|n| n == primary) {
+        if new || !old {
             self.new += 1;
         }
     }
 
-    /// Whether the write has its W.
+    /// Whether the request has its quorum `w` (W or R).
     pub fn met(&self, w: u32) -> bool {
         if !self.sets.handover() {
             return self.all >= w;
@@ -184,7 +184,6 @@ mod handover_tests {
         assert!(!acks.met(2));
         acks.add("y");
         assert!(acks.met(2));
-        assert!(none.read_counts("anyone"));
     }
 
     #[test]
@@ -220,12 +219,20 @@ mod handover_tests {
     }
 
     #[test]
-    fn during_a_handover_reads_count_answers_not_from_new_only_replicas() {
+    fn during_a_handover_a_read_needs_r_answers_in_each_set() {
         let s = sets();
-        assert!(s.read_counts("a"));
-        assert!(s.read_counts("c"));
-        assert!(!s.read_counts("d"), "d may not hold the partition yet");
-        assert!(s.read_counts("fallback"));
+        // The leaving replica and the new one alone: not enough in either.
+        let mut answers = Acks::new(&s);
+        answers.add("c");
+        answers.add("d");
+        assert!(!answers.met(2));
+        answers.add("b");
+        assert!(answers.met(2));
+        // A fallback's answer (hints) counts in both.
+        let mut answers = Acks::new(&s);
+        answers.add("a");
+        answers.add("fallback");
+        assert!(answers.met(2));
     }
 }
 

@@ -16,7 +16,9 @@ use dynamokv_server::config::{Config, Engine};
 use dynamokv_server::membership_state::MembershipState;
 use dynamokv_server::{NodeHandle, start_on};
 
-use crate::support::{eventually, read_local};
+use dynamokv_proto::v1 as pb;
+
+use crate::support::eventually;
 
 const Q: u32 = 64;
 const N: usize = 3;
@@ -221,6 +223,8 @@ struct Pair {
     put_took: Duration,
     put_ok: bool,
     get: Option<(Instant, Duration, bool)>,
+    /// Why the put or the get failed, if one did.
+    error: Option<String>,
 }
 
 /// Writers putting fresh keys and reading each back, through clients that know every node.
@@ -252,12 +256,19 @@ impl Load {
                     let put = client.put(&key, key.clone().into_bytes(), None).await;
                     let put_took = t.elapsed();
                     let acked = put.is_ok();
+                    let mut error = put.err().map(|e| format!("put: {e}"));
                     let g = Instant::now();
                     let ok = match client.get(&key).await {
                         Ok(got) if acked => got.values == [key.as_bytes()],
                         Ok(got) => got.values.is_empty() || got.values == [key.as_bytes()],
-                        Err(_) => false,
+                        Err(e) => {
+                            error.get_or_insert(format!("get: {e}"));
+                            false
+                        }
                     };
+                    if !ok && error.is_none() {
+                        error = Some("get: did not show the acknowledged value".into());
+                    }
                     log.push(Pair {
                         key,
                         acked,
@@ -265,6 +276,7 @@ impl Load {
                         put_took,
                         put_ok: acked,
                         get: Some((g, g.elapsed(), ok)),
+                        error,
                     });
                     done.fetch_add(1, Ordering::Relaxed);
                 }
@@ -295,6 +307,15 @@ impl Load {
         }
         pairs
     }
+}
+
+/// The distinct failures of `pairs` (their first 100 characters) with their counts.
+fn failures(pairs: &[Pair]) -> Vec<(String, usize)> {
+    let mut by: std::collections::BTreeMap<String, usize> = Default::default();
+    for e in pairs.iter().filter_map(|p| p.error.as_ref()) {
+        *by.entry(e.chars().take(100).collect()).or_default() += 1;
+    }
+    by.into_iter().collect()
 }
 
 /// Requests (puts and gets) under way during `[from, to]`, and how many succeeded.
@@ -328,6 +349,13 @@ async fn check_placement(
 ) -> Duration {
     let started = Instant::now();
     let running = nodes.running();
+    let mut clients = std::collections::HashMap::new();
+    for &i in &running {
+        let c = pb::replica_client::ReplicaClient::connect(format!("http://{}", nodes.addrs[i]))
+            .await
+            .unwrap();
+        clients.insert(i, c);
+    }
     let mut left: Vec<&Pair> = pairs.iter().collect();
     loop {
         let mut still = Vec::new();
@@ -341,7 +369,18 @@ async fn check_placement(
                 .collect();
             let mut bad = false;
             for &i in &running {
-                let state = read_local(nodes.addrs[i], p.key.as_bytes()).await;
+                let state = clients
+                    .get_mut(&i)
+                    .unwrap()
+                    .read_local(pb::ReadLocalRequest {
+                        key: Some(p.key.clone().into()),
+                        include_hints: false,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .state
+                    .map(|s| dynamokv_common::VersionedState::from_proto(&s).unwrap());
                 let values: Vec<Vec<u8>> = state
                     .map(|s| s.live_values().into_iter().map(|b| b.to_vec()).collect())
                     .unwrap_or_default();
@@ -451,7 +490,7 @@ async fn grow_from_3_to_5_then_shrink_to_4_by_leave_under_load() {
         let (total, ok) = during(&pairs, from, to);
         let rate = ok as f64 * 100.0 / total.max(1) as f64;
         report(format!(
-            "{what}: {:.1} s, {total} requests during the change, {ok} succeeded ({rate:.2}%)",
+            "{what}: {:.1} s, {total} requests during the change, {ok} succeeded ({rate:.3}%)",
             (to - from).as_secs_f64()
         ));
         assert!(total > 100, "too little load during {what}: {total}");
@@ -461,9 +500,20 @@ async fn grow_from_3_to_5_then_shrink_to_4_by_leave_under_load() {
         );
     }
     report(format!(
-        "elasticity: {} puts, {acked} acknowledged, every one on each of its {N} replicas and nowhere else ({converged:?} after the load)",
-        pairs.len()
+        "elasticity: {} puts, {acked} acknowledged, every one on each of its {N} replicas and nowhere else (checked key by key on every node in {converged:.1?}); failures: {:?}",
+        pairs.len(),
+        failures(&pairs)
     ));
+    // Reads during a handover need R among the old replicas and R among the new: a get that
+    // follows its acknowledged put always sees it, whichever view each coordinator had.
+    let stale = pairs
+        .iter()
+        .filter(|p| p.error.as_deref() == Some("get: did not show the acknowledged value"))
+        .count();
+    assert_eq!(
+        stale, 0,
+        "gets that missed the write acknowledged before them"
+    );
     nodes.shutdown().await;
 }
 
@@ -529,8 +579,8 @@ async fn rolling_restart_of_five_nodes_under_load_loses_nothing() {
     let from = Instant::now();
     for i in 0..5 {
         nodes.stop(i).await;
-        // Down while a few hundred requests go by, so writes need its fallbacks.
-        load.run_for(300).await;
+        // Down while a few thousand requests go by, so writes need its fallbacks.
+        load.run_for(3000).await;
         nodes.start(i, None).await;
         // Back, with its stored view: it routes by the same ring at once.
         let addr = nodes.addr(i);
@@ -547,7 +597,7 @@ async fn rolling_restart_of_five_nodes_under_load_loses_nothing() {
             },
         )
         .await;
-        load.run_for(100).await;
+        load.run_for(3000).await;
     }
     let to = Instant::now();
     let pairs = load.finish().await;
@@ -556,9 +606,10 @@ async fn rolling_restart_of_five_nodes_under_load_loses_nothing() {
     let ring = nodes.membership(0).await.ring().unwrap();
     let converged = check_placement(&nodes, &ring, &pairs, Duration::from_secs(60)).await;
     report(format!(
-        "rolling restart of 5 nodes: {:.1} s, {total} requests, {ok} succeeded ({rate:.2}%); {} acknowledged writes all on their {N} replicas ({converged:?} after the load)",
+        "rolling restart of 5 nodes: {:.1} s, {total} requests, {ok} succeeded ({rate:.3}%); {} acknowledged writes all on their {N} replicas (checked in {converged:.1?}); failures: {:?}",
         (to - from).as_secs_f64(),
-        pairs.iter().filter(|p| p.acked).count()
+        pairs.iter().filter(|p| p.acked).count(),
+        failures(&pairs)
     ));
     assert!(rate >= 99.0, "only {rate:.2}% of requests succeeded");
     nodes.shutdown().await;
@@ -566,7 +617,6 @@ async fn rolling_restart_of_five_nodes_under_load_loses_nothing() {
 
 #[tokio::test]
 async fn a_request_routed_by_an_older_ring_is_answered_and_says_the_ring_moved_on() {
-    use dynamokv_proto::v1 as pb;
     let mut nodes = Nodes::new(2).await;
     let version = nodes.form(2).await;
     let mut kv = pb::kv_client::KvClient::connect(format!("http://{}", nodes.addr(1)))
@@ -630,7 +680,6 @@ async fn topology_changes_that_cannot_work_are_refused_and_change_nothing() {
     assert!(err.contains("plan again"), "{err}");
     assert_eq!(nodes.membership(0).await, before);
     // Gossip from a node of another cluster is refused and changes nothing.
-    use dynamokv_proto::v1 as pb;
     let mut other = MembershipState::new_cluster(
         "other",
         Q,
