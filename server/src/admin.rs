@@ -118,8 +118,9 @@ pub async fn commit(addr: &str, planned: u64) -> Result<u64, String> {
 }
 
 /// A plan as text: the owners before and after, each node's partitions after, and every
-/// partition whose replicas change (the first `list` of them) with totals per pair of nodes.
-pub fn describe_plan(plan: &pb::PlanResponse, list: usize) -> String {
+/// partition whose replicas change (the first `list` of them) with totals per pair of nodes,
+/// and the command that commits it on `node`.
+pub fn describe_plan(plan: &pb::PlanResponse, list: usize, node: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -207,7 +208,7 @@ pub fn describe_plan(plan: &pb::PlanResponse, list: usize) -> String {
     if plan.blocked.is_empty() {
         let _ = writeln!(
             out,
-            "commit with: dynamokv admin commit --ring-version {}",
+            "commit with: dynamokv admin commit --node {node} --ring-version {}",
             plan.ring_version
         );
     } else {

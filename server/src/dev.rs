@@ -41,7 +41,7 @@ fn node_config(opts: &DevOptions, i: usize, members: &[(String, String)], dir: &
         format!("\"{}\"", members[0].1)
     };
     format!(
-        "# Written by `dynamokv dev`; rewritten at every start.\nnode_id = \"{}\"\nlisten = \"{}\"\nmetrics_listen = \"{}:0\"\nworker_threads = {}\ndata_dir = \"{}\"\n\n[cluster]\nname = \"dev\"\npartitions = {}\nseeds = [{seeds}]\n",
+        "# Written by `dynamokv dev`; rewritten at every start.\nnode_id = \"{}\"\nlisten = \"{}\"\nmetrics_listen = \"{}:0\"\nworker_threads = {}\ndata_dir = \"{}\"\n\n[cluster]\npartitions = {}\nseeds = [{seeds}]\n",
         members[i].0,
         members[i].1,
         opts.host,
@@ -217,7 +217,10 @@ async fn form_cluster(nodes: &[DevNode]) -> Result<(), String> {
     }
     let plan = crate::admin::plan(first).await?;
     if plan.blocked.is_empty() {
-        print!("{}", crate::admin::describe_plan(&plan, 0));
+        let text = crate::admin::describe_plan(&plan, 0, first);
+        for line in text.lines().filter(|l| !l.starts_with("commit with")) {
+            println!("{line}");
+        }
         let version = crate::admin::commit(first, plan.ring_version).await?;
         println!("committed ring version {version}");
     }

@@ -338,7 +338,7 @@ async fn admin(cmd: AdminCommand) -> Result<(), String> {
         }
         AdminCommand::Plan { node, all } => {
             let list = if all { usize::MAX } else { 20 };
-            print!("{}", a::describe_plan(&a::plan(&node).await?, list));
+            print!("{}", a::describe_plan(&a::plan(&node).await?, list, &node));
         }
         AdminCommand::Commit { node, ring_version } => {
             let version = a::commit(&node, ring_version.unwrap_or(0)).await?;

@@ -388,6 +388,11 @@ impl Membership {
                     }
                 }
                 Ok(false) => {}
+                // A node that cannot join says why, every ten seconds or so: a wrong cluster
+                // name or partition count never fixes itself.
+                Err(reason) if !self.current().joined() && round % 10 == 1 => {
+                    tracing::warn!(%peer, %reason, "cannot join the cluster through this node yet")
+                }
                 Err(reason) => tracing::debug!(%peer, %reason, "gossip exchange failed"),
             }
         }

@@ -457,7 +457,7 @@ async fn grow_from_3_to_5_then_shrink_to_4_by_leave_under_load() {
     let (plan, version) = nodes.change(2).await;
     report(format!(
         "plan for the join of node-3 and node-4:\n{}",
-        admin::describe_plan(&plan, 12)
+        admin::describe_plan(&plan, 12, &nodes.addr(2))
     ));
     assert!(!plan.moves.is_empty());
     nodes.settle(version, Duration::from_secs(60)).await;

@@ -235,6 +235,13 @@ impl Process {
         Self::spawn_command(cmd)
     }
 
+    /// Starts `dynamokv serve` with exactly `args`.
+    pub fn serve(args: &[&str]) -> Process {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dynamokv"));
+        cmd.arg("serve").args(args);
+        Self::spawn_command(cmd)
+    }
+
     /// Starts `dynamokv serve --config path`, its log (stderr) appended to `log`, whose end a
     /// failure to start quotes.
     pub fn spawn_with_config(path: &Path, log: &Path) -> Process {
