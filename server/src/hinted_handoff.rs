@@ -49,6 +49,15 @@ struct Hint {
     raw: Vec<u8>,
 }
 
+impl Hint {
+    /// The user key and the state the hint holds.
+    fn decode(&self) -> Result<(bytes::Bytes, dynamokv_common::VersionedState), String> {
+        let (key, _) = storage::parse_hint_key(&self.key).map_err(|e| e.to_string())?;
+        let (_, state) = storage::decode_hint(&self.raw).map_err(|e| e.to_string())?;
+        Ok((bytes::Bytes::copy_from_slice(key), state))
+    }
+}
+
 /// When an owner that did not answer is tried next.
 #[derive(Debug, Clone, Copy)]
 struct Backoff {
@@ -207,9 +216,7 @@ impl HintedHandoff {
     /// Hands a hint whose owner left the cluster to every current replica of its key (this
     /// node's own copy merged locally), then deletes it unless it changed meanwhile.
     async fn rehome(&self, hint: &Hint) -> Result<bool, String> {
-        let (key, _) = storage::parse_hint_key(&hint.key).map_err(|e| e.to_string())?;
-        let (_, state) = storage::decode_hint(&hint.raw).map_err(|e| e.to_string())?;
-        let key = bytes::Bytes::copy_from_slice(key);
+        let (key, state) = hint.decode()?;
         let view = self.s.membership.current();
         let (replicas, _, _) = crate::coordinator::preference_list(&view, &key);
         for m in &replicas {
@@ -226,10 +233,7 @@ impl HintedHandoff {
                     .await?;
             }
         }
-        self.s
-            .local
-            .forget_hint(&hint.key, &hint.raw)
-            .map_err(|e| e.to_string())
+        self.forget(hint)
     }
 
     /// Delivers `hints` to `owner`: one first, as a probe, and the rest together once it went
@@ -285,13 +289,16 @@ impl HintedHandoff {
     /// `Ok(false)`: delivered, but a newer write for the owner joined the hint; kept for the
     /// next walk.
     async fn deliver(&self, hint: &Hint) -> Result<bool, String> {
-        let (key, _) = storage::parse_hint_key(&hint.key).map_err(|e| e.to_string())?;
-        let (_, state) = storage::decode_hint(&hint.raw).map_err(|e| e.to_string())?;
-        let key = bytes::Bytes::copy_from_slice(key);
+        let (key, state) = hint.decode()?;
         self.s
             .peers
             .merge(&hint.address, &key, &state, true, self.s.timeout)
             .await?;
+        self.forget(hint)
+    }
+
+    /// Deletes a delivered hint unless it changed since it was read.
+    fn forget(&self, hint: &Hint) -> Result<bool, String> {
         self.s
             .local
             .forget_hint(&hint.key, &hint.raw)

@@ -523,10 +523,23 @@ async fn remove_of_a_destroyed_node_restores_every_keys_replicas() {
     nodes.form(4).await;
     let load = Load::start(nodes.all(), "removed");
     load.run_for(600).await;
-    let pairs = load.finish().await;
-
-    // node-3 is gone for good: process stopped, data directory deleted.
+    // node-3 is gone for good: process stopped, data directory deleted. Writes go on, and
+    // its copies wait as hints on the others.
     nodes.destroy(3).await;
+    load.run_for(600).await;
+    let pairs = load.finish().await;
+    let mut hints = 0;
+    for i in 0..3 {
+        hints += admin::fetch_status(&nodes.addr(i))
+            .await
+            .unwrap()
+            .hints_queued;
+    }
+    assert!(
+        hints > 0,
+        "no hints for the destroyed node: the test proves nothing"
+    );
+
     admin::remove(&nodes.addr(0), "node-3").await.unwrap();
     let (plan, version) = nodes.change(0).await;
     assert!(plan.owners_after.iter().all(|o| o != "node-3"));
@@ -537,9 +550,27 @@ async fn remove_of_a_destroyed_node_restores_every_keys_replicas() {
     check_balance(&ring);
     // Every key's replicas (now the three survivors) hold every acknowledged write.
     check_placement(&nodes, &ring, &pairs, Duration::from_secs(60)).await;
+    // The hints for node-3 went to the keys' current replicas rather than waiting for it.
+    let addrs: Vec<String> = (0..3).map(|i| nodes.addr(i)).collect();
+    eventually(
+        "the hints for the removed node to be handed on",
+        Duration::from_secs(30),
+        || {
+            let addrs = addrs.clone();
+            async move {
+                for a in &addrs {
+                    if admin::fetch_status(a).await.unwrap().hints_queued > 0 {
+                        return false;
+                    }
+                }
+                true
+            }
+        },
+    )
+    .await;
     report(format!(
-        "remove: {} acknowledged writes each on all {N} replicas after node-3 was destroyed and removed",
-        pairs.iter().filter(|p| p.acked).count()
+        "remove: {} acknowledged writes each on all {N} replicas after node-3 was destroyed and removed; the {hints} hints left for it were handed to the keys' replicas",
+        pairs.iter().filter(|p| p.acked).count(),
     ));
     nodes.shutdown().await;
 }
