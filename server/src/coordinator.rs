@@ -748,7 +748,7 @@ pub(crate) fn preference_list(
     if let Some((previous, pn)) = &view.previous {
         sets.new = replicas.iter().map(|m| m.id.clone()).collect();
         for m in previous.preference_list(key, *pn as usize).nodes {
-            if view.state.status_of(&m.id) == "removed" {
+            if view.state.is_removed(&m.id) {
                 continue;
             }
             sets.old.push(m.id.clone());

@@ -188,7 +188,7 @@ impl HintedHandoff {
                 .ring
                 .member(&owner)
                 .or_else(|| view.previous.as_ref().and_then(|(r, _)| r.member(&owner)))
-                .filter(|_| view.state.status_of(&owner) != "removed")
+                .filter(|_| !view.state.is_removed(&owner))
                 .map(|m| m.address.clone());
             let Some(address) = address else {
                 if view.joined() {

@@ -92,17 +92,15 @@ impl KeyRangeTransfer {
             if self.s.admission.stopping() || !self.s.admission.admit("transfer").await {
                 return;
             }
-            if let Err(reason) = self.round().await {
-                tracing::debug!(%reason, "key-range transfer round incomplete");
-            }
+            self.round().await;
         }
     }
 
     /// One pass over the partitions.
-    async fn round(&self) -> Result<(), String> {
+    async fn round(&self) {
         let view = self.s.membership.current();
         if !view.joined() {
-            return Ok(());
+            return;
         }
         let pending = self.hand_over(&view).await;
         let to_drop = self.drop_departed(&view).await;
@@ -110,7 +108,6 @@ impl KeyRangeTransfer {
         let m = &self.s.metrics.membership;
         m.transfers_pending.set(pending as i64);
         m.partitions_to_drop.set(to_drop as i64);
-        Ok(())
     }
 
     /// Sends each partition this node replicated under the previous ring to its new replicas,

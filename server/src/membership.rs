@@ -96,7 +96,8 @@ struct Inner {
     store: Option<Arc<dyn Storage>>,
     cluster: ClusterConfig,
     self_id: String,
-    advertised: String,
+    /// This node's own record as it announces it (address, zone, weight).
+    me: MemberRecord,
     /// The state the published view was built from.
     published: Mutex<MembershipState>,
     /// Seeds given at run time (`admin join`), besides the configured ones.
@@ -116,6 +117,35 @@ pub fn quorums_for(cluster: &ClusterConfig, owners: usize) -> Quorums {
         n,
         r: cluster.r.unwrap_or(dq),
         w: cluster.w.unwrap_or(dq),
+    }
+}
+
+/// The address the static member list gives `id`, if it lists it.
+fn listed_address(cluster: &ClusterConfig, id: &str) -> Option<String> {
+    cluster
+        .members
+        .iter()
+        .find(|m| m.id == id)
+        .map(|m| m.address.clone())
+}
+
+/// A node owns its own record: once its state makes a ring it says it routes by it, and it
+/// announces a changed address, zone or weight (or re-announces them when gossip brings back
+/// an older shape of its record) as a new version. A removed node stays removed.
+fn assert_own(state: &mut MembershipState, me: &MemberRecord) {
+    if state.ring_version().version > 0 && state.ring().is_ok() {
+        state.set_ring_seen(&me.id);
+    }
+    if let Some(r) = state.member(&me.id).cloned()
+        && (r.address != me.address || r.zone != me.zone || r.weight != me.weight)
+        && r.status != Status::Removed
+    {
+        state.set_member(MemberRecord {
+            address: me.address.clone(),
+            zone: me.zone.clone(),
+            weight: me.weight,
+            ..r
+        });
     }
 }
 
@@ -166,16 +196,10 @@ impl Membership {
     ) -> Result<Membership, MembershipError> {
         // The address others reach this node at: `advertise`, else its entry in a static
         // member list (which may be a proxy or a load balancer), else the bound address.
-        let listed = config
-            .cluster
-            .members
-            .iter()
-            .find(|m| m.id == config.node_id)
-            .map(|m| m.address.clone());
         let advertised = config
             .advertise
             .clone()
-            .or(listed)
+            .or_else(|| listed_address(&config.cluster, &config.node_id))
             .unwrap_or_else(|| advertised.to_string());
         let advertised = advertised.as_str();
         let stored = match &store {
@@ -202,41 +226,23 @@ impl Membership {
             }
             None => initial_state(config, advertised),
         };
-        // A node owns its own record: a changed address, zone or weight is announced as a new
-        // version of it.
         let me = own_record(config, advertised);
-        if let Some(r) = state.member(&me.id).cloned()
-            && (r.address != me.address || r.zone != me.zone || r.weight != me.weight)
-            && r.status != Status::Removed
-        {
-            state.set_member(MemberRecord {
-                address: me.address.clone(),
-                zone: me.zone.clone(),
-                weight: me.weight,
-                ..r
-            });
-        }
+        assert_own(&mut state, &me);
         let view = build_view(&state, &config.cluster, &config.node_id)?;
         let (tx, rx) = watch::channel(Arc::new(view));
-        let mut membership = Membership {
+        let membership = Membership {
             inner: Arc::new(Inner {
                 gossiper: Gossiper::new(config.node_id.clone(), state.clone()),
                 tx,
                 store,
                 cluster: config.cluster.clone(),
                 self_id: config.node_id.clone(),
-                advertised: advertised.to_string(),
+                me,
                 published: Mutex::new(state.clone()),
                 extra_seeds: Mutex::new(Vec::new()),
             }),
             rx,
         };
-        membership.assert_own_record();
-        let state = membership.state();
-        let view = build_view(&state, &config.cluster, &config.node_id)?;
-        membership.inner.tx.send_replace(Arc::new(view));
-        *lock(&membership.inner.published) = state.clone();
-        membership.rx.mark_unchanged();
         membership.persist(&state)?;
         Ok(membership)
     }
@@ -297,7 +303,9 @@ impl Membership {
     /// does not make a ring yet (an owner's record has not arrived) is stored but not
     /// published until it does.
     pub fn publish(&self) -> Result<(), MembershipError> {
-        self.assert_own_record();
+        self.inner
+            .gossiper
+            .update(|s| assert_own(s, &self.inner.me));
         let state = self.inner.gossiper.state();
         {
             let mut published = lock(&self.inner.published);
@@ -325,27 +333,6 @@ impl Membership {
             Err(e) => tracing::debug!(error = %e, "membership view not yet complete"),
         }
         Ok(())
-    }
-
-    /// Gossip may bring this node's own record back in an older shape (another node's view
-    /// from before a restart with a new address): the node re-announces itself.
-    fn assert_own_record(&self) {
-        let inner = &self.inner;
-        inner.gossiper.update(|s| {
-            // This node routes by the ring its state holds as soon as the state makes one.
-            if s.ring_version().version > 0 && s.ring().is_ok() {
-                s.set_ring_seen(&inner.self_id);
-            }
-            if let Some(r) = s.member(&inner.self_id).cloned()
-                && r.address != inner.advertised
-                && r.status != Status::Removed
-            {
-                s.set_member(MemberRecord {
-                    address: inner.advertised.clone(),
-                    ..r
-                });
-            }
-        });
     }
 
     fn persist(&self, state: &MembershipState) -> Result<(), MembershipError> {
@@ -401,19 +388,13 @@ impl Membership {
     /// Whom to gossip with in round `round`: an address.
     fn gossip_target(&self, round: u64) -> Option<String> {
         let state = self.inner.gossiper.state();
-        let me = &self.inner.advertised;
-        let local = |id: &str| {
-            self.inner
-                .cluster
-                .members
-                .iter()
-                .find(|m| m.id == id)
-                .map(|m| m.address.clone())
-        };
+        let me = &self.inner.me.address;
         let members: Vec<String> = state
             .live_members()
             .filter(|r| r.id != self.inner.self_id && &r.address != me)
-            .map(|r| local(&r.id).unwrap_or_else(|| r.address.clone()))
+            .map(|r| {
+                listed_address(&self.inner.cluster, &r.id).unwrap_or_else(|| r.address.clone())
+            })
             .collect();
         let mut seeds: Vec<String> = self.inner.cluster.seeds.clone();
         seeds.extend(lock(&self.inner.extra_seeds).iter().cloned());
@@ -657,11 +638,9 @@ fn local_addresses(
     self_id: &str,
 ) -> Result<Ring, MembershipError> {
     let local = |id: &str| {
-        cluster
-            .members
-            .iter()
-            .find(|m| m.id == id && m.id != self_id)
-            .map(|m| m.address.clone())
+        (id != self_id)
+            .then(|| listed_address(cluster, id))
+            .flatten()
     };
     if !ring
         .members()
@@ -697,7 +676,6 @@ impl GossipTransport for PeerTransport {
         peer: &str,
         request: pb::GossipRequest,
     ) -> Result<pb::GossipResponse, String> {
-        self.peers.know(peer);
         self.peers
             .call(peer, self.timeout, request, |mut c, r| async move {
                 c.gossip(r).await

@@ -353,6 +353,13 @@ impl MembershipState {
         }
     }
 
+    /// Whether `id` was removed from the cluster.
+    pub fn is_removed(&self, id: &str) -> bool {
+        self.members
+            .get(id)
+            .is_some_and(|r| r.status == Status::Removed)
+    }
+
     /// Members worth gossiping with: not removed, not departed.
     pub fn live_members(&self) -> impl Iterator<Item = &MemberRecord> {
         self.members
@@ -679,9 +686,9 @@ mod tests {
         assert_eq!(ab.member("node-1").unwrap().status, Status::Up);
     }
 
-    #[test]
-    fn concurrent_commits_resolve_to_one_ring_everywhere() {
-        let base = cluster(3);
+    /// Two nodes commit different joins on `base` at once: node-0 adds node-3, node-2 adds
+    /// node-4.
+    fn concurrent_commits(base: &MembershipState) -> (MembershipState, MembershipState) {
         let (mut a, mut b) = (base.clone(), base.clone());
         a.set_member(node(3));
         a.commit((0..4).map(|i| format!("node-{i}")), "node-0");
@@ -690,6 +697,13 @@ mod tests {
             ["node-0", "node-1", "node-2", "node-4"].map(String::from),
             "node-2",
         );
+        (a, b)
+    }
+
+    #[test]
+    fn concurrent_commits_resolve_to_one_ring_everywhere() {
+        let base = cluster(3);
+        let (a, b) = concurrent_commits(&base);
         let (mut ab, mut ba) = (a.clone(), b.clone());
         ab.merge(&b).unwrap();
         ba.merge(&a).unwrap();
@@ -711,14 +725,7 @@ mod tests {
             base.set_handed_off(&format!("node-{i}"), id);
         }
         assert!(!base.handover_in_progress());
-        let (mut a, mut b) = (base.clone(), base.clone());
-        a.set_member(node(3));
-        a.commit((0..4).map(|i| format!("node-{i}")), "node-0");
-        b.set_member(node(4));
-        b.commit(
-            ["node-0", "node-1", "node-2", "node-4"].map(String::from),
-            "node-2",
-        );
+        let (mut a, b) = concurrent_commits(&base);
         assert_eq!(a.ring_version().version, b.ring_version().version);
         // Every old owner hands over for a's ring (the one that will lose).
         let lost = a.ring_version().id();
