@@ -1,24 +1,28 @@
-//! The client: options, connections to seed nodes, and the get/put/delete calls.
+//! The client: options, routing (client-driven or server-driven coordination, paper 6.4), and
+//! the get/put/delete, resolving-get and batch calls.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::watch;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use dynamokv_common::limits::MAX_MESSAGE_BYTES;
-use dynamokv_common::{Limits, Member, Ring};
+use dynamokv_common::{Limits, Member, Ring, decode_routed_context};
 use dynamokv_proto::transport::is_silence;
 use dynamokv_proto::v1 as pb;
 use dynamokv_proto::v1::kv_client::KvClient;
 
 use crate::Error;
 use crate::error::Failure;
-use crate::failure_detector::{FailureDetector, next_backoff};
+use crate::nodes::{Nodes, check_echo, endpoint};
+use crate::read_coordination::{self, ReadFailure, ReadPlan};
+use crate::reconciliation::{Resolver, Siblings};
+use crate::routing::{RingView, Routing};
 
 /// An opaque version context. Get one from [`Client::get`] and hand it back, unchanged, with
 /// the put or delete that follows, so that the write supersedes exactly what the get saw.
@@ -55,6 +59,11 @@ impl Context {
 pub struct GetResult {
     pub values: Vec<Vec<u8>>,
     pub context: Context,
+    /// The write time of each value (milliseconds since the epoch, by the clock of the node
+    /// that coordinated that write), in the order of `values`.
+    pub timestamps_ms: Vec<u64>,
+    /// Whether a delete is concurrent with the values.
+    pub tombstone: bool,
 }
 
 impl GetResult {
@@ -109,6 +118,42 @@ pub struct ClusterInfo {
     pub members: Vec<MemberInfo>,
     /// The node that answered.
     pub answered_by: String,
+    /// The version of the ring `members` make.
+    pub ring_version: u64,
+}
+
+/// Who coordinates a request (paper 6.4).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Coordination {
+    /// The client pulls the ring, computes each key's preference list itself, coordinates
+    /// reads (one parallel round to the key's replicas) and sends each write straight to a
+    /// replica of the key, which coordinates it: no extra hop through a node that holds nothing
+    /// of the key. The default.
+    #[default]
+    Client,
+    /// Every request goes to one node (the seeds in turn), which coordinates it: a replica of
+    /// the key or not. Use it where the client cannot reach every node directly.
+    Server,
+}
+
+impl Coordination {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Coordination::Client => "client",
+            Coordination::Server => "server",
+        }
+    }
+
+    /// `"client"` or `"server"`.
+    pub fn parse(s: &str) -> Result<Coordination, Error> {
+        match s {
+            "client" => Ok(Coordination::Client),
+            "server" => Ok(Coordination::Server),
+            other => Err(Error::InvalidConfig {
+                message: format!("coordination must be \"client\" or \"server\", not {other:?}"),
+            }),
+        }
+    }
 }
 
 /// Options for a [`Client`]. Every SDK exposes the same options with the same defaults.
@@ -120,6 +165,10 @@ pub struct ClientBuilder {
     attempt_timeout: Option<Duration>,
     max_retries: u32,
     limits: Limits,
+    coordination: Coordination,
+    ring_refresh_interval: Duration,
+    hedge_after: Option<Duration>,
+    batch_concurrency: usize,
 }
 
 /// Default time to establish a connection to a node.
@@ -128,6 +177,12 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default number of further nodes tried when one cannot be reached.
 pub const DEFAULT_MAX_RETRIES: u32 = 2;
+/// Default interval between two pulls of the ring (paper 6.4 polls "every 10 seconds").
+pub const DEFAULT_RING_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+/// How many times one read follows a ring that moved on before it gives up.
+const MAX_RING_MOVES: u32 = 8;
+/// Default number of keys of one batch in flight at once.
+pub const DEFAULT_BATCH_CONCURRENCY: usize = 32;
 
 impl ClientBuilder {
     /// Options for a client of the cluster reachable at `seeds` (`host:port` each).
@@ -143,6 +198,10 @@ impl ClientBuilder {
             attempt_timeout: None,
             max_retries: DEFAULT_MAX_RETRIES,
             limits: Limits::default(),
+            coordination: Coordination::default(),
+            ring_refresh_interval: DEFAULT_RING_REFRESH_INTERVAL,
+            hedge_after: None,
+            batch_concurrency: DEFAULT_BATCH_CONCURRENCY,
         }
     }
 
@@ -152,7 +211,7 @@ impl ClientBuilder {
         self
     }
 
-    /// Deadline for a whole call, retries included.
+    /// Deadline for a whole call, retries included (for a batch: for the whole batch).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self
@@ -162,13 +221,13 @@ impl ClientBuilder {
     /// silent for that long (dead, hung or cut off) is marked down: the call goes on to another
     /// node if time is left, later calls try it last, and a background probe brings it back
     /// once it answers. Keep it above the nodes' own replica timeout plus half a second, so
-    /// that a node forwarding a write past a hung replica can still answer.
+    /// that a node coordinating a write past a hung replica can still answer.
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt_timeout = Some(timeout);
         self
     }
 
-    /// How many further nodes to try when one cannot be reached (0 tries one node only).
+    /// How many further attempts a call makes when a node cannot be reached (0: one only).
     pub fn max_retries(mut self, retries: u32) -> Self {
         self.max_retries = retries;
         self
@@ -177,6 +236,31 @@ impl ClientBuilder {
     /// Key and value limits checked before sending (the server checks its own too).
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Who coordinates requests: the client ([`Coordination::Client`], the default) or a node.
+    pub fn coordination(mut self, coordination: Coordination) -> Self {
+        self.coordination = coordination;
+        self
+    }
+
+    /// How often the client pulls the ring when nothing prompts it sooner (10 s by default).
+    pub fn ring_refresh_interval(mut self, interval: Duration) -> Self {
+        self.ring_refresh_interval = interval;
+        self
+    }
+
+    /// Hedged reads: when a client-coordinated get has not had its R answers after `delay`,
+    /// it asks one more replica (or fallback) and takes whichever answers first. Off by default.
+    pub fn hedge_after(mut self, delay: Option<Duration>) -> Self {
+        self.hedge_after = delay;
+        self
+    }
+
+    /// How many keys of one batch call are in flight at once (32 by default).
+    pub fn batch_concurrency(mut self, concurrency: usize) -> Self {
+        self.batch_concurrency = concurrency;
         self
     }
 
@@ -191,9 +275,11 @@ impl ClientBuilder {
         if self.connect_timeout.is_zero()
             || self.request_timeout.is_zero()
             || self.attempt_timeout.is_some_and(|t| t.is_zero())
+            || self.ring_refresh_interval.is_zero()
+            || self.hedge_after.is_some_and(|t| t.is_zero())
         {
             return Err(Error::InvalidConfig {
-                message: "timeouts must be greater than zero".into(),
+                message: "timeouts and intervals must be greater than zero".into(),
             });
         }
         if self.limits.max_key_bytes == 0 {
@@ -201,39 +287,35 @@ impl ClientBuilder {
                 message: "max_key_bytes must be at least 1".into(),
             });
         }
-        let mut endpoints = Vec::with_capacity(self.seeds.len());
-        for seed in &self.seeds {
-            endpoints.push(endpoint(seed, self.connect_timeout)?);
+        if self.batch_concurrency == 0 {
+            return Err(Error::InvalidConfig {
+                message: "batch_concurrency must be at least 1".into(),
+            });
         }
+        let mut seeds = Vec::with_capacity(self.seeds.len());
+        for seed in &self.seeds {
+            endpoint(seed, self.connect_timeout)?;
+            seeds.push(seed.trim().to_string());
+        }
+        let probe_timeout = self.attempt_timeout.unwrap_or(self.request_timeout);
+        let (stop, _) = watch::channel(());
         Ok(Client {
             inner: Arc::new(Inner {
-                health: FailureDetector::new(endpoints.len()),
-                endpoints,
-                channels: Mutex::new(HashMap::new()),
+                nodes: Arc::new(Nodes::new(self.connect_timeout, probe_timeout)),
+                seeds,
+                routing: Routing::default(),
                 next: AtomicUsize::new(0),
+                refresher: std::sync::Once::new(),
+                stop,
                 options: self,
             }),
         })
     }
 }
 
-fn endpoint(seed: &str, connect_timeout: Duration) -> Result<(String, Endpoint), Error> {
-    let trimmed = seed.trim();
-    let bad = || Error::InvalidConfig {
-        message: format!("seed {seed:?} is not a host:port address"),
-    };
-    let (host, port) = trimmed.rsplit_once(':').ok_or_else(bad)?;
-    if host.is_empty() || port.parse::<u16>().is_err() {
-        return Err(bad());
-    }
-    let ep = Endpoint::from_shared(format!("http://{trimmed}"))
-        .map_err(|_| bad())?
-        .connect_timeout(connect_timeout)
-        .tcp_nodelay(true);
-    Ok((trimmed.to_string(), ep))
-}
-
-/// A DynamoKV client. Cheap to clone; clones share connections.
+/// A DynamoKV client. Cheap to clone and safe to share between threads and tasks: clones
+/// share connections, the ring and the failure detector. Dropping the last clone stops its
+/// background work (the ring refresh and node probes).
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -247,58 +329,136 @@ pub struct NodeHealth {
     pub up: bool,
 }
 
+/// One write of a [`Client::put_many`] batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutItem {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    /// The context of an earlier get of the key; `None` for a blind write.
+    pub context: Option<Context>,
+}
+
+/// The result of [`Client::get_resolved`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The one value: the only one, or the resolver's result; `None` when the key has none.
+    pub value: Option<Vec<u8>>,
+    /// Covers everything resolved (and the write-back, when one was made): hand it to the next
+    /// write of the key.
+    pub context: Context,
+    /// How many concurrent values the get returned.
+    pub siblings: usize,
+    /// Whether the resolved value was written back.
+    pub written_back: bool,
+}
+
 #[derive(Debug)]
 struct Inner {
-    endpoints: Vec<(String, Endpoint)>,
-    health: FailureDetector,
-    channels: Mutex<HashMap<usize, Channel>>,
+    nodes: Arc<Nodes>,
+    seeds: Vec<String>,
+    routing: Routing,
+    /// Round robin over the seeds (server-driven coordination).
     next: AtomicUsize,
+    refresher: std::sync::Once,
+    /// Dropped with the last clone: ends the ring refresh at once.
+    stop: watch::Sender<()>,
     options: ClientBuilder,
 }
 
 impl Inner {
-    fn kv(&self, index: usize) -> KvClient<Channel> {
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        let channel = channels
-            .entry(index)
-            .or_insert_with(|| self.endpoints[index].1.connect_lazy())
-            .clone();
-        KvClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    /// Pulls the ring from a random node: the ring's members first (healthy ones first), then
+    /// the seeds. Returns the view installed.
+    async fn pull_ring(&self, deadline: Instant) -> Result<Arc<RingView>, Error> {
+        let mut candidates: Vec<String> = self
+            .routing
+            .current()
+            .map(|v| v.addresses())
+            .unwrap_or_default();
+        {
+            use rand::seq::SliceRandom;
+            candidates.shuffle(&mut rand::rng());
+        }
+        for s in &self.seeds {
+            if !candidates.contains(s) {
+                candidates.push(s.clone());
+            }
+        }
+        let order = self.nodes.health.order(&candidates);
+        let mut failures = Vec::new();
+        for address in order.iter().take(self.options.max_retries as usize + 2) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let budget = self.options.attempt_timeout.map_or(left, |t| left.min(t));
+            let mut kv = self.nodes.kv(address)?;
+            let mut req = tonic::Request::new(pb::MembershipRequest {});
+            req.set_timeout(budget);
+            match tokio::time::timeout(budget, kv.membership(req)).await {
+                Ok(Ok(reply)) => {
+                    self.nodes.answered(address);
+                    let view = RingView::from_membership(reply.into_inner())?;
+                    if self.routing.install(view) {
+                        if let Some(v) = self.routing.current() {
+                            let mut keep = v.addresses();
+                            keep.extend(self.seeds.iter().cloned());
+                            self.nodes.retain(&keep);
+                        }
+                    }
+                    if let Some(v) = self.routing.current() {
+                        return Ok(v);
+                    }
+                }
+                Ok(Err(status)) => {
+                    if is_silence(&status) {
+                        self.nodes.silent(address);
+                    }
+                    failures.push(format!("{address}: {}", Error::from(status)));
+                }
+                Err(_) => {
+                    self.nodes.silent(address);
+                    failures.push(format!("{address}: no answer within {budget:?}"));
+                }
+            }
+        }
+        Err(Error::Unavailable {
+            message: format!(
+                "could not pull the ring from any node: {}",
+                if failures.is_empty() {
+                    "no time left".to_string()
+                } else {
+                    failures.join("; ")
+                }
+            ),
+        })
     }
 }
 
-/// Probes node `index` (a `Membership` call) with exponential backoff until it answers, then
-/// marks it up. Ends when the client is dropped.
-async fn probe(inner: Weak<Inner>, index: usize) {
-    let mut backoff = None;
+/// Pulls the ring every refresh interval, and at once when asked to; ends when the last clone
+/// of the client is dropped.
+async fn refresh_ring(inner: Weak<Inner>, mut stop: watch::Receiver<()>) {
+    let (interval, nodes) = match inner.upgrade() {
+        Some(i) => (i.options.ring_refresh_interval, Arc::clone(&i.nodes)),
+        None => return,
+    };
     loop {
-        let wait = next_backoff(backoff);
-        backoff = Some(wait);
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = nodes.pull_ring.notified() => {}
+            _ = stop.changed() => return,
+        }
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        let timeout = inner
-            .options
-            .attempt_timeout
-            .unwrap_or(inner.options.request_timeout)
-            .min(wait.max(MIN_PROBE_TIMEOUT));
-        let mut req = tonic::Request::new(pb::MembershipRequest {});
-        req.set_timeout(timeout);
-        let mut kv = inner.kv(index);
-        if let Ok(Ok(_)) = tokio::time::timeout(timeout, kv.membership(req)).await {
-            if inner.health.record_answer(index) {
-                tracing::info!(node = %inner.endpoints[index].0, "node answers again");
-            }
-            return;
+        let deadline = Instant::now() + inner.options.request_timeout;
+        if let Err(e) = inner.pull_ring(deadline).await {
+            tracing::debug!(error = %e, "ring refresh failed");
         }
+        drop(inner);
+        // At most one prompted pull per 50 ms, however many nodes fall silent at once.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
-
-/// The least time a probe waits for its answer.
-const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(250);
 
 impl Client {
     /// Options for a client of the cluster at `seeds`.
@@ -310,20 +470,81 @@ impl Client {
         ClientBuilder::new(seeds)
     }
 
-    /// A client with default options that has reached at least one node.
+    /// A client with default options that has reached at least one node (and, coordinating
+    /// in the client, pulled the ring).
     pub async fn connect<I, S>(seeds: I) -> Result<Client, Error>
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let client = ClientBuilder::new(seeds).build()?;
-        client.cluster_info().await?;
-        Ok(client)
+        ClientBuilder::new(seeds).build()?.connected().await
+    }
+
+    /// Reaches the cluster once: pulls the ring (client-driven) or asks a node for the
+    /// membership (server-driven). Returns the client for chaining.
+    pub async fn connected(self) -> Result<Client, Error> {
+        match self.inner.options.coordination {
+            Coordination::Client => {
+                self.refresh_ring().await?;
+            }
+            Coordination::Server => {
+                self.cluster_info().await?;
+            }
+        }
+        Ok(self)
     }
 
     /// The limits this client checks before sending.
     pub fn limits(&self) -> Limits {
         self.inner.options.limits
+    }
+
+    /// Who coordinates this client's requests.
+    pub fn coordination(&self) -> Coordination {
+        self.inner.options.coordination
+    }
+
+    /// Pulls the ring now and returns its version.
+    pub async fn refresh_ring(&self) -> Result<u64, Error> {
+        self.start_refresher();
+        let deadline = Instant::now() + self.inner.options.request_timeout;
+        Ok(self.inner.pull_ring(deadline).await?.version)
+    }
+
+    /// The version of the ring the client routes by (`None` before the first pull).
+    pub fn ring_version(&self) -> Option<u64> {
+        self.inner.routing.current().map(|v| v.version)
+    }
+
+    /// Starts the background ring refresh, once, if a runtime is at hand.
+    fn start_refresher(&self) {
+        if self.inner.options.coordination != Coordination::Client {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        self.inner.refresher.call_once(|| {
+            runtime.spawn(refresh_ring(
+                Arc::downgrade(&self.inner),
+                self.inner.stop.subscribe(),
+            ));
+        });
+    }
+
+    /// The ring to route by: the one held, else one pulled now.
+    async fn view(&self, deadline: Instant) -> Result<Arc<RingView>, Error> {
+        self.start_refresher();
+        match self.inner.routing.current() {
+            Some(v) => Ok(v),
+            None => self.inner.pull_ring(deadline).await,
+        }
+    }
+
+    fn timeout_error(&self) -> Error {
+        Error::Timeout {
+            after: self.inner.options.request_timeout,
+        }
     }
 
     /// Every concurrent value of `key` and one context covering them, with the cluster's R.
@@ -337,25 +558,113 @@ impl Client {
         key: impl AsRef<[u8]>,
         r: Option<u32>,
     ) -> Result<GetResult, Error> {
-        let key = key.as_ref();
+        let deadline = Instant::now() + self.inner.options.request_timeout;
+        self.get_until(key.as_ref(), r, deadline).await
+    }
+
+    async fn get_until(
+        &self,
+        key: &[u8],
+        r: Option<u32>,
+        deadline: Instant,
+    ) -> Result<GetResult, Error> {
         self.inner.options.limits.check_key(key)?;
         check_override("R", r)?;
         let key = Bytes::copy_from_slice(key);
+        match self.inner.options.coordination {
+            Coordination::Client => self.get_coordinated(key, r, deadline).await,
+            Coordination::Server => self.get_via_node(key, r, deadline).await,
+        }
+    }
+
+    /// A get this client coordinates: on a ring that moved on, or when too few replicas
+    /// answered, the ring is pulled again and the read retried while time and retries last.
+    async fn get_coordinated(
+        &self,
+        key: Bytes,
+        r: Option<u32>,
+        deadline: Instant,
+    ) -> Result<GetResult, Error> {
+        let opts = &self.inner.options;
+        let plan = ReadPlan {
+            r,
+            deadline,
+            attempt_timeout: opts.attempt_timeout,
+            hedge_after: opts.hedge_after,
+        };
+        let mut last = None;
+        let (mut failed, mut moved) = (0, 0);
+        while failed <= opts.max_retries && moved <= MAX_RING_MOVES {
+            if (failed > 0 || moved > 0) && Instant::now() >= deadline {
+                break;
+            }
+            let view = self.view(deadline).await?;
+            match read_coordination::get(&self.inner.nodes, &view, key.clone(), plan).await {
+                Ok(got) => return Ok(got),
+                Err(ReadFailure::RingMoved(e)) => {
+                    // Not a failure of any node: the ring changed under the client. Pull it
+                    // and route again, as often as the deadline allows.
+                    tracing::debug!(error = %e, "ring moved on: pulling it and reading again");
+                    last = Some(e);
+                    moved += 1;
+                    if self
+                        .inner
+                        .pull_ring(deadline)
+                        .await
+                        .is_ok_and(|v| v.version == view.version)
+                    {
+                        // The nodes asked have not all heard of the commit yet: give gossip a
+                        // moment rather than spin.
+                        tokio::time::sleep(Duration::from_millis(20 * moved as u64)).await;
+                    }
+                }
+                Err(ReadFailure::Failed(Error::Timeout { .. })) => {
+                    return Err(self.timeout_error());
+                }
+                Err(ReadFailure::Failed(e)) if is_transient(&e) => {
+                    tracing::debug!(error = %e, "read failed: trying again");
+                    last = Some(e);
+                    failed += 1;
+                }
+                Err(ReadFailure::Failed(e)) => return Err(e),
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(self.timeout_error());
+        }
+        Err(last.unwrap_or_else(|| self.timeout_error()))
+    }
+
+    /// A get coordinated by a node (server-driven): the seeds in turn.
+    async fn get_via_node(
+        &self,
+        key: Bytes,
+        r: Option<u32>,
+        deadline: Instant,
+    ) -> Result<GetResult, Error> {
+        let targets = self.seed_order();
         let reply = self
-            .read(move |mut kv, budget| {
+            .read_via(&targets, deadline, move |mut kv, request_id, budget| {
                 let mut req = tonic::Request::new(pb::GetRequest {
                     key: Some(key.clone()),
                     r,
-                    // Routing by ring version is the client-driven coordination work (issue 10).
                     ring_version: 0,
+                    request_id,
                 });
                 req.set_timeout(budget);
-                async move { kv.get(req).await.map(|r| r.into_inner()) }
+                async move {
+                    kv.get(req)
+                        .await
+                        .map(|r| r.into_inner())
+                        .map(|r| (Some(r.request_id), r))
+                }
             })
             .await?;
         Ok(GetResult {
             values: reply.values.into_iter().map(|b| b.to_vec()).collect(),
             context: Context(reply.context),
+            timestamps_ms: reply.timestamps_ms,
+            tombstone: reply.tombstone,
         })
     }
 
@@ -391,38 +700,9 @@ impl Client {
         context: Option<&Context>,
         options: WriteOptions,
     ) -> Result<Context, Error> {
-        let key = key.as_ref();
-        let value: Vec<u8> = value.into();
-        let limits = self.inner.options.limits;
-        limits.check_key(key)?;
-        limits.check_value(&value)?;
-        check_override("W", options.w)?;
-        let (key, value) = (Bytes::copy_from_slice(key), Bytes::from(value));
-        let context = context.map(Context::to_bytes).unwrap_or_default();
-        let write_id = options.write_id.unwrap_or_else(rand::random);
-        let id_bytes = Bytes::copy_from_slice(&write_id.to_be_bytes());
-        let (w, sync_replicas) = (options.w, options.sync_replicas);
-        if let (Some(s), Some(w)) = (sync_replicas, w) {
-            dynamokv_common::limits::check_sync_replicas(s, w)?;
-        }
-        let reply = self
-            .write(write_id, move |mut kv, attempt, budget| {
-                let mut req = tonic::Request::new(pb::PutRequest {
-                    key: Some(key.clone()),
-                    value: Some(value.clone()),
-                    context: context.clone(),
-                    w,
-                    write_id: id_bytes.clone(),
-                    attempt,
-                    sync_replicas,
-                    // Routing by ring version is the client-driven coordination work (issue 10).
-                    ring_version: 0,
-                });
-                req.set_timeout(budget);
-                async move { kv.put(req).await.map(|r| r.into_inner().context) }
-            })
-            .await?;
-        Ok(Context(reply))
+        let deadline = Instant::now() + self.inner.options.request_timeout;
+        self.write_until(key.as_ref(), Some(value.into()), context, options, deadline)
+            .await
     }
 
     /// Deletes what `context` saw of `key` (a tombstone; gets no longer show those values).
@@ -448,63 +728,298 @@ impl Client {
         context: &Context,
         options: WriteOptions,
     ) -> Result<Context, Error> {
-        let key = key.as_ref();
-        self.inner.options.limits.check_key(key)?;
+        let deadline = Instant::now() + self.inner.options.request_timeout;
+        self.write_until(key.as_ref(), None, Some(context), options, deadline)
+            .await
+    }
+
+    /// A put (`value` set) or a delete, by the deadline.
+    async fn write_until(
+        &self,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        context: Option<&Context>,
+        options: WriteOptions,
+        deadline: Instant,
+    ) -> Result<Context, Error> {
+        let limits = self.inner.options.limits;
+        limits.check_key(key)?;
+        if let Some(v) = &value {
+            limits.check_value(v)?;
+        }
         check_override("W", options.w)?;
-        let key = Bytes::copy_from_slice(key);
-        let context = context.to_bytes();
-        let write_id = options.write_id.unwrap_or_else(rand::random);
-        let id_bytes = Bytes::copy_from_slice(&write_id.to_be_bytes());
         let (w, sync_replicas) = (options.w, options.sync_replicas);
         if let (Some(s), Some(w)) = (sync_replicas, w) {
             dynamokv_common::limits::check_sync_replicas(s, w)?;
         }
+        let (targets, ring_version) = self.write_targets(key, context, deadline).await?;
+        let key = Bytes::copy_from_slice(key);
+        let value = value.map(Bytes::from);
+        let context = context.map(Context::to_bytes).unwrap_or_default();
+        let write_id = options.write_id.unwrap_or_else(rand::random);
+        let id_bytes = Bytes::copy_from_slice(&write_id.to_be_bytes());
         let reply = self
-            .write(write_id, move |mut kv, attempt, budget| {
-                let mut req = tonic::Request::new(pb::DeleteRequest {
-                    key: Some(key.clone()),
-                    context: context.clone(),
-                    w,
-                    write_id: id_bytes.clone(),
-                    attempt,
-                    sync_replicas,
-                    // Routing by ring version is the client-driven coordination work (issue 10).
-                    ring_version: 0,
-                });
-                req.set_timeout(budget);
-                async move { kv.delete(req).await.map(|r| r.into_inner().context) }
-            })
+            .write_via(
+                &targets,
+                write_id,
+                deadline,
+                move |mut kv, attempt, request_id, budget| {
+                    let (key, context, id_bytes) = (key.clone(), context.clone(), id_bytes.clone());
+                    let value = value.clone();
+                    async move {
+                        let (context, ring, echoed) = match value {
+                            Some(value) => {
+                                let mut req = tonic::Request::new(pb::PutRequest {
+                                    key: Some(key),
+                                    value: Some(value),
+                                    context,
+                                    w,
+                                    write_id: id_bytes,
+                                    attempt,
+                                    sync_replicas,
+                                    ring_version,
+                                    request_id,
+                                });
+                                req.set_timeout(budget);
+                                let r = kv.put(req).await?.into_inner();
+                                (r.context, r.ring, r.request_id)
+                            }
+                            None => {
+                                let mut req = tonic::Request::new(pb::DeleteRequest {
+                                    key: Some(key),
+                                    context,
+                                    w,
+                                    write_id: id_bytes,
+                                    attempt,
+                                    sync_replicas,
+                                    ring_version,
+                                    request_id,
+                                });
+                                req.set_timeout(budget);
+                                let r = kv.delete(req).await?.into_inner();
+                                (r.context, r.ring, r.request_id)
+                            }
+                        };
+                        Ok((echoed, (context, ring.is_some_and(|n| n.moved_on))))
+                    }
+                },
+            )
             .await?;
-        Ok(Context(reply))
+        let (context, moved_on) = reply;
+        if moved_on {
+            self.inner.nodes.pull_ring.notify_one();
+        }
+        Ok(Context(context))
+    }
+
+    /// The nodes a write goes to, in order, and the ring version it is routed by. Coordinating
+    /// in the client: the replica the context names as the read's fastest (read-your-writes,
+    /// paper 5), then the key's replicas in preference-list order, then its fallbacks (which
+    /// forward to a replica); healthy ones first. Server-driven: the seeds in turn.
+    async fn write_targets(
+        &self,
+        key: &[u8],
+        context: Option<&Context>,
+        deadline: Instant,
+    ) -> Result<(Vec<String>, u64), Error> {
+        if self.inner.options.coordination == Coordination::Server {
+            return Ok((self.seed_order(), 0));
+        }
+        let view = self.view(deadline).await?;
+        let sets = view.replica_sets(key);
+        let fastest = context
+            .filter(|c| !c.is_empty())
+            .and_then(|c| decode_routed_context(key, c.as_bytes()).ok())
+            .and_then(|(_, f)| f);
+        let mut targets: Vec<String> = Vec::with_capacity(sets.replicas.len() + 1);
+        if let Some(m) = fastest.and_then(|f| sets.replicas.iter().find(|m| m.id == f)) {
+            targets.push(m.address.clone());
+        }
+        for m in sets.replicas.iter().chain(sets.fallbacks.iter()) {
+            if !targets.contains(&m.address) {
+                targets.push(m.address.clone());
+            }
+        }
+        Ok((self.inner.nodes.health.order(&targets), view.version))
+    }
+
+    /// The seeds, starting the round robin at the next one; those that answer first.
+    fn seed_order(&self) -> Vec<String> {
+        let seeds = &self.inner.seeds;
+        let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let rotated: Vec<String> = (0..seeds.len())
+            .map(|k| seeds[(start + k) % seeds.len()].clone())
+            .collect();
+        self.inner.nodes.health.order(&rotated)
+    }
+
+    /// `key`'s value resolved to one: when the get returns several concurrent values (or a
+    /// value and a concurrent delete), `resolver` makes one of them and, with `write_back`,
+    /// it is written under the context covering them all, so the key converges to that one
+    /// version on every replica. A resolver that fails writes nothing
+    /// ([`Error::ResolverFailed`]).
+    pub async fn get_resolved(
+        &self,
+        key: impl AsRef<[u8]>,
+        resolver: &Resolver,
+        r: Option<u32>,
+        write_back: bool,
+    ) -> Result<Resolved, Error> {
+        let key = key.as_ref();
+        let deadline = Instant::now() + self.inner.options.request_timeout;
+        let got = self.get_until(key, r, deadline).await?;
+        self.resolve(key, got, resolver, write_back, deadline).await
+    }
+
+    async fn resolve(
+        &self,
+        key: &[u8],
+        got: GetResult,
+        resolver: &Resolver,
+        write_back: bool,
+        deadline: Instant,
+    ) -> Result<Resolved, Error> {
+        let siblings = got.values.len();
+        let divergent = siblings > 1 || (siblings == 1 && got.tombstone);
+        if !divergent {
+            return Ok(Resolved {
+                value: got.values.into_iter().next(),
+                context: got.context,
+                siblings,
+                written_back: false,
+            });
+        }
+        let value = if siblings == 1 {
+            got.values[0].clone()
+        } else {
+            resolver
+                .resolve(Siblings {
+                    key: key.to_vec(),
+                    values: got.values,
+                    timestamps_ms: got.timestamps_ms,
+                    tombstone: got.tombstone,
+                })
+                .await?
+        };
+        self.inner
+            .options
+            .limits
+            .check_value(&value)
+            .map_err(|e| Error::ResolverFailed {
+                message: format!("the resolved value cannot be stored: {}", Error::from(e)),
+            })?;
+        if !write_back {
+            return Ok(Resolved {
+                value: Some(value),
+                context: got.context,
+                siblings,
+                written_back: false,
+            });
+        }
+        let context = self
+            .write_until(
+                key,
+                Some(value.clone()),
+                Some(&got.context),
+                WriteOptions::default(),
+                deadline,
+            )
+            .await?;
+        Ok(Resolved {
+            value: Some(value),
+            context,
+            siblings,
+            written_back: true,
+        })
+    }
+
+    /// Gets many keys at once, each from its own replicas, at most `batch_concurrency` in
+    /// flight: one result per key, in the order given; one key failing does not fail the
+    /// others. The request timeout bounds the whole batch.
+    pub async fn get_many<I, K>(&self, keys: I, r: Option<u32>) -> Vec<Result<GetResult, Error>>
+    where
+        I: IntoIterator<Item = K>,
+        K: AsRef<[u8]>,
+    {
+        let deadline = Instant::now() + self.inner.options.request_timeout;
+        let keys: Vec<Vec<u8>> = keys.into_iter().map(|k| k.as_ref().to_vec()).collect();
+        futures::stream::iter(keys)
+            .map(|k| async move { self.get_until(&k, r, deadline).await })
+            .buffered(self.inner.options.batch_concurrency)
+            .collect()
+            .await
+    }
+
+    /// As [`get_many`](Self::get_many), each key resolved as by
+    /// [`get_resolved`](Self::get_resolved).
+    pub async fn get_many_resolved<I, K>(
+        &self,
+        keys: I,
+        resolver: &Resolver,
+        r: Option<u32>,
+        write_back: bool,
+    ) -> Vec<Result<Resolved, Error>>
+    where
+        I: IntoIterator<Item = K>,
+        K: AsRef<[u8]>,
+    {
+        let deadline = Instant::now() + self.inner.options.request_timeout;
+        let keys: Vec<Vec<u8>> = keys.into_iter().map(|k| k.as_ref().to_vec()).collect();
+        futures::stream::iter(keys)
+            .map(|k| async move {
+                let got = self.get_until(&k, r, deadline).await?;
+                self.resolve(&k, got, resolver, write_back, deadline).await
+            })
+            .buffered(self.inner.options.batch_concurrency)
+            .collect()
+            .await
+    }
+
+    /// Puts many keys at once, each to its own replicas, at most `batch_concurrency` in
+    /// flight: one result per item, in the order given; one failing does not fail the others.
+    /// The request timeout bounds the whole batch.
+    pub async fn put_many(
+        &self,
+        items: Vec<PutItem>,
+        options: WriteOptions,
+    ) -> Vec<Result<Context, Error>> {
+        let deadline = Instant::now() + self.inner.options.request_timeout;
+        let options = WriteOptions {
+            // One write id names one write: each item draws its own.
+            write_id: None,
+            ..options
+        };
+        futures::stream::iter(items)
+            .map(|item| async move {
+                self.write_until(
+                    &item.key,
+                    Some(item.value),
+                    item.context.as_ref(),
+                    options,
+                    deadline,
+                )
+                .await
+            })
+            .buffered(self.inner.options.batch_concurrency)
+            .collect()
+            .await
     }
 
     /// The cluster's membership and settings, as one node reports them.
     pub async fn cluster_info(&self) -> Result<ClusterInfo, Error> {
+        let deadline = Instant::now() + self.inner.options.request_timeout;
+        if self.inner.options.coordination == Coordination::Client {
+            return Ok(self.inner.pull_ring(deadline).await?.info.clone());
+        }
+        let targets = self.seed_order();
         let reply = self
-            .read(|mut kv, budget| async move {
+            .read_via(&targets, deadline, |mut kv, _, budget| async move {
                 let mut req = tonic::Request::new(pb::MembershipRequest {});
                 req.set_timeout(budget);
-                kv.membership(req).await.map(|r| r.into_inner())
+                kv.membership(req).await.map(|r| (None, r.into_inner()))
             })
             .await?;
-        Ok(ClusterInfo {
-            cluster_name: reply.cluster_name,
-            partitions: reply.partitions,
-            n: reply.n,
-            r: reply.r,
-            w: reply.w,
-            members: reply
-                .members
-                .into_iter()
-                .map(|m| MemberInfo {
-                    id: m.id,
-                    address: m.address,
-                    zone: m.zone,
-                    weight: m.weight,
-                })
-                .collect(),
-            answered_by: reply.self_id,
-        })
+        Ok(RingView::from_membership(reply)?.info)
     }
 
     /// The cluster's ring, computed here from the membership a node reports, with the same
@@ -526,84 +1041,75 @@ impl Client {
         Ok((ring, info))
     }
 
-    fn kv(&self, index: usize) -> KvClient<Channel> {
-        self.inner.kv(index)
-    }
-
-    /// The client's own view of its nodes: which answer, which it avoids (paper 4.8.3).
+    /// The client's own view of its nodes: which answer, which it avoids (paper 4.8.3). The
+    /// seeds and, coordinating in the client, every member of the ring it routes by.
     pub fn node_health(&self) -> Vec<NodeHealth> {
-        self.inner
-            .endpoints
-            .iter()
-            .enumerate()
-            .map(|(i, (address, _))| NodeHealth {
-                address: address.clone(),
-                up: self.inner.health.is_up(i),
+        let mut addresses = self.inner.seeds.clone();
+        if let Some(v) = self.inner.routing.current() {
+            for a in v.addresses() {
+                if !addresses.contains(&a) {
+                    addresses.push(a);
+                }
+            }
+        }
+        addresses
+            .into_iter()
+            .map(|address| NodeHealth {
+                up: self.inner.nodes.is_up(&address),
+                address,
             })
             .collect()
     }
 
-    /// Marks node `index` down after it failed to answer, and starts probing it.
-    fn silent(&self, index: usize) {
-        if !self.inner.health.record_silence(index) {
-            return;
-        }
-        tracing::info!(node = %self.inner.endpoints[index].0, "node does not answer: avoided until a probe gets an answer");
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        runtime.spawn(probe(Arc::downgrade(&self.inner), index));
-    }
-
-    fn answered(&self, index: usize) {
-        if self.inner.health.record_answer(index) {
-            tracing::info!(node = %self.inner.endpoints[index].0, "node answers again");
-        }
-    }
-
-    /// Runs a read against one node after another until one answers, the retries run out, or
-    /// the deadline passes: nodes that answer first (round robin), those marked down last.
-    /// Each node gets at most the attempt timeout; `f` gets a node and that budget.
-    async fn read<T, F, Fut>(&self, f: F) -> Result<T, Error>
+    /// Runs a read against one node after another of `targets` until one answers, the retries
+    /// run out, or the deadline passes. Each node gets at most the attempt timeout; `f` gets a
+    /// node, a request id and that budget, and returns the id its answer echoed with it (`None`
+    /// for an answer that carries none, a membership).
+    async fn read_via<T, F, Fut>(
+        &self,
+        targets: &[String],
+        deadline: Instant,
+        f: F,
+    ) -> Result<T, Error>
     where
-        F: Fn(KvClient<Channel>, Duration) -> Fut,
-        Fut: Future<Output = Result<T, tonic::Status>>,
+        F: Fn(KvClient<Channel>, u64, Duration) -> Fut,
+        Fut: Future<Output = Result<(Option<u64>, T), tonic::Status>>,
     {
         let opts = &self.inner.options;
-        let deadline = Instant::now() + opts.request_timeout;
-        let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let nodes = &self.inner.nodes;
         let attempts = opts.max_retries as usize + 1;
         let mut failures: Vec<String> = Vec::new();
-        let order = self.inner.health.order(start);
-        for (attempt, &index) in order.iter().cycle().take(attempts).enumerate() {
-            let node = &self.inner.endpoints[index].0;
+        for (attempt, node) in targets.iter().cycle().take(attempts).enumerate() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Error::Timeout {
-                    after: opts.request_timeout,
-                });
+                return Err(self.timeout_error());
             }
             let budget = opts.attempt_timeout.map_or(left, |t| left.min(t));
-            let err = match tokio::time::timeout(budget, f(self.kv(index), budget)).await {
-                Err(_) => {
-                    self.silent(index);
-                    Error::Unavailable {
-                        message: format!("no answer within {budget:?}"),
+            let request_id = nodes.request_id();
+            let err =
+                match tokio::time::timeout(budget, f(nodes.kv(node)?, request_id, budget)).await {
+                    Err(_) => {
+                        nodes.silent(node);
+                        Error::Unavailable {
+                            message: format!("no answer within {budget:?}"),
+                        }
                     }
-                }
-                Ok(Ok(value)) => {
-                    self.answered(index);
-                    return Ok(value);
-                }
-                Ok(Err(status)) => {
-                    if is_silence(&status) {
-                        self.silent(index);
-                    } else {
-                        self.answered(index);
+                    Ok(Ok((echoed, value))) => {
+                        nodes.answered(node);
+                        if let Some(echoed) = echoed {
+                            check_echo(request_id, echoed, node)?;
+                        }
+                        return Ok(value);
                     }
-                    Error::from(status)
-                }
-            };
+                    Ok(Err(status)) => {
+                        if is_silence(&status) {
+                            nodes.silent(node);
+                        } else {
+                            nodes.answered(node);
+                        }
+                        Error::from(status)
+                    }
+                };
             if !is_transient(&err) {
                 return Err(err);
             }
@@ -615,56 +1121,55 @@ impl Client {
             }
         }
         if Instant::now() >= deadline {
-            return Err(Error::Timeout {
-                after: opts.request_timeout,
-            });
+            return Err(self.timeout_error());
         }
         Err(Error::Unavailable {
             message: failures.join("; "),
         })
     }
 
-    /// Runs a write against one node after another until one answers with a verdict, the
-    /// retries run out, or the deadline passes: nodes that answer first, those marked down last,
-    /// each for at most the attempt timeout. A node that certainly did not get the write is
-    /// skipped as if never tried; after one that may have applied it (a silent one included),
-    /// the next is sent the same write id as a further attempt (`f` gets a node, the attempt
-    /// number and the time it has), so the write is applied at most once. When the client
-    /// cannot tell whether it was, the error says so: [`Error::OutcomeUnknown`].
-    async fn write<F, Fut>(&self, write_id: u128, f: F) -> Result<Bytes, Error>
+    /// Runs a write against one node after another of `targets` until one answers with a
+    /// verdict, the retries run out, or the deadline passes, each for at most the attempt
+    /// timeout. A node that certainly did not get the write is skipped as if never tried;
+    /// after one that may have applied it (a silent one included), the next is sent the same
+    /// write id as a further attempt (`f` gets a node, the attempt number, a request id and the
+    /// time it has), so the write is applied at most once. When the client cannot tell whether
+    /// it was, the error says so: [`Error::OutcomeUnknown`].
+    async fn write_via<T, F, Fut>(
+        &self,
+        targets: &[String],
+        write_id: u128,
+        deadline: Instant,
+        f: F,
+    ) -> Result<T, Error>
     where
-        F: Fn(KvClient<Channel>, u32, Duration) -> Fut,
-        Fut: Future<Output = Result<Bytes, tonic::Status>>,
+        F: Fn(KvClient<Channel>, u32, u64, Duration) -> Fut,
+        Fut: Future<Output = Result<(u64, T), tonic::Status>>,
     {
         let opts = &self.inner.options;
-        let deadline = Instant::now() + opts.request_timeout;
-        let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let nodes = &self.inner.nodes;
         let tries = opts.max_retries as usize + 1;
         let mut attempt = 1u32;
         let mut maybe_applied = false;
         let mut failures: Vec<String> = Vec::new();
-        let unknown = |failures: &[String]| Error::OutcomeUnknown {
-            write_id,
-            message: failures.join("; "),
-        };
-        let order = self.inner.health.order(start);
-        for &index in order.iter().cycle().take(tries) {
-            let node = &self.inner.endpoints[index].0;
+        for node in targets.iter().cycle().take(tries) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
             let budget = opts.attempt_timeout.map_or(left, |t| left.min(t));
-            let call = f(self.kv(index), attempt, budget);
+            let request_id = nodes.request_id();
+            let call = f(nodes.kv(node)?, attempt, request_id, budget);
             let status = match tokio::time::timeout(budget, call).await {
-                Ok(Ok(context)) => {
-                    self.answered(index);
-                    return Ok(context);
+                Ok(Ok((echoed, value))) => {
+                    nodes.answered(node);
+                    check_echo(request_id, echoed, node)?;
+                    return Ok(value);
                 }
                 Ok(Err(status)) => status,
                 Err(_) => {
                     // The request was in flight: it may have been applied.
-                    self.silent(index);
+                    nodes.silent(node);
                     failures.push(format!("{node}: no answer within {budget:?}"));
                     maybe_applied = true;
                     attempt += 1;
@@ -672,9 +1177,9 @@ impl Client {
                 }
             };
             if is_silence(&status) {
-                self.silent(index);
+                nodes.silent(node);
             } else {
-                self.answered(index);
+                nodes.answered(node);
             }
             let err = Error::from(status.clone());
             match Failure::of(&status, &err) {
@@ -689,7 +1194,12 @@ impl Client {
             tracing::debug!(%node, error = %err, attempt, "retrying the write on another node");
         }
         Err(if maybe_applied {
-            unknown(&failures)
+            Error::OutcomeUnknown {
+                write_id,
+                message: failures.join("; "),
+            }
+        } else if Instant::now() >= deadline && failures.is_empty() {
+            self.timeout_error()
         } else {
             Error::Unavailable {
                 message: failures.join("; "),

@@ -67,6 +67,10 @@ pub enum Error {
         "the request did not finish within {after:?}: the cluster may be overloaded or unreachable"
     )]
     Timeout { after: Duration },
+    /// The resolver given to a resolving get failed (a host-language resolver's own exception
+    /// is raised as itself by the SDKs). Nothing was written.
+    #[error("the resolver failed, nothing was written: {message}")]
+    ResolverFailed { message: String },
     /// A server bug or storage failure; the message has details.
     #[error("internal server error: {message}")]
     Internal { message: String },
@@ -88,6 +92,7 @@ impl Error {
             Error::SiblingLimit { .. } => ErrorCode::SiblingLimit.as_str(),
             Error::Unavailable { .. } => ErrorCode::Unavailable.as_str(),
             Error::Timeout { .. } => "TIMEOUT",
+            Error::ResolverFailed { .. } => "RESOLVER_FAILED",
             Error::Internal { .. } => ErrorCode::Internal.as_str(),
         }
     }

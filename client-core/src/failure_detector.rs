@@ -11,6 +11,7 @@
 //! The detector knows nothing of the network: the client reports outcomes and asks for an
 //! order of nodes to try, and supplies the probe.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -30,68 +31,62 @@ enum Health {
     },
 }
 
-/// The health of each of a client's nodes, by index.
-#[derive(Debug)]
+/// The health of each node a client has talked to, by address. A node never heard of is up.
+#[derive(Debug, Default)]
 pub(crate) struct FailureDetector {
-    nodes: Mutex<Vec<Health>>,
+    nodes: Mutex<HashMap<String, Health>>,
 }
 
 impl FailureDetector {
-    pub(crate) fn new(nodes: usize) -> FailureDetector {
-        FailureDetector {
-            nodes: Mutex::new(vec![Health::Up; nodes]),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Health>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Health>> {
         self.nodes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether node `i` is considered up.
-    pub(crate) fn is_up(&self, i: usize) -> bool {
-        self.lock().get(i) == Some(&Health::Up)
+    /// Whether the node at `address` is considered up.
+    pub(crate) fn is_up(&self, address: &str) -> bool {
+        self.lock().get(address).is_none_or(|h| *h == Health::Up)
     }
 
-    /// The nodes to try, starting the round robin at `start`: those up first, then those down
-    /// (a request still tries them when nothing else is left).
-    pub(crate) fn order(&self, start: usize) -> Vec<usize> {
+    /// `candidates` in the order to try them: those up first, then those down (a request
+    /// still tries them when nothing else is left), each group in the given order.
+    pub(crate) fn order(&self, candidates: &[String]) -> Vec<String> {
         let nodes = self.lock();
-        let n = nodes.len();
-        let mut order: Vec<usize> = (0..n).map(|k| (start + k) % n).collect();
-        // A stable sort keeps the round robin within each group.
-        order.sort_by_key(|&i| nodes[i] != Health::Up);
+        let mut order = candidates.to_vec();
+        // A stable sort keeps the given order within each group.
+        order.sort_by_key(|a| nodes.get(a).is_some_and(|h| *h != Health::Up));
         order
     }
 
-    /// Records that node `i` answered. Returns whether it was down.
-    pub(crate) fn record_answer(&self, i: usize) -> bool {
+    /// Records that the node answered. Returns whether it was down.
+    pub(crate) fn record_answer(&self, address: &str) -> bool {
         let mut nodes = self.lock();
-        let was_down = matches!(nodes.get(i), Some(Health::Down { .. }));
-        if let Some(h) = nodes.get_mut(i) {
-            *h = Health::Up;
-        }
-        was_down
-    }
-
-    /// Records that node `i` did not answer. Returns true if this marked it down (it was up),
-    /// in which case the caller starts a probe.
-    pub(crate) fn record_silence(&self, i: usize) -> bool {
-        let mut nodes = self.lock();
-        match nodes.get_mut(i) {
-            Some(h @ Health::Up) => {
-                *h = Health::Down {
-                    since: Instant::now(),
-                };
+        match nodes.get_mut(address) {
+            Some(h @ Health::Down { .. }) => {
+                *h = Health::Up;
                 true
             }
             _ => false,
         }
     }
 
-    /// How long node `i` has been down, if it is.
+    /// Records that the node did not answer. Returns true if this marked it down (it was up),
+    /// in which case the caller starts a probe.
+    pub(crate) fn record_silence(&self, address: &str) -> bool {
+        let mut nodes = self.lock();
+        let h = nodes.entry(address.to_string()).or_insert(Health::Up);
+        if *h != Health::Up {
+            return false;
+        }
+        *h = Health::Down {
+            since: Instant::now(),
+        };
+        true
+    }
+
+    /// How long the node has been down, if it is.
     #[cfg(test)]
-    pub(crate) fn down_for(&self, i: usize) -> Option<Duration> {
-        match self.lock().get(i) {
+    pub(crate) fn down_for(&self, address: &str) -> Option<Duration> {
+        match self.lock().get(address) {
             Some(Health::Down { since }) => Some(since.elapsed()),
             _ => None,
         }
@@ -112,19 +107,24 @@ mod tests {
 
     #[test]
     fn nodes_marked_down_go_last_until_they_answer() {
-        let fd = FailureDetector::new(3);
-        assert_eq!(fd.order(1), vec![1, 2, 0]);
-        assert!(fd.record_silence(1));
-        assert!(!fd.record_silence(1), "already down: no second probe");
-        assert!(!fd.is_up(1));
-        assert!(fd.down_for(1).is_some());
-        assert_eq!(fd.order(1), vec![2, 0, 1]);
-        assert_eq!(fd.order(0), vec![0, 2, 1]);
-        assert!(fd.record_silence(0));
-        assert_eq!(fd.order(0), vec![2, 0, 1]);
-        assert!(fd.record_answer(1));
-        assert!(!fd.record_answer(1));
-        assert_eq!(fd.order(1), vec![1, 2, 0]);
+        let fd = FailureDetector::default();
+        let all: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let order = |fd: &FailureDetector, v: &[&str]| {
+            fd.order(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(fd.order(&all), all);
+        assert!(fd.record_silence("b"));
+        assert!(!fd.record_silence("b"), "already down: no second probe");
+        assert!(!fd.is_up("b"));
+        assert!(fd.is_up("never-heard-of"));
+        assert!(fd.down_for("b").is_some());
+        assert_eq!(order(&fd, &["b", "c", "a"]), ["c", "a", "b"]);
+        assert_eq!(order(&fd, &["a", "b", "c"]), ["a", "c", "b"]);
+        assert!(fd.record_silence("a"));
+        assert_eq!(order(&fd, &["a", "b", "c"]), ["c", "a", "b"]);
+        assert!(fd.record_answer("b"));
+        assert!(!fd.record_answer("b"));
+        assert_eq!(order(&fd, &["b", "c", "a"]), ["b", "c", "a"]);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The DynamoKV client core, shared by the Rust API and the Python, Node.js and Swift SDKs.
 //!
 //! All client behaviour lives here so the SDKs behave the same: option defaults, input
-//! validation, deadlines, retries and (in a later version) client-driven routing (paper 6.4).
-//! The bindings only convert types.
+//! validation, deadlines, retries, client-driven coordination (paper 6.4: the client pulls the
+//! ring, coordinates reads itself and sends writes straight to a replica of the key),
+//! reconciliation with resolvers, and batches. The bindings only convert types.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), dynamokv_client::Error> {
@@ -17,9 +18,18 @@
 mod client;
 mod error;
 mod failure_detector;
+pub mod inspect;
+mod nodes;
+mod read_coordination;
+pub mod reconciliation;
+mod routing;
 
 pub use client::{
-    Client, ClientBuilder, ClusterInfo, Context, GetResult, MemberInfo, NodeHealth, WriteOptions,
+    Client, ClientBuilder, ClusterInfo, Context, Coordination, DEFAULT_BATCH_CONCURRENCY,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RETRIES, DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_RING_REFRESH_INTERVAL, GetResult, MemberInfo, NodeHealth, PutItem, Resolved,
+    WriteOptions,
 };
 pub use dynamokv_common::{Limits, Member, PreferenceList, Ring};
 pub use error::Error;
+pub use reconciliation::{Resolver, ResolverError, Siblings};

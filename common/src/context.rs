@@ -47,14 +47,25 @@ fn key_tag(key: &[u8]) -> [u8; TAG_LEN] {
 /// Encodes the context of `key` for what a read or write saw. The empty context encodes as no
 /// bytes. Timestamps are dropped: they only matter inside replicas.
 pub fn encode_context(key: &[u8], ctx: &CausalContext) -> Vec<u8> {
+    encode_routed_context(key, ctx, None)
+}
+
+/// As [`encode_context`], recording `fastest_replica`, the node id of the replica that answered
+/// the read first (read-your-writes, paper 5: the put that follows goes to it). Nodes ignore it.
+pub fn encode_routed_context(
+    key: &[u8],
+    ctx: &CausalContext,
+    fastest_replica: Option<&str>,
+) -> Vec<u8> {
     if ctx.is_empty() {
         return Vec::new();
     }
-    let proto = CausalContext {
+    let mut proto = CausalContext {
         clock: ctx.clock.without_timestamps(),
         seen: ctx.seen.clone(),
     }
     .to_proto();
+    proto.fastest_replica = fastest_replica.unwrap_or_default().to_string();
     let body = proto.encode_to_vec();
     let mut out = Vec::with_capacity(MAGIC.len() + TAG_LEN + body.len() + CRC_LEN);
     out.extend_from_slice(MAGIC);
@@ -67,8 +78,16 @@ pub fn encode_context(key: &[u8], ctx: &CausalContext) -> Vec<u8> {
 
 /// Decodes a context that a get or put of `key` returned. Empty bytes mean "no context".
 pub fn decode_context(key: &[u8], bytes: &[u8]) -> Result<CausalContext, ContextError> {
+    decode_routed_context(key, bytes).map(|(ctx, _)| ctx)
+}
+
+/// As [`decode_context`], with the fastest replica the context records, if any.
+pub fn decode_routed_context(
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<(CausalContext, Option<String>), ContextError> {
     if bytes.is_empty() {
-        return Ok(CausalContext::new());
+        return Ok((CausalContext::new(), None));
     }
     if bytes.len() < MAGIC.len() + TAG_LEN + CRC_LEN {
         return Err(ContextError::Malformed);
@@ -90,10 +109,11 @@ pub fn decode_context(key: &[u8], bytes: &[u8]) -> Result<CausalContext, Context
     let body = &signed[MAGIC.len() + TAG_LEN..];
     if v1 {
         let proto = pb::VersionVector::decode(body).map_err(|_| ContextError::Malformed)?;
-        return Ok(CausalContext {
+        let ctx = CausalContext {
             clock: VersionVector::from_proto(&proto)?,
             seen: Default::default(),
-        });
+        };
+        return Ok((ctx, None));
     }
     let proto = pb::CausalContext::decode(body).map_err(|_| ContextError::Malformed)?;
     let ctx = CausalContext::from_proto(&proto)?;
@@ -101,7 +121,8 @@ pub fn decode_context(key: &[u8], bytes: &[u8]) -> Result<CausalContext, Context
         // No writer produces the empty context as bytes.
         return Err(ContextError::Malformed);
     }
-    Ok(ctx)
+    let fastest = Some(proto.fastest_replica).filter(|f| !f.is_empty());
+    Ok((ctx, fastest))
 }
 
 #[cfg(test)]
@@ -127,6 +148,21 @@ mod tests {
     fn round_trips_with_single_events_and_seen_writes() {
         let ctx = encode_context(b"cart:42", &sample());
         assert_eq!(decode_context(b"cart:42", &ctx), Ok(sample()));
+    }
+
+    #[test]
+    fn the_fastest_replica_rides_along_and_changes_nothing_causal() {
+        let bytes = encode_routed_context(b"cart:42", &sample(), Some("node-2"));
+        assert_eq!(decode_context(b"cart:42", &bytes), Ok(sample()));
+        assert_eq!(
+            decode_routed_context(b"cart:42", &bytes),
+            Ok((sample(), Some("node-2".to_string())))
+        );
+        let plain = encode_context(b"cart:42", &sample());
+        assert_eq!(
+            decode_routed_context(b"cart:42", &plain),
+            Ok((sample(), None))
+        );
     }
 
     #[test]

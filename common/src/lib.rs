@@ -6,6 +6,8 @@
 //!   preference lists over distinct physical nodes (paper 4.3).
 //! - [`versioning`]: dotted version vectors, the per-key set of concurrent versions (paper 4.4).
 //! - [`context`]: the opaque version context handed to clients.
+//! - [`sloppy_quorum`]: which nodes a request goes to and which answers count (paper 4.6, 4.9),
+//!   for a node's coordinator and for a client coordinating its own reads (paper 6.4).
 //! - [`limits`]: input validation shared by client and server.
 //! - [`error_code`]: the stable error codes carried on the wire.
 
@@ -13,9 +15,12 @@ pub mod context;
 pub mod error_code;
 pub mod limits;
 pub mod ring;
+pub mod sloppy_quorum;
 pub mod versioning;
 
-pub use context::{ContextError, decode_context, encode_context};
+pub use context::{
+    ContextError, decode_context, decode_routed_context, encode_context, encode_routed_context,
+};
 pub use error_code::ErrorCode;
 pub use limits::{InputError, Limits};
 pub use ring::{Member, PreferenceList, Ring, RingError, key_position};

@@ -378,6 +378,7 @@ impl CausalContext {
                 .iter()
                 .map(|w| Bytes::copy_from_slice(&w.to_bytes()))
                 .collect(),
+            fastest_replica: String::new(),
         }
     }
 
@@ -539,6 +540,21 @@ impl VersionedState {
             .into_iter()
             .filter_map(|s| s.value.clone())
             .collect()
+    }
+
+    /// The write time (milliseconds since the epoch, by the coordinating node's clock) of each
+    /// value [`live_values`](Self::live_values) returns, in the same order.
+    pub fn live_timestamps(&self) -> Vec<u64> {
+        self.distinct_writes()
+            .into_iter()
+            .filter(|s| s.value.is_some())
+            .map(|s| s.timestamp_ms)
+            .collect()
+    }
+
+    /// Whether a delete (a tombstone) is among the concurrent versions.
+    pub fn has_tombstone(&self) -> bool {
+        self.siblings.iter().any(|s| s.value.is_none())
     }
 
     /// How many live values a read returns.

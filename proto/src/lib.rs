@@ -20,6 +20,11 @@ pub mod transport {
     /// own verdict.
     pub const ERROR_CODE_METADATA: &str = "dynamokv-error";
 
+    /// gRPC metadata key a node sets, with its ring version, when it refuses a client's
+    /// replica read because the client routed it by an older ring: the client should pull the
+    /// ring again (client-driven coordination, paper 6.4).
+    pub const RING_VERSION_METADATA: &str = "dynamokv-ring-version";
+
     /// Whether a failed call means the other end did not answer, the transport failed or the
     /// call timed out, as opposed to a verdict of its own. The failure detectors of nodes and
     /// clients count these against a node's reachability (paper 4.8.3).

@@ -44,7 +44,7 @@ use crate::membership::{ClusterView, Membership};
 use crate::metrics::{Metrics, Role};
 use crate::peers::Peers;
 use crate::replica::{LocalReplica, WriteError, now_ms};
-use crate::sloppy_quorum::{self, Acks, QuorumSets};
+use dynamokv_common::sloppy_quorum::{self, Acks, QuorumSets};
 
 /// Metadata marking a put that a node forwarded to a coordinator, so it is never forwarded
 /// twice. It gives the request no other power: a node that is not a replica refuses it.
@@ -65,6 +65,10 @@ const FORWARD_MARGIN: Duration = Duration::from_millis(500);
 pub struct GetResult {
     pub values: Vec<Bytes>,
     pub context: Bytes,
+    /// The write time of each value, in the same order.
+    pub timestamps_ms: Vec<u64>,
+    /// Whether a delete is concurrent with the values.
+    pub tombstone: bool,
 }
 
 /// A put (`value` set) or delete, as a client or a forwarding node sent it.
@@ -233,6 +237,8 @@ impl Coordinator {
         let merged = merge_all(replies.iter().filter_map(|(_, s)| s.as_ref()));
         let result = GetResult {
             values: merged.live_values(),
+            timestamps_ms: merged.live_timestamps(),
+            tombstone: merged.has_tombstone(),
             context: Bytes::from(encode_context(&key, &CausalContext::of_read(&merged))),
         };
 
@@ -578,6 +584,7 @@ impl Coordinator {
                             attempt,
                             sync_replicas: Some(sync_replicas),
                             ring_version: 0,
+                            request_id: 0,
                         });
                         mark_forwarded(&mut r, budget);
                         client.put(r).await.map(|r| r.into_inner().context)
@@ -591,6 +598,7 @@ impl Coordinator {
                             attempt,
                             sync_replicas: Some(sync_replicas),
                             ring_version: 0,
+                            request_id: 0,
                         });
                         mark_forwarded(&mut r, budget);
                         client.delete(r).await.map(|r| r.into_inner().context)
@@ -637,6 +645,78 @@ impl Coordinator {
             got: 0,
             failures,
         })
+    }
+
+    /// A client's read of this node's own replica of `key`, for a read the client coordinates
+    /// itself (paper 6.4); with `hints`, as a fallback, with the hints it holds merged in.
+    /// Refused, and nothing read, when the client routed it by an older ring than this node's,
+    /// or when by this node's ring it holds no replica of the key and was not asked as a
+    /// fallback: the client's answer would otherwise count a node that may miss the key's data.
+    pub async fn read_for_client(
+        &self,
+        key: Bytes,
+        hints: bool,
+        routed_by: u64,
+    ) -> Result<Option<VersionedState>, Error> {
+        let start = Instant::now();
+        let result = self.read_for_client_inner(key, hints, routed_by).await;
+        self.metrics.request(
+            "read_replica",
+            Role::Replica,
+            outcome(&result),
+            start.elapsed(),
+        );
+        result
+    }
+
+    async fn read_for_client_inner(
+        &self,
+        key: Bytes,
+        hints: bool,
+        routed_by: u64,
+    ) -> Result<Option<VersionedState>, Error> {
+        self.limits.check_key(&key)?;
+        let view = self.membership.current();
+        check_joined(&view)?;
+        let moved = |reason| Error::RingMoved {
+            node: view.self_id.clone(),
+            version: view.ring_version,
+            reason,
+        };
+        if routed_by < view.ring_version {
+            return Err(moved("the client routed by an older ring"));
+        }
+        if hints {
+            return Ok(self.local.read_with_hints(&key)?);
+        }
+        // A client routing by a newer ring than this node's (gossip has not brought the commit
+        // here yet) is answered: by that ring this node is a replica, which its data will reach
+        // by transfer, and the client counts its answer among the new ring's replicas only.
+        let (replicas, _, _) = preference_list(&view, &key);
+        if routed_by == view.ring_version && !replicas.iter().any(|m| m.id == view.self_id) {
+            return Err(moved("holds no replica of this key"));
+        }
+        Ok(self.local.read(key).await?)
+    }
+
+    /// A client's read repair: merges `state` into this node's replica of `key`.
+    pub async fn repair_for_client(&self, key: Bytes, state: VersionedState) -> Result<(), Error> {
+        let start = Instant::now();
+        let result = async {
+            self.limits.check_key(&key)?;
+            check_joined(&self.membership.current())?;
+            self.local.merge(key, state, false).await?;
+            self.metrics.read_repairs.inc();
+            Ok(())
+        }
+        .await;
+        self.metrics.request(
+            "repair_replica",
+            Role::Replica,
+            outcome(&result),
+            start.elapsed(),
+        );
+        result
     }
 
     /// A replica's state of `key`; with `hints`, a fallback's hints for it too.
@@ -730,45 +810,21 @@ fn merge_all<'a>(states: impl Iterator<Item = &'a VersionedState>) -> VersionedS
     merged
 }
 
-/// The key's N primary replicas (the top of its preference list), then its first N fallbacks:
-/// enough to stand in for every primary, and for some copies that fail.
-///
-/// While partitions are handed over after a topology change (paper 4.9), the replicas are
-/// those of the new ring followed by those of the previous ring that are not among them (less
-/// removed members): writes reach old and new replicas and reads consult both, so nothing
-/// written before, during or after the change is missed while data moves.
+/// The key's replicas, fallbacks and quorum sets by this node's view (shared with clients
+/// that coordinate their reads: [`sloppy_quorum::replica_sets`]).
 pub(crate) fn preference_list(
     view: &ClusterView,
     key: &[u8],
 ) -> (Vec<Member>, Vec<Member>, QuorumSets) {
-    let n = view.quorums.n as usize;
-    let list = view.ring.preference_list(key, n);
-    let mut replicas: Vec<Member> = list.nodes.iter().take(n).map(|m| (*m).clone()).collect();
-    let mut sets = QuorumSets::default();
-    if let Some((previous, pn)) = &view.previous {
-        sets.new = replicas.iter().map(|m| m.id.clone()).collect();
-        for m in previous.preference_list(key, *pn as usize).nodes {
-            if view.state.is_removed(&m.id) {
-                continue;
-            }
-            sets.old.push(m.id.clone());
-            if !replicas.iter().any(|r| r.id == m.id) {
-                replicas.push(m.clone());
-            }
-        }
-        if sets.old.is_empty() {
-            // Every previous replica was removed: the new ones are all there is.
-            sets = QuorumSets::default();
-        }
-    }
-    let fallbacks = list
-        .fallbacks
-        .iter()
-        .filter(|m| !replicas.iter().any(|r| r.id == m.id))
-        .take(n)
-        .map(|m| (*m).clone())
-        .collect();
-    (replicas, fallbacks, sets)
+    let previous = view.previous.as_ref().map(|(ring, n)| (ring, *n));
+    let sets = sloppy_quorum::replica_sets(
+        &view.ring,
+        view.quorums.n,
+        previous,
+        |id| view.state.is_removed(id),
+        key,
+    );
+    (sets.replicas, sets.fallbacks, sets.sets)
 }
 
 /// Refuses requests on a node that is not part of a ring yet.

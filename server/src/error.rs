@@ -5,6 +5,7 @@ use tonic::{Code, Status};
 
 use dynamokv_common::error_code::ERROR_CODE_METADATA;
 use dynamokv_common::{ContextError, ErrorCode, InputError};
+use dynamokv_proto::transport::RING_VERSION_METADATA;
 
 use crate::storage::StorageError;
 
@@ -78,6 +79,16 @@ pub enum Error {
         "node {node} is not a replica of this key (the forwarding node's view of the cluster differs): nothing was written, retry on another node"
     )]
     NotReplica { node: String },
+    /// A client routed a replica read by a ring that is not this node's: the node's ring is
+    /// newer, or by it the node holds no replica of the key. Nothing was read.
+    #[error(
+        "node {node} is at ring version {version} and {reason}: nothing was read; pull the ring again and route by it"
+    )]
+    RingMoved {
+        node: String,
+        version: u64,
+        reason: &'static str,
+    },
     /// The node was started to join a cluster and has not heard from it yet.
     #[error(
         "node {node} has not joined a cluster yet (it is waiting to hear from its seeds): retry on another node"
@@ -115,9 +126,10 @@ impl Error {
             Error::QuorumNotReached { .. } => ErrorCode::QuorumNotReached,
             Error::OutcomeUnknown { .. } => ErrorCode::OutcomeUnknown,
             Error::SiblingLimit(_) => ErrorCode::SiblingLimit,
-            Error::NotReplica { .. } | Error::TooFewReachable { .. } | Error::NotJoined { .. } => {
-                ErrorCode::Unavailable
-            }
+            Error::NotReplica { .. }
+            | Error::TooFewReachable { .. }
+            | Error::NotJoined { .. }
+            | Error::RingMoved { .. } => ErrorCode::Unavailable,
             Error::Storage(_) | Error::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -159,6 +171,9 @@ impl From<Error> for Status {
             }
             Error::Input(InputError::EmptyKey { max }) => {
                 md.insert(MAX_METADATA, MetadataValue::from(max as u64));
+            }
+            Error::RingMoved { version, .. } => {
+                md.insert(RING_VERSION_METADATA, MetadataValue::from(version));
             }
             _ => {}
         }

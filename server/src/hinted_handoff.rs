@@ -1,7 +1,7 @@
 //! Hinted handoff (paper 4.6): delivering the hints this node holds for other replicas.
 //!
 //! A coordinator that cannot reach one of a key's top N replicas sends that replica's copy to
-//! a fallback node with a hint naming it ([`crate::sloppy_quorum`]). The fallback keeps hints in
+//! a fallback node with a hint naming it ([`dynamokv_common::sloppy_quorum`]). The fallback keeps hints in
 //! their own column family ([`crate::storage::Space::Hints`]), durable across its restarts, and
 //! this worker delivers them: every `handoff_interval_ms` it walks the hints, merges each into
 //! its owner (synced: the owner's acknowledgement means the copy is on its disk) and deletes

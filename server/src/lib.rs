@@ -8,7 +8,6 @@
 //!   membership state gossip spreads, with its deterministic merge, and [`gossip`], the
 //!   exchange that spreads it (paper 4.8.1).
 //! - [`peers`]: connections to the other nodes and local failure detection (paper 4.8.3).
-//! - [`sloppy_quorum`]: which nodes a request goes to, healthy ones first (paper 4.6).
 //! - [`coordinator`]: quorum reads and writes, forwarding, read repair (paper 4.5).
 //! - Background work, admitted by [`admission`] control (paper 6.5): [`hinted_handoff`]
 //!   (paper 4.6), [`anti_entropy`] (paper 4.7), [`tombstones`] (reaping deleted keys).
@@ -33,7 +32,6 @@ pub mod peers;
 pub mod replica;
 pub mod server;
 pub mod service;
-pub mod sloppy_quorum;
 pub mod storage;
 pub mod tombstones;
 

@@ -90,13 +90,49 @@ impl pb::kv_server::Kv for KvService {
             values: got.values,
             context: got.context,
             ring: self.ring_news(req.ring_version),
+            request_id: req.request_id,
+            timestamps_ms: got.timestamps_ms,
+            tombstone: got.tombstone,
+        }))
+    }
+
+    async fn read_replica(
+        &self,
+        req: Request<pb::ReadReplicaRequest>,
+    ) -> Result<Response<pb::ReadReplicaResponse>, Status> {
+        let req = req.into_inner();
+        let key = required(req.key, "key")?;
+        let state = self
+            .coordinator
+            .read_for_client(key, req.include_hints, req.ring_version)
+            .await?;
+        Ok(Response::new(pb::ReadReplicaResponse {
+            state: state.map(|s| s.to_proto()),
+            node_id: self.coordinator.membership().current().self_id.clone(),
+            ring: self.ring_news(req.ring_version),
+            request_id: req.request_id,
+        }))
+    }
+
+    async fn repair_replica(
+        &self,
+        req: Request<pb::RepairReplicaRequest>,
+    ) -> Result<Response<pb::RepairReplicaResponse>, Status> {
+        let req = req.into_inner();
+        let key = required(req.key, "key")?;
+        let state = required(req.state, "state")?;
+        let state = VersionedState::from_proto(&state)
+            .map_err(|_| Error::MalformedField("state is not a valid replica state"))?;
+        self.coordinator.repair_for_client(key, state).await?;
+        Ok(Response::new(pb::RepairReplicaResponse {
+            request_id: req.request_id,
         }))
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let (fwd, budget) = (forwarded(&req), budget(&req));
         let req = req.into_inner();
-        let routed_by = req.ring_version;
+        let (routed_by, request_id) = (req.ring_version, req.request_id);
         let context = self
             .coordinator
             .put(WriteRequest {
@@ -114,6 +150,7 @@ impl pb::kv_server::Kv for KvService {
         Ok(Response::new(pb::PutResponse {
             context,
             ring: self.ring_news(routed_by),
+            request_id,
         }))
     }
 
@@ -123,7 +160,7 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let (fwd, budget) = (forwarded(&req), budget(&req));
         let req = req.into_inner();
-        let routed_by = req.ring_version;
+        let (routed_by, request_id) = (req.ring_version, req.request_id);
         let context = self
             .coordinator
             .put(WriteRequest {
@@ -141,6 +178,7 @@ impl pb::kv_server::Kv for KvService {
         Ok(Response::new(pb::DeleteResponse {
             context,
             ring: self.ring_news(routed_by),
+            request_id,
         }))
     }
 
@@ -162,6 +200,18 @@ impl pb::kv_server::Kv for KvService {
                 .previous
                 .as_ref()
                 .map(|(ring, _)| ring.members().iter().map(|m| m.to_proto()).collect())
+                .unwrap_or_default(),
+            previous_n: view.previous.as_ref().map_or(0, |(_, n)| *n),
+            removed_members: view
+                .previous
+                .as_ref()
+                .map(|(ring, _)| {
+                    ring.members()
+                        .iter()
+                        .filter(|m| view.state.is_removed(&m.id))
+                        .map(|m| m.id.clone())
+                        .collect()
+                })
                 .unwrap_or_default(),
         }))
     }

@@ -13,6 +13,7 @@ use crate::support::Cluster;
 /// A client whose own limits are far above the server's, so the server's checks are tested.
 fn lax_client(cluster: &Cluster) -> Client {
     Client::builder([cluster.seed(0)])
+        .coordination(dynamokv_client::Coordination::Server)
         .limits(Limits {
             max_key_bytes: 1 << 20,
             max_value_bytes: 8 << 20,
@@ -139,6 +140,7 @@ async fn requests_missing_required_fields_are_refused() {
             key: None,
             r: None,
             ring_version: 0,
+            request_id: 0,
         })
         .await
         .unwrap_err();
@@ -185,6 +187,7 @@ async fn client_configuration_errors_and_unreachable_nodes() {
     ));
     assert!(matches!(
         Client::builder(["127.0.0.1:1"])
+            .coordination(dynamokv_client::Coordination::Server)
             .request_timeout(Duration::ZERO)
             .build(),
         Err(Error::InvalidConfig { .. })

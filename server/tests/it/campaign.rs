@@ -168,8 +168,9 @@ impl Load {
         let done = Arc::new(AtomicUsize::new(0));
         let mut writers = Vec::new();
         for w in 0..CLIENTS {
-            let mut builder =
-                Client::builder(seeds.clone()).request_timeout(Duration::from_secs(5));
+            let mut builder = Client::builder(seeds.clone())
+                .coordination(dynamokv_client::Coordination::Server)
+                .request_timeout(Duration::from_secs(5));
             if let Some(t) = attempt_timeout {
                 builder = builder.attempt_timeout(t);
             }
@@ -1067,7 +1068,10 @@ async fn scenario_7_delete_during_partition_is_reaped_everywhere() {
         .collect();
 
     // Keys to delete, on every replica before the cut.
-    let writer = Client::builder(cluster.seeds()).build().unwrap();
+    let writer = Client::builder(cluster.seeds())
+        .coordination(dynamokv_client::Coordination::Server)
+        .build()
+        .unwrap();
     let doomed: Vec<String> = (0..DELETED).map(|i| format!("s7-del-{i}")).collect();
     for key in &doomed {
         writer
@@ -1083,7 +1087,10 @@ async fn scenario_7_delete_during_partition_is_reaped_everywhere() {
     let mut window = Window::open();
     cluster.cut(cut);
     // Deletes through the nodes on the majority side, each of what a get saw.
-    let deleter = Client::builder(uncut).build().unwrap();
+    let deleter = Client::builder(uncut)
+        .coordination(dynamokv_client::Coordination::Server)
+        .build()
+        .unwrap();
     for key in &doomed {
         let got = deleter.get(key).await.unwrap();
         assert_eq!(got.values, vec![key.clone().into_bytes()]);

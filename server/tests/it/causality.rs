@@ -88,6 +88,7 @@ async fn defect2_a_write_whose_answer_was_lost_is_never_applied_twice() {
     cut.point_at(cluster.addrs[0]);
     for (round, next) in [1usize, 0].into_iter().enumerate() {
         let client = Client::builder([cut.addr.to_string(), cluster.seed(next)])
+            .coordination(dynamokv_client::Coordination::Server)
             .request_timeout(Duration::from_secs(5))
             .build()
             .unwrap();
@@ -139,6 +140,7 @@ async fn defect3_a_forwarded_put_that_misses_its_quorum_says_so_and_is_stored_on
     // With a second seed to fall back on: a key whose two hung replicas are neither seed.
     let seeds = [0, reps[0]];
     let two_seeds = Client::builder([cluster.seed(0), cluster.seed(reps[0])])
+        .coordination(dynamokv_client::Coordination::Server)
         .request_timeout(Duration::from_secs(8))
         .build()
         .unwrap();
@@ -362,6 +364,7 @@ async fn defect6_the_forwarding_marker_never_makes_a_non_replica_count_toward_w(
 async fn defect7_a_key_with_many_siblings_stays_readable_and_resolvable() {
     let cluster = Cluster::start_with(1, |c| c.cluster.members.clear()).await;
     let client = Client::builder([cluster.seed(0)])
+        .coordination(dynamokv_client::Coordination::Server)
         .request_timeout(Duration::from_secs(60))
         .build()
         .unwrap();

@@ -505,7 +505,8 @@ async fn grow_from_3_to_5_then_shrink_to_4_by_leave_under_load() {
         assert!(total > 100, "too little load during {what}: {total}");
         assert!(
             rate >= 99.9,
-            "{what}: only {rate:.2}% of requests succeeded"
+            "{what}: only {rate:.2}% of requests succeeded; failures: {:?}",
+            failures(&pairs)
         );
     }
     report(format!(
@@ -753,5 +754,59 @@ async fn topology_changes_that_cannot_work_are_refused_and_change_nothing() {
         nodes.membership(0).await.ring_version(),
         before.ring_version()
     );
+    nodes.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_picks_up_a_changed_ring_without_a_restart() {
+    let mut nodes = Nodes::new(5).await;
+    let first = nodes.form(3).await;
+    // Client-driven coordination (the default), knowing one seed, pulling the ring often.
+    let client = Client::builder([nodes.addr(0)])
+        .request_timeout(Duration::from_secs(5))
+        .ring_refresh_interval(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    assert_eq!(client.refresh_ring().await.unwrap(), first);
+    for k in 0..20 {
+        client
+            .put(format!("moving-{k}"), b"v".to_vec(), None)
+            .await
+            .unwrap();
+    }
+    nodes.start(3, Some(0)).await;
+    nodes.start(4, Some(0)).await;
+    nodes.wait_known(0, &[0, 1, 2, 3, 4]).await;
+    let (_, version) = nodes.change(0).await;
+    eventually(
+        "the client to route by the new ring",
+        Duration::from_secs(10),
+        || async { client.ring_version() == Some(version) },
+    )
+    .await;
+    nodes.settle(version, Duration::from_secs(60)).await;
+    // Keys the new nodes now lead: the client sends their puts to them.
+    let ring = nodes.membership(0).await.ring().unwrap();
+    let mut led = 0;
+    for k in 0..200 {
+        let key = format!("new-{k}");
+        let first = ring.preference_list(key.as_bytes(), N).nodes[0].id.clone();
+        if first != "node-3" && first != "node-4" {
+            continue;
+        }
+        led += 1;
+        client.put(&key, b"new".to_vec(), None).await.unwrap();
+        let i: usize = first.trim_start_matches("node-").parse().unwrap();
+        let held = crate::support::read_local(nodes.addrs[i], key.as_bytes()).await;
+        assert!(
+            held.is_some_and(|s| s.live_values() == vec![bytes::Bytes::from("new")]),
+            "{key}: its first replica {first} did not coordinate the put"
+        );
+    }
+    assert!(led > 10, "only {led} keys led by the new nodes");
+    for k in 0..20 {
+        let got = client.get(format!("moving-{k}")).await.unwrap();
+        assert_eq!(got.values, vec![b"v".to_vec()]);
+    }
     nodes.shutdown().await;
 }

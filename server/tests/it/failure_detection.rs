@@ -11,6 +11,7 @@ use crate::support::{Cluster, eventually};
 
 fn client_of_all(cluster: &Cluster, attempt_timeout: Option<Duration>) -> Client {
     let mut b = Client::builder((0..3).map(|i| cluster.seed(i)))
+        .coordination(dynamokv_client::Coordination::Server)
         .request_timeout(Duration::from_secs(3))
         .max_retries(2);
     if let Some(t) = attempt_timeout {

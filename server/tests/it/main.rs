@@ -10,6 +10,7 @@ mod bad_input;
 mod campaign;
 mod causality;
 mod cli;
+mod client_driven;
 mod cluster;
 mod durability;
 mod elasticity;

@@ -159,9 +159,11 @@ impl Cluster {
             .expect("some key is not replicated on the node")
     }
 
-    /// A client that talks to node `i` only.
+    /// A client that talks to node `i` only, which coordinates its requests (server-driven
+    /// coordination: these tests are about what a node's coordinator does).
     pub fn client_of(&self, i: usize) -> dynamokv_client::Client {
         dynamokv_client::Client::builder([self.seed(i)])
+            .coordination(dynamokv_client::Coordination::Server)
             .max_retries(0)
             .request_timeout(Duration::from_secs(5))
             .build()

@@ -8,10 +8,69 @@
 //! fallback delivers it once the primary answers again. A read that cannot reach R primaries
 //! also asks the fallbacks, which answer with the hints they hold.
 //!
-//! No I/O here: the coordinator fans out what these functions decide, and they are tested
+//! No I/O here: a coordinator fans out what these functions decide (a node's coordinator, or a
+//! client coordinating its own reads, paper 6.4: both call the same code), and they are tested
 //! exhaustively on their own.
 
-use dynamokv_common::Member;
+use crate::ring::{Member, Ring};
+
+/// A key's replicas: its N primaries (the top of its preference list) and, during a handover,
+/// the previous ring's replicas that are not among them; its first N fallbacks (enough to stand
+/// in for every primary, and for some copies that fail); and the sets quorums are counted over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaSets {
+    pub replicas: Vec<Member>,
+    pub fallbacks: Vec<Member>,
+    pub sets: QuorumSets,
+}
+
+/// The replicas of `key` on `ring` with replication factor `n`.
+///
+/// While partitions are handed over after a topology change (paper 4.9), `previous` is the ring
+/// before it with its replication factor: the replicas are then those of the new ring followed
+/// by those of the previous ring that are not among them (less members `is_removed` names), so
+/// that writes reach old and new replicas and reads consult both, and nothing written before,
+/// during or after the change is missed while data moves.
+pub fn replica_sets(
+    ring: &Ring,
+    n: u32,
+    previous: Option<(&Ring, u32)>,
+    is_removed: impl Fn(&str) -> bool,
+    key: &[u8],
+) -> ReplicaSets {
+    let n = n as usize;
+    let list = ring.preference_list(key, n);
+    let mut replicas: Vec<Member> = list.nodes.iter().take(n).map(|m| (*m).clone()).collect();
+    let mut sets = QuorumSets::default();
+    if let Some((previous, pn)) = previous {
+        sets.new = replicas.iter().map(|m| m.id.clone()).collect();
+        for m in previous.preference_list(key, pn as usize).nodes {
+            if is_removed(&m.id) {
+                continue;
+            }
+            sets.old.push(m.id.clone());
+            if !replicas.iter().any(|r| r.id == m.id) {
+                replicas.push(m.clone());
+            }
+        }
+        if sets.old.is_empty() {
+            // Every previous replica was removed: the new ones are all there is.
+            sets = QuorumSets::default();
+        }
+    }
+    let fallbacks = list
+        .fallbacks
+        .iter()
+        .filter(|m| !replicas.iter().any(|r| r.id == m.id))
+        .take(n)
+        .map(|m| (*m).clone())
+        .collect();
+    ReplicaSets {
+        replicas,
+        fallbacks,
+        sets,
+    }
+}
 
 /// The replica sets a quorum is counted over. Outside a handover there is one, the key's N
 /// replicas, and both lists are empty. During a handover (paper 4.9) the key has the replicas
