@@ -97,6 +97,14 @@ pub enum Workload {
     Put {
         cluster: usize,
     },
+    /// [`Get`](Self::Get) and [`Put`](Self::Put) with server-driven coordination: the request
+    /// goes to one node (the seeds in turn), which coordinates it.
+    GetServerDriven {
+        cluster: usize,
+    },
+    PutServerDriven {
+        cluster: usize,
+    },
     /// Blind put to a fresh key with `sync_replicas` of the W acknowledging replicas fsyncing
     /// their write-ahead log first (a per-request option).
     PutSync {
@@ -133,6 +141,8 @@ impl Workload {
         match *self {
             Workload::Get { cluster }
             | Workload::Put { cluster }
+            | Workload::GetServerDriven { cluster }
+            | Workload::PutServerDriven { cluster }
             | Workload::PutSync { cluster, .. }
             | Workload::ReadModifyWrite { cluster }
             | Workload::GetSiblings { cluster }
@@ -147,6 +157,8 @@ impl Workload {
         match &mut w {
             Workload::Get { cluster }
             | Workload::Put { cluster }
+            | Workload::GetServerDriven { cluster }
+            | Workload::PutServerDriven { cluster }
             | Workload::PutSync { cluster, .. }
             | Workload::ReadModifyWrite { cluster }
             | Workload::GetSiblings { cluster }
@@ -348,6 +360,21 @@ pub fn plan(o: &PlanOptions) -> Plan {
             "put/1",
             one.clone(),
             Workload::Put { cluster: main },
+            versus(hop1, Some("rocksdb-floor put/1"), Some("redis set+wait/1")),
+        ),
+        // The paper's Table 2 (section 6.4): the same get and put, coordinated by a node.
+        case(
+            Dynamokv,
+            "get-server-driven/1",
+            one.clone(),
+            Workload::GetServerDriven { cluster: main },
+            versus(hop1, Some("rocksdb-floor get/1"), Some("redis get/1")),
+        ),
+        case(
+            Dynamokv,
+            "put-server-driven/1",
+            one.clone(),
+            Workload::PutServerDriven { cluster: main },
             versus(hop1, Some("rocksdb-floor put/1"), Some("redis set+wait/1")),
         ),
         case(
@@ -650,7 +677,10 @@ where
 /// A started cluster as the cases see it.
 #[derive(Debug, Clone)]
 pub struct ClusterHandle {
+    /// Client-driven coordination (the default; server-driven on a baseline cluster).
     pub client: Client,
+    /// Server-driven coordination: for the cases that compare the two (paper 6.4, Table 2).
+    pub server_driven: Client,
     pub keys: usize,
     pub sibling_keys: usize,
 }
@@ -714,6 +744,14 @@ pub fn op(workload: &Workload, env: &Env) -> Result<Op> {
         Workload::Put { cluster } => {
             let h = env.cluster(cluster)?;
             async_op(move || dkv_put(h.client.clone(), value.clone()))
+        }
+        Workload::GetServerDriven { cluster } => {
+            let h = env.cluster(cluster)?;
+            async_op(move || dkv_get(h.server_driven.clone(), key(random_below(h.keys))))
+        }
+        Workload::PutServerDriven { cluster } => {
+            let h = env.cluster(cluster)?;
+            async_op(move || dkv_put(h.server_driven.clone(), value.clone()))
         }
         Workload::PutSync {
             cluster,

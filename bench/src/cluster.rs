@@ -24,7 +24,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use dynamokv_client::Client;
+use dynamokv_client::{Client, Coordination};
 use futures::StreamExt;
 
 use crate::process::{ChildGuard, free_ports};
@@ -234,9 +234,18 @@ impl Cluster {
         })
     }
 
-    /// A client of this cluster with default options, every node a seed.
+    /// A client of this cluster with default options (client-driven coordination), every
+    /// node a seed.
     pub fn client(&self) -> Result<Client> {
         Ok(Client::builder(self.seeds.clone()).build()?)
+    }
+
+    /// A server-driven client: every request to one node (the seeds in turn), which
+    /// coordinates it.
+    pub fn server_driven_client(&self) -> Result<Client> {
+        Ok(Client::builder(self.seeds.clone())
+            .coordination(Coordination::Server)
+            .build()?)
     }
 
     pub fn pids(&self) -> Vec<u32> {

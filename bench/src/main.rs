@@ -474,7 +474,14 @@ async fn start_clusters(
         let cluster = Cluster::start(&binary, &o.data_dir, &cp.spec, &cp.label)
             .await
             .with_context(|| format!("starting cluster {} ({})", cp.label, binary.display()))?;
-        let client = cluster.client()?;
+        // A baseline binary may predate client-driven coordination (the ReadReplica rpc): its
+        // cluster is driven by its nodes, as clients of that build did.
+        let client = if cp.binary.is_some() {
+            cluster.server_driven_client()?
+        } else {
+            cluster.client()?
+        };
+        let server_driven = cluster.server_driven_client()?;
         println!(
             "cluster {}: {} nodes up ({}); preloading {} keys",
             cp.label,
@@ -518,6 +525,7 @@ async fn start_clusters(
         };
         env.clusters.push(Some(ClusterHandle {
             client,
+            server_driven,
             keys: cp.keys,
             sibling_keys,
         }));

@@ -326,3 +326,28 @@ async fn server_driven_mode_sends_every_request_to_one_node() {
     assert_eq!(counts(&cluster, READS).await, vec![0.0; 5]);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shopping_cart_example_loses_nothing_while_a_node_is_stopped() {
+    let cluster = crate::support::ProcCluster::start_with_sections(3, "", "").await;
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_dynamokv")).with_file_name("shopping_cart");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build the examples first (`make build`, or `cargo build --release -p dynamokv-examples`)",
+        bin.display()
+    );
+    let pid = cluster.procs[2].as_ref().unwrap().child.id();
+    let out = tokio::process::Command::new(&bin)
+        .arg("--pause-pid")
+        .arg(pid.to_string())
+        .args(cluster.seeds())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("stopped (SIGSTOP)"), "{stdout}");
+    assert!(stdout.contains("2 concurrent versions"), "{stdout}");
+    assert!(stdout.contains("nothing added was lost"), "{stdout}");
+}
