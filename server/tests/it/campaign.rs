@@ -158,7 +158,8 @@ struct Load {
 }
 
 impl Load {
-    /// [`CLIENTS`] writers, each with its own client of every node in `seeds`. With an
+    /// [`CLIENTS`] writers, each with its own client of every node in `seeds`, half of them
+    /// coordinating their requests themselves and half through a node. With an
     /// `attempt_timeout`, a silent node is given up after it (else after the whole request
     /// timeout, 5 s).
     fn start(seeds: Vec<String>, attempt_timeout: Option<Duration>, keys: KeyGen) -> Load {
@@ -168,8 +169,15 @@ impl Load {
         let done = Arc::new(AtomicUsize::new(0));
         let mut writers = Vec::new();
         for w in 0..CLIENTS {
+            // Half the writers coordinate in the client (the default), half let a node do it:
+            // every scenario holds its promise under both (paper 6.4).
+            let coordination = if w % 2 == 0 {
+                dynamokv_client::Coordination::Client
+            } else {
+                dynamokv_client::Coordination::Server
+            };
             let mut builder = Client::builder(seeds.clone())
-                .coordination(dynamokv_client::Coordination::Server)
+                .coordination(coordination)
                 .request_timeout(Duration::from_secs(5));
             if let Some(t) = attempt_timeout {
                 builder = builder.attempt_timeout(t);
