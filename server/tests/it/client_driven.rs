@@ -351,3 +351,91 @@ async fn the_shopping_cart_example_loses_nothing_while_a_node_is_stopped() {
     assert!(stdout.contains("2 concurrent versions"), "{stdout}");
     assert!(stdout.contains("nothing added was lost"), "{stdout}");
 }
+
+#[tokio::test]
+async fn a_client_coordinated_read_repairs_a_stale_replica() {
+    // Anti-entropy far off, so only the client's read repair can bring the write to node-2.
+    let mut cluster = Cluster::start_with(3, |c| {
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.background.anti_entropy_interval_ms = 600_000;
+    })
+    .await;
+    let client = client(&cluster, &[0, 1]);
+    cluster.stop(2).await;
+    client.put("stale", b"new".to_vec(), None).await.unwrap();
+    cluster.restart(2).await;
+    assert!(
+        cluster.local_values(2, b"stale").await.is_empty(),
+        "node-2 was down for the write"
+    );
+    // The client may still see node-2 as down: wait until its probe brings it back, so that
+    // the read asks it.
+    eventually(
+        "the client to see node-2 again",
+        Duration::from_secs(15),
+        || async { client.node_health().iter().all(|h| h.up) },
+    )
+    .await;
+    eventually("a read to repair node-2", Duration::from_secs(10), || {
+        let (cluster, client) = (&cluster, &client);
+        async move {
+            assert_eq!(
+                client.get("stale").await.unwrap().values,
+                vec![b"new".to_vec()]
+            );
+            cluster.local_values(2, b"stale").await == vec![b"new".to_vec()]
+        }
+    })
+    .await;
+    let repairs = sample(
+        &scrape(&cluster, 2).await,
+        "dynamokv_requests_total{op=\"repair_replica\",outcome=\"ok\"}",
+    );
+    assert!(
+        repairs >= 1.0,
+        "node-2 was repaired by the client: {repairs}"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn hedged_reads_ask_r_replicas_and_one_more_only_when_they_are_slow() {
+    let cluster = Cluster::start_proxied(3, |c| {
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let client = Client::builder((0..3).map(|i| cluster.seed(i)))
+        .hedge_after(Some(Duration::from_millis(50)))
+        .attempt_timeout(Duration::from_secs(4))
+        .request_timeout(Duration::from_secs(8))
+        .build()
+        .unwrap();
+    client.put("hedged", b"v".to_vec(), None).await.unwrap();
+    // Without faults a hedged read asks R = 2 replicas, not N = 3.
+    let before = counts(&cluster, READS).await;
+    for _ in 0..10 {
+        assert_eq!(
+            client.get("hedged").await.unwrap().values,
+            vec![b"v".to_vec()]
+        );
+    }
+    let asked: f64 = delta(&counts(&cluster, READS).await, &before).iter().sum();
+    assert!(
+        asked <= 20.0 + 2.0,
+        "hedged reads asked {asked} replicas for 10 gets"
+    );
+    // One of the first two replicas hangs: after 50 ms the third is asked, and the get
+    // returns long before the 4 s attempt timeout.
+    let first = cluster.replicas_of(b"hedged")[0];
+    cluster.proxy(first).set(crate::proxy::Mode::Hang);
+    let start = std::time::Instant::now();
+    let got = client.get("hedged").await.unwrap();
+    let took = start.elapsed();
+    cluster.proxy(first).set(crate::proxy::Mode::Pass);
+    assert_eq!(got.values, vec![b"v".to_vec()]);
+    assert!(
+        took < Duration::from_secs(2),
+        "the hedged get took {took:?}"
+    );
+    cluster.shutdown().await;
+}
