@@ -32,6 +32,9 @@ use crate::cluster::ClusterSpec;
 use crate::floor::{EchoFloor, RocksFloor, pb::echo_client::EchoClient};
 use crate::redis;
 
+/// The hedge delay of the hedged-get case: about the one-client get's p99 on this machine.
+pub const HEDGE_AFTER: std::time::Duration = std::time::Duration::from_micros(300);
+
 /// Siblings per key in the sibling case.
 pub const SIBLINGS: usize = 3;
 
@@ -102,6 +105,10 @@ pub enum Workload {
     GetServerDriven {
         cluster: usize,
     },
+    /// [`Get`](Self::Get) with hedged reads: R replicas asked, one more after [`HEDGE_AFTER`].
+    GetHedged {
+        cluster: usize,
+    },
     PutServerDriven {
         cluster: usize,
     },
@@ -142,6 +149,7 @@ impl Workload {
             Workload::Get { cluster }
             | Workload::Put { cluster }
             | Workload::GetServerDriven { cluster }
+            | Workload::GetHedged { cluster }
             | Workload::PutServerDriven { cluster }
             | Workload::PutSync { cluster, .. }
             | Workload::ReadModifyWrite { cluster }
@@ -158,6 +166,7 @@ impl Workload {
             Workload::Get { cluster }
             | Workload::Put { cluster }
             | Workload::GetServerDriven { cluster }
+            | Workload::GetHedged { cluster }
             | Workload::PutServerDriven { cluster }
             | Workload::PutSync { cluster, .. }
             | Workload::ReadModifyWrite { cluster }
@@ -368,6 +377,13 @@ pub fn plan(o: &PlanOptions) -> Plan {
             "get-server-driven/1",
             one.clone(),
             Workload::GetServerDriven { cluster: main },
+            versus(hop1, Some("rocksdb-floor get/1"), Some("redis get/1")),
+        ),
+        case(
+            Dynamokv,
+            "get-hedged/1",
+            one.clone(),
+            Workload::GetHedged { cluster: main },
             versus(hop1, Some("rocksdb-floor get/1"), Some("redis get/1")),
         ),
         case(
@@ -681,6 +697,8 @@ pub struct ClusterHandle {
     pub client: Client,
     /// Server-driven coordination: for the cases that compare the two (paper 6.4, Table 2).
     pub server_driven: Client,
+    /// Client-driven with hedged reads after [`HEDGE_AFTER`].
+    pub hedged: Client,
     pub keys: usize,
     pub sibling_keys: usize,
 }
@@ -748,6 +766,10 @@ pub fn op(workload: &Workload, env: &Env) -> Result<Op> {
         Workload::GetServerDriven { cluster } => {
             let h = env.cluster(cluster)?;
             async_op(move || dkv_get(h.server_driven.clone(), key(random_below(h.keys))))
+        }
+        Workload::GetHedged { cluster } => {
+            let h = env.cluster(cluster)?;
+            async_op(move || dkv_get(h.hedged.clone(), key(random_below(h.keys))))
         }
         Workload::PutServerDriven { cluster } => {
             let h = env.cluster(cluster)?;

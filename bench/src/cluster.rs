@@ -240,6 +240,14 @@ impl Cluster {
         Ok(Client::builder(self.seeds.clone()).build()?)
     }
 
+    /// A client-driven client with hedged reads: a get asks R replicas, and one more only when
+    /// they have not answered within `after`.
+    pub fn hedged_client(&self, after: std::time::Duration) -> Result<Client> {
+        Ok(Client::builder(self.seeds.clone())
+            .hedge_after(Some(after))
+            .build()?)
+    }
+
     /// A server-driven client: every request to one node (the seeds in turn), which
     /// coordinates it.
     pub fn server_driven_client(&self) -> Result<Client> {

@@ -482,6 +482,7 @@ async fn start_clusters(
             cluster.client()?
         };
         let server_driven = cluster.server_driven_client()?;
+        let hedged = cluster.hedged_client(cases::HEDGE_AFTER)?;
         println!(
             "cluster {}: {} nodes up ({}); preloading {} keys",
             cp.label,
@@ -526,6 +527,7 @@ async fn start_clusters(
         env.clusters.push(Some(ClusterHandle {
             client,
             server_driven,
+            hedged,
             keys: cp.keys,
             sibling_keys,
         }));

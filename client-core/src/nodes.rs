@@ -149,3 +149,24 @@ pub(crate) fn check_echo(sent: u64, echoed: u64, address: &str) -> Result<(), Er
         ),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_to_another_request_is_refused() {
+        assert!(check_echo(7, 7, "n:1").is_ok());
+        let e = check_echo(7, 6, "n:1").unwrap_err();
+        assert!(matches!(e, Error::Internal { .. }), "{e:?}");
+        assert!(check_echo(7, 0, "n:1").is_err(), "an answer without the id is refused too");
+    }
+
+    #[test]
+    fn request_ids_are_distinct_and_never_zero() {
+        let nodes = Nodes::new(Duration::from_secs(1), Duration::from_secs(1));
+        let ids: std::collections::HashSet<u64> = (0..1000).map(|_| nodes.request_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(!ids.contains(&0));
+    }
+}
