@@ -2,11 +2,12 @@
 
 use std::time::Duration;
 
+use pyo3::IntoPyObjectExt;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyString, PyTuple};
+use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyString, PyTuple};
 
-use dynamokv_client::{ClusterInfo, Context, Error, GetResult};
+use dynamokv_client::{ClusterInfo, Context, Error, GetResult, PutItem, Resolved};
 
 use crate::error;
 
@@ -105,8 +106,8 @@ pub(crate) fn seconds(option: &str, secs: f64) -> PyResult<Duration> {
     })
 }
 
-/// A get result as the tuple `(values: list[bytes], context: bytes)`; the facade wraps it in
-/// `dynamokv.GetResult`.
+/// A get result as the tuple `(values: list[bytes], context: bytes, timestamps_ms: list[int],
+/// tombstone: bool)`; the facade wraps it in `dynamokv.GetResult`.
 pub(crate) struct Got(pub(crate) GetResult);
 
 impl<'py> IntoPyObject<'py> for Got {
@@ -117,8 +118,105 @@ impl<'py> IntoPyObject<'py> for Got {
     fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
         let values = PyList::new(py, self.0.values.iter().map(|v| PyBytes::new(py, v)))?;
         let context = PyBytes::new(py, self.0.context.as_bytes());
-        PyTuple::new(py, [values.into_any(), context.into_any()])
+        let timestamps = PyList::new(py, &self.0.timestamps_ms)?;
+        let tombstone = PyBool::new(py, self.0.tombstone).to_owned();
+        PyTuple::new(
+            py,
+            [
+                values.into_any(),
+                context.into_any(),
+                timestamps.into_any(),
+                tombstone.into_any(),
+            ],
+        )
     }
+}
+
+/// A resolving get's result as the tuple `(value: bytes | None, context: bytes, siblings: int,
+/// written_back: bool)`; the facade wraps it in `dynamokv.Resolved`.
+pub(crate) struct Res(pub(crate) Resolved);
+
+impl<'py> IntoPyObject<'py> for Res {
+    type Target = PyTuple;
+    type Output = Bound<'py, PyTuple>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
+        let r = self.0;
+        let value = r.value.map(|v| PyBytes::new(py, &v));
+        let context = PyBytes::new(py, r.context.as_bytes());
+        (value, context, r.siblings, r.written_back).into_pyobject(py)
+    }
+}
+
+/// A batch's results, one per input in order: each the converted result or, for an item that
+/// failed, the exception instance (as `asyncio.gather(..., return_exceptions=True)` gives).
+pub(crate) struct Each<T>(pub(crate) Vec<Result<T, PyErr>>);
+
+impl<'py, T> IntoPyObject<'py> for Each<T>
+where
+    T: IntoPyObject<'py>,
+    PyErr: From<T::Error>,
+{
+    type Target = PyList;
+    type Output = Bound<'py, PyList>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
+        let list = PyList::empty(py);
+        for item in self.0 {
+            match item {
+                Ok(value) => list.append(value.into_bound_py_any(py)?)?,
+                Err(err) => list.append(err.into_value(py))?,
+            }
+        }
+        Ok(list)
+    }
+}
+
+/// One `put_many` item: a `(key, value)` or `(key, value, context)` tuple (context may be
+/// `None`).
+pub(crate) struct Item(pub(crate) PutItem);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Item {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        let shape = || -> PyResult<PyErr> {
+            Ok(PyTypeError::new_err(format!(
+                "a put_many item must be a (key, value) or (key, value, context) tuple, not {}",
+                describe_item(obj)?
+            )))
+        };
+        let Ok(tuple) = obj.cast::<PyTuple>() else {
+            return Err(shape()?);
+        };
+        let (key, value, context) = match tuple.len() {
+            2 => (tuple.get_item(0)?, tuple.get_item(1)?, None),
+            3 => (
+                tuple.get_item(0)?,
+                tuple.get_item(1)?,
+                Some(tuple.get_item(2)?),
+            ),
+            _ => return Err(shape()?),
+        };
+        let context = match context {
+            Some(c) if !c.is_none() => Some(Context::from(c.extract::<Blob>()?)),
+            _ => None,
+        };
+        Ok(Item(PutItem {
+            key: key.extract::<Key>()?.0,
+            value: value.extract::<Blob>()?.0,
+            context,
+        }))
+    }
+}
+
+fn describe_item(obj: Borrowed<'_, '_, PyAny>) -> PyResult<String> {
+    Ok(match obj.cast::<PyTuple>() {
+        Ok(t) => format!("a tuple of {}", t.len()),
+        Err(_) => obj.get_type().qualname()?.to_string(),
+    })
 }
 
 /// A context as `bytes`.
@@ -162,6 +260,7 @@ impl<'py> IntoPyObject<'py> for Info {
         dict.set_item("w", info.w)?;
         dict.set_item("members", members)?;
         dict.set_item("answered_by", info.answered_by)?;
+        dict.set_item("ring_version", info.ring_version)?;
         Ok(dict)
     }
 }

@@ -25,6 +25,7 @@ mod classes {
     pyo3::import_exception!(dynamokv._errors, SiblingLimitError);
     pyo3::import_exception!(dynamokv._errors, UnavailableError);
     pyo3::import_exception!(dynamokv._errors, RequestTimeoutError);
+    pyo3::import_exception!(dynamokv._errors, ResolverError);
     pyo3::import_exception!(dynamokv._errors, InternalError);
 }
 
@@ -55,6 +56,9 @@ pub(crate) fn to_py(err: Error) -> PyErr {
         Error::Timeout { after } => {
             PyErr::new::<RequestTimeoutError, _>((message, after.as_secs_f64()))
         }
+        // A built-in resolver that failed (a Python resolver's own exception is raised instead,
+        // see resolver.rs).
+        Error::ResolverFailed { .. } => PyErr::new::<ResolverError, _>((message,)),
         Error::Internal { .. } => PyErr::new::<InternalError, _>((message,)),
         // `Error` is non-exhaustive: a variant added later still reaches Python with its code.
         other => PyErr::new::<DynamoKVError, _>((message, other.code())),

@@ -1,21 +1,26 @@
-"""Fixtures: a real memory-engine DynamoKV node per test module, and clients for it.
+"""Fixtures: a real memory-engine DynamoKV node per test module, clients for it, and a real
+3-node cluster (`Cluster`, formed by join + plan + commit as `dynamokv dev` forms one) for the
+modules that ask for one.
 
 The node binary comes from $DYNAMOKV_BIN, else $CARGO_TARGET_DIR/release/dynamokv, else
-<repo>/target/release/dynamokv. Each node listens on an ephemeral port, parsed from the one line
-it prints on stdout; every wait polls against a deadline.
+<repo>/target/release/dynamokv. Each node listens on an ephemeral port (and, in a cluster, serves
+its metrics on another), parsed from the one line it prints on stdout; every wait polls against
+a deadline.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import selectors
 import signal
 import subprocess
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -45,11 +50,24 @@ def dynamokv_bin() -> Path:
 
 class Node:
     """One `dynamokv serve --engine memory` process; `config` is the text of a TOML config file
-    (e.g. a `[limits]` table setting `max_siblings = 2`), which the flags below override."""
+    (e.g. a `[limits]` table setting `max_siblings = 2`), which the flags below override.
 
-    def __init__(self, node_id: str, config: Optional[str] = None) -> None:
+    With `metrics`, it serves Prometheus metrics on an ephemeral port (`metrics_url`). With
+    `join`, it asks the cluster of that address to admit it; such a node serves no request
+    until a commit puts it in the ring, so only its admin status is awaited."""
+
+    def __init__(
+        self,
+        node_id: str,
+        config: Optional[str] = None,
+        *,
+        metrics: bool = False,
+        join: Optional[str] = None,
+    ) -> None:
         self.node_id = node_id
         self.address = ""
+        self.metrics_url = ""
+        self.paused = False
         self._stderr = tempfile.TemporaryFile()
         self._config: Optional[Path] = None
         args = [
@@ -68,6 +86,10 @@ class Node:
                 f.write(config)
             self._config = Path(name)
             args += ["--config", name]
+        if metrics:
+            args += ["--metrics-listen", "127.0.0.1:0"]
+        if join is not None:
+            args += ["--join", join]
         self._proc = subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,
@@ -76,13 +98,23 @@ class Node:
         )
         try:
             self.address = self._read_address()
-            self._wait_until_serving()
+            if metrics and not self.metrics_url:
+                self._fail("no metrics address on the listening line")
+            if join is None:
+                self._wait_until_serving()
+            else:
+                self._wait_until_answering_admin()
         except BaseException:
             self.stop()
             raise
 
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
     def _read_address(self) -> str:
-        """Parses `dynamokv node ID listening on HOST:PORT (pid N, ...)` from stdout."""
+        """Parses `dynamokv node ID listening on HOST:PORT (pid N, ...)[, metrics at URL]` from
+        stdout."""
         assert self._proc.stdout is not None
         deadline = time.monotonic() + START_DEADLINE_S
         fd = self._proc.stdout.fileno()
@@ -102,6 +134,8 @@ class Node:
         prefix = f"dynamokv node {self.node_id} listening on "
         if not line.startswith(prefix):
             self._fail(f"unexpected first line {line!r}")
+        if ", metrics at " in line:
+            self.metrics_url = line.split(", metrics at ", 1)[1].strip()
         return line[len(prefix) :].split(" ", 1)[0]
 
     def _wait_until_serving(self) -> None:
@@ -116,13 +150,47 @@ class Node:
                     raise
                 time.sleep(0.02)
 
+    def _wait_until_answering_admin(self) -> None:
+        deadline = time.monotonic() + START_DEADLINE_S
+        while True:
+            try:
+                admin("status", "--node", self.address)
+                return
+            except AdminError:
+                if time.monotonic() > deadline or self._proc.poll() is not None:
+                    raise
+                time.sleep(0.05)
+
     def _fail(self, why: str) -> None:
         self._stderr.seek(0)
         err = self._stderr.read().decode(errors="replace")
         pytest.fail(f"dynamokv node {self.node_id}: {why}\nstderr:\n{err}")
 
+    def pause(self) -> None:
+        """SIGSTOP: the process holds its connections but answers nothing (a hung node)."""
+        self._proc.send_signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        """SIGCONT (harmless on a running node)."""
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGCONT)
+        self.paused = False
+
+    def metrics(self) -> Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]:
+        """The node's /metrics, as {(name, sorted labels): value}."""
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as answer:
+            return parse_metrics(answer.read().decode())
+
+    def requests(self, op: str, outcome: str = "ok") -> float:
+        """`dynamokv_requests_total{op, outcome}` (0 before the first such request)."""
+        labels = tuple(sorted({"op": op, "outcome": outcome}.items()))
+        return self.metrics().get(("dynamokv_requests_total", labels), 0.0)
+
     def stop(self) -> None:
         if self._proc.poll() is None:
+            # A stopped process does not act on SIGTERM until it is continued.
+            self.resume()
             self._proc.send_signal(signal.SIGTERM)
             try:
                 self._proc.wait(timeout=STOP_DEADLINE_S)
@@ -134,6 +202,150 @@ class Node:
         self._stderr.close()
         if self._config is not None:
             self._config.unlink(missing_ok=True)
+
+
+_SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
+_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text: str) -> Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]:
+    """Prometheus text exposition as {(name, sorted labels): value}."""
+    out: Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE.match(line)
+        if m is None:
+            continue
+        labels = tuple(sorted(_LABEL.findall(m.group(2) or "")))
+        out[(m.group(1), labels)] = float(m.group(3))
+    return out
+
+
+class AdminError(Exception):
+    pass
+
+
+def admin(*args: str) -> str:
+    """Runs `dynamokv admin ARGS...`; its stdout, or AdminError with its stderr."""
+    try:
+        done = subprocess.run(
+            [str(dynamokv_bin()), "admin", *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=15,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise AdminError(f"dynamokv admin {' '.join(args)}: no answer within 15 s") from e
+    if done.returncode != 0:
+        raise AdminError(
+            f"dynamokv admin {' '.join(args)} exited {done.returncode}: "
+            + done.stderr.decode(errors="replace")
+        )
+    return done.stdout.decode()
+
+
+def poll(what: str, check: Callable[[], Any], deadline_s: float = 20.0) -> Any:
+    """Calls `check` until it returns something truthy (returned) or the deadline passes (the
+    test fails, saying `what` and the last value or exception)."""
+    deadline = time.monotonic() + deadline_s
+    last: Any = None
+    while True:
+        try:
+            last = check()
+            if last:
+                return last
+        except Exception as e:  # noqa: BLE001 - reported if the deadline passes
+            last = e
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {deadline_s} s (last: {last!r})")
+        time.sleep(0.05)
+
+
+# Nodes of the test cluster give a replica 500 ms (instead of 2 s) before counting it out, so
+# that a hung (SIGSTOPped) node costs each test little; clients' attempt timeout stays above
+# that plus half a second, as client-core asks.
+CLUSTER_CONFIG = "replica_timeout_ms = 500\n"
+CLUSTER_ATTEMPT_TIMEOUT_S = 1.5
+
+
+class Cluster:
+    """A real cluster of `size` memory-engine nodes, each with a metrics listener: node 1 starts
+    alone, the others with `--join` node 1; once node 1 knows all of them, `dynamokv admin plan`
+    and `admin commit` put them in the ring, and the cluster is ready when every node reports
+    that ring version with no handover. With 3 nodes and N = 3, every node is a replica of every
+    key; a key's first replica (its partition's owner) is the node a client-coordinated put
+    goes to."""
+
+    def __init__(self, size: int = 3) -> None:
+        self.nodes: List[Node] = []
+        self.ring_version = 0
+        try:
+            first = Node("node-1", CLUSTER_CONFIG, metrics=True)
+            self.nodes.append(first)
+            for i in range(2, size + 1):
+                self.nodes.append(
+                    Node(f"node-{i}", CLUSTER_CONFIG, metrics=True, join=first.address)
+                )
+            self._form()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _form(self) -> None:
+        first = self.nodes[0].address
+        ids = [n.node_id for n in self.nodes]
+        poll(
+            "node-1 knows every node",
+            lambda: all(re.search(rf"^\s+{i}\s", admin("status", "--node", first), re.M)
+                        for i in ids),
+        )
+        plan = admin("plan", "--node", first)
+        m = re.search(r"plan from ring version (\d+)", plan)
+        assert m is not None, f"unexpected plan output:\n{plan}"
+        assert "cannot commit now" not in plan, plan
+        committed = admin("commit", "--node", first, "--ring-version", m.group(1))
+        m = re.search(r"committed ring version (\d+)", committed)
+        assert m is not None, f"unexpected commit output:\n{committed}"
+        self.ring_version = int(m.group(1))
+
+        def ready() -> bool:
+            for n in self.nodes:
+                status = admin("status", "--node", n.address)
+                version = re.search(r"ring version (\d+)", status)
+                if version is None or int(version.group(1)) != self.ring_version:
+                    return False
+                if "no handover" not in status:
+                    return False
+            return True
+
+        poll(f"every node at ring version {self.ring_version} with no handover", ready, 60.0)
+
+    @property
+    def seeds(self) -> List[str]:
+        return [n.address for n in self.nodes]
+
+    def by_id(self, node_id: str) -> Node:
+        return next(n for n in self.nodes if n.node_id == node_id)
+
+    def requests(self, op: str, outcome: str = "ok") -> Dict[str, float]:
+        """`dynamokv_requests_total{op, outcome}` of every node, by node id."""
+        return {n.node_id: n.requests(op, outcome) for n in self.nodes}
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """A 3-node cluster for the test module, stopped when the module is done. Tests that pause
+    a node resume it (`Node.stop` resumes too)."""
+    c = Cluster(3)
+    try:
+        yield c
+    finally:
+        c.stop()
 
 
 @pytest.fixture(scope="module")
@@ -168,8 +380,28 @@ class SyncAsAsync:
     def __init__(self, client: dynamokv.Client) -> None:
         self.client = client
 
-    async def get(self, key: Any, r: Optional[int] = None) -> dynamokv.GetResult:
-        return self.client.get(key, r=r)
+    async def get(
+        self, key: Any, r: Optional[int] = None, resolver: Any = None, write_back: bool = True
+    ) -> Any:
+        return self.client.get(key, r, resolver, write_back)
+
+    async def get_many(
+        self, keys: Any, r: Optional[int] = None, resolver: Any = None, write_back: bool = True
+    ) -> Any:
+        return self.client.get_many(keys, r, resolver, write_back)
+
+    async def put_many(self, items: Any, w: Optional[int] = None, **kw: Any) -> Any:
+        return self.client.put_many(items, w, **kw)
+
+    async def refresh_ring(self) -> int:
+        return self.client.refresh_ring()
+
+    def ring_version(self) -> Optional[int]:
+        return self.client.ring_version()
+
+    @property
+    def coordination(self) -> str:
+        return self.client.coordination
 
     async def put(
         self, key: Any, value: Any, context: Any = None, w: Optional[int] = None, **kw: Any

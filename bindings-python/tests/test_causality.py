@@ -5,7 +5,9 @@ real memory-engine node:
    cover that put only, so a later write with it supersedes that put and nothing else.
 2. "A write whose answer was lost is applied twice": a put that reached the node but whose
    answer never came back must, when the client retries it on another node, be applied once.
-   A small TCP proxy (`LosingProxy`) in front of the node loses the answer.
+   A small TCP proxy (`LosingProxy`) in front of the node loses the answer. These clients use
+   server-driven coordination: coordinating itself, a client would pull the ring and talk to
+   the node's own address, past the proxy.
 
 Plus what an application does with such a write: `OutcomeUnknownError.write_id`, given back as
 `write_id=`, retries it without ever applying it twice.
@@ -74,7 +76,7 @@ async def test_write_whose_answer_was_lost_is_applied_once(
     marker, value = marked_value()
     proxy = losing_proxy(marker)
     # A fresh client: its first call goes to the first seed, the proxy; the retry to the node.
-    kv = make_client([proxy.address, node.address])
+    kv = make_client([proxy.address, node.address], coordination="server")
     try:
         await kv.put(key, value)
     except dynamokv.OutcomeUnknownError:
@@ -90,7 +92,7 @@ async def test_lost_answer_is_outcome_unknown_and_retry_with_its_write_id_applie
     marker, value = marked_value()
     proxy = losing_proxy(marker)
     direct = make_client()
-    only_proxy = make_client([proxy.address], max_retries=0)
+    only_proxy = make_client([proxy.address], max_retries=0, coordination="server")
 
     # A write id the client drew.
     with pytest.raises(dynamokv.OutcomeUnknownError) as info:

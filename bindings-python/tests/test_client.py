@@ -30,6 +30,13 @@ CLIENTS = [dynamokv.Client, dynamokv.AsyncClient]
         (["127.0.0.1:7070"], {"attempt_timeout": 0}),
         (["127.0.0.1:7070"], {"attempt_timeout": -0.5}),
         (["127.0.0.1:7070"], {"max_key_bytes": 0}),
+        (["127.0.0.1:7070"], {"coordination": "nodes"}),
+        (["127.0.0.1:7070"], {"coordination": "Client"}),
+        (["127.0.0.1:7070"], {"ring_refresh_interval": 0}),
+        (["127.0.0.1:7070"], {"ring_refresh_interval": -1.0}),
+        (["127.0.0.1:7070"], {"hedge_after": 0.0}),
+        (["127.0.0.1:7070"], {"hedge_after": float("inf")}),
+        (["127.0.0.1:7070"], {"batch_concurrency": 0}),
     ],
 )
 def test_invalid_config(cls: Any, seeds: List[str], options: Any) -> None:
@@ -47,6 +54,11 @@ def test_valid_config_needs_no_server(cls: Any) -> None:
     assert repr(client) == f"{cls.__name__}(['127.0.0.1:1'])"
     assert cls(["127.0.0.1:1"], max_value_bytes=20).max_key_bytes == 4096  # client-core default
     assert cls("127.0.0.1:1", request_timeout=5.0, attempt_timeout=1.5).node_health()
+    assert client.coordination == "client" and client.ring_version() is None  # the default
+    tuned = cls("127.0.0.1:1", coordination="server", ring_refresh_interval=0.5,
+                hedge_after=0.05, batch_concurrency=4)
+    assert tuned.coordination == "server" and tuned.ring_version() is None
+    assert cls("127.0.0.1:1", coordination="client", hedge_after=None).coordination == "client"
 
 
 @pytest.mark.parametrize("cls", CLIENTS)
@@ -75,25 +87,41 @@ def test_node_health_after_calls_to_a_live_node(node: Any) -> None:
     assert aio.node_health() == [dynamokv.NodeHealth(node.address, True)]
 
 
-def test_stopped_node_is_unavailable(start_node: Any) -> None:
+@pytest.mark.parametrize(
+    "coordination, expected",
+    [
+        ("server", (dynamokv.UnavailableError, dynamokv.RequestTimeoutError)),
+        # Coordinating the read itself, the client asked the key's one replica, and it did not
+        # answer: R = 1 was not reached (no ring pull is needed, the client holds the ring).
+        ("client", (dynamokv.QuorumError, dynamokv.UnavailableError,
+                    dynamokv.RequestTimeoutError)),
+    ],
+)
+def test_stopped_node_is_unavailable(start_node: Any, coordination: str, expected: Any) -> None:
     node = start_node()
-    options: Dict[str, Any] = dict(connect_timeout=0.5, request_timeout=2.0, max_retries=0)
+    options: Dict[str, Any] = dict(
+        connect_timeout=0.5, request_timeout=2.0, max_retries=0, coordination=coordination
+    )
     sync = dynamokv.Client([node.address], **options)
     aio = dynamokv.AsyncClient([node.address], **options)
     sync.put(b"k", b"v")
+
+    async def async_put() -> None:
+        await aio.put(b"k2", b"v")
+
+    asyncio.run(async_put())
     node.stop()
 
-    expected = (dynamokv.UnavailableError, dynamokv.RequestTimeoutError)
     with pytest.raises(expected) as info:
         sync.get(b"k")
-    assert info.value.code in ("UNAVAILABLE", "TIMEOUT")
+    assert isinstance(info.value, dynamokv.DynamoKVError)
 
     async def async_get() -> None:
         await aio.get(b"k")
 
     with pytest.raises(expected) as info:
         asyncio.run(async_get())
-    assert info.value.code in ("UNAVAILABLE", "TIMEOUT")
+    assert isinstance(info.value, dynamokv.DynamoKVError)
 
 
 ALL_ERRORS = [
@@ -110,6 +138,7 @@ ALL_ERRORS = [
     (dynamokv.SiblingLimitError("m"), "SIBLING_LIMIT", {}),
     (dynamokv.UnavailableError("m"), "UNAVAILABLE", {}),
     (dynamokv.RequestTimeoutError("m", 1.5), "TIMEOUT", {"after": 1.5}),
+    (dynamokv.ResolverError("m"), "RESOLVER_FAILED", {}),
     (dynamokv.InternalError("m"), "INTERNAL", {}),
 ]
 

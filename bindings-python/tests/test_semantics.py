@@ -209,6 +209,7 @@ async def test_cluster_info(kv: Any, node: Any) -> None:
     assert (info.n, info.r, info.w) == (1, 1, 1)
     assert info.partitions > 0 and info.cluster_name
     assert info.answered_by == "test-1"
+    assert isinstance(info.ring_version, int) and info.ring_version >= 1
     assert [(m.id, m.address) for m in info.members] == [("test-1", node.address)]
     assert all(isinstance(m, dynamokv.MemberInfo) and m.weight >= 1 for m in info.members)
 
@@ -269,3 +270,25 @@ async def test_sibling_limit(make_client: Any, start_node: Any, key: bytes) -> N
     # A write that resolves the siblings (the get's context) is accepted.
     await kv.put(key, b"resolved", got.context)
     assert (await kv.get(key)).values == [b"resolved"]
+
+
+async def test_timestamps_and_a_delete_concurrent_with_a_value(kv: Any, key: bytes) -> None:
+    await kv.put(key, b"a")
+    ctx_a = (await kv.get(key)).context
+    await kv.put(key, b"b")  # blind: concurrent with "a"
+    got = await kv.get(key)
+    assert sorted(got.values) == [b"a", b"b"] and got.tombstone is False
+    assert len(got.timestamps_ms) == 2 and all(t > 0 for t in got.timestamps_ms)
+
+    await kv.delete(key, ctx_a)  # deletes what saw "a" only: concurrent with "b"
+    got = await kv.get(key)
+    assert got.values == [b"b"] and got.tombstone is True
+
+    def never(values: Any) -> bytes:
+        raise AssertionError("a resolver is not called for one value")
+
+    # One value and a concurrent delete: written back as it is, superseding the delete.
+    resolved = await kv.get(key, resolver=never)
+    assert (resolved.value, resolved.siblings, resolved.written_back) == (b"b", 1, True)
+    after = await kv.get(key)
+    assert after.values == [b"b"] and after.tombstone is False

@@ -21,14 +21,26 @@ or not at all. Retrying it with ``write_id=err.write_id`` can never apply it twi
 ...     kv.put("cart:1", b"plum", got.context)
 ... except dynamokv.OutcomeUnknownError as err:
 ...     kv.put("cart:1", b"plum", got.context, write_id=err.write_id)
+
+By default the client coordinates requests itself (paper 6.4): it pulls the ring, reads a key's
+replicas directly and sends each write straight to one of them; ``coordination="server"`` sends
+every request to a seed node instead. A resolving get collapses siblings into one value and,
+by default, writes it back:
+
+>>> from dynamokv import resolvers                      # doctest: +SKIP
+>>> cart = kv.get("cart:1", resolver=resolvers.union_json)   # doctest: +SKIP
+>>> cart.value, cart.siblings, cart.written_back        # doctest: +SKIP
+
+Batches (``get_many``, ``put_many``) return one result per item, in order: the result, or the
+exception that item raised (like ``asyncio.gather(..., return_exceptions=True)``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Union
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union, overload
 
-from . import _native
+from . import _native, conformance, resolvers
 from ._errors import (
     DynamoKVError,
     EmptyKeyError,
@@ -42,6 +54,7 @@ from ._errors import (
     OutcomeUnknownError,
     QuorumError,
     RequestTimeoutError,
+    ResolverError,
     SiblingLimitError,
     UnavailableError,
     ValueTooLargeError,
@@ -53,6 +66,7 @@ __all__ = [
     "Client",
     "AsyncClient",
     "GetResult",
+    "Resolved",
     "ClusterInfo",
     "MemberInfo",
     "NodeHealth",
@@ -70,7 +84,10 @@ __all__ = [
     "SiblingLimitError",
     "UnavailableError",
     "RequestTimeoutError",
+    "ResolverError",
     "InternalError",
+    "resolvers",
+    "conformance",
 ]
 
 BytesLike = Union[bytes, bytearray, memoryview]
@@ -79,15 +96,35 @@ Key = Union[str, bytes, bytearray, memoryview]
 """A key; a ``str`` is encoded as UTF-8."""
 Seeds = Union[str, Sequence[str]]
 """One ``"host:port"`` or a sequence of them."""
+PutItem = Union[Tuple[Key, BytesLike], Tuple[Key, BytesLike, Optional[BytesLike]]]
+"""One write of :meth:`Client.put_many`: ``(key, value)`` (a blind write) or
+``(key, value, context)``."""
 
 
 @dataclass(frozen=True)
 class GetResult:
     """What a get saw: every concurrent value (empty if the key is absent or deleted) and one
-    context covering all of them."""
+    context covering all of them. ``timestamps_ms`` are the values' write times (milliseconds
+    since the epoch, by the clock of the node that coordinated each write), in the order of
+    ``values``; ``tombstone`` is whether a delete is concurrent with the values."""
 
     values: List[bytes]
     context: bytes
+    timestamps_ms: List[int] = field(default_factory=list)
+    tombstone: bool = False
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A resolving get's result: the one ``value`` (the only one, or the resolver's result;
+    ``None`` when the key has none), the ``context`` to hand to the next write of the key (it
+    covers everything resolved, and the write-back when one was made), how many concurrent
+    values the get returned (``siblings``) and whether the resolved value was written back."""
+
+    value: Optional[bytes]
+    context: bytes
+    siblings: int
+    written_back: bool
 
 
 @dataclass(frozen=True)
@@ -111,6 +148,7 @@ class ClusterInfo:
     w: int
     members: List[MemberInfo]
     answered_by: str
+    ring_version: int
 
 
 @dataclass(frozen=True)
@@ -128,6 +166,27 @@ def _cluster_info(raw: Dict[str, Any]) -> ClusterInfo:
     return ClusterInfo(members=members, **raw)
 
 
+def _got(raw: Any) -> Any:
+    return raw if isinstance(raw, BaseException) else GetResult(*raw)
+
+
+def _resolved(raw: Any) -> Any:
+    return raw if isinstance(raw, BaseException) else Resolved(*raw)
+
+
+def _keys(keys: Iterable[Key]) -> List[Key]:
+    if isinstance(keys, (str, bytes, bytearray, memoryview)):
+        raise TypeError(
+            f"keys must be an iterable of keys, not a single {type(keys).__name__}: "
+            "wrap one key in a list"
+        )
+    return list(keys)
+
+
+def _items(items: Iterable[PutItem]) -> List[PutItem]:
+    return list(items)
+
+
 class _Base:
     __slots__ = ("_native", "_seeds")
 
@@ -141,6 +200,10 @@ class _Base:
         max_retries: Optional[int] = None,
         max_key_bytes: Optional[int] = None,
         max_value_bytes: Optional[int] = None,
+        coordination: Optional[str] = None,
+        ring_refresh_interval: Optional[float] = None,
+        hedge_after: Optional[float] = None,
+        batch_concurrency: Optional[int] = None,
     ) -> None:
         self._seeds = [seeds] if isinstance(seeds, str) else list(seeds)
         self._native = _native.Client(
@@ -151,7 +214,23 @@ class _Base:
             max_retries=max_retries,
             max_key_bytes=max_key_bytes,
             max_value_bytes=max_value_bytes,
+            coordination=coordination,
+            ring_refresh_interval=ring_refresh_interval,
+            hedge_after=hedge_after,
+            batch_concurrency=batch_concurrency,
         )
+
+    @property
+    def coordination(self) -> str:
+        """Who coordinates this client's requests: ``"client"`` (the default: the client pulls
+        the ring and talks to each key's replicas) or ``"server"`` (a seed node does)."""
+        return self._native.coordination
+
+    def ring_version(self) -> Optional[int]:
+        """The version of the ring the client routes by; ``None`` before its first pull (and
+        always with ``coordination="server"``). Local state only: no I/O, so a plain method on
+        :class:`AsyncClient` too."""
+        return self._native.ring_version()
 
     @property
     def max_key_bytes(self) -> int:
@@ -164,9 +243,10 @@ class _Base:
         return self._native.limits[1]
 
     def node_health(self) -> List[NodeHealth]:
-        """The client's own view of its seed nodes, one :class:`NodeHealth` per seed in order:
-        which answer and which it avoids (tries last). Local state only: no I/O, so a plain
-        method on :class:`AsyncClient` too."""
+        """The client's own view of its nodes, one :class:`NodeHealth` per seed in order and,
+        coordinating in the client, then per further member of the ring it routes by: which
+        answer and which it avoids (tries last). Local state only: no I/O, so a plain method on
+        :class:`AsyncClient` too."""
         return [NodeHealth(address, up) for address, up in self._native.node_health()]
 
     def __repr__(self) -> str:
@@ -182,16 +262,116 @@ class Client(_Base):
     default the whole request timeout, is how long one node gets to answer one attempt before
     it is marked down and the call goes on to another node), ``max_retries`` is how many further nodes to
     try when one cannot be reached, ``max_key_bytes``/``max_value_bytes`` are checked before
-    sending. Connections are made on first use; a bad option raises :class:`InvalidConfigError`.
+    sending. ``coordination`` is ``"client"`` (default) or ``"server"``;
+    ``ring_refresh_interval`` (seconds, default 10) is how often the client pulls the ring;
+    ``hedge_after`` (seconds, default ``None``: off) asks one more replica when a read has not
+    had its R answers by then; ``batch_concurrency`` (default 32) is how many keys of one batch
+    are in flight at once. Connections are made on first use; a bad option raises
+    :class:`InvalidConfigError`.
     """
 
     __slots__ = ()
 
-    def get(self, key: Key, r: Optional[int] = None) -> GetResult:
+    @overload
+    def get(
+        self, key: Key, r: Optional[int] = None, resolver: None = None, write_back: bool = True
+    ) -> GetResult: ...
+    @overload
+    def get(
+        self, key: Key, r: Optional[int], resolver: resolvers.Resolver, write_back: bool = True
+    ) -> Resolved: ...
+    @overload
+    def get(
+        self,
+        key: Key,
+        r: Optional[int] = None,
+        *,
+        resolver: resolvers.Resolver,
+        write_back: bool = True,
+    ) -> Resolved: ...
+    def get(
+        self,
+        key: Key,
+        r: Optional[int] = None,
+        resolver: Optional[resolvers.Resolver] = None,
+        write_back: bool = True,
+    ) -> Union[GetResult, Resolved]:
         """Every concurrent value of ``key`` and their context, reading ``r`` replicas (default:
-        the cluster's R)."""
-        values, context = self._native.get(key, r)
-        return GetResult(values, context)
+        the cluster's R).
+
+        With a ``resolver`` (see :mod:`dynamokv.resolvers`), a :class:`Resolved` instead: when
+        the get returns two or more values the resolver makes one of them, and with
+        ``write_back`` (the default) it is written under the context covering them all, so the
+        key converges to that one version on every replica (a single value with a concurrent
+        delete is written back without calling the resolver). A resolver that raises makes this
+        call raise the same exception, and nothing is written."""
+        if resolver is None:
+            return GetResult(*self._native.get(key, r))
+        return Resolved(*self._native.get_resolved(key, resolver, r, write_back))
+
+    @overload
+    def get_many(
+        self,
+        keys: Iterable[Key],
+        r: Optional[int] = None,
+        resolver: None = None,
+        write_back: bool = True,
+    ) -> List[Union[GetResult, DynamoKVError]]: ...
+    @overload
+    def get_many(
+        self,
+        keys: Iterable[Key],
+        r: Optional[int],
+        resolver: resolvers.Resolver,
+        write_back: bool = True,
+    ) -> List[Union[Resolved, Exception]]: ...
+    @overload
+    def get_many(
+        self,
+        keys: Iterable[Key],
+        r: Optional[int] = None,
+        *,
+        resolver: resolvers.Resolver,
+        write_back: bool = True,
+    ) -> List[Union[Resolved, Exception]]: ...
+    def get_many(
+        self,
+        keys: Iterable[Key],
+        r: Optional[int] = None,
+        resolver: Optional[resolvers.Resolver] = None,
+        write_back: bool = True,
+    ) -> Union[List[Union[GetResult, DynamoKVError]], List[Union[Resolved, Exception]]]:
+        """Gets many keys at once, each from its own replicas (at most ``batch_concurrency`` in
+        flight; the request timeout bounds the whole batch). One entry per key, in order: its
+        :class:`GetResult` (:class:`Resolved` with a ``resolver``, as :meth:`get`), or the
+        exception that key failed with; one key failing does not fail the others. A key of the
+        wrong type raises ``TypeError`` before anything is sent."""
+        if resolver is None:
+            return [_got(x) for x in self._native.get_many(_keys(keys), r)]
+        raw = self._native.get_many_resolved(_keys(keys), resolver, r, write_back)
+        return [_resolved(x) for x in raw]
+
+    def put_many(
+        self,
+        items: Iterable[PutItem],
+        w: Optional[int] = None,
+        *,
+        sync_replicas: Optional[int] = None,
+    ) -> List[Union[bytes, DynamoKVError]]:
+        """Puts many keys at once, each straight to its own replicas (at most
+        ``batch_concurrency`` in flight; the request timeout bounds the whole batch). Items are
+        ``(key, value)`` (a blind write) or ``(key, value, context)`` tuples; ``w`` and
+        ``sync_replicas`` apply to each, as for :meth:`put` (each write gets its own write id).
+        One entry per item, in order: the new context, or the exception that item failed with;
+        one failing does not fail the others. A malformed item raises ``TypeError`` before
+        anything is sent."""
+        return self._native.put_many(_items(items), w, sync_replicas=sync_replicas)
+
+    def refresh_ring(self) -> int:
+        """Pulls the ring from the cluster now (the client also does every
+        ``ring_refresh_interval`` and whenever a node says the ring moved); returns its
+        version."""
+        return self._native.refresh_ring()
 
     def put(
         self,
@@ -249,10 +429,90 @@ class AsyncClient(_Base):
 
     __slots__ = ()
 
-    async def get(self, key: Key, r: Optional[int] = None) -> GetResult:
-        """Every concurrent value of ``key`` and their context; see :meth:`Client.get`."""
-        values, context = await self._native.get_async(key, r)
-        return GetResult(values, context)
+    @overload
+    async def get(
+        self, key: Key, r: Optional[int] = None, resolver: None = None, write_back: bool = True
+    ) -> GetResult: ...
+    @overload
+    async def get(
+        self, key: Key, r: Optional[int], resolver: resolvers.Resolver, write_back: bool = True
+    ) -> Resolved: ...
+    @overload
+    async def get(
+        self,
+        key: Key,
+        r: Optional[int] = None,
+        *,
+        resolver: resolvers.Resolver,
+        write_back: bool = True,
+    ) -> Resolved: ...
+    async def get(
+        self,
+        key: Key,
+        r: Optional[int] = None,
+        resolver: Optional[resolvers.Resolver] = None,
+        write_back: bool = True,
+    ) -> Union[GetResult, Resolved]:
+        """Every concurrent value of ``key`` and their context, or with a ``resolver`` the one
+        resolved value; see :meth:`Client.get`. A Python resolver runs on a worker thread, not
+        on the event loop."""
+        if resolver is None:
+            return GetResult(*await self._native.get_async(key, r))
+        return Resolved(*await self._native.get_resolved_async(key, resolver, r, write_back))
+
+    @overload
+    async def get_many(
+        self,
+        keys: Iterable[Key],
+        r: Optional[int] = None,
+        resolver: None = None,
+        write_back: bool = True,
+    ) -> List[Union[GetResult, DynamoKVError]]: ...
+    @overload
+    async def get_many(
+        self,
+        keys: Iterable[Key],
+        r: Optional[int],
+        resolver: resolvers.Resolver,
+        write_back: bool = True,
+    ) -> List[Union[Resolved, Exception]]: ...
+    @overload
+    async def get_many(
+        self,
+        keys: Iterable[Key],
+        r: Optional[int] = None,
+        *,
+        resolver: resolvers.Resolver,
+        write_back: bool = True,
+    ) -> List[Union[Resolved, Exception]]: ...
+    async def get_many(
+        self,
+        keys: Iterable[Key],
+        r: Optional[int] = None,
+        resolver: Optional[resolvers.Resolver] = None,
+        write_back: bool = True,
+    ) -> Union[List[Union[GetResult, DynamoKVError]], List[Union[Resolved, Exception]]]:
+        """Gets many keys at once: one result or exception per key, in order; see
+        :meth:`Client.get_many`."""
+        if resolver is None:
+            return [_got(x) for x in await self._native.get_many_async(_keys(keys), r)]
+        raw = await self._native.get_many_resolved_async(_keys(keys), resolver, r, write_back)
+        return [_resolved(x) for x in raw]
+
+    async def put_many(
+        self,
+        items: Iterable[PutItem],
+        w: Optional[int] = None,
+        *,
+        sync_replicas: Optional[int] = None,
+    ) -> List[Union[bytes, DynamoKVError]]:
+        """Puts many keys at once: one context or exception per item, in order; see
+        :meth:`Client.put_many`."""
+        return await self._native.put_many_async(_items(items), w, sync_replicas=sync_replicas)
+
+    async def refresh_ring(self) -> int:
+        """Pulls the ring now; returns its version. See :meth:`Client.refresh_ring`."""
+        return await self._native.refresh_ring_async()
 
     async def put(
         self,

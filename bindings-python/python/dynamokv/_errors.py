@@ -17,6 +17,7 @@ with the variant's fields as attributes::
     ├── SiblingLimitError            nothing was written: read the key and resolve it
     ├── UnavailableError
     ├── RequestTimeoutError          .after (seconds), reads only; also a builtin TimeoutError
+    ├── ResolverError                a built-in resolver failed; nothing was written
     └── InternalError
 
 A read that runs out of time raises RequestTimeoutError. A put or delete never does: a write
@@ -24,6 +25,9 @@ whose answer was lost (its deadline passed, or its connection broke after it was
 OutcomeUnknownError instead, because it may have been applied. Pass its ``write_id`` to the
 retried put or delete (``put(..., write_id=err.write_id)``): however often a write is sent
 under one write id, it is applied at most once.
+
+A resolver of your own (a Python function given as ``resolver=``) that raises does not become a
+ResolverError: the resolving call raises that very exception object, and writes nothing.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ __all__ = [
     "SiblingLimitError",
     "UnavailableError",
     "RequestTimeoutError",
+    "ResolverError",
     "InternalError",
 ]
 
@@ -203,6 +208,18 @@ class RequestTimeoutError(DynamoKVError, TimeoutError):
 
     def _fields(self) -> Tuple[Any, ...]:
         return (self.after,)
+
+
+class ResolverError(DynamoKVError):
+    """A built-in resolver (``dynamokv.resolvers.union_json`` on values that are not JSON
+    arrays, say) could not resolve a key's siblings, or the resolved value cannot be stored (over
+    the value limit). Nothing was written. A Python resolver's own exception is raised as itself,
+    not as this."""
+
+    code = "RESOLVER_FAILED"
+
+    def _fields(self) -> Tuple[Any, ...]:
+        return ()
 
 
 class InternalError(DynamoKVError):
