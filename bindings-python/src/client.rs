@@ -75,7 +75,7 @@ where
     F: Future<Output = PyResult<T>> + Send + 'static,
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
-    pyo3_async_runtimes::tokio::future_into_py(py, call)
+    crate::awaitable::awaitable_py(py, call)
 }
 
 /// A put's or delete's per-call options.
@@ -97,7 +97,7 @@ where
     F: Future<Output = Result<T, Error>> + Send + 'static,
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
-    pyo3_async_runtimes::tokio::future_into_py(py, async move { call.await.map_err(error::to_py) })
+    crate::awaitable::awaitable_py(py, async move { call.await.map_err(error::to_py) })
 }
 
 #[pymethods]

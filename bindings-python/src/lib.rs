@@ -4,6 +4,7 @@
 //! resolution live in client-core; the Python facade (`python/dynamokv/__init__.py`) gives the
 //! sync and asyncio APIs, result types and exception classes their Python shape.
 
+mod awaitable;
 mod client;
 mod convert;
 mod error;
@@ -23,6 +24,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(inspect::partition_of, m)?)?;
     m.add_function(wrap_pyfunction!(inspect::preference_list, m)?)?;
     m.add_function(wrap_pyfunction!(inspect::describe_context, m)?)?;
+    m.add_function(wrap_pyfunction!(awaitable::await_deliveries, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -159,7 +159,10 @@ mod tests {
         assert!(check_echo(7, 7, "n:1").is_ok());
         let e = check_echo(7, 6, "n:1").unwrap_err();
         assert!(matches!(e, Error::Internal { .. }), "{e:?}");
-        assert!(check_echo(7, 0, "n:1").is_err(), "an answer without the id is refused too");
+        assert!(
+            check_echo(7, 0, "n:1").is_err(),
+            "an answer without the id is refused too"
+        );
     }
 
     #[test]

@@ -271,6 +271,20 @@ pub(crate) async fn get(
         if let Some(e) = moved {
             return Err(ReadFailure::RingMoved(e));
         }
+        if answers.all == 0 {
+            // Not one replica answered: the cluster, as this client reaches it, is unavailable
+            // for this key (what a node's coordinator says when it reaches too few replicas).
+            return Err(ReadFailure::Failed(Error::Unavailable {
+                message: format!(
+                    "no replica of the key answered: {}",
+                    if failures.is_empty() {
+                        "no node could be asked".to_string()
+                    } else {
+                        failures.join("; ")
+                    }
+                ),
+            }));
+        }
         return Err(ReadFailure::Failed(Error::QuorumNotReached {
             needed: r,
             got: answers.all,

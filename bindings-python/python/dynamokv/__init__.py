@@ -40,7 +40,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union, overload
 
+import atexit
+
 from . import _native, conformance, resolvers
+
+# Results of AsyncClient calls are handed to asyncio from the client's own threads; at exit,
+# let any hand-over under way finish before the interpreter is torn down (see the native
+# module's awaitable.rs: otherwise a program that ends right after its last await may crash).
+atexit.register(_native.await_deliveries, 2.0)
 from ._errors import (
     DynamoKVError,
     EmptyKeyError,
