@@ -89,6 +89,12 @@ export interface ClientOptions {
   maxKeyBytes?: number;
   /** Largest value checked before sending, in bytes. */
   maxValueBytes?: number;
+  /**
+   * Who coordinates requests: "client" (the default: the client pulls the ring, reads each
+   * key's replicas itself and sends writes straight to a replica) or "server" (every request
+   * goes to one node, which coordinates it).
+   */
+  coordination?: 'client' | 'server';
 }
 
 /** The values of a key (several when concurrent writes happened) and one context for them all. */

@@ -115,7 +115,8 @@ class Client {
   /**
    * @param {string[]} seeds nodes to contact, each "host:port"
    * @param {object} [options] connectTimeoutMs, requestTimeoutMs, attemptTimeoutMs, maxRetries,
-   *   maxKeyBytes, maxValueBytes; any left out take the client core's defaults
+   *   maxKeyBytes, maxValueBytes, coordination ("client" or "server"); any left out take the
+   *   client core's defaults
    */
   constructor(seeds, options = {}) {
     if (!Array.isArray(seeds) || !seeds.every((s) => typeof s === 'string')) {
@@ -126,6 +127,8 @@ class Client {
       const v = option(options, name);
       if (v !== undefined) opts[name] = v;
     }
+    const coordination = option(options, 'coordination', 'string');
+    if (coordination !== undefined) opts.coordination = coordination;
     try {
       this.#native = new NativeClient(seeds, opts);
     } catch (e) {

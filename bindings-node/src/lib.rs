@@ -16,7 +16,9 @@ use napi::Result;
 use napi::bindgen_prelude::Buffer;
 use napi_derive::napi;
 
-use dynamokv_client::{Client, ClientBuilder, Context, Error as CoreError, Limits, WriteOptions};
+use dynamokv_client::{
+    Client, ClientBuilder, Context, Coordination, Error as CoreError, Limits, WriteOptions,
+};
 
 use crate::error::{invalid_config, invalid_quorum, to_napi, whole_number, write_id};
 
@@ -30,6 +32,8 @@ pub struct ClientOptions {
     pub max_retries: Option<f64>,
     pub max_key_bytes: Option<f64>,
     pub max_value_bytes: Option<f64>,
+    /// "client" (the default) or "server".
+    pub coordination: Option<String>,
 }
 
 /// The values of a key (siblings when concurrent writes happened) and one context covering them.
@@ -197,6 +201,9 @@ fn build(seeds: Vec<String>, o: ClientOptions) -> std::result::Result<Client, Co
     }
     if let Some(n) = o.max_retries {
         builder = builder.max_retries(number("maxRetries", n)?);
+    }
+    if let Some(c) = &o.coordination {
+        builder = builder.coordination(Coordination::parse(c)?);
     }
     if o.max_key_bytes.is_some() || o.max_value_bytes.is_some() {
         let mut limits = Limits::default();

@@ -249,3 +249,13 @@ test('a node that is not running is UNAVAILABLE (or TIMEOUT)', async () => {
     if (caught.code === 'TIMEOUT') assert.equal(caught.afterMs, 2000);
   }
 });
+
+test('coordination is "client" or "server"; anything else is INVALID_CONFIG', () => {
+  assert.doesNotThrow(() => new Client(['127.0.0.1:7070'], { coordination: 'server' }));
+  assert.doesNotThrow(() => new Client(['127.0.0.1:7070'], { coordination: 'client' }));
+  assert.throws(
+    () => new Client(['127.0.0.1:7070'], { coordination: 'both' }),
+    (e) => e.code === 'INVALID_CONFIG' && /coordination/.test(e.message),
+  );
+  assert.throws(() => new Client(['127.0.0.1:7070'], { coordination: 1 }), TypeError);
+});

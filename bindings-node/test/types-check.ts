@@ -17,6 +17,7 @@ async function demo(): Promise<void> {
   const client = new Client(['127.0.0.1:7070'], options);
   new Client(['127.0.0.1:7070'], { maxKeyBytes: 8192, maxValueBytes: 2 << 20 });
   new Client(['127.0.0.1:7070']);
+  new Client(['127.0.0.1:7070'], { coordination: 'server' });
   new Client(['127.0.0.1:7070'], { requestTimeoutMs: 5000, attemptTimeoutMs: 1500 });
   const health: NodeHealth[] = client.nodeHealth();
   for (const h of health) {

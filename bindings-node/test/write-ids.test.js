@@ -195,7 +195,9 @@ test('a lost answer is OUTCOME_UNKNOWN with a writeId; retrying with it applies 
   const marker = `lose-the-answer-${crypto.randomUUID()}`;
   const proxy = await losingProxy(node.address, Buffer.from(marker));
   try {
-    const onlyProxy = new Client([proxy.address], { maxRetries: 0 });
+    // Server-driven: a client-driven client would route to the node's own address (from the
+    // ring), around the proxy.
+    const onlyProxy = new Client([proxy.address], { maxRetries: 0, coordination: 'server' });
     const k = freshKey('lost');
     const value = `value:${marker}`;
 

@@ -48,6 +48,19 @@ pub struct ClientOptions {
     /// Largest value the client sends, in bytes (the server checks its own limit too).
     #[uniffi(default)]
     pub max_value_bytes: Option<u64>,
+    /// Who coordinates requests; `nil` is `.client`.
+    #[uniffi(default)]
+    pub coordination: Option<Coordination>,
+}
+
+/// Who coordinates a request (paper 6.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum Coordination {
+    /// The client pulls the ring, reads each key's replicas itself and sends writes straight
+    /// to a replica of the key.
+    Client,
+    /// Every request goes to one node (the seeds in turn), which coordinates it.
+    Server,
 }
 
 /// The result of a get: every causally concurrent value (siblings) and one opaque context
@@ -151,6 +164,12 @@ impl ClientOptions {
         }
         if let Some(n) = self.max_retries {
             builder = builder.max_retries(n);
+        }
+        if let Some(c) = self.coordination {
+            builder = builder.coordination(match c {
+                Coordination::Client => kv::Coordination::Client,
+                Coordination::Server => kv::Coordination::Server,
+            });
         }
         if self.max_key_bytes.is_some() || self.max_value_bytes.is_some() {
             let mut limits = kv::Limits::default();

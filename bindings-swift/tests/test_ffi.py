@@ -591,7 +591,12 @@ def test_lost_answer_is_outcome_unknown_and_its_write_id_retries_once(kv, client
     value = b"value:" + marker
     proxy = LosingProxy(node.address, marker)
     try:
-        only_proxy = kv.DynamoKvClient([proxy.address], kv.ClientOptions(max_retries=0))
+        # Server-driven: a client-driven client routes to the node's own address, around the
+        # proxy.
+        only_proxy = kv.DynamoKvClient(
+            [proxy.address],
+            kv.ClientOptions(max_retries=0, coordination=kv.Coordination.SERVER),
+        )
         both = kv.DynamoKvClient([proxy.address, node.address])
 
         async def scenario():

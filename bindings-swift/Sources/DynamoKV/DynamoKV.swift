@@ -900,6 +900,10 @@ public struct ClientOptions: Equatable, Hashable {
      * Largest value the client sends, in bytes (the server checks its own limit too).
      */
     public var maxValueBytes: UInt64?
+    /**
+     * Who coordinates requests; `nil` is `.client`.
+     */
+    public var coordination: Coordination?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -923,13 +927,17 @@ public struct ClientOptions: Equatable, Hashable {
          */maxKeyBytes: UInt64? = nil, 
         /**
          * Largest value the client sends, in bytes (the server checks its own limit too).
-         */maxValueBytes: UInt64? = nil) {
+         */maxValueBytes: UInt64? = nil, 
+        /**
+         * Who coordinates requests; `nil` is `.client`.
+         */coordination: Coordination? = nil) {
         self.connectTimeoutMs = connectTimeoutMs
         self.requestTimeoutMs = requestTimeoutMs
         self.attemptTimeoutMs = attemptTimeoutMs
         self.maxRetries = maxRetries
         self.maxKeyBytes = maxKeyBytes
         self.maxValueBytes = maxValueBytes
+        self.coordination = coordination
     }
 
     
@@ -953,7 +961,8 @@ public struct FfiConverterTypeClientOptions: FfiConverterRustBuffer {
                 attemptTimeoutMs: FfiConverterOptionUInt64.read(from: &buf), 
                 maxRetries: FfiConverterOptionUInt32.read(from: &buf), 
                 maxKeyBytes: FfiConverterOptionUInt64.read(from: &buf), 
-                maxValueBytes: FfiConverterOptionUInt64.read(from: &buf)
+                maxValueBytes: FfiConverterOptionUInt64.read(from: &buf), 
+                coordination: FfiConverterOptionTypeCoordination.read(from: &buf)
         )
     }
 
@@ -964,6 +973,7 @@ public struct FfiConverterTypeClientOptions: FfiConverterRustBuffer {
         FfiConverterOptionUInt32.write(value.maxRetries, into: &buf)
         FfiConverterOptionUInt64.write(value.maxKeyBytes, into: &buf)
         FfiConverterOptionUInt64.write(value.maxValueBytes, into: &buf)
+        FfiConverterOptionTypeCoordination.write(value.coordination, into: &buf)
     }
 }
 
@@ -1262,6 +1272,82 @@ public func FfiConverterTypeNodeHealth_lift(_ buf: RustBuffer) throws -> NodeHea
 public func FfiConverterTypeNodeHealth_lower(_ value: NodeHealth) -> RustBuffer {
     return FfiConverterTypeNodeHealth.lower(value)
 }
+
+
+/**
+ * Who coordinates a request (paper 6.4).
+ */
+
+public enum Coordination: Equatable, Hashable {
+    
+    /**
+     * The client pulls the ring, reads each key's replicas itself and sends writes straight
+     * to a replica of the key.
+     */
+    case client
+    /**
+     * Every request goes to one node (the seeds in turn), which coordinates it.
+     */
+    case server
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension Coordination: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeCoordination: FfiConverterRustBuffer {
+    typealias SwiftType = Coordination
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Coordination {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .client
+        
+        case 2: return .server
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: Coordination, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .client:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .server:
+            writeInt(&buf, Int32(2))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeCoordination_lift(_ buf: RustBuffer) throws -> Coordination {
+    return try FfiConverterTypeCoordination.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeCoordination_lower(_ value: Coordination) -> RustBuffer {
+    return FfiConverterTypeCoordination.lower(value)
+}
+
 
 
 /**
@@ -1629,6 +1715,30 @@ fileprivate struct FfiConverterOptionTypeClientOptions: FfiConverterRustBuffer {
         switch try readInt(&buf) as Int8 {
         case 0: return nil
         case 1: return try FfiConverterTypeClientOptions.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionTypeCoordination: FfiConverterRustBuffer {
+    typealias SwiftType = Coordination?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeCoordination.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeCoordination.read(from: &buf)
         default: throw UniffiInternalError.unexpectedOptionalTag
         }
     }
