@@ -218,7 +218,11 @@ async fn malformed_hint_tree_and_reap_calls_are_refused_and_change_nothing() {
     use dynamokv_proto::v1::replica_client::ReplicaClient;
     let cluster = Cluster::start(3).await;
     let client = cluster.client_of(0);
-    client.put("kept", b"v".to_vec(), None).await.unwrap();
+    // W = 3: every replica holds it before the checks below read each one.
+    client
+        .put_with_quorum("kept", b"v".to_vec(), None, Some(3))
+        .await
+        .unwrap();
     let mut peer = ReplicaClient::connect(format!("http://{}", cluster.addrs[0]))
         .await
         .unwrap();
