@@ -20,6 +20,7 @@ export type ErrorCodeName =
   | 'SIBLING_LIMIT'
   | 'UNAVAILABLE'
   | 'TIMEOUT'
+  | 'RESOLVER_FAILED'
   | 'INTERNAL';
 
 /** The codes as constants, e.g. `ErrorCode.KEY_TOO_LARGE`. */
@@ -37,6 +38,10 @@ export declare const ErrorCode: Readonly<{ [K in ErrorCodeName]: K }>;
  * - `TIMEOUT`: a read (get, clusterInfo) ran out of time. Writes never give it: a write that
  *   runs out of time gives `OUTCOME_UNKNOWN`.
  * - `MISSING_FIELD`: a malformed request, such as a `writeId` that is not 32 hex digits.
+ * - `RESOLVER_FAILED`: a resolving get whose resolver failed: a built-in one (e.g.
+ *   `resolvers.unionJson` over a value that is not a JSON array), or any resolver whose result
+ *   cannot be stored (over the value limit). Nothing was written. A custom resolver that throws
+ *   does not give this error: the call rejects with what it threw (see {@link CustomResolver}).
  */
 export declare class DynamoKVError extends Error {
   readonly name: 'DynamoKVError';
@@ -90,12 +95,25 @@ export interface ClientOptions {
   /** Largest value checked before sending, in bytes. */
   maxValueBytes?: number;
   /**
-   * Who coordinates requests: "client" (the default: the client pulls the ring, reads each
-   * key's replicas itself and sends writes straight to a replica) or "server" (every request
-   * goes to one node, which coordinates it).
+   * Who coordinates requests (paper 6.4). `'client'` (the default): the client pulls the ring,
+   * reads each key from its replicas itself and sends each write straight to a replica of the
+   * key. `'server'`: every request goes to one node (the seeds in turn), which coordinates it;
+   * for clients that cannot reach every node directly. Another string is INVALID_CONFIG.
    */
-  coordination?: 'client' | 'server';
+  coordination?: Coordination;
+  /** How often the client pulls the ring when nothing prompts it sooner, in ms (10000). */
+  ringRefreshIntervalMs?: number;
+  /**
+   * Hedged reads: when a client-coordinated get has not had its R answers after this many
+   * milliseconds, one more replica is asked and the first answers win. Left out or null: off.
+   */
+  hedgeAfterMs?: number | null;
+  /** How many keys of one getMany / putMany are in flight at once (32). */
+  batchConcurrency?: number;
 }
+
+/** Who coordinates a client's requests: see {@link ClientOptions.coordination}. */
+export type Coordination = 'client' | 'server';
 
 /** The values of a key (several when concurrent writes happened) and one context for them all. */
 export interface GetResult {
@@ -103,11 +121,125 @@ export interface GetResult {
   values: Buffer[];
   /** Opaque: hand it back unchanged with the put or delete that follows. */
   context: Buffer;
+  /**
+   * The write time of each value, in milliseconds since the epoch by the clock of the node
+   * that coordinated that write; same order as `values`.
+   */
+  timestampsMs: number[];
+  /** Whether a delete is concurrent with the values. */
+  tombstone: boolean;
+}
+
+/** What a custom resolver is told besides the values. */
+export interface ResolverMeta {
+  /** The key being resolved. */
+  key: Buffer;
+  /** The write time of each value (milliseconds since the epoch), same order as the values. */
+  timestampsMs: number[];
+  /** Whether a delete is concurrent with the values (resolving also supersedes it). */
+  tombstone: boolean;
+}
+
+/**
+ * An application's own resolver: turns a key's concurrent values (siblings, two or more,
+ * oldest write first) into one. It may be async.
+ *
+ * - It throws or its Promise rejects: the get rejects with that very value (the same object,
+ *   whatever was thrown), and nothing is written. In `getMany`, that key's item is
+ *   `{ ok: false, error: <the same value> }` and the other keys are unaffected.
+ * - It returns something that is not a `Buffer` or `Uint8Array` (a string included): the get
+ *   rejects with a `TypeError`, and nothing is written.
+ *
+ * The request timeout does not bound the resolver itself: a Promise that never settles leaves
+ * the get pending.
+ */
+export type CustomResolver = (
+  values: Buffer[],
+  meta: ResolverMeta,
+) => Buffer | Uint8Array | Promise<Buffer | Uint8Array>;
+
+declare const builtinResolver: unique symbol;
+
+/** A resolver built into the client core (no JavaScript call): see {@link resolvers}. */
+export interface BuiltinResolver {
+  readonly [builtinResolver]: true;
+  readonly name: 'lastWriterWins' | 'unionJson';
+}
+
+export type Resolver = BuiltinResolver | CustomResolver;
+
+/**
+ * The built-in resolvers. `lastWriterWins`: the value with the latest write timestamp (between
+ * equal timestamps, the greatest bytes), so concurrent updates other than the latest are
+ * dropped. `unionJson`: every value is a JSON array, the result their union, each distinct
+ * element once, in order of first appearance (the paper's shopping cart: nothing added is
+ * lost); a value that is not a JSON array fails it with RESOLVER_FAILED and nothing is written.
+ */
+export declare const resolvers: Readonly<{
+  lastWriterWins: BuiltinResolver;
+  unionJson: BuiltinResolver;
+}>;
+
+/** A get resolved to one value. */
+export interface ResolvedResult {
+  /** The one value: the only one, or the resolver's result; null when the key has none. */
+  value: Buffer | null;
+  /** Covers everything resolved (and the write-back): hand it to the next write of the key. */
+  context: Buffer;
+  /** How many concurrent values the get found (the resolver runs only for 2 or more). */
+  siblings: number;
+  /** Whether the resolved value was written back. */
+  writtenBack: boolean;
 }
 
 export interface ReadOptions {
   /** Read quorum for this call, 1..=N. */
   r?: number;
+}
+
+/** A get that resolves the key's concurrent values to one. */
+export interface ResolveOptions extends ReadOptions {
+  /** A built-in from {@link resolvers}, or a {@link CustomResolver}. */
+  resolver: Resolver;
+  /**
+   * Write the resolved value back under the context covering every value resolved, so the key
+   * converges to one version on every replica (default true). Also done, without calling the
+   * resolver, when one value is concurrent with a delete.
+   */
+  writeBack?: boolean;
+}
+
+/** One result of a batch: its value, or why that item failed. */
+export type BatchResult<T, E = DynamoKVError> = BatchSuccess<T> | BatchFailure<E>;
+
+export interface BatchSuccess<T> {
+  ok: true;
+  value: T;
+}
+
+export interface BatchFailure<E = DynamoKVError> {
+  ok: false;
+  /**
+   * A DynamoKVError; with a custom resolver, also what it threw or the TypeError about what it
+   * returned (see {@link CustomResolver}).
+   */
+  error: E;
+}
+
+/** One write of {@link Client.putMany}. */
+export interface PutManyItem {
+  key: Bytes;
+  value: Bytes;
+  /** The context of an earlier get of the key; left out for a blind write. */
+  context?: Buffer | Uint8Array | null;
+}
+
+/** Options applied to every item of a {@link Client.putMany}; each item draws its own write id. */
+export interface BatchWriteOptions {
+  /** Write quorum, 1..=N. */
+  w?: number;
+  /** As {@link WriteOptions.syncReplicas}. */
+  syncReplicas?: number;
 }
 
 export interface WriteOptions {
@@ -152,6 +284,8 @@ export interface ClusterInfo {
   members: MemberInfo[];
   /** The id of the node that answered. */
   answeredBy: string;
+  /** The version of the ring `members` make. */
+  ringVersion: number;
 }
 
 /** A DynamoKV client. Connections are made on first use; every call returns a Promise. */
@@ -161,8 +295,36 @@ export declare class Client {
    * @throws {DynamoKVError} INVALID_CONFIG for no seeds, a malformed seed or a bad option
    */
   constructor(seeds: string[], options?: ClientOptions);
-  /** Every concurrent value of `key` and one context covering them. */
+  /**
+   * A client that has reached the cluster: it pulled the ring (client-driven) or heard from a
+   * node (server-driven).
+   * @throws {DynamoKVError} UNAVAILABLE or TIMEOUT when no node answers
+   */
+  static connect(seeds: string[], options?: ClientOptions): Promise<Client>;
+  /**
+   * `key` resolved to one value by `options.resolver`, written back unless `writeBack` is
+   * false. A custom resolver that throws makes this reject with what it threw, and nothing is
+   * written (see {@link CustomResolver}).
+   * @throws {DynamoKVError} RESOLVER_FAILED when a built-in fails or the result cannot be stored
+   */
+  get(key: Bytes, options: ResolveOptions): Promise<ResolvedResult>;
+  /** Every concurrent value of `key`, their write times and one context covering them. */
   get(key: Bytes, options?: ReadOptions): Promise<GetResult>;
+  /**
+   * Many keys at once (at most `batchConcurrency` in flight): one result per key, in order;
+   * one failing (an empty key, a resolver that throws) does not fail the others.
+   */
+  getMany(
+    keys: Bytes[],
+    options: ResolveOptions & { resolver: BuiltinResolver },
+  ): Promise<BatchResult<ResolvedResult>[]>;
+  getMany(keys: Bytes[], options: ResolveOptions): Promise<BatchResult<ResolvedResult, unknown>[]>;
+  getMany(keys: Bytes[], options?: ReadOptions): Promise<BatchResult<GetResult>[]>;
+  /**
+   * Many puts at once: one result per item, in order, the new version's context when it
+   * succeeded; one failing does not fail the others.
+   */
+  putMany(items: PutManyItem[], options?: BatchWriteOptions): Promise<BatchResult<Buffer>[]>;
   /**
    * Writes `value`. With the context of a get it supersedes exactly what that get saw; without
    * one it becomes a sibling of whatever is stored. Resolves to the new version's context.
@@ -183,9 +345,81 @@ export declare class Client {
   delete(key: Bytes, context: Buffer | Uint8Array, options?: WriteOptions): Promise<Buffer>;
   /** The cluster's membership and settings, as one node reports them. */
   clusterInfo(): Promise<ClusterInfo>;
+  /** The version of the ring the client routes by; null before its first pull. No I/O. */
+  ringVersion(): number | null;
+  /** Pulls the ring now (client-driven); resolves to its version. */
+  refreshRing(): Promise<number>;
+  /** Who coordinates this client's requests. No I/O. */
+  coordination(): Coordination;
   /**
    * The client's own view of its seed nodes, one entry per seed in order: which answer and
    * which it avoids. Local state only: no I/O, so not a Promise.
    */
   nodeHealth(): NodeHealth[];
 }
+
+/** A node of a membership, as {@link inspect.preferenceList} takes it. */
+export interface InspectMember {
+  id: string;
+  address: string;
+  /** Failure domain; left out or empty when zones are not used. */
+  zone?: string;
+  /** Capacity weight, at least 1 (1 when left out). */
+  weight?: number;
+}
+
+export interface PreferenceList {
+  /** The ids of the key's replicas, the partition's owner first. */
+  replicas: string[];
+  /** The ids of the fallbacks a sloppy quorum uses, in ring order. */
+  fallbacks: string[];
+}
+
+/** One `(actor, counter)` entry of a version context. */
+export interface ContextDot {
+  actor: bigint;
+  counter: bigint;
+}
+
+/** What a version context says. */
+export interface ContextDescription {
+  /** Every clock entry, in actor order: every event of the actor up to `counter` was seen. */
+  clock: ContextDot[];
+  /** Single events seen beyond their actor's entry, in order. */
+  cloud: ContextDot[];
+  /** The ids of the writes the read showed (32 lowercase hex digits each), increasing. */
+  seenWrites: string[];
+  /** The id of the replica that answered the read first, when the context records one. */
+  fastestReplica: string | null;
+}
+
+/**
+ * What the client computes with the shared code, as pure functions (no I/O), for conformance
+ * tests against `conformance/vectors.json`. Applications have no need of them: contexts are
+ * opaque and routing is the client's business.
+ */
+export declare const inspect: Readonly<{
+  /** The key's ring position: its MD5 digest as a big-endian 128-bit integer. */
+  keyPosition(key: Bytes): bigint;
+  /**
+   * The partition of `key` on a ring of `partitions` partitions.
+   * @throws {DynamoKVError} INVALID_CONFIG unless `partitions` is a power of two, 1..=2^20
+   */
+  partitionOf(key: Bytes, partitions: number): number;
+  /**
+   * `key`'s replicas and fallbacks on the ring of `members` with `partitions` partitions and
+   * `n` replicas (capped at the number of members).
+   * @throws {DynamoKVError} INVALID_CONFIG for a membership that forms no ring, or `n` = 0
+   */
+  preferenceList(
+    members: InspectMember[],
+    partitions: number,
+    key: Bytes,
+    n: number,
+  ): PreferenceList;
+  /**
+   * Decodes `context`, a context a get or put of `key` returned (empty: the empty context).
+   * @throws {DynamoKVError} INVALID_CONTEXT for bytes that are not a context of `key`
+   */
+  describeContext(key: Bytes, context: Buffer | Uint8Array): ContextDescription;
+}>;

@@ -21,9 +21,15 @@ enum Field {
 
 /// The napi error carrying `err`'s code, message and fields.
 pub(crate) fn to_napi(err: Error) -> napi::Error {
+    napi::Error::from_reason(payload(&err))
+}
+
+/// `err`'s code, message and fields as the JSON object `index.js` reads: the message of a
+/// thrown error (see [`to_napi`]) or the `error` of a failed batch item.
+pub(crate) fn payload(err: &Error) -> String {
     use Field::{Number, Text};
     let mut fields: Vec<(&str, Field)> = Vec::new();
-    match &err {
+    match err {
         Error::EmptyKey { max } => fields.push(("max", Number(*max as u128))),
         Error::KeyTooLarge { size, max } | Error::ValueTooLarge { size, max } => {
             fields.push(("size", Number(*size as u128)));
@@ -54,7 +60,7 @@ pub(crate) fn to_napi(err: Error) -> napi::Error {
         }
     }
     json.push('}');
-    napi::Error::from_reason(json)
+    json
 }
 
 /// A write id as JavaScript sees it: 32 lowercase hex digits (big-endian, as on the wire).

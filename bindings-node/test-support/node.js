@@ -10,6 +10,7 @@ const readline = require('node:readline');
 
 const REPO = path.resolve(__dirname, '..', '..');
 const LISTENING = /^dynamokv node (\S+) listening on (\S+) \(pid (\d+)/;
+const METRICS = /, metrics at (\S+)\s*$/;
 
 /** DYNAMOKV_BIN, else $CARGO_TARGET_DIR/release/dynamokv, else <repo>/target/release/dynamokv. */
 function serverBinary() {
@@ -32,12 +33,22 @@ function serverBinary() {
 /**
  * Starts `dynamokv serve` on an ephemeral port and resolves once it prints its listening line.
  * `config` is the text of a TOML config file (e.g. "[limits]\nmax_siblings = 2\n"), which the
- * flags override. The result has `address` ("127.0.0.1:PORT") and `stop()`, which resolves when
- * it has exited.
+ * flags override; `args` are further `serve` flags (e.g. `['--join', seed]`), and `metrics`
+ * serves `/metrics` on an ephemeral port too. The result has `address` ("127.0.0.1:PORT"),
+ * `nodeId`, `pid`, `metricsUrl` (with `metrics`), `stop()`, which resolves when it has exited,
+ * and `pause()` / `resume()`, which send SIGSTOP / SIGCONT (a hung node: alive, silent).
  */
-async function startNode({ nodeId = 'test-1', deadlineMs = 15000, config } = {}) {
+async function startNode({
+  nodeId = 'test-1',
+  deadlineMs = 15000,
+  config,
+  args: extraArgs = [],
+  metrics = false,
+} = {}) {
   const bin = serverBinary();
   const args = ['serve', '--listen', '127.0.0.1:0', '--engine', 'memory', '--node-id', nodeId];
+  if (metrics) args.push('--metrics-listen', '127.0.0.1:0');
+  args.push(...extraArgs);
   let configDir;
   if (config !== undefined) {
     configDir = fs.mkdtempSync(path.join(os.tmpdir(), 'dynamokv-test-'));
@@ -61,6 +72,7 @@ async function startNode({ nodeId = 'test-1', deadlineMs = 15000, config } = {})
   process.once('exit', reap);
   const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
 
+  let metricsUrl;
   const address = await new Promise((resolve, reject) => {
     const lines = readline.createInterface({ input: child.stdout });
     const timer = setTimeout(() => {
@@ -71,6 +83,7 @@ async function startNode({ nodeId = 'test-1', deadlineMs = 15000, config } = {})
       const m = LISTENING.exec(line);
       if (!m) return;
       clearTimeout(timer);
+      metricsUrl = METRICS.exec(line)?.[1];
       resolve(m[2]);
     });
     child.once('error', (e) => {
@@ -88,6 +101,7 @@ async function startNode({ nodeId = 'test-1', deadlineMs = 15000, config } = {})
     if (!stopping) {
       stopping = (async () => {
         if (child.exitCode !== null || child.signalCode !== null) return;
+        child.kill('SIGCONT'); // a paused node handles no SIGTERM
         child.kill('SIGTERM');
         let timer;
         const late = new Promise((resolve) => {
@@ -106,7 +120,17 @@ async function startNode({ nodeId = 'test-1', deadlineMs = 15000, config } = {})
     return stopping;
   }
 
-  return { address, pid: child.pid, stop };
+  const alive = () => child.exitCode === null && child.signalCode === null;
+  return {
+    address,
+    nodeId,
+    pid: child.pid,
+    metricsUrl,
+    stop,
+    pause: () => alive() && child.kill('SIGSTOP'),
+    resume: () => alive() && child.kill('SIGCONT'),
+    stderr: () => stderr,
+  };
 }
 
 module.exports = { startNode, serverBinary };

@@ -76,6 +76,7 @@ test('the error codes are the documented set', () => {
     'MISSING_FIELD',
     'OUTCOME_UNKNOWN',
     'QUORUM_NOT_REACHED',
+    'RESOLVER_FAILED',
     'SIBLING_LIMIT',
     'TIMEOUT',
     'UNAVAILABLE',
@@ -213,6 +214,24 @@ test('bad client configuration is INVALID_CONFIG, thrown by the constructor', ()
   throwsWith(() => new Client(['127.0.0.1:7070'], { maxRetries: -1 }), 'INVALID_CONFIG');
   throwsWith(() => new Client(['127.0.0.1:7070'], { maxKeyBytes: 0 }), 'INVALID_CONFIG');
   throwsWith(() => new Client(['127.0.0.1:7070'], { requestTimeoutMs: 2.5 }), 'INVALID_CONFIG');
+  // The options of client-driven coordination, hedged reads and batches.
+  throwsWith(() => new Client(['127.0.0.1:7070'], { coordination: 'peer' }), 'INVALID_CONFIG');
+  throwsWith(() => new Client(['127.0.0.1:7070'], { coordination: 'Client' }), 'INVALID_CONFIG');
+  throwsWith(() => new Client(['127.0.0.1:7070'], { ringRefreshIntervalMs: 0 }), 'INVALID_CONFIG');
+  throwsWith(() => new Client(['127.0.0.1:7070'], { ringRefreshIntervalMs: 1.5 }), 'INVALID_CONFIG');
+  throwsWith(() => new Client(['127.0.0.1:7070'], { hedgeAfterMs: 0 }), 'INVALID_CONFIG');
+  throwsWith(() => new Client(['127.0.0.1:7070'], { hedgeAfterMs: -5 }), 'INVALID_CONFIG');
+  throwsWith(() => new Client(['127.0.0.1:7070'], { batchConcurrency: 0 }), 'INVALID_CONFIG');
+  throwsWith(() => new Client(['127.0.0.1:7070'], { batchConcurrency: 2.5 }), 'INVALID_CONFIG');
+  const configured = new Client(['127.0.0.1:7070'], {
+    coordination: 'server',
+    ringRefreshIntervalMs: 1000,
+    hedgeAfterMs: 20,
+    batchConcurrency: 4,
+  });
+  assert.equal(configured.coordination(), 'server');
+  assert.equal(new Client(['127.0.0.1:7070']).coordination(), 'client');
+  assert.equal(new Client(['127.0.0.1:7070'], { hedgeAfterMs: null }).ringVersion(), null);
   // Building does no I/O: a well-formed address of no node is accepted.
   assert.ok(new Client(['127.0.0.1:7070'], { requestTimeoutMs: 100, maxRetries: 0 }));
   assert.ok(new Client(['127.0.0.1:7070'], { requestTimeoutMs: 5000, attemptTimeoutMs: 1500 }));
@@ -227,26 +246,40 @@ test('arguments of the wrong JavaScript type are TypeErrors', async () => {
   assert.throws(() => new Client('127.0.0.1:7070'), TypeError);
   assert.throws(() => new Client(['127.0.0.1:7070'], { maxRetries: '2' }), TypeError);
   assert.throws(() => new Client(['127.0.0.1:7070'], { attemptTimeoutMs: '1000' }), TypeError);
+  assert.throws(() => new Client(['127.0.0.1:7070'], { coordination: 1 }), TypeError);
+  assert.throws(() => new Client(['127.0.0.1:7070'], { hedgeAfterMs: '20' }), TypeError);
+  assert.throws(() => new Client(['127.0.0.1:7070'], { batchConcurrency: '4' }), TypeError);
+  assert.throws(() => new Client(['127.0.0.1:7070'], { ringRefreshIntervalMs: true }), TypeError);
 });
 
-test('a node that is not running is UNAVAILABLE (or TIMEOUT)', async () => {
+test('a node that is not running is UNAVAILABLE (or TIMEOUT; a client-coordinated get: no quorum)', async () => {
   const gone = await startNode({ nodeId: 'test-gone' });
-  const c = new Client([gone.address], {
-    connectTimeoutMs: 500,
-    requestTimeoutMs: 2000,
-    maxRetries: 0,
-  });
-  await c.put('alive', 'yes'); // it was reachable
+  const options = { connectTimeoutMs: 500, requestTimeoutMs: 2000, maxRetries: 0 };
+  const clients = ['client', 'server'].map((coordination) => new Client([gone.address], { ...options, coordination }));
+  for (const c of clients) await c.put('alive', 'yes'); // it was reachable
   await gone.stop();
-  for (const call of [() => c.get('alive'), () => c.put('alive', 'no'), () => c.clusterInfo()]) {
-    let caught;
-    await assert.rejects(call(), (e) => {
-      caught = e;
-      return true;
-    });
-    assert.ok(caught instanceof DynamoKVError, String(caught));
-    assert.ok(['UNAVAILABLE', 'TIMEOUT'].includes(caught.code), `${caught.code}: ${caught.message}`);
-    if (caught.code === 'TIMEOUT') assert.equal(caught.afterMs, 2000);
+  for (const c of clients) {
+    for (const [name, call] of [
+      ['get', () => c.get('alive')],
+      ['put', () => c.put('alive', 'no')],
+      ['clusterInfo', () => c.clusterInfo()],
+    ]) {
+      const at = `${c.coordination()}-driven ${name}`;
+      let caught;
+      await assert.rejects(call(), (e) => {
+        caught = e;
+        return true;
+      });
+      assert.ok(caught instanceof DynamoKVError, `${at}: ${caught}`);
+      if (c.coordination() === 'client' && name === 'get' && caught.code === 'QUORUM_NOT_REACHED') {
+        // The client coordinates the read itself: none of the key's one replica answered.
+        assert.equal(caught.needed, 1, at);
+        assert.equal(caught.got, 0, at);
+        continue;
+      }
+      assert.ok(['UNAVAILABLE', 'TIMEOUT'].includes(caught.code), `${at}: ${caught.code}: ${caught.message}`);
+      if (caught.code === 'TIMEOUT') assert.equal(caught.afterMs, 2000);
+    }
   }
 });
 

@@ -195,8 +195,8 @@ test('a lost answer is OUTCOME_UNKNOWN with a writeId; retrying with it applies 
   const marker = `lose-the-answer-${crypto.randomUUID()}`;
   const proxy = await losingProxy(node.address, Buffer.from(marker));
   try {
-    // Server-driven: a client-driven client would route to the node's own address (from the
-    // ring), around the proxy.
+    // Server-driven: every request goes through the proxy. (A client-driven client would pull
+    // the ring through it and then send writes straight to the node's own address.)
     const onlyProxy = new Client([proxy.address], { maxRetries: 0, coordination: 'server' });
     const k = freshKey('lost');
     const value = `value:${marker}`;
@@ -221,7 +221,7 @@ test('a lost answer is OUTCOME_UNKNOWN with a writeId; retrying with it applies 
 
     // Through the proxy first, then the node: the retry finds the first attempt.
     const k2 = freshKey('lost-retried');
-    const both = new Client([proxy.address, node.address]);
+    const both = new Client([proxy.address, node.address], { coordination: 'server' });
     try {
       await both.put(k2, value);
     } catch (err) {
