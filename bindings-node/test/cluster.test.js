@@ -259,11 +259,5 @@ test('the shopping cart example: concurrent adds with a node stopped, nothing lo
   assert.equal(again.writtenBack, false);
 });
 
-// ---------------------------------------------------------------------------------------------
-// PLACEHOLDER (cross-language context test, issue 10: "Python writes, Node reads and updates,
-// Rust reads"). Not written here: the lead engineer wires it up across the SDKs. The pieces it
-// needs from this SDK: `startCluster()` (test-support/cluster.js) starts the 3-node cluster and
-// returns `seeds` (pass `seeds.join(',')` as DYNAMOKV_SEEDS to the Python and Rust steps); the
-// Node step is `client.get(key)` then `client.put(key, value, got.context)` with a `Client` of
-// those seeds; `inspect.describeContext(key, context)` shows what a context carries.
-// ---------------------------------------------------------------------------------------------
+// The cross-language context test (Python writes, Node reads and updates, Rust reads) is
+// test/interop.test.js.

@@ -892,14 +892,19 @@ impl Client {
         let value = if siblings == 1 {
             got.values[0].clone()
         } else {
-            resolver
-                .resolve(Siblings {
+            // The call's deadline covers the resolver too: one that never finishes times the
+            // call out (and writes nothing) instead of leaving it pending for ever.
+            let resolved = tokio::time::timeout_at(
+                deadline,
+                resolver.resolve(Siblings {
                     key: key.to_vec(),
                     values: got.values,
                     timestamps_ms: got.timestamps_ms,
                     tombstone: got.tombstone,
-                })
-                .await?
+                }),
+            )
+            .await;
+            resolved.map_err(|_| self.timeout_error())??
         };
         self.inner
             .options

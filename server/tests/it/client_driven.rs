@@ -439,3 +439,22 @@ async fn hedged_reads_ask_r_replicas_and_one_more_only_when_they_are_slow() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_resolver_that_never_finishes_times_the_call_out_and_writes_nothing() {
+    let cluster = start(3).await;
+    let client = Client::builder([cluster.seed(0)])
+        .request_timeout(Duration::from_millis(800))
+        .build()
+        .unwrap();
+    client.put("stuck", b"a".to_vec(), None).await.unwrap();
+    client.put("stuck", b"b".to_vec(), None).await.unwrap();
+    let never = Resolver::from_async(|_| std::future::pending());
+    let err = client
+        .get_resolved("stuck", &never, None, true)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    assert_eq!(client.get("stuck").await.unwrap().values.len(), 2);
+    cluster.shutdown().await;
+}
