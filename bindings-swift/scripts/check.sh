@@ -3,10 +3,11 @@
 #   1. builds the cdylib and the uniffi-bindgen binary (release, shared target dir, default
 #      features, which include `bindgen`: the same feature set as any other build of the crate);
 #   2. regenerates the Swift bindings and fails if they differ from the committed ones;
-#   3. parses every .swift file of the package with tree-sitter-swift;
+#   3. parses every .swift file of the package and examples/swift with tree-sitter-swift;
 #   4. compiles the generated C header with gcc -fsyntax-only;
 #   5. generates uniffi's Python bindings from the same cdylib and runs tests/test_ffi.py, which
-#      drives the same FFI scaffolding against a live memory-engine node.
+#      drives the same FFI scaffolding against a live memory-engine node and a 3-node cluster
+#      (resolvers implemented in Python through the same foreign trait Swift implements).
 # Assumes CARGO_TARGET_DIR (and the RocksDB variables) are exported and `dynamokv` is built.
 set -euo pipefail
 
@@ -64,7 +65,10 @@ if ! "$python" -c 'import tree_sitter, tree_sitter_swift' 2>/dev/null; then
     "$python" -m pip install --quiet 'tree-sitter>=0.26,<0.27' 'tree-sitter-swift>=0.7,<0.8'
 fi
 mapfile -t swift_files < <(cd "$pkg" && find . -name '*.swift' -not -path './.build/*' | sort)
-(cd "$pkg" && "$python" scripts/swift_syntax.py "${swift_files[@]}")
+# The examples (examples/swift/ShoppingCart.swift) cannot run here either: parse them too.
+mapfile -t example_files < <(cd "$pkg" && find ../examples/swift -name '*.swift' | sort)
+[[ ${#example_files[@]} -gt 0 ]] || { echo "error: no .swift file under examples/swift" >&2; exit 1; }
+(cd "$pkg" && "$python" scripts/swift_syntax.py "${swift_files[@]}" "${example_files[@]}")
 done_step
 
 step "4/5 C header (gcc -fsyntax-only)"

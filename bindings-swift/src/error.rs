@@ -44,6 +44,10 @@ pub enum DynamoKvError {
     /// A read did not finish before its deadline (a write that runs out of time is
     /// `OutcomeUnknown`).
     Timeout { after: Duration },
+    /// The resolver of a resolving get failed (a custom resolver threw, or a built-in met
+    /// values it cannot merge). Nothing was written. The facade rethrows a Swift closure's own
+    /// error instead of this.
+    ResolverFailed { message: String },
     /// A server bug or storage failure (or a failure inside this SDK); the message has details.
     Internal { message: String },
 }
@@ -117,6 +121,7 @@ impl From<kv::Error> for DynamoKvError {
             E::SiblingLimit { message } => DynamoKvError::SiblingLimit { message },
             E::Unavailable { message } => DynamoKvError::Unavailable { message },
             E::Timeout { after } => DynamoKvError::Timeout { after },
+            E::ResolverFailed { message } => DynamoKvError::ResolverFailed { message },
             E::Internal { message } => DynamoKvError::Internal { message },
             // client-core's enum is non-exhaustive: a variant added there surfaces as Internal
             // with its own message until it gets a case here.
@@ -161,6 +166,7 @@ impl From<&DynamoKvError> for kv::Error {
             D::SiblingLimit { message } => kv::Error::SiblingLimit { message },
             D::Unavailable { message } => kv::Error::Unavailable { message },
             D::Timeout { after } => kv::Error::Timeout { after },
+            D::ResolverFailed { message } => kv::Error::ResolverFailed { message },
             D::Internal { message } => kv::Error::Internal { message },
         }
     }
@@ -243,6 +249,9 @@ mod tests {
             },
             kv::Error::Timeout {
                 after: Duration::from_millis(1500),
+            },
+            kv::Error::ResolverFailed {
+                message: "m".into(),
             },
             kv::Error::Internal {
                 message: "m".into(),

@@ -20,8 +20,15 @@ use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
 mod error;
+mod inspect;
+mod resolver;
 
 pub use error::DynamoKvError;
+pub use inspect::{
+    ClockEntry, ContextDescription, PreferenceList, describe_context, key_position, partition_of,
+    preference_list,
+};
+pub use resolver::{ConflictResolver, ResolverError, SiblingResolver, Siblings};
 
 uniffi::setup_scaffolding!();
 
@@ -48,19 +55,49 @@ pub struct ClientOptions {
     /// Largest value the client sends, in bytes (the server checks its own limit too).
     #[uniffi(default)]
     pub max_value_bytes: Option<u64>,
-    /// Who coordinates requests; `nil` is `.client`.
+    /// Who coordinates requests: the client (`.client`, the default: it pulls the ring, reads
+    /// from the key's replicas and writes straight to one) or a node (`.server`).
     #[uniffi(default)]
     pub coordination: Option<Coordination>,
+    /// How often the client pulls the ring when nothing prompts it sooner, in milliseconds
+    /// (10 000 by default).
+    #[uniffi(default)]
+    pub ring_refresh_interval_ms: Option<u64>,
+    /// Hedged reads: a client-coordinated get that has not had its R answers after this many
+    /// milliseconds asks one more replica. `nil` (the default) turns hedging off.
+    #[uniffi(default)]
+    pub hedge_after_ms: Option<u64>,
+    /// How many keys of one batch call are in flight at once (32 by default).
+    #[uniffi(default)]
+    pub batch_concurrency: Option<u32>,
 }
 
-/// Who coordinates a request (paper 6.4).
+/// Who coordinates a client's requests (paper 6.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
 pub enum Coordination {
-    /// The client pulls the ring, reads each key's replicas itself and sends writes straight
-    /// to a replica of the key.
+    /// The client pulls the ring, coordinates reads itself and sends each write straight to a
+    /// replica of the key.
     Client,
     /// Every request goes to one node (the seeds in turn), which coordinates it.
     Server,
+}
+
+impl From<Coordination> for kv::Coordination {
+    fn from(c: Coordination) -> Self {
+        match c {
+            Coordination::Client => kv::Coordination::Client,
+            Coordination::Server => kv::Coordination::Server,
+        }
+    }
+}
+
+impl From<kv::Coordination> for Coordination {
+    fn from(c: kv::Coordination) -> Self {
+        match c {
+            kv::Coordination::Client => Coordination::Client,
+            kv::Coordination::Server => Coordination::Server,
+        }
+    }
 }
 
 /// The result of a get: every causally concurrent value (siblings) and one opaque context
@@ -70,6 +107,56 @@ pub struct GetResult {
     pub values: Vec<Vec<u8>>,
     /// Hand this back, unchanged, with the put or delete that follows.
     pub context: Vec<u8>,
+    /// The write time of each value, in milliseconds since the epoch (by the clock of the node
+    /// that coordinated that write), in the order of `values`.
+    pub timestamps_ms: Vec<u64>,
+    /// Whether a delete is concurrent with the values.
+    pub tombstone: bool,
+}
+
+/// The result of a resolving get: one value, however many siblings the get found.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Resolved {
+    /// The only value, or the resolver's result; `nil` when the key has none.
+    pub value: Option<Vec<u8>>,
+    /// Covers everything resolved (and the write-back, when one was made): hand it to the
+    /// next write of the key.
+    pub context: Vec<u8>,
+    /// How many concurrent values the get returned (the resolver ran only for 2 or more).
+    pub siblings: u32,
+    /// Whether the resolved value was written back.
+    pub written_back: bool,
+}
+
+/// One write of a `putMany` batch.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct PutItem {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    /// The context of an earlier get of the key; `nil` for a blind write.
+    #[uniffi(default)]
+    pub context: Option<Vec<u8>>,
+}
+
+/// One key's outcome in a `getMany` batch.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum GetOutcome {
+    Success { value: GetResult },
+    Failure { error: DynamoKvError },
+}
+
+/// One key's outcome in a `getManyResolved` batch.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum ResolvedOutcome {
+    Success { value: Resolved },
+    Failure { error: DynamoKvError },
+}
+
+/// One item's outcome in a `putMany` batch: the new context, or why it failed.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum PutOutcome {
+    Success { context: Vec<u8> },
+    Failure { error: DynamoKvError },
 }
 
 /// One cluster member, as a node reported it.
@@ -101,6 +188,8 @@ pub struct ClusterInfo {
     pub members: Vec<MemberInfo>,
     /// The node that answered.
     pub answered_by: String,
+    /// The version of the ring `members` make.
+    pub ring_version: u64,
 }
 
 impl From<kv::GetResult> for GetResult {
@@ -108,6 +197,50 @@ impl From<kv::GetResult> for GetResult {
         GetResult {
             values: got.values,
             context: got.context.as_bytes().to_vec(),
+            timestamps_ms: got.timestamps_ms,
+            tombstone: got.tombstone,
+        }
+    }
+}
+
+impl From<kv::Resolved> for Resolved {
+    fn from(r: kv::Resolved) -> Self {
+        Resolved {
+            value: r.value,
+            context: r.context.as_bytes().to_vec(),
+            siblings: u32::try_from(r.siblings).unwrap_or(u32::MAX),
+            written_back: r.written_back,
+        }
+    }
+}
+
+impl From<Result<kv::GetResult, kv::Error>> for GetOutcome {
+    fn from(r: Result<kv::GetResult, kv::Error>) -> Self {
+        match r {
+            Ok(got) => GetOutcome::Success { value: got.into() },
+            Err(e) => GetOutcome::Failure { error: e.into() },
+        }
+    }
+}
+
+impl From<Result<kv::Resolved, kv::Error>> for ResolvedOutcome {
+    fn from(r: Result<kv::Resolved, kv::Error>) -> Self {
+        match r {
+            Ok(resolved) => ResolvedOutcome::Success {
+                value: resolved.into(),
+            },
+            Err(e) => ResolvedOutcome::Failure { error: e.into() },
+        }
+    }
+}
+
+impl From<Result<kv::Context, kv::Error>> for PutOutcome {
+    fn from(r: Result<kv::Context, kv::Error>) -> Self {
+        match r {
+            Ok(context) => PutOutcome::Success {
+                context: context.as_bytes().to_vec(),
+            },
+            Err(e) => PutOutcome::Failure { error: e.into() },
         }
     }
 }
@@ -142,6 +275,7 @@ impl From<kv::ClusterInfo> for ClusterInfo {
             w: c.w,
             members: c.members.into_iter().map(MemberInfo::from).collect(),
             answered_by: c.answered_by,
+            ring_version: c.ring_version,
         }
     }
 }
@@ -180,6 +314,18 @@ impl ClientOptions {
                 limits.max_value_bytes = to_usize(n);
             }
             builder = builder.limits(limits);
+        }
+        if let Some(c) = self.coordination {
+            builder = builder.coordination(c.into());
+        }
+        if let Some(ms) = self.ring_refresh_interval_ms {
+            builder = builder.ring_refresh_interval(Duration::from_millis(ms));
+        }
+        if let Some(ms) = self.hedge_after_ms {
+            builder = builder.hedge_after(Some(Duration::from_millis(ms)));
+        }
+        if let Some(n) = self.batch_concurrency {
+            builder = builder.batch_concurrency(to_usize(u64::from(n)));
         }
         builder
     }
@@ -327,6 +473,116 @@ impl DynamoKvClient {
             .run(async move { client.delete_with_options(key, &context, options).await })
             .await?;
         Ok(deleted.as_bytes().to_vec())
+    }
+
+    /// `key`'s value resolved to one. When the get returns two or more concurrent values,
+    /// `resolver` makes one of them (with one value and a concurrent delete, that value is
+    /// taken) and, with `writeBack` (the default), it is written under the context covering
+    /// them all, so the key converges to that one version on every replica. A failing resolver
+    /// throws `ResolverFailed` and writes nothing.
+    #[uniffi::method(default(r = None, write_back = true))]
+    pub async fn get_resolved(
+        &self,
+        key: Vec<u8>,
+        resolver: Arc<ConflictResolver>,
+        r: Option<u32>,
+        write_back: bool,
+    ) -> Result<Resolved, DynamoKvError> {
+        let client = self.inner.clone();
+        let resolved = self
+            .run(async move {
+                client
+                    .get_resolved(key, &resolver.inner, r, write_back)
+                    .await
+            })
+            .await?;
+        Ok(resolved.into())
+    }
+
+    /// Gets many keys at once, each from its own replicas: one outcome per key, in the order
+    /// given; one key failing does not fail the others. The request timeout bounds the batch.
+    #[uniffi::method(default(r = None))]
+    pub async fn get_many(
+        &self,
+        keys: Vec<Vec<u8>>,
+        r: Option<u32>,
+    ) -> Result<Vec<GetOutcome>, DynamoKvError> {
+        let client = self.inner.clone();
+        let got = self
+            .run(async move { Ok(client.get_many(keys, r).await) })
+            .await?;
+        Ok(got.into_iter().map(GetOutcome::from).collect())
+    }
+
+    /// As `getMany`, each key resolved as by `getResolved`.
+    #[uniffi::method(default(r = None, write_back = true))]
+    pub async fn get_many_resolved(
+        &self,
+        keys: Vec<Vec<u8>>,
+        resolver: Arc<ConflictResolver>,
+        r: Option<u32>,
+        write_back: bool,
+    ) -> Result<Vec<ResolvedOutcome>, DynamoKvError> {
+        let client = self.inner.clone();
+        let got = self
+            .run(async move {
+                Ok(client
+                    .get_many_resolved(keys, &resolver.inner, r, write_back)
+                    .await)
+            })
+            .await?;
+        Ok(got.into_iter().map(ResolvedOutcome::from).collect())
+    }
+
+    /// Puts many items at once, each to its own replicas: one outcome per item, in the order
+    /// given; one failing does not fail the others. Each item gets a fresh write id; `w` and
+    /// `syncReplicas` apply to every item, as for `put`.
+    #[uniffi::method(default(w = None, sync_replicas = None))]
+    pub async fn put_many(
+        &self,
+        items: Vec<PutItem>,
+        w: Option<u32>,
+        sync_replicas: Option<u32>,
+    ) -> Result<Vec<PutOutcome>, DynamoKvError> {
+        let client = self.inner.clone();
+        let options = write_options(w, None, sync_replicas)?;
+        let items: Vec<kv::PutItem> = items
+            .into_iter()
+            .map(|item| kv::PutItem {
+                key: item.key,
+                value: item.value,
+                context: item.context.map(kv::Context::from_bytes),
+            })
+            .collect();
+        let put = self
+            .run(async move { Ok(client.put_many(items, options).await) })
+            .await?;
+        Ok(put.into_iter().map(PutOutcome::from).collect())
+    }
+
+    /// Reaches the cluster once: pulls the ring (client coordination) or asks a node for the
+    /// membership (server coordination). Optional: calls do it on first use.
+    pub async fn connect(&self) -> Result<(), DynamoKvError> {
+        let client = self.inner.clone();
+        self.run(async move { client.connected().await.map(|_| ()) })
+            .await
+    }
+
+    /// Pulls the ring now; returns its version.
+    pub async fn refresh_ring(&self) -> Result<u64, DynamoKvError> {
+        let client = self.inner.clone();
+        self.run(async move { client.refresh_ring().await }).await
+    }
+
+    /// The version of the ring the client routes by; `nil` before the first pull (and always
+    /// with server coordination). Local state only: no I/O.
+    pub fn ring_version(&self) -> Option<u64> {
+        self.inner.ring_version()
+    }
+
+    /// Who coordinates this client's requests.
+    pub fn coordination(&self) -> Coordination {
+        self.inner.coordination().into()
     }
 
     /// The cluster's membership and settings, as one node reports them.

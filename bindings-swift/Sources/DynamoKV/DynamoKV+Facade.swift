@@ -66,3 +66,230 @@ extension DynamoKvClient {
             syncReplicas: syncReplicas)
     }
 }
+
+// MARK: - Resolvers
+
+/// How a resolving get turns a key's concurrent values (siblings) into one.
+///
+/// ```swift
+/// let cart = try await client.get("cart:1", resolver: .unionJson)
+/// let latest = try await client.get("cart:1", resolver: .lastWriterWins)
+/// let mine = try await client.get("cart:1") { siblings in
+///     try merge(siblings.values)           // async throws -> Data
+/// }
+/// ```
+public enum Resolver: Sendable {
+    /// The value with the latest write timestamp; between equal timestamps, the greatest bytes.
+    /// Runs in Rust (no call back into Swift).
+    case lastWriterWins
+    /// Every value is a JSON array; the result is their union, each element once (the paper's
+    /// shopping cart: nothing added is lost). Runs in Rust.
+    case unionJson
+    /// The application's own resolver, given the values and their metadata (`key`,
+    /// `timestampsMs`, `tombstone`). Called only when there are two or more values. What it
+    /// throws is rethrown to the caller, unchanged, and nothing is written.
+    case custom(@Sendable (Siblings) async throws -> Data)
+}
+
+/// Runs a Swift closure as client-core's custom resolver and keeps what it throws aside, by
+/// key, so that the facade can rethrow the closure's own error when the call fails with
+/// `DynamoKvError.ResolverFailed` (the FFI carries only a message).
+final class ClosureSiblingResolver: SiblingResolver, @unchecked Sendable {
+    private let body: @Sendable (Siblings) async throws -> Data
+    private let lock = NSLock()
+    private var thrown: [Data: Error] = [:]
+
+    init(_ body: @escaping @Sendable (Siblings) async throws -> Data) {
+        self.body = body
+    }
+
+    func resolve(siblings: Siblings) async throws -> Data {
+        do {
+            return try await body(siblings)
+        } catch {
+            keep(error, for: siblings.key)
+            throw ResolverError.Failed(message: String(describing: error))
+        }
+    }
+
+    private func keep(_ error: Error, for key: Data) {
+        lock.lock()
+        defer { lock.unlock() }
+        thrown[key] = error
+    }
+
+    /// What the closure threw for `key`, if it threw.
+    func thrownError(for key: Data) -> Error? {
+        lock.lock()
+        defer { lock.unlock() }
+        return thrown[key]
+    }
+
+    /// The closure's own error in place of the `ResolverFailed` it caused; any other error as is.
+    func original(of error: Error, for key: Data) -> Error {
+        guard let failure = error as? DynamoKvError, case .ResolverFailed = failure,
+            let own = thrownError(for: key)
+        else {
+            return error
+        }
+        return own
+    }
+}
+
+extension Resolver {
+    /// client-core's resolver, and the adapter holding a custom closure's errors.
+    func bridged() -> (ConflictResolver, ClosureSiblingResolver?) {
+        switch self {
+        case .lastWriterWins:
+            return (ConflictResolver.lastWriterWins(), nil)
+        case .unionJson:
+            return (ConflictResolver.unionJson(), nil)
+        case .custom(let body):
+            let adapter = ClosureSiblingResolver(body)
+            return (ConflictResolver.custom(resolver: adapter), adapter)
+        }
+    }
+}
+
+extension Siblings {
+    /// The values decoded as UTF-8 (invalid bytes become U+FFFD).
+    public var strings: [String] {
+        values.map { String(decoding: $0, as: UTF8.self) }
+    }
+}
+
+extension Resolved {
+    /// The value decoded as UTF-8 (invalid bytes become U+FFFD); `nil` when there is none.
+    public var string: String? {
+        value.map { String(decoding: $0, as: UTF8.self) }
+    }
+}
+
+// MARK: - Batch outcomes as Swift results
+
+extension GetOutcome {
+    public var result: Result<GetResult, DynamoKvError> {
+        switch self {
+        case .success(let value): return .success(value)
+        case .failure(let error): return .failure(error)
+        }
+    }
+}
+
+extension ResolvedOutcome {
+    public var result: Result<Resolved, DynamoKvError> {
+        switch self {
+        case .success(let value): return .success(value)
+        case .failure(let error): return .failure(error)
+        }
+    }
+}
+
+extension PutOutcome {
+    public var result: Result<DynamoKVContext, DynamoKvError> {
+        switch self {
+        case .success(let context): return .success(context)
+        case .failure(let error): return .failure(error)
+        }
+    }
+}
+
+extension PutItem {
+    /// A write of `value` under a UTF-8 `key`; `context` from an earlier get, `nil` for a blind
+    /// write.
+    public init(_ key: String, _ value: Data, context: DynamoKVContext? = nil) {
+        self.init(key: Data(key.utf8), value: value, context: context)
+    }
+
+    /// A write of a UTF-8 `value` under a UTF-8 `key`.
+    public init(_ key: String, _ value: String, context: DynamoKVContext? = nil) {
+        self.init(key: Data(key.utf8), value: Data(value.utf8), context: context)
+    }
+}
+
+// MARK: - Resolving gets, batches
+
+extension DynamoKvClient {
+    /// `key`'s value resolved to one: with two or more concurrent values `resolver` makes one,
+    /// and with `writeBack` (the default) it is written under the context covering them all, so
+    /// every replica converges on it. A custom resolver's own error is rethrown unchanged, and
+    /// nothing is written.
+    public func get(
+        key: Data, r: UInt32? = nil, writeBack: Bool = true, resolver: Resolver
+    ) async throws -> Resolved {
+        let (core, adapter) = resolver.bridged()
+        do {
+            return try await getResolved(key: key, resolver: core, r: r, writeBack: writeBack)
+        } catch {
+            throw adapter?.original(of: error, for: key) ?? error
+        }
+    }
+
+    /// `get(key:r:writeBack:resolver:)` for a UTF-8 `key`: `client.get("cart", resolver: .unionJson)`.
+    public func get(
+        _ key: String, r: UInt32? = nil, writeBack: Bool = true, resolver: Resolver
+    ) async throws -> Resolved {
+        try await get(key: Data(key.utf8), r: r, writeBack: writeBack, resolver: resolver)
+    }
+
+    /// `get(key:r:writeBack:resolver:)` with a closure as the resolver:
+    /// `client.get("cart") { siblings in ... }`.
+    public func get(
+        _ key: String, r: UInt32? = nil, writeBack: Bool = true,
+        resolver: @escaping @Sendable (Siblings) async throws -> Data
+    ) async throws -> Resolved {
+        try await get(key: Data(key.utf8), r: r, writeBack: writeBack, resolver: .custom(resolver))
+    }
+
+    /// Gets many UTF-8 keys at once: one result per key, in order; one failing does not fail
+    /// the others.
+    public func getMany(_ keys: [String], r: UInt32? = nil) async throws
+        -> [Result<GetResult, DynamoKvError>]
+    {
+        try await getMany(keys: keys.map { Data($0.utf8) }, r: r).map { $0.result }
+    }
+
+    /// Gets and resolves many keys at once (as `get(key:r:writeBack:resolver:)` each): one
+    /// result per key, in order. A key the custom resolver threw for carries that error.
+    public func getMany(
+        keys: [Data], r: UInt32? = nil, writeBack: Bool = true, resolver: Resolver
+    ) async throws -> [Result<Resolved, Error>] {
+        let (core, adapter) = resolver.bridged()
+        let outcomes = try await getManyResolved(
+            keys: keys, resolver: core, r: r, writeBack: writeBack)
+        return zip(keys, outcomes).map { (key, outcome) -> Result<Resolved, Error> in
+            switch outcome {
+            case .success(let value):
+                return .success(value)
+            case .failure(let error):
+                return .failure(adapter?.original(of: error, for: key) ?? error)
+            }
+        }
+    }
+
+    /// `getMany(keys:r:writeBack:resolver:)` for UTF-8 keys.
+    public func getMany(
+        _ keys: [String], r: UInt32? = nil, writeBack: Bool = true, resolver: Resolver
+    ) async throws -> [Result<Resolved, Error>] {
+        try await getMany(
+            keys: keys.map { Data($0.utf8) }, r: r, writeBack: writeBack, resolver: resolver)
+    }
+
+    /// `getMany(keys:r:writeBack:resolver:)` for UTF-8 keys with a closure as the resolver.
+    public func getMany(
+        _ keys: [String], r: UInt32? = nil, writeBack: Bool = true,
+        resolver: @escaping @Sendable (Siblings) async throws -> Data
+    ) async throws -> [Result<Resolved, Error>] {
+        try await getMany(
+            keys: keys.map { Data($0.utf8) }, r: r, writeBack: writeBack,
+            resolver: .custom(resolver))
+    }
+
+    /// Puts many items at once: one result (the new context, or the error) per item, in order;
+    /// one failing does not fail the others. `PutItem("cart:1", "[\"apple\"]")`.
+    public func putMany(
+        _ items: [PutItem], w: UInt32? = nil, syncReplicas: UInt32? = nil
+    ) async throws -> [Result<DynamoKVContext, DynamoKvError>] {
+        try await putMany(items: items, w: w, syncReplicas: syncReplicas).map { $0.result }
+    }
+}

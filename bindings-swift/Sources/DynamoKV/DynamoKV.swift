@@ -460,7 +460,13 @@ fileprivate final class UniffiHandleMap<T>: @unchecked Sendable {
 
 
 // Public interface members begin here.
-
+// Magic number for the Rust proxy to call using the same mechanism as every other method,
+// to free the callback once it's dropped by Rust.
+private let IDX_CALLBACK_FREE: Int32 = 0
+// Callback return codes
+private let UNIFFI_CALLBACK_SUCCESS: Int32 = 0
+private let UNIFFI_CALLBACK_ERROR: Int32 = 1
+private let UNIFFI_CALLBACK_UNEXPECTED_ERROR: Int32 = 2
 
 #if swift(>=5.8)
 @_documentation(visibility: private)
@@ -614,6 +620,172 @@ fileprivate struct FfiConverterDuration: FfiConverterRustBuffer {
 
 
 /**
+ * A resolver to hand to `getResolved` / `getManyResolved`: a built-in or a custom one.
+ */
+public protocol ConflictResolverProtocol: AnyObject, Sendable {
+    
+    /**
+     * `"lastWriterWins"`, `"unionJson"` or `"custom"`.
+     */
+    func kind()  -> String
+    
+}
+/**
+ * A resolver to hand to `getResolved` / `getManyResolved`: a built-in or a custom one.
+ */
+open class ConflictResolver: ConflictResolverProtocol, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_dynamokv_swift_fn_clone_conflictresolver(self.handle, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_dynamokv_swift_fn_free_conflictresolver(handle, $0) }
+    }
+
+    
+    /**
+     * An application's own resolver. What it throws fails the call with `ResolverFailed`
+     * and nothing is written.
+     */
+public static func custom(resolver: SiblingResolver) -> ConflictResolver  {
+    return try!  FfiConverterTypeConflictResolver_lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_dynamokv_swift_fn_constructor_conflictresolver_custom(
+        FfiConverterTypeSiblingResolver_lower(resolver),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The value with the latest write timestamp; between equal timestamps, the greatest bytes.
+     * Runs in Rust.
+     */
+public static func lastWriterWins() -> ConflictResolver  {
+    return try!  FfiConverterTypeConflictResolver_lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_dynamokv_swift_fn_constructor_conflictresolver_last_writer_wins(uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Every value is a JSON array; the result is their union (each distinct element once, in
+     * order of first appearance): the paper's shopping cart. Runs in Rust.
+     */
+public static func unionJson() -> ConflictResolver  {
+    return try!  FfiConverterTypeConflictResolver_lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_dynamokv_swift_fn_constructor_conflictresolver_union_json(uniffiCallStatus
+    )
+})
+}
+    
+
+    
+    /**
+     * `"lastWriterWins"`, `"unionJson"` or `"custom"`.
+     */
+open func kind() -> String  {
+    return try!  FfiConverterString.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_dynamokv_swift_fn_method_conflictresolver_kind(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+
+    
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeConflictResolver: FfiConverter {
+    typealias FfiType = UInt64
+    typealias SwiftType = ConflictResolver
+
+    public static func lift(_ handle: UInt64) throws -> ConflictResolver {
+        return ConflictResolver(unsafeFromHandle: handle)
+    }
+
+    public static func lower(_ value: ConflictResolver) -> UInt64 {
+        return value.uniffiCloneHandle()
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ConflictResolver {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: ConflictResolver, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeConflictResolver_lift(_ handle: UInt64) throws -> ConflictResolver {
+    return try FfiConverterTypeConflictResolver.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeConflictResolver_lower(_ value: ConflictResolver) -> UInt64 {
+    return FfiConverterTypeConflictResolver.lower(value)
+}
+
+
+
+
+
+
+/**
  * A DynamoKV client. Cheap to share between tasks; all calls share its connections.
  */
 public protocol DynamoKvClientProtocol: AnyObject, Sendable {
@@ -622,6 +794,17 @@ public protocol DynamoKvClientProtocol: AnyObject, Sendable {
      * The cluster's membership and settings, as one node reports them.
      */
     func clusterInfo() async throws  -> ClusterInfo
+    
+    /**
+     * Reaches the cluster once: pulls the ring (client coordination) or asks a node for the
+     * membership (server coordination). Optional: calls do it on first use.
+     */
+    func connect() async throws 
+    
+    /**
+     * Who coordinates this client's requests.
+     */
+    func coordination()  -> Coordination
     
     /**
      * Deletes what `context` (from a get) saw of `key`. Returns the tombstone's context.
@@ -634,6 +817,26 @@ public protocol DynamoKvClientProtocol: AnyObject, Sendable {
      * cluster's read quorum for this call.
      */
     func get(key: Data, r: UInt32?) async throws  -> GetResult
+    
+    /**
+     * Gets many keys at once, each from its own replicas: one outcome per key, in the order
+     * given; one key failing does not fail the others. The request timeout bounds the batch.
+     */
+    func getMany(keys: [Data], r: UInt32?) async throws  -> [GetOutcome]
+    
+    /**
+     * As `getMany`, each key resolved as by `getResolved`.
+     */
+    func getManyResolved(keys: [Data], resolver: ConflictResolver, r: UInt32?, writeBack: Bool) async throws  -> [ResolvedOutcome]
+    
+    /**
+     * `key`'s value resolved to one. When the get returns two or more concurrent values,
+     * `resolver` makes one of them (with one value and a concurrent delete, that value is
+     * taken) and, with `writeBack` (the default), it is written under the context covering
+     * them all, so the key converges to that one version on every replica. A failing resolver
+     * throws `ResolverFailed` and writes nothing.
+     */
+    func getResolved(key: Data, resolver: ConflictResolver, r: UInt32?, writeBack: Bool) async throws  -> Resolved
     
     /**
      * The client's own view of its seed nodes, one entry per seed in order: which answer and
@@ -652,6 +855,24 @@ public protocol DynamoKvClientProtocol: AnyObject, Sendable {
      * unless configured). More than W throws `InvalidQuorum` and writes nothing.
      */
     func put(key: Data, value: Data, context: Data?, w: UInt32?, writeId: Data?, syncReplicas: UInt32?) async throws  -> Data
+    
+    /**
+     * Puts many items at once, each to its own replicas: one outcome per item, in the order
+     * given; one failing does not fail the others. Each item gets a fresh write id; `w` and
+     * `syncReplicas` apply to every item, as for `put`.
+     */
+    func putMany(items: [PutItem], w: UInt32?, syncReplicas: UInt32?) async throws  -> [PutOutcome]
+    
+    /**
+     * Pulls the ring now; returns its version.
+     */
+    func refreshRing() async throws  -> UInt64
+    
+    /**
+     * The version of the ring the client routes by; `nil` before the first pull (and always
+     * with server coordination). Local state only: no I/O.
+     */
+    func ringVersion()  -> UInt64?
     
 }
 /**
@@ -744,6 +965,38 @@ open func clusterInfo()async throws  -> ClusterInfo  {
 }
     
     /**
+     * Reaches the cluster once: pulls the ring (client coordination) or asks a node for the
+     * membership (server coordination). Optional: calls do it on first use.
+     */
+open func connect()async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_dynamokv_swift_fn_method_dynamokvclient_connect(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_dynamokv_swift_rust_future_poll_void,
+            completeFunc: ffi_dynamokv_swift_rust_future_complete_void,
+            freeFunc: ffi_dynamokv_swift_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeDynamoKvError_lift
+        )
+}
+    
+    /**
+     * Who coordinates this client's requests.
+     */
+open func coordination() -> Coordination  {
+    return try!  FfiConverterTypeCoordination_lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_dynamokv_swift_fn_method_dynamokvclient_coordination(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
      * Deletes what `context` (from a get) saw of `key`. Returns the tombstone's context.
      * `w`, `writeId` and `syncReplicas` as for `put`.
      */
@@ -779,6 +1032,68 @@ open func get(key: Data, r: UInt32? = nil)async throws  -> GetResult  {
             completeFunc: ffi_dynamokv_swift_rust_future_complete_rust_buffer,
             freeFunc: ffi_dynamokv_swift_rust_future_free_rust_buffer,
             liftFunc: FfiConverterTypeGetResult_lift,
+            errorHandler: FfiConverterTypeDynamoKvError_lift
+        )
+}
+    
+    /**
+     * Gets many keys at once, each from its own replicas: one outcome per key, in the order
+     * given; one key failing does not fail the others. The request timeout bounds the batch.
+     */
+open func getMany(keys: [Data], r: UInt32? = nil)async throws  -> [GetOutcome]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_dynamokv_swift_fn_method_dynamokvclient_get_many(
+                        self.uniffiCloneHandle(),FfiConverterSequenceData.lower(keys),FfiConverterOptionUInt32.lower(r)
+                )
+            },
+            pollFunc: ffi_dynamokv_swift_rust_future_poll_rust_buffer,
+            completeFunc: ffi_dynamokv_swift_rust_future_complete_rust_buffer,
+            freeFunc: ffi_dynamokv_swift_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeGetOutcome.lift,
+            errorHandler: FfiConverterTypeDynamoKvError_lift
+        )
+}
+    
+    /**
+     * As `getMany`, each key resolved as by `getResolved`.
+     */
+open func getManyResolved(keys: [Data], resolver: ConflictResolver, r: UInt32? = nil, writeBack: Bool = true)async throws  -> [ResolvedOutcome]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_dynamokv_swift_fn_method_dynamokvclient_get_many_resolved(
+                        self.uniffiCloneHandle(),FfiConverterSequenceData.lower(keys),FfiConverterTypeConflictResolver_lower(resolver),FfiConverterOptionUInt32.lower(r),FfiConverterBool.lower(writeBack)
+                )
+            },
+            pollFunc: ffi_dynamokv_swift_rust_future_poll_rust_buffer,
+            completeFunc: ffi_dynamokv_swift_rust_future_complete_rust_buffer,
+            freeFunc: ffi_dynamokv_swift_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeResolvedOutcome.lift,
+            errorHandler: FfiConverterTypeDynamoKvError_lift
+        )
+}
+    
+    /**
+     * `key`'s value resolved to one. When the get returns two or more concurrent values,
+     * `resolver` makes one of them (with one value and a concurrent delete, that value is
+     * taken) and, with `writeBack` (the default), it is written under the context covering
+     * them all, so the key converges to that one version on every replica. A failing resolver
+     * throws `ResolverFailed` and writes nothing.
+     */
+open func getResolved(key: Data, resolver: ConflictResolver, r: UInt32? = nil, writeBack: Bool = true)async throws  -> Resolved  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_dynamokv_swift_fn_method_dynamokvclient_get_resolved(
+                        self.uniffiCloneHandle(),FfiConverterData.lower(key),FfiConverterTypeConflictResolver_lower(resolver),FfiConverterOptionUInt32.lower(r),FfiConverterBool.lower(writeBack)
+                )
+            },
+            pollFunc: ffi_dynamokv_swift_rust_future_poll_rust_buffer,
+            completeFunc: ffi_dynamokv_swift_rust_future_complete_rust_buffer,
+            freeFunc: ffi_dynamokv_swift_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeResolved_lift,
             errorHandler: FfiConverterTypeDynamoKvError_lift
         )
 }
@@ -820,6 +1135,59 @@ open func put(key: Data, value: Data, context: Data? = nil, w: UInt32? = nil, wr
             liftFunc: FfiConverterData.lift,
             errorHandler: FfiConverterTypeDynamoKvError_lift
         )
+}
+    
+    /**
+     * Puts many items at once, each to its own replicas: one outcome per item, in the order
+     * given; one failing does not fail the others. Each item gets a fresh write id; `w` and
+     * `syncReplicas` apply to every item, as for `put`.
+     */
+open func putMany(items: [PutItem], w: UInt32? = nil, syncReplicas: UInt32? = nil)async throws  -> [PutOutcome]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_dynamokv_swift_fn_method_dynamokvclient_put_many(
+                        self.uniffiCloneHandle(),FfiConverterSequenceTypePutItem.lower(items),FfiConverterOptionUInt32.lower(w),FfiConverterOptionUInt32.lower(syncReplicas)
+                )
+            },
+            pollFunc: ffi_dynamokv_swift_rust_future_poll_rust_buffer,
+            completeFunc: ffi_dynamokv_swift_rust_future_complete_rust_buffer,
+            freeFunc: ffi_dynamokv_swift_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypePutOutcome.lift,
+            errorHandler: FfiConverterTypeDynamoKvError_lift
+        )
+}
+    
+    /**
+     * Pulls the ring now; returns its version.
+     */
+open func refreshRing()async throws  -> UInt64  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_dynamokv_swift_fn_method_dynamokvclient_refresh_ring(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_dynamokv_swift_rust_future_poll_u64,
+            completeFunc: ffi_dynamokv_swift_rust_future_complete_u64,
+            freeFunc: ffi_dynamokv_swift_rust_future_free_u64,
+            liftFunc: FfiConverterUInt64.lift,
+            errorHandler: FfiConverterTypeDynamoKvError_lift
+        )
+}
+    
+    /**
+     * The version of the ring the client routes by; `nil` before the first pull (and always
+     * with server coordination). Local state only: no I/O.
+     */
+open func ringVersion() -> UInt64?  {
+    return try!  FfiConverterOptionUInt64.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_dynamokv_swift_fn_method_dynamokvclient_ring_version(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
 }
     
 
@@ -870,6 +1238,238 @@ public func FfiConverterTypeDynamoKvClient_lower(_ value: DynamoKvClient) -> UIn
 
 
 
+
+
+/**
+ * An application's own resolver, implemented in Swift: turns a key's siblings into one value.
+ * Called only when a get returns two or more values.
+ */
+public protocol SiblingResolver: AnyObject, Sendable {
+    
+    func resolve(siblings: Siblings) async throws  -> Data
+    
+}
+/**
+ * An application's own resolver, implemented in Swift: turns a key's siblings into one value.
+ * Called only when a get returns two or more values.
+ */
+open class SiblingResolverImpl: SiblingResolver, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_dynamokv_swift_fn_clone_siblingresolver(self.handle, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_dynamokv_swift_fn_free_siblingresolver(handle, $0) }
+    }
+
+    
+
+    
+open func resolve(siblings: Siblings)async throws  -> Data  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_dynamokv_swift_fn_method_siblingresolver_resolve(
+                        self.uniffiCloneHandle(),FfiConverterTypeSiblings_lower(siblings)
+                )
+            },
+            pollFunc: ffi_dynamokv_swift_rust_future_poll_rust_buffer,
+            completeFunc: ffi_dynamokv_swift_rust_future_complete_rust_buffer,
+            freeFunc: ffi_dynamokv_swift_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterData.lift,
+            errorHandler: FfiConverterTypeResolverError_lift
+        )
+}
+    
+
+    
+}
+
+
+
+// Put the implementation in a struct so we don't pollute the top-level namespace
+fileprivate struct UniffiCallbackInterfaceSiblingResolver {
+
+    // Create the VTable using a series of closures.
+    // Swift automatically converts these into C callback functions.
+    //
+    // Store the vtable directly.
+    static let vtable: UniffiVTableCallbackInterfaceSiblingResolver = UniffiVTableCallbackInterfaceSiblingResolver(
+        uniffiFree: { (uniffiHandle: UInt64) -> () in
+            do {
+                try FfiConverterTypeSiblingResolver.handleMap.remove(handle: uniffiHandle)
+            } catch {
+                print("Uniffi callback interface SiblingResolver: handle missing in uniffiFree")
+            }
+        },
+        uniffiClone: { (uniffiHandle: UInt64) -> UInt64 in
+            do {
+                return try FfiConverterTypeSiblingResolver.handleMap.clone(handle: uniffiHandle)
+            } catch {
+                fatalError("Uniffi callback interface SiblingResolver: handle missing in uniffiClone")
+            }
+        },
+        resolve: { (
+            uniffiHandle: UInt64,
+            siblings: RustBuffer,
+            uniffiFutureCallback: @escaping UniffiForeignFutureCompleteRustBuffer,
+            uniffiCallbackData: UInt64,
+            uniffiOutDroppedCallback: UnsafeMutablePointer<UniffiForeignFutureDroppedCallbackStruct>
+        ) in
+            let makeCall = {
+                () async throws -> Data in
+                guard let uniffiObj = try? FfiConverterTypeSiblingResolver.handleMap.get(handle: uniffiHandle) else {
+                    throw UniffiInternalError.unexpectedStaleHandle
+                }
+                return try await uniffiObj.resolve(
+                     siblings: try FfiConverterTypeSiblings_lift(siblings)
+                )
+            }
+
+            let uniffiHandleSuccess = { (returnValue: Data) in
+                uniffiFutureCallback(
+                    uniffiCallbackData,
+                    UniffiForeignFutureResultRustBuffer(
+                        returnValue: FfiConverterData.lower(returnValue),
+                        callStatus: RustCallStatus()
+                    )
+                )
+            }
+            let uniffiHandleError = { (statusCode, errorBuf) in
+                uniffiFutureCallback(
+                    uniffiCallbackData,
+                    UniffiForeignFutureResultRustBuffer(
+                        returnValue: RustBuffer.empty(),
+                        callStatus: RustCallStatus(code: statusCode, errorBuf: errorBuf)
+                    )
+                )
+            }
+            uniffiTraitInterfaceCallAsyncWithError(
+                makeCall: makeCall,
+                handleSuccess: uniffiHandleSuccess,
+                handleError: uniffiHandleError,
+                lowerError: FfiConverterTypeResolverError_lower,
+                droppedCallback: uniffiOutDroppedCallback
+            )
+        }
+    )
+
+    // Rust stores this pointer for future callback invocations, so it must live
+    // for the process lifetime (not just for the init function call).
+    //
+    // `nonisolated(unsafe)` is needed under Swift 6 strict concurrency.
+    // This is safe because the pointee is initialized once during static init
+    // and never mutated by either side of the FFI.  Its fields are C function pointers.
+    nonisolated(unsafe) static let vtablePtr: UnsafePointer<UniffiVTableCallbackInterfaceSiblingResolver> = {
+        let ptr = UnsafeMutablePointer<UniffiVTableCallbackInterfaceSiblingResolver>.allocate(capacity: 1)
+        ptr.initialize(to: vtable)
+        return UnsafePointer(ptr)
+    }()
+}
+
+private func uniffiCallbackInitSiblingResolver() {
+    uniffi_dynamokv_swift_fn_init_callback_vtable_siblingresolver(UniffiCallbackInterfaceSiblingResolver.vtablePtr)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeSiblingResolver: FfiConverter {
+    fileprivate static let handleMap = UniffiHandleMap<SiblingResolver>()
+
+    typealias FfiType = UInt64
+    typealias SwiftType = SiblingResolver
+
+    public static func lift(_ handle: UInt64) throws -> SiblingResolver {
+        if ((handle & 1) == 0) {
+            // Rust-generated handle, construct a new class that uses the handle to implement the
+            // interface
+            return SiblingResolverImpl(unsafeFromHandle: handle)
+        } else {
+            // Swift-generated handle, get the object from the handle map
+            return try handleMap.remove(handle: handle)
+        }
+    }
+
+    public static func lower(_ value: SiblingResolver) -> UInt64 {
+         if let rustImpl = value as? SiblingResolverImpl {
+             // Rust-implemented object.  Clone the handle and return it
+            return rustImpl.uniffiCloneHandle()
+         } else {
+            // Swift object, generate a new vtable handle and return that.
+            return handleMap.insert(obj: value)
+         }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SiblingResolver {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: SiblingResolver, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSiblingResolver_lift(_ handle: UInt64) throws -> SiblingResolver {
+    return try FfiConverterTypeSiblingResolver.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSiblingResolver_lower(_ value: SiblingResolver) -> UInt64 {
+    return FfiConverterTypeSiblingResolver.lower(value)
+}
+
+
+
+
 /**
  * Options for a [`DynamoKvClient`]. A field left `nil` keeps client-core's default.
  */
@@ -901,9 +1501,24 @@ public struct ClientOptions: Equatable, Hashable {
      */
     public var maxValueBytes: UInt64?
     /**
-     * Who coordinates requests; `nil` is `.client`.
+     * Who coordinates requests: the client (`.client`, the default: it pulls the ring, reads
+     * from the key's replicas and writes straight to one) or a node (`.server`).
      */
     public var coordination: Coordination?
+    /**
+     * How often the client pulls the ring when nothing prompts it sooner, in milliseconds
+     * (10 000 by default).
+     */
+    public var ringRefreshIntervalMs: UInt64?
+    /**
+     * Hedged reads: a client-coordinated get that has not had its R answers after this many
+     * milliseconds asks one more replica. `nil` (the default) turns hedging off.
+     */
+    public var hedgeAfterMs: UInt64?
+    /**
+     * How many keys of one batch call are in flight at once (32 by default).
+     */
+    public var batchConcurrency: UInt32?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -929,8 +1544,20 @@ public struct ClientOptions: Equatable, Hashable {
          * Largest value the client sends, in bytes (the server checks its own limit too).
          */maxValueBytes: UInt64? = nil, 
         /**
-         * Who coordinates requests; `nil` is `.client`.
-         */coordination: Coordination? = nil) {
+         * Who coordinates requests: the client (`.client`, the default: it pulls the ring, reads
+         * from the key's replicas and writes straight to one) or a node (`.server`).
+         */coordination: Coordination? = nil, 
+        /**
+         * How often the client pulls the ring when nothing prompts it sooner, in milliseconds
+         * (10 000 by default).
+         */ringRefreshIntervalMs: UInt64? = nil, 
+        /**
+         * Hedged reads: a client-coordinated get that has not had its R answers after this many
+         * milliseconds asks one more replica. `nil` (the default) turns hedging off.
+         */hedgeAfterMs: UInt64? = nil, 
+        /**
+         * How many keys of one batch call are in flight at once (32 by default).
+         */batchConcurrency: UInt32? = nil) {
         self.connectTimeoutMs = connectTimeoutMs
         self.requestTimeoutMs = requestTimeoutMs
         self.attemptTimeoutMs = attemptTimeoutMs
@@ -938,6 +1565,9 @@ public struct ClientOptions: Equatable, Hashable {
         self.maxKeyBytes = maxKeyBytes
         self.maxValueBytes = maxValueBytes
         self.coordination = coordination
+        self.ringRefreshIntervalMs = ringRefreshIntervalMs
+        self.hedgeAfterMs = hedgeAfterMs
+        self.batchConcurrency = batchConcurrency
     }
 
     
@@ -962,7 +1592,10 @@ public struct FfiConverterTypeClientOptions: FfiConverterRustBuffer {
                 maxRetries: FfiConverterOptionUInt32.read(from: &buf), 
                 maxKeyBytes: FfiConverterOptionUInt64.read(from: &buf), 
                 maxValueBytes: FfiConverterOptionUInt64.read(from: &buf), 
-                coordination: FfiConverterOptionTypeCoordination.read(from: &buf)
+                coordination: FfiConverterOptionTypeCoordination.read(from: &buf), 
+                ringRefreshIntervalMs: FfiConverterOptionUInt64.read(from: &buf), 
+                hedgeAfterMs: FfiConverterOptionUInt64.read(from: &buf), 
+                batchConcurrency: FfiConverterOptionUInt32.read(from: &buf)
         )
     }
 
@@ -974,6 +1607,9 @@ public struct FfiConverterTypeClientOptions: FfiConverterRustBuffer {
         FfiConverterOptionUInt64.write(value.maxKeyBytes, into: &buf)
         FfiConverterOptionUInt64.write(value.maxValueBytes, into: &buf)
         FfiConverterOptionTypeCoordination.write(value.coordination, into: &buf)
+        FfiConverterOptionUInt64.write(value.ringRefreshIntervalMs, into: &buf)
+        FfiConverterOptionUInt64.write(value.hedgeAfterMs, into: &buf)
+        FfiConverterOptionUInt32.write(value.batchConcurrency, into: &buf)
     }
 }
 
@@ -994,6 +1630,63 @@ public func FfiConverterTypeClientOptions_lower(_ value: ClientOptions) -> RustB
 
 
 /**
+ * One `(actor, counter)` entry of a version vector.
+ */
+public struct ClockEntry: Equatable, Hashable {
+    public var actor: UInt64
+    public var counter: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(actor: UInt64, counter: UInt64) {
+        self.actor = actor
+        self.counter = counter
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ClockEntry: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeClockEntry: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ClockEntry {
+        return
+            try ClockEntry(
+                actor: FfiConverterUInt64.read(from: &buf), 
+                counter: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ClockEntry, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.actor, into: &buf)
+        FfiConverterUInt64.write(value.counter, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeClockEntry_lift(_ buf: RustBuffer) throws -> ClockEntry {
+    return try FfiConverterTypeClockEntry.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeClockEntry_lower(_ value: ClockEntry) -> RustBuffer {
+    return FfiConverterTypeClockEntry.lower(value)
+}
+
+
+/**
  * The cluster as a node reported it.
  */
 public struct ClusterInfo: Equatable, Hashable {
@@ -1007,13 +1700,20 @@ public struct ClusterInfo: Equatable, Hashable {
      * The node that answered.
      */
     public var answeredBy: String
+    /**
+     * The version of the ring `members` make.
+     */
+    public var ringVersion: UInt64
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
     public init(clusterName: String, partitions: UInt32, n: UInt32, r: UInt32, w: UInt32, members: [MemberInfo], 
         /**
          * The node that answered.
-         */answeredBy: String) {
+         */answeredBy: String, 
+        /**
+         * The version of the ring `members` make.
+         */ringVersion: UInt64) {
         self.clusterName = clusterName
         self.partitions = partitions
         self.n = n
@@ -1021,6 +1721,7 @@ public struct ClusterInfo: Equatable, Hashable {
         self.w = w
         self.members = members
         self.answeredBy = answeredBy
+        self.ringVersion = ringVersion
     }
 
     
@@ -1045,7 +1746,8 @@ public struct FfiConverterTypeClusterInfo: FfiConverterRustBuffer {
                 r: FfiConverterUInt32.read(from: &buf), 
                 w: FfiConverterUInt32.read(from: &buf), 
                 members: FfiConverterSequenceTypeMemberInfo.read(from: &buf), 
-                answeredBy: FfiConverterString.read(from: &buf)
+                answeredBy: FfiConverterString.read(from: &buf), 
+                ringVersion: FfiConverterUInt64.read(from: &buf)
         )
     }
 
@@ -1057,6 +1759,7 @@ public struct FfiConverterTypeClusterInfo: FfiConverterRustBuffer {
         FfiConverterUInt32.write(value.w, into: &buf)
         FfiConverterSequenceTypeMemberInfo.write(value.members, into: &buf)
         FfiConverterString.write(value.answeredBy, into: &buf)
+        FfiConverterUInt64.write(value.ringVersion, into: &buf)
     }
 }
 
@@ -1077,6 +1780,97 @@ public func FfiConverterTypeClusterInfo_lower(_ value: ClusterInfo) -> RustBuffe
 
 
 /**
+ * What a version context says.
+ */
+public struct ContextDescription: Equatable, Hashable {
+    /**
+     * Every clock entry, in actor order: every event of the actor up to `counter` was seen.
+     */
+    public var clock: [ClockEntry]
+    /**
+     * Every single event seen beyond its actor's entry, in order.
+     */
+    public var cloud: [ClockEntry]
+    /**
+     * The ids (16 bytes each, big-endian, like `writeId`) of the writes the read showed, in
+     * increasing order.
+     */
+    public var seenWrites: [Data]
+    /**
+     * The node id of the replica that answered the read first, when the context records one.
+     */
+    public var fastestReplica: String?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Every clock entry, in actor order: every event of the actor up to `counter` was seen.
+         */clock: [ClockEntry], 
+        /**
+         * Every single event seen beyond its actor's entry, in order.
+         */cloud: [ClockEntry], 
+        /**
+         * The ids (16 bytes each, big-endian, like `writeId`) of the writes the read showed, in
+         * increasing order.
+         */seenWrites: [Data], 
+        /**
+         * The node id of the replica that answered the read first, when the context records one.
+         */fastestReplica: String?) {
+        self.clock = clock
+        self.cloud = cloud
+        self.seenWrites = seenWrites
+        self.fastestReplica = fastestReplica
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ContextDescription: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeContextDescription: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ContextDescription {
+        return
+            try ContextDescription(
+                clock: FfiConverterSequenceTypeClockEntry.read(from: &buf), 
+                cloud: FfiConverterSequenceTypeClockEntry.read(from: &buf), 
+                seenWrites: FfiConverterSequenceData.read(from: &buf), 
+                fastestReplica: FfiConverterOptionString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ContextDescription, into buf: inout [UInt8]) {
+        FfiConverterSequenceTypeClockEntry.write(value.clock, into: &buf)
+        FfiConverterSequenceTypeClockEntry.write(value.cloud, into: &buf)
+        FfiConverterSequenceData.write(value.seenWrites, into: &buf)
+        FfiConverterOptionString.write(value.fastestReplica, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeContextDescription_lift(_ buf: RustBuffer) throws -> ContextDescription {
+    return try FfiConverterTypeContextDescription.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeContextDescription_lower(_ value: ContextDescription) -> RustBuffer {
+    return FfiConverterTypeContextDescription.lower(value)
+}
+
+
+/**
  * The result of a get: every causally concurrent value (siblings) and one opaque context
  * covering all of them. `values` is empty when the key does not exist or was deleted.
  */
@@ -1086,15 +1880,33 @@ public struct GetResult: Equatable, Hashable {
      * Hand this back, unchanged, with the put or delete that follows.
      */
     public var context: Data
+    /**
+     * The write time of each value, in milliseconds since the epoch (by the clock of the node
+     * that coordinated that write), in the order of `values`.
+     */
+    public var timestampsMs: [UInt64]
+    /**
+     * Whether a delete is concurrent with the values.
+     */
+    public var tombstone: Bool
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
     public init(values: [Data], 
         /**
          * Hand this back, unchanged, with the put or delete that follows.
-         */context: Data) {
+         */context: Data, 
+        /**
+         * The write time of each value, in milliseconds since the epoch (by the clock of the node
+         * that coordinated that write), in the order of `values`.
+         */timestampsMs: [UInt64], 
+        /**
+         * Whether a delete is concurrent with the values.
+         */tombstone: Bool) {
         self.values = values
         self.context = context
+        self.timestampsMs = timestampsMs
+        self.tombstone = tombstone
     }
 
     
@@ -1114,13 +1926,17 @@ public struct FfiConverterTypeGetResult: FfiConverterRustBuffer {
         return
             try GetResult(
                 values: FfiConverterSequenceData.read(from: &buf), 
-                context: FfiConverterData.read(from: &buf)
+                context: FfiConverterData.read(from: &buf), 
+                timestampsMs: FfiConverterSequenceUInt64.read(from: &buf), 
+                tombstone: FfiConverterBool.read(from: &buf)
         )
     }
 
     public static func write(_ value: GetResult, into buf: inout [UInt8]) {
         FfiConverterSequenceData.write(value.values, into: &buf)
         FfiConverterData.write(value.context, into: &buf)
+        FfiConverterSequenceUInt64.write(value.timestampsMs, into: &buf)
+        FfiConverterBool.write(value.tombstone, into: &buf)
     }
 }
 
@@ -1275,14 +2091,314 @@ public func FfiConverterTypeNodeHealth_lower(_ value: NodeHealth) -> RustBuffer 
 
 
 /**
- * Who coordinates a request (paper 6.4).
+ * A key's replicas and, after them, the fallbacks a sloppy quorum uses (node ids).
+ */
+public struct PreferenceList: Equatable, Hashable {
+    public var replicas: [String]
+    public var fallbacks: [String]
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(replicas: [String], fallbacks: [String]) {
+        self.replicas = replicas
+        self.fallbacks = fallbacks
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension PreferenceList: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypePreferenceList: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> PreferenceList {
+        return
+            try PreferenceList(
+                replicas: FfiConverterSequenceString.read(from: &buf), 
+                fallbacks: FfiConverterSequenceString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: PreferenceList, into buf: inout [UInt8]) {
+        FfiConverterSequenceString.write(value.replicas, into: &buf)
+        FfiConverterSequenceString.write(value.fallbacks, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePreferenceList_lift(_ buf: RustBuffer) throws -> PreferenceList {
+    return try FfiConverterTypePreferenceList.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePreferenceList_lower(_ value: PreferenceList) -> RustBuffer {
+    return FfiConverterTypePreferenceList.lower(value)
+}
+
+
+/**
+ * One write of a `putMany` batch.
+ */
+public struct PutItem: Equatable, Hashable {
+    public var key: Data
+    public var value: Data
+    /**
+     * The context of an earlier get of the key; `nil` for a blind write.
+     */
+    public var context: Data?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(key: Data, value: Data, 
+        /**
+         * The context of an earlier get of the key; `nil` for a blind write.
+         */context: Data? = nil) {
+        self.key = key
+        self.value = value
+        self.context = context
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension PutItem: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypePutItem: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> PutItem {
+        return
+            try PutItem(
+                key: FfiConverterData.read(from: &buf), 
+                value: FfiConverterData.read(from: &buf), 
+                context: FfiConverterOptionData.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: PutItem, into buf: inout [UInt8]) {
+        FfiConverterData.write(value.key, into: &buf)
+        FfiConverterData.write(value.value, into: &buf)
+        FfiConverterOptionData.write(value.context, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePutItem_lift(_ buf: RustBuffer) throws -> PutItem {
+    return try FfiConverterTypePutItem.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePutItem_lower(_ value: PutItem) -> RustBuffer {
+    return FfiConverterTypePutItem.lower(value)
+}
+
+
+/**
+ * The result of a resolving get: one value, however many siblings the get found.
+ */
+public struct Resolved: Equatable, Hashable {
+    /**
+     * The only value, or the resolver's result; `nil` when the key has none.
+     */
+    public var value: Data?
+    /**
+     * Covers everything resolved (and the write-back, when one was made): hand it to the
+     * next write of the key.
+     */
+    public var context: Data
+    /**
+     * How many concurrent values the get returned (the resolver ran only for 2 or more).
+     */
+    public var siblings: UInt32
+    /**
+     * Whether the resolved value was written back.
+     */
+    public var writtenBack: Bool
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The only value, or the resolver's result; `nil` when the key has none.
+         */value: Data?, 
+        /**
+         * Covers everything resolved (and the write-back, when one was made): hand it to the
+         * next write of the key.
+         */context: Data, 
+        /**
+         * How many concurrent values the get returned (the resolver ran only for 2 or more).
+         */siblings: UInt32, 
+        /**
+         * Whether the resolved value was written back.
+         */writtenBack: Bool) {
+        self.value = value
+        self.context = context
+        self.siblings = siblings
+        self.writtenBack = writtenBack
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension Resolved: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeResolved: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Resolved {
+        return
+            try Resolved(
+                value: FfiConverterOptionData.read(from: &buf), 
+                context: FfiConverterData.read(from: &buf), 
+                siblings: FfiConverterUInt32.read(from: &buf), 
+                writtenBack: FfiConverterBool.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: Resolved, into buf: inout [UInt8]) {
+        FfiConverterOptionData.write(value.value, into: &buf)
+        FfiConverterData.write(value.context, into: &buf)
+        FfiConverterUInt32.write(value.siblings, into: &buf)
+        FfiConverterBool.write(value.writtenBack, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeResolved_lift(_ buf: RustBuffer) throws -> Resolved {
+    return try FfiConverterTypeResolved.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeResolved_lower(_ value: Resolved) -> RustBuffer {
+    return FfiConverterTypeResolved.lower(value)
+}
+
+
+/**
+ * What a resolver is given: every concurrent value of one key, with its metadata.
+ */
+public struct Siblings: Equatable, Hashable {
+    public var key: Data
+    /**
+     * The live values, oldest write first.
+     */
+    public var values: [Data]
+    /**
+     * The write time of each value, in milliseconds since the epoch (by the clock of the node
+     * that coordinated that write), in the order of `values`.
+     */
+    public var timestampsMs: [UInt64]
+    /**
+     * Whether a delete is concurrent with the values (resolving also supersedes it).
+     */
+    public var tombstone: Bool
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(key: Data, 
+        /**
+         * The live values, oldest write first.
+         */values: [Data], 
+        /**
+         * The write time of each value, in milliseconds since the epoch (by the clock of the node
+         * that coordinated that write), in the order of `values`.
+         */timestampsMs: [UInt64], 
+        /**
+         * Whether a delete is concurrent with the values (resolving also supersedes it).
+         */tombstone: Bool) {
+        self.key = key
+        self.values = values
+        self.timestampsMs = timestampsMs
+        self.tombstone = tombstone
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension Siblings: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeSiblings: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Siblings {
+        return
+            try Siblings(
+                key: FfiConverterData.read(from: &buf), 
+                values: FfiConverterSequenceData.read(from: &buf), 
+                timestampsMs: FfiConverterSequenceUInt64.read(from: &buf), 
+                tombstone: FfiConverterBool.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: Siblings, into buf: inout [UInt8]) {
+        FfiConverterData.write(value.key, into: &buf)
+        FfiConverterSequenceData.write(value.values, into: &buf)
+        FfiConverterSequenceUInt64.write(value.timestampsMs, into: &buf)
+        FfiConverterBool.write(value.tombstone, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSiblings_lift(_ buf: RustBuffer) throws -> Siblings {
+    return try FfiConverterTypeSiblings.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSiblings_lower(_ value: Siblings) -> RustBuffer {
+    return FfiConverterTypeSiblings.lower(value)
+}
+
+
+/**
+ * Who coordinates a client's requests (paper 6.4).
  */
 
 public enum Coordination: Equatable, Hashable {
     
     /**
-     * The client pulls the ring, reads each key's replicas itself and sends writes straight
-     * to a replica of the key.
+     * The client pulls the ring, coordinates reads itself and sends each write straight to a
+     * replica of the key.
      */
     case client
     /**
@@ -1424,6 +2540,13 @@ enum DynamoKvError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError 
     case Timeout(after: TimeInterval
     )
     /**
+     * The resolver of a resolving get failed (a custom resolver threw, or a built-in met
+     * values it cannot merge). Nothing was written. The facade rethrows a Swift closure's own
+     * error instead of this.
+     */
+    case ResolverFailed(message: String
+    )
+    /**
      * A server bug or storage failure (or a failure inside this SDK); the message has details.
      */
     case Internal(message: String
@@ -1521,7 +2644,10 @@ public struct FfiConverterTypeDynamoKvError: FfiConverterRustBuffer {
         case 12: return .Timeout(
             after: try FfiConverterDuration.read(from: &buf)
             )
-        case 13: return .Internal(
+        case 13: return .ResolverFailed(
+            message: try FfiConverterString.read(from: &buf)
+            )
+        case 14: return .Internal(
             message: try FfiConverterString.read(from: &buf)
             )
 
@@ -1601,8 +2727,13 @@ public struct FfiConverterTypeDynamoKvError: FfiConverterRustBuffer {
             FfiConverterDuration.write(after, into: &buf)
             
         
-        case let .Internal(message):
+        case let .ResolverFailed(message):
             writeInt(&buf, Int32(13))
+            FfiConverterString.write(message, into: &buf)
+            
+        
+        case let .Internal(message):
+            writeInt(&buf, Int32(14))
             FfiConverterString.write(message, into: &buf)
             
         }
@@ -1622,6 +2753,311 @@ public func FfiConverterTypeDynamoKvError_lift(_ buf: RustBuffer) throws -> Dyna
 #endif
 public func FfiConverterTypeDynamoKvError_lower(_ value: DynamoKvError) -> RustBuffer {
     return FfiConverterTypeDynamoKvError.lower(value)
+}
+
+
+/**
+ * One key's outcome in a `getMany` batch.
+ */
+
+public enum GetOutcome: Equatable, Hashable {
+    
+    case success(value: GetResult
+    )
+    case failure(error: DynamoKvError
+    )
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension GetOutcome: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeGetOutcome: FfiConverterRustBuffer {
+    typealias SwiftType = GetOutcome
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> GetOutcome {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .success(value: try FfiConverterTypeGetResult.read(from: &buf)
+        )
+        
+        case 2: return .failure(error: try FfiConverterTypeDynamoKvError.read(from: &buf)
+        )
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: GetOutcome, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case let .success(value):
+            writeInt(&buf, Int32(1))
+            FfiConverterTypeGetResult.write(value, into: &buf)
+            
+        
+        case let .failure(error):
+            writeInt(&buf, Int32(2))
+            FfiConverterTypeDynamoKvError.write(error, into: &buf)
+            
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeGetOutcome_lift(_ buf: RustBuffer) throws -> GetOutcome {
+    return try FfiConverterTypeGetOutcome.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeGetOutcome_lower(_ value: GetOutcome) -> RustBuffer {
+    return FfiConverterTypeGetOutcome.lower(value)
+}
+
+
+
+/**
+ * One item's outcome in a `putMany` batch: the new context, or why it failed.
+ */
+
+public enum PutOutcome: Equatable, Hashable {
+    
+    case success(context: Data
+    )
+    case failure(error: DynamoKvError
+    )
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension PutOutcome: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypePutOutcome: FfiConverterRustBuffer {
+    typealias SwiftType = PutOutcome
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> PutOutcome {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .success(context: try FfiConverterData.read(from: &buf)
+        )
+        
+        case 2: return .failure(error: try FfiConverterTypeDynamoKvError.read(from: &buf)
+        )
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: PutOutcome, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case let .success(context):
+            writeInt(&buf, Int32(1))
+            FfiConverterData.write(context, into: &buf)
+            
+        
+        case let .failure(error):
+            writeInt(&buf, Int32(2))
+            FfiConverterTypeDynamoKvError.write(error, into: &buf)
+            
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePutOutcome_lift(_ buf: RustBuffer) throws -> PutOutcome {
+    return try FfiConverterTypePutOutcome.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePutOutcome_lower(_ value: PutOutcome) -> RustBuffer {
+    return FfiConverterTypePutOutcome.lower(value)
+}
+
+
+
+/**
+ * One key's outcome in a `getManyResolved` batch.
+ */
+
+public enum ResolvedOutcome: Equatable, Hashable {
+    
+    case success(value: Resolved
+    )
+    case failure(error: DynamoKvError
+    )
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension ResolvedOutcome: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeResolvedOutcome: FfiConverterRustBuffer {
+    typealias SwiftType = ResolvedOutcome
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ResolvedOutcome {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .success(value: try FfiConverterTypeResolved.read(from: &buf)
+        )
+        
+        case 2: return .failure(error: try FfiConverterTypeDynamoKvError.read(from: &buf)
+        )
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: ResolvedOutcome, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case let .success(value):
+            writeInt(&buf, Int32(1))
+            FfiConverterTypeResolved.write(value, into: &buf)
+            
+        
+        case let .failure(error):
+            writeInt(&buf, Int32(2))
+            FfiConverterTypeDynamoKvError.write(error, into: &buf)
+            
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeResolvedOutcome_lift(_ buf: RustBuffer) throws -> ResolvedOutcome {
+    return try FfiConverterTypeResolvedOutcome.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeResolvedOutcome_lower(_ value: ResolvedOutcome) -> RustBuffer {
+    return FfiConverterTypeResolvedOutcome.lower(value)
+}
+
+
+
+/**
+ * What a [`SiblingResolver`] throws when it cannot resolve. The call that used it then
+ * throws `DynamoKvError.ResolverFailed` with `message`, and nothing is written. (The Swift
+ * facade keeps the closure's own error aside and rethrows that instead.)
+ */
+public 
+enum ResolverError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
+
+    
+    
+    case Failed(message: String
+    )
+
+    
+
+    
+
+    
+    public var errorDescription: String? {
+        String(reflecting: self)
+    }
+    
+}
+
+#if compiler(>=6)
+extension ResolverError: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeResolverError: FfiConverterRustBuffer {
+    typealias SwiftType = ResolverError
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ResolverError {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+
+        
+
+        
+        case 1: return .Failed(
+            message: try FfiConverterString.read(from: &buf)
+            )
+
+         default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: ResolverError, into buf: inout [UInt8]) {
+        switch value {
+
+        
+
+        
+        
+        case let .Failed(message):
+            writeInt(&buf, Int32(1))
+            FfiConverterString.write(message, into: &buf)
+            
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeResolverError_lift(_ buf: RustBuffer) throws -> ResolverError {
+    return try FfiConverterTypeResolverError.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeResolverError_lower(_ value: ResolverError) -> RustBuffer {
+    return FfiConverterTypeResolverError.lower(value)
 }
 
 #if swift(>=5.8)
@@ -1667,6 +3103,30 @@ fileprivate struct FfiConverterOptionUInt64: FfiConverterRustBuffer {
         switch try readInt(&buf) as Int8 {
         case 0: return nil
         case 1: return try FfiConverterUInt64.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
+    typealias SwiftType = String?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterString.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterString.read(from: &buf)
         default: throw UniffiInternalError.unexpectedOptionalTag
         }
     }
@@ -1747,6 +3207,31 @@ fileprivate struct FfiConverterOptionTypeCoordination: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceUInt64: FfiConverterRustBuffer {
+    typealias SwiftType = [UInt64]
+
+    public static func write(_ value: [UInt64], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterUInt64.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [UInt64] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [UInt64]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterUInt64.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceString: FfiConverterRustBuffer {
     typealias SwiftType = [String]
 
@@ -1789,6 +3274,31 @@ fileprivate struct FfiConverterSequenceData: FfiConverterRustBuffer {
         seq.reserveCapacity(Int(len))
         for _ in 0 ..< len {
             seq.append(try FfiConverterData.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeClockEntry: FfiConverterRustBuffer {
+    typealias SwiftType = [ClockEntry]
+
+    public static func write(_ value: [ClockEntry], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeClockEntry.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [ClockEntry] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [ClockEntry]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeClockEntry.read(from: &buf))
         }
         return seq
     }
@@ -1843,6 +3353,106 @@ fileprivate struct FfiConverterSequenceTypeNodeHealth: FfiConverterRustBuffer {
         return seq
     }
 }
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypePutItem: FfiConverterRustBuffer {
+    typealias SwiftType = [PutItem]
+
+    public static func write(_ value: [PutItem], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypePutItem.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [PutItem] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [PutItem]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypePutItem.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeGetOutcome: FfiConverterRustBuffer {
+    typealias SwiftType = [GetOutcome]
+
+    public static func write(_ value: [GetOutcome], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeGetOutcome.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [GetOutcome] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [GetOutcome]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeGetOutcome.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypePutOutcome: FfiConverterRustBuffer {
+    typealias SwiftType = [PutOutcome]
+
+    public static func write(_ value: [PutOutcome], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypePutOutcome.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [PutOutcome] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [PutOutcome]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypePutOutcome.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeResolvedOutcome: FfiConverterRustBuffer {
+    typealias SwiftType = [ResolvedOutcome]
+
+    public static func write(_ value: [ResolvedOutcome], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeResolvedOutcome.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [ResolvedOutcome] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [ResolvedOutcome]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeResolvedOutcome.read(from: &buf))
+        }
+        return seq
+    }
+}
 private let UNIFFI_RUST_FUTURE_POLL_READY: Int8 = 0
 private let UNIFFI_RUST_FUTURE_POLL_WAKE: Int8 = 1
 
@@ -1891,6 +3501,149 @@ fileprivate func uniffiFutureContinuationCallback(handle: UInt64, pollResult: In
         print("uniffiFutureContinuationCallback invalid handle")
     }
 }
+private func uniffiTraitInterfaceCallAsync<T>(
+    makeCall: @escaping () async throws -> T,
+    handleSuccess: @escaping (T) -> (),
+    handleError: @escaping (Int8, RustBuffer) -> (),
+    droppedCallback: UnsafeMutablePointer<UniffiForeignFutureDroppedCallbackStruct>
+) {
+    let task = Task {
+        // Note: it's important we call either `handleSuccess` or `handleError` exactly once.  Each
+        // call consumes an Arc reference, which means there should be no possibility of a double
+        // call.  The following code is structured so that will will never call both `handleSuccess`
+        // and `handleError`, even in the face of weird errors.
+        //
+        // On platforms that need extra machinery to make C-ABI calls, like JNA or ctypes, it's
+        // possible that we fail to make either call.  However, it doesn't seem like this is
+        // possible on Swift since swift can just make the C call directly.
+        var callResult: T
+        do {
+            callResult = try await makeCall()
+        } catch {
+            handleError(CALL_UNEXPECTED_ERROR, FfiConverterString.lower(String(describing: error)))
+            return
+        }
+        handleSuccess(callResult)
+    }
+    let handle = UNIFFI_FOREIGN_FUTURE_HANDLE_MAP.insert(obj: task)
+    droppedCallback.pointee = UniffiForeignFutureDroppedCallbackStruct(
+        handle: handle,
+        free: uniffiForeignFutureDroppedCallback
+    )
+}
+
+private func uniffiTraitInterfaceCallAsyncWithError<T, E>(
+    makeCall: @escaping () async throws -> T,
+    handleSuccess: @escaping (T) -> (),
+    handleError: @escaping (Int8, RustBuffer) -> (),
+    lowerError: @escaping (E) -> RustBuffer,
+    droppedCallback: UnsafeMutablePointer<UniffiForeignFutureDroppedCallbackStruct>
+) {
+    let task = Task {
+        // See the note in uniffiTraitInterfaceCallAsync for details on `handleSuccess` and
+        // `handleError`.
+        var callResult: T
+        do {
+            callResult = try await makeCall()
+        } catch let error as E {
+            handleError(CALL_ERROR, lowerError(error))
+            return
+        } catch {
+            handleError(CALL_UNEXPECTED_ERROR, FfiConverterString.lower(String(describing: error)))
+            return
+        }
+        handleSuccess(callResult)
+    }
+    let handle = UNIFFI_FOREIGN_FUTURE_HANDLE_MAP.insert(obj: task)
+    droppedCallback.pointee = UniffiForeignFutureDroppedCallbackStruct(
+        handle: handle,
+        free: uniffiForeignFutureDroppedCallback
+    )
+}
+
+// Borrow the callback handle map implementation to store foreign future handles
+// TODO: consolidate the handle-map code (https://github.com/mozilla/uniffi-rs/pull/1823)
+fileprivate let UNIFFI_FOREIGN_FUTURE_HANDLE_MAP = UniffiHandleMap<UniffiForeignFutureTask>()
+
+// Protocol for tasks that handle foreign futures.
+//
+// Defining a protocol allows all tasks to be stored in the same handle map.  This can't be done
+// with the task object itself, since has generic parameters.
+fileprivate protocol UniffiForeignFutureTask {
+    func cancel()
+}
+
+extension Task: UniffiForeignFutureTask {}
+
+private func uniffiForeignFutureDroppedCallback(handle: UInt64) {
+    do {
+        let task = try UNIFFI_FOREIGN_FUTURE_HANDLE_MAP.remove(handle: handle)
+        // Set the cancellation flag on the task.  If it's still running, the code can check the
+        // cancellation flag or call `Task.checkCancellation()`.  If the task has completed, this is
+        // a no-op.
+        task.cancel()
+    } catch {
+        print("uniffiForeignFutureDroppedCallback: handle missing from handlemap")
+    }
+}
+
+// For testing
+public func uniffiForeignFutureHandleCountDynamokvSwift() -> Int {
+    UNIFFI_FOREIGN_FUTURE_HANDLE_MAP.count
+}
+/**
+ * Decodes `context`, which a get or put of `key` returned (empty bytes: the empty context).
+ * Bytes that are not a context of `key` are `InvalidContext`, with the message a node gives.
+ */
+public func describeContext(key: Data, context: Data)throws  -> ContextDescription  {
+    return try  FfiConverterTypeContextDescription_lift(try rustCallWithError(FfiConverterTypeDynamoKvError_lift) {
+        uniffiCallStatus in
+    uniffi_dynamokv_swift_fn_func_describe_context(
+        FfiConverterData.lower(key),
+        FfiConverterData.lower(context),uniffiCallStatus
+    )
+})
+}
+/**
+ * A key's position on the ring (the MD5 digest of the key as a big-endian 128-bit integer),
+ * as a decimal string: Swift has no 128-bit integer to carry it.
+ */
+public func keyPosition(key: Data) -> String  {
+    return try!  FfiConverterString.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_dynamokv_swift_fn_func_key_position(
+        FfiConverterData.lower(key),uniffiCallStatus
+    )
+})
+}
+/**
+ * The partition holding `key` on a ring of `partitions` partitions (a power of two from 1 to
+ * 2^20, else `InvalidConfig`).
+ */
+public func partitionOf(key: Data, partitions: UInt32)throws  -> UInt32  {
+    return try  FfiConverterUInt32.lift(try rustCallWithError(FfiConverterTypeDynamoKvError_lift) {
+        uniffiCallStatus in
+    uniffi_dynamokv_swift_fn_func_partition_of(
+        FfiConverterData.lower(key),
+        FfiConverterUInt32.lower(partitions),uniffiCallStatus
+    )
+})
+}
+/**
+ * The preference list of `key` on the ring of `members` with `partitions` partitions and `n`
+ * replicas. A membership that forms no ring, or `n` = 0, is `InvalidConfig`.
+ */
+public func preferenceList(members: [MemberInfo], partitions: UInt32, key: Data, n: UInt32)throws  -> PreferenceList  {
+    return try  FfiConverterTypePreferenceList_lift(try rustCallWithError(FfiConverterTypeDynamoKvError_lift) {
+        uniffiCallStatus in
+    uniffi_dynamokv_swift_fn_func_preference_list(
+        FfiConverterSequenceTypeMemberInfo.lower(members),
+        FfiConverterUInt32.lower(partitions),
+        FfiConverterData.lower(key),
+        FfiConverterUInt32.lower(n),uniffiCallStatus
+    )
+})
+}
 
 private enum InitializationResult {
     case ok
@@ -1907,7 +3660,25 @@ private let initializationResult: InitializationResult = {
     if bindings_contract_version != scaffolding_contract_version {
         return InitializationResult.contractVersionMismatch
     }
+    if (uniffi_dynamokv_swift_checksum_func_describe_context() != 24528) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_dynamokv_swift_checksum_func_key_position() != 52815) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_dynamokv_swift_checksum_func_partition_of() != 62208) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_dynamokv_swift_checksum_func_preference_list() != 40915) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_dynamokv_swift_checksum_method_dynamokvclient_cluster_info() != 22671) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_dynamokv_swift_checksum_method_dynamokvclient_connect() != 22249) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_dynamokv_swift_checksum_method_dynamokvclient_coordination() != 28367) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_dynamokv_swift_checksum_method_dynamokvclient_delete() != 23382) {
@@ -1916,16 +3687,50 @@ private let initializationResult: InitializationResult = {
     if (uniffi_dynamokv_swift_checksum_method_dynamokvclient_get() != 31096) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_dynamokv_swift_checksum_method_dynamokvclient_get_many() != 20457) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_dynamokv_swift_checksum_method_dynamokvclient_get_many_resolved() != 12745) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_dynamokv_swift_checksum_method_dynamokvclient_get_resolved() != 64098) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_dynamokv_swift_checksum_method_dynamokvclient_node_health() != 680) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_dynamokv_swift_checksum_method_dynamokvclient_put() != 9227) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_dynamokv_swift_checksum_method_dynamokvclient_put_many() != 46543) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_dynamokv_swift_checksum_method_dynamokvclient_refresh_ring() != 44371) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_dynamokv_swift_checksum_method_dynamokvclient_ring_version() != 45062) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_dynamokv_swift_checksum_method_conflictresolver_kind() != 5459) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_dynamokv_swift_checksum_method_siblingresolver_resolve() != 12788) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_dynamokv_swift_checksum_constructor_dynamokvclient_new() != 58478) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_dynamokv_swift_checksum_constructor_conflictresolver_custom() != 38382) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_dynamokv_swift_checksum_constructor_conflictresolver_last_writer_wins() != 55885) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_dynamokv_swift_checksum_constructor_conflictresolver_union_json() != 31959) {
+        return InitializationResult.apiChecksumMismatch
+    }
 
+    uniffiCallbackInitSiblingResolver()
     return InitializationResult.ok
 }()
 

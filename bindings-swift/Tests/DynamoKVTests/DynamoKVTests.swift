@@ -1,5 +1,5 @@
 // Tests of the Swift SDK against a live single-node DynamoKV server (memory engine, ephemeral
-// port). The server binary comes from DYNAMOKV_BIN, else $CARGO_TARGET_DIR/release/dynamokv,
+// port); ClusterTests.swift has those that need a 3-node cluster. The server binary comes from DYNAMOKV_BIN, else $CARGO_TARGET_DIR/release/dynamokv,
 // else <repo>/target/release/dynamokv. tests/test_ffi.py drives the same scaffolding from
 // Python on machines without Swift.
 
@@ -82,6 +82,9 @@ final class FirstLineReader: @unchecked Sendable {
 final class TestNode {
     let process: Process
     let address: String
+    let nodeId: String
+    /// `http://HOST:PORT/metrics` when the node was started with `--metrics-listen`.
+    let metricsURL: URL?
 
     static func binary() throws -> String {
         let env = ProcessInfo.processInfo.environment
@@ -107,14 +110,15 @@ final class TestNode {
     /// The TOML config file given with `config`, removed when the node stops.
     private let configFile: URL?
 
-    /// Starts a node; `config` is the text of a TOML config file, which the flags override.
-    init(config: String? = nil) throws {
+    /// Starts a node; `config` is the text of a TOML config file, which the flags override;
+    /// `extra` are further `serve` flags (`--join`, `--metrics-listen`).
+    init(config: String? = nil, nodeId: String = "test-1", extra: [String] = []) throws {
         let binary = try TestNode.binary()
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
         var arguments = [
-            "serve", "--listen", "127.0.0.1:0", "--engine", "memory", "--node-id", "test-1",
-        ]
+            "serve", "--listen", "127.0.0.1:0", "--engine", "memory", "--node-id", nodeId,
+        ] + extra
         var configFile: URL? = nil
         if let config = config {
             let file = FileManager.default.temporaryDirectory
@@ -139,7 +143,15 @@ final class TestNode {
             throw TestNodeError.noAddress(line)
         }
         self.process = process
+        self.nodeId = nodeId
         self.address = String(line[marker.upperBound...].prefix { $0 != " " })
+        // "... (pid N, data in memory), metrics at http://HOST:PORT/metrics"
+        if let metrics = line.range(of: "metrics at ") {
+            self.metricsURL = URL(
+                string: String(line[metrics.upperBound...]).trimmingCharacters(in: .whitespaces))
+        } else {
+            self.metricsURL = nil
+        }
     }
 
     func stop() {
@@ -520,6 +532,7 @@ final class DynamoKVTests: XCTestCase {
         XCTAssertEqual(lost.code(), "OUTCOME_UNKNOWN")
         XCTAssertTrue("\(lost)".contains(String(repeating: "ab", count: 16)))
         XCTAssertEqual(DynamoKvError.SiblingLimit(message: "m").code(), "SIBLING_LIMIT")
+        XCTAssertEqual(DynamoKvError.ResolverFailed(message: "m").code(), "RESOLVER_FAILED")
     }
 
     // MARK: Write ids and the sibling limit
