@@ -16,5 +16,6 @@ mod durability;
 mod elasticity;
 mod failure_detection;
 mod healing;
+mod hostile_bytes;
 mod observability;
 mod versioning;
