@@ -296,6 +296,15 @@ async fn serve(config: Config) -> Result<(), String> {
             Engine::Memory => "memory".to_string(),
         }
     );
+    if !node.addr.ip().is_loopback() {
+        tracing::warn!(
+            "serving PLAIN TEXT on {}, an address other machines may reach: anyone who can \
+             connect can read and write every key and call the node-to-node service. This build \
+             has no TLS or authentication yet; listen on a loopback address, or keep the node on \
+             a network only its cluster and trusted clients reach",
+            node.addr
+        );
+    }
     node.serve(shutdown).await.map_err(|e| e.to_string())
 }
 

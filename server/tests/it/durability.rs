@@ -195,3 +195,34 @@ fn sync_replicas_above_w_is_a_config_error() {
     let err = c.validate().unwrap_err().to_string();
     assert!(err.contains("cluster.sync_replicas = 3"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_serving_plain_text_beyond_loopback_says_so_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |listen: &str, name: &str| {
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!("node_id = \"{name}\"\nlisten = \"{listen}\"\nengine = \"memory\"\n"),
+        )
+        .unwrap();
+        let log = dir.path().join(format!("{name}.log"));
+        (Process::spawn_with_config(&config, &log), log)
+    };
+    let warning = "serving PLAIN TEXT";
+    // Every interface: the warning. Clients still reach it on loopback (the node is asked once
+    // it serves, by which time the warning is written).
+    let (open, open_log) = start("0.0.0.0:0", "open");
+    let seed = format!("127.0.0.1:{}", open.addr.port());
+    let client = Client::connect([seed]).await.unwrap();
+    client.put("k", b"v".to_vec(), None).await.unwrap();
+    let text = std::fs::read_to_string(&open_log).unwrap();
+    assert!(text.contains(warning), "no warning in the log:\n{text}");
+    // Loopback only: none.
+    let (closed, closed_log) = start("127.0.0.1:0", "closed");
+    let client = Client::connect([closed.seed()]).await.unwrap();
+    client.put("k", b"v".to_vec(), None).await.unwrap();
+    let text = std::fs::read_to_string(&closed_log).unwrap();
+    assert!(!text.contains(warning), "a loopback node warned:\n{text}");
+    drop((open, closed));
+}
