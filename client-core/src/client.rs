@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use dynamokv_common::{Limits, Member, Ring, decode_routed_context};
+use dynamokv_common::{Limits, Ring, decode_routed_context};
 use dynamokv_proto::transport::is_silence;
 use dynamokv_proto::v1 as pb;
 use dynamokv_proto::v1::kv_client::KvClient;
@@ -1012,9 +1012,22 @@ impl Client {
 
     /// The cluster's membership and settings, as one node reports them.
     pub async fn cluster_info(&self) -> Result<ClusterInfo, Error> {
+        Ok(self.fetch_view().await?.info.clone())
+    }
+
+    /// The cluster's ring, computed here from the membership a node reports, with the same
+    /// shared code the nodes use: `ring.preference_list(key, n)` names the replicas of a key.
+    pub async fn ring(&self) -> Result<(Ring, ClusterInfo), Error> {
+        let view = self.fetch_view().await?;
+        Ok((view.ring.clone(), view.info.clone()))
+    }
+
+    /// A membership answer as a ring view: pulled and installed for routing (client-driven),
+    /// else asked of the seeds in turn.
+    async fn fetch_view(&self) -> Result<Arc<RingView>, Error> {
         let deadline = Instant::now() + self.inner.options.request_timeout;
         if self.inner.options.coordination == Coordination::Client {
-            return Ok(self.inner.pull_ring(deadline).await?.info.clone());
+            return self.inner.pull_ring(deadline).await;
         }
         let targets = self.seed_order();
         let reply = self
@@ -1024,26 +1037,7 @@ impl Client {
                 kv.membership(req).await.map(|r| (None, r.into_inner()))
             })
             .await?;
-        Ok(RingView::from_membership(reply)?.info)
-    }
-
-    /// The cluster's ring, computed here from the membership a node reports, with the same
-    /// shared code the nodes use: `ring.preference_list(key, n)` names the replicas of a key.
-    pub async fn ring(&self) -> Result<(Ring, ClusterInfo), Error> {
-        let info = self.cluster_info().await?;
-        let members = info
-            .members
-            .iter()
-            .map(|m| {
-                Member::new(m.id.clone(), m.address.clone())
-                    .with_zone(m.zone.clone())
-                    .with_weight(m.weight)
-            })
-            .collect();
-        let ring = Ring::new(info.partitions, members).map_err(|e| Error::Internal {
-            message: format!("the cluster reported a membership that forms no ring: {e}"),
-        })?;
-        Ok((ring, info))
+        Ok(Arc::new(RingView::from_membership(reply)?))
     }
 
     /// The client's own view of its nodes: which answer, which it avoids (paper 4.8.3). The

@@ -300,12 +300,7 @@ pub(crate) async fn get(
         }));
     }
     let now = now_ms();
-    let mut merged = VersionedState::new();
-    for (_, s) in &replies {
-        if let Some(s) = s {
-            merged.merge(s, now);
-        }
-    }
+    let merged = merge_all(&replies, now);
     let context = encode_routed_context(&key, &CausalContext::of_read(&merged), fastest.as_deref());
     let result = GetResult {
         values: merged
@@ -342,6 +337,15 @@ pub(crate) async fn get(
     Ok(result)
 }
 
+/// Every answered state merged into one.
+fn merge_all(replies: &[(Member, Option<VersionedState>)], now: u64) -> VersionedState {
+    let mut merged = VersionedState::new();
+    for s in replies.iter().filter_map(|(_, s)| s.as_ref()) {
+        merged.merge(s, now);
+    }
+    merged
+}
+
 /// Sends the merged state to every replica whose answer lacked part of it.
 async fn read_repair(
     nodes: &Arc<Nodes>,
@@ -351,12 +355,7 @@ async fn read_repair(
     budget: Duration,
 ) {
     let now = now_ms();
-    let mut merged = VersionedState::new();
-    for (_, s) in &replies {
-        if let Some(s) = s {
-            merged.merge(s, now);
-        }
-    }
+    let mut merged = merge_all(&replies, now);
     if merged.clock().is_empty() {
         return;
     }
