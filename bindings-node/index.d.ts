@@ -19,6 +19,10 @@ export type ErrorCodeName =
   | 'OUTCOME_UNKNOWN'
   | 'SIBLING_LIMIT'
   | 'UNAVAILABLE'
+  | 'OVERLOADED'
+  | 'UNAUTHENTICATED'
+  | 'PERMISSION_DENIED'
+  | 'TLS'
   | 'TIMEOUT'
   | 'RESOLVER_FAILED'
   | 'INTERNAL';
@@ -35,6 +39,13 @@ export declare const ErrorCode: Readonly<{ [K in ErrorCodeName]: K }>;
  * - `SIBLING_LIMIT`: a blind write (its context does not cover what the key holds) would grow
  *   the key past its sibling or size limit. Nothing was written: get the key and put the
  *   resolved value with the get's context.
+ * - `OVERLOADED`: the nodes tried are at their cap of concurrent requests or connections and
+ *   did nothing: retry later, with backoff.
+ * - `UNAUTHENTICATED`: no credentials (`token`, or `clientCert` and `clientKey`), or ones the
+ *   cluster does not accept. Nothing was done.
+ * - `PERMISSION_DENIED`: the user lacks the permission the request needs (the message names
+ *   it, with the key). Nothing was done.
+ * - `TLS`: the TLS handshake failed; the message says which side refused and why.
  * - `TIMEOUT`: a read (get, clusterInfo) ran out of time. Writes never give it: a write that
  *   runs out of time gives `OUTCOME_UNKNOWN`.
  * - `MISSING_FIELD`: a malformed request, such as a `writeId` that is not 32 hex digits.

@@ -24,6 +24,10 @@ mod classes {
     pyo3::import_exception!(dynamokv._errors, OutcomeUnknownError);
     pyo3::import_exception!(dynamokv._errors, SiblingLimitError);
     pyo3::import_exception!(dynamokv._errors, UnavailableError);
+    pyo3::import_exception!(dynamokv._errors, OverloadedError);
+    pyo3::import_exception!(dynamokv._errors, UnauthenticatedError);
+    pyo3::import_exception!(dynamokv._errors, PermissionDeniedError);
+    pyo3::import_exception!(dynamokv._errors, TlsError);
     pyo3::import_exception!(dynamokv._errors, RequestTimeoutError);
     pyo3::import_exception!(dynamokv._errors, ResolverError);
     pyo3::import_exception!(dynamokv._errors, InternalError);
@@ -53,6 +57,10 @@ pub(crate) fn to_py(err: Error) -> PyErr {
         }
         Error::SiblingLimit { .. } => PyErr::new::<SiblingLimitError, _>((message,)),
         Error::Unavailable { .. } => PyErr::new::<UnavailableError, _>((message,)),
+        Error::Overloaded { .. } => PyErr::new::<OverloadedError, _>((message,)),
+        Error::Unauthenticated { .. } => PyErr::new::<UnauthenticatedError, _>((message,)),
+        Error::PermissionDenied { .. } => PyErr::new::<PermissionDeniedError, _>((message,)),
+        Error::Tls { .. } => PyErr::new::<TlsError, _>((message,)),
         Error::Timeout { after } => {
             PyErr::new::<RequestTimeoutError, _>((message, after.as_secs_f64()))
         }

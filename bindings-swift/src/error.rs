@@ -41,6 +41,17 @@ pub enum DynamoKvError {
     SiblingLimit { message: String },
     /// No node could be reached, or every node tried was shutting down.
     Unavailable { message: String },
+    /// The nodes tried are at their cap of concurrent requests or connections and did
+    /// nothing: retry later, with backoff.
+    Overloaded { message: String },
+    /// No credentials (`token`, or `clientCert` and `clientKey`), or ones the cluster does not
+    /// accept. Nothing was done.
+    Unauthenticated { message: String },
+    /// The user lacks the permission the request needs (the message names it). Nothing was
+    /// done.
+    PermissionDenied { message: String },
+    /// The TLS handshake failed; the message says which side refused and why.
+    Tls { message: String },
     /// A read did not finish before its deadline (a write that runs out of time is
     /// `OutcomeUnknown`).
     Timeout { after: Duration },
@@ -120,6 +131,10 @@ impl From<kv::Error> for DynamoKvError {
             },
             E::SiblingLimit { message } => DynamoKvError::SiblingLimit { message },
             E::Unavailable { message } => DynamoKvError::Unavailable { message },
+            E::Overloaded { message } => DynamoKvError::Overloaded { message },
+            E::Unauthenticated { message } => DynamoKvError::Unauthenticated { message },
+            E::PermissionDenied { message } => DynamoKvError::PermissionDenied { message },
+            E::Tls { message } => DynamoKvError::Tls { message },
             E::Timeout { after } => DynamoKvError::Timeout { after },
             E::ResolverFailed { message } => DynamoKvError::ResolverFailed { message },
             E::Internal { message } => DynamoKvError::Internal { message },
@@ -165,6 +180,10 @@ impl From<&DynamoKvError> for kv::Error {
             },
             D::SiblingLimit { message } => kv::Error::SiblingLimit { message },
             D::Unavailable { message } => kv::Error::Unavailable { message },
+            D::Overloaded { message } => kv::Error::Overloaded { message },
+            D::Unauthenticated { message } => kv::Error::Unauthenticated { message },
+            D::PermissionDenied { message } => kv::Error::PermissionDenied { message },
+            D::Tls { message } => kv::Error::Tls { message },
             D::Timeout { after } => kv::Error::Timeout { after },
             D::ResolverFailed { message } => kv::Error::ResolverFailed { message },
             D::Internal { message } => kv::Error::Internal { message },
@@ -245,6 +264,18 @@ mod tests {
                 message: "m".into(),
             },
             kv::Error::Unavailable {
+                message: "m".into(),
+            },
+            kv::Error::Overloaded {
+                message: "m".into(),
+            },
+            kv::Error::Unauthenticated {
+                message: "m".into(),
+            },
+            kv::Error::PermissionDenied {
+                message: "m".into(),
+            },
+            kv::Error::Tls {
                 message: "m".into(),
             },
             kv::Error::Timeout {

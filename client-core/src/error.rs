@@ -62,6 +62,24 @@ pub enum Error {
     /// No node could be reached, or every node tried was shutting down.
     #[error("no DynamoKV node could serve the request: {message}")]
     Unavailable { message: String },
+    /// The node is at its cap of concurrent requests or connections and did nothing: retry
+    /// later, with backoff. The client already tried the other nodes it could.
+    #[error("{message}")]
+    Overloaded { message: String },
+    /// The client presented no credentials, or credentials the cluster does not accept (an
+    /// unknown or revoked token, a client certificate the cluster does not know). Nothing was
+    /// done.
+    #[error("{message}")]
+    Unauthenticated { message: String },
+    /// The client's user lacks the permission the request needs; the message names it.
+    /// Nothing was done.
+    #[error("{message}")]
+    PermissionDenied { message: String },
+    /// The TLS handshake failed: the message says which side refused and why (the node's
+    /// certificate is not signed by the configured CA, the node wants a client certificate,
+    /// the node does not speak TLS, ...). Nothing was sent.
+    #[error("TLS failure: {message}")]
+    Tls { message: String },
     /// The request did not finish before its deadline.
     #[error(
         "the request did not finish within {after:?}: the cluster may be overloaded or unreachable"
@@ -91,6 +109,10 @@ impl Error {
             Error::OutcomeUnknown { .. } => ErrorCode::OutcomeUnknown.as_str(),
             Error::SiblingLimit { .. } => ErrorCode::SiblingLimit.as_str(),
             Error::Unavailable { .. } => ErrorCode::Unavailable.as_str(),
+            Error::Overloaded { .. } => ErrorCode::Overloaded.as_str(),
+            Error::Unauthenticated { .. } => ErrorCode::Unauthenticated.as_str(),
+            Error::PermissionDenied { .. } => ErrorCode::PermissionDenied.as_str(),
+            Error::Tls { .. } => "TLS",
             Error::Timeout { .. } => "TIMEOUT",
             Error::ResolverFailed { .. } => "RESOLVER_FAILED",
             Error::Internal { .. } => ErrorCode::Internal.as_str(),
@@ -116,7 +138,7 @@ impl Failure {
     pub(crate) fn of(status: &Status, err: &Error) -> Failure {
         if status.metadata().contains_key(ERROR_CODE_METADATA) {
             return match err {
-                Error::Unavailable { .. } => Failure::NotApplied,
+                Error::Unavailable { .. } | Error::Overloaded { .. } => Failure::NotApplied,
                 Error::OutcomeUnknown { .. } => Failure::MaybeApplied,
                 _ => Failure::Verdict,
             };
@@ -185,6 +207,9 @@ impl From<Status> for Error {
             },
             Some(ErrorCode::SiblingLimit) => Error::SiblingLimit { message },
             Some(ErrorCode::Unavailable) => Error::Unavailable { message },
+            Some(ErrorCode::Overloaded) => Error::Overloaded { message },
+            Some(ErrorCode::Unauthenticated) => Error::Unauthenticated { message },
+            Some(ErrorCode::PermissionDenied) => Error::PermissionDenied { message },
             Some(ErrorCode::Internal) | Some(_) => Error::Internal { message },
             // Not from a DynamoKV node: the transport failed or something else answered.
             None => match status.code() {

@@ -34,13 +34,20 @@ pub enum ErrorCode {
     SiblingLimit,
     /// The node cannot serve requests now (shutting down, storage failed).
     Unavailable,
+    /// The node is at its cap of concurrent requests or connections: nothing was done, retry
+    /// later (another node may serve it now).
+    Overloaded,
+    /// The caller presented no credentials, or credentials this cluster does not accept.
+    Unauthenticated,
+    /// The caller is known but lacks the permission the request needs (the message names it).
+    PermissionDenied,
     /// A bug or storage corruption; the message has details.
     Internal,
 }
 
 impl ErrorCode {
     /// All codes, for exhaustive tests.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::EmptyKey,
         ErrorCode::KeyTooLarge,
         ErrorCode::ValueTooLarge,
@@ -51,6 +58,9 @@ impl ErrorCode {
         ErrorCode::OutcomeUnknown,
         ErrorCode::SiblingLimit,
         ErrorCode::Unavailable,
+        ErrorCode::Overloaded,
+        ErrorCode::Unauthenticated,
+        ErrorCode::PermissionDenied,
         ErrorCode::Internal,
     ];
 
@@ -67,6 +77,9 @@ impl ErrorCode {
             ErrorCode::OutcomeUnknown => "OUTCOME_UNKNOWN",
             ErrorCode::SiblingLimit => "SIBLING_LIMIT",
             ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::Overloaded => "OVERLOADED",
+            ErrorCode::Unauthenticated => "UNAUTHENTICATED",
+            ErrorCode::PermissionDenied => "PERMISSION_DENIED",
             ErrorCode::Internal => "INTERNAL",
         }
     }

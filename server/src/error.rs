@@ -94,6 +94,15 @@ pub enum Error {
         "node {node} has not joined a cluster yet (it is waiting to hear from its seeds): retry on another node"
     )]
     NotJoined { node: String },
+    /// The node is at a cap (concurrent requests, connections): nothing was done.
+    #[error("node {node} is overloaded ({reason}): nothing was done, retry later")]
+    Overloaded { node: String, reason: String },
+    /// No credentials, or credentials this cluster does not accept. Nothing was done.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The caller lacks a permission the request needs. Nothing was done.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("internal error: {0}")]
@@ -130,6 +139,9 @@ impl Error {
             | Error::TooFewReachable { .. }
             | Error::NotJoined { .. }
             | Error::RingMoved { .. } => ErrorCode::Unavailable,
+            Error::Overloaded { .. } => ErrorCode::Overloaded,
+            Error::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            Error::PermissionDenied(_) => ErrorCode::PermissionDenied,
             Error::Storage(_) | Error::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -146,6 +158,9 @@ impl From<Error> for Status {
                 Code::Unavailable
             }
             ErrorCode::SiblingLimit => Code::FailedPrecondition,
+            ErrorCode::Overloaded => Code::ResourceExhausted,
+            ErrorCode::Unauthenticated => Code::Unauthenticated,
+            ErrorCode::PermissionDenied => Code::PermissionDenied,
             ErrorCode::Internal => Code::Internal,
             _ => Code::InvalidArgument,
         };

@@ -64,6 +64,10 @@ from ._errors import (
     ResolverError,
     SiblingLimitError,
     UnavailableError,
+    OverloadedError,
+    UnauthenticatedError,
+    PermissionDeniedError,
+    TlsError,
     ValueTooLargeError,
 )
 
@@ -90,6 +94,10 @@ __all__ = [
     "OutcomeUnknownError",
     "SiblingLimitError",
     "UnavailableError",
+    "OverloadedError",
+    "UnauthenticatedError",
+    "PermissionDeniedError",
+    "TlsError",
     "RequestTimeoutError",
     "ResolverError",
     "InternalError",

@@ -16,6 +16,10 @@ with the variant's fields as attributes::
     ├── OutcomeUnknownError          .write_id (16 bytes): a write applied once or not at all
     ├── SiblingLimitError            nothing was written: read the key and resolve it
     ├── UnavailableError
+    ├── OverloadedError              the nodes are at their caps and did nothing: retry later
+    ├── UnauthenticatedError         no credentials, or ones the cluster does not accept
+    ├── PermissionDeniedError        the user lacks the permission (named in the message)
+    ├── TlsError                     the TLS handshake failed: which side refused, and why
     ├── RequestTimeoutError          .after (seconds), reads only; also a builtin TimeoutError
     ├── ResolverError                a built-in resolver failed; nothing was written
     └── InternalError
@@ -48,6 +52,10 @@ __all__ = [
     "OutcomeUnknownError",
     "SiblingLimitError",
     "UnavailableError",
+    "OverloadedError",
+    "UnauthenticatedError",
+    "PermissionDeniedError",
+    "TlsError",
     "RequestTimeoutError",
     "ResolverError",
     "InternalError",
@@ -194,6 +202,37 @@ class UnavailableError(DynamoKVError):
 
     def _fields(self) -> Tuple[Any, ...]:
         return ()
+
+
+class OverloadedError(DynamoKVError):
+    """The nodes tried are at their cap of concurrent requests or connections and did nothing.
+
+    Retry later, with backoff.
+    """
+
+    code = "OVERLOADED"
+
+
+class UnauthenticatedError(DynamoKVError):
+    """No credentials (``token``, or ``client_cert`` and ``client_key``), or credentials the
+    cluster does not accept (an unknown or revoked token). Nothing was done."""
+
+    code = "UNAUTHENTICATED"
+
+
+class PermissionDeniedError(DynamoKVError):
+    """The user lacks the permission the request needs; the message names it and the key.
+    Nothing was done."""
+
+    code = "PERMISSION_DENIED"
+
+
+class TlsError(DynamoKVError):
+    """The TLS handshake failed; the message says which side refused and why (a node
+    certificate the configured ``ca_cert`` did not sign, a node that wants a client
+    certificate, a node that does not speak TLS). Nothing was sent."""
+
+    code = "TLS"
 
 
 class RequestTimeoutError(DynamoKVError, TimeoutError):

@@ -2534,6 +2534,29 @@ enum DynamoKvError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError 
     case Unavailable(message: String
     )
     /**
+     * The nodes tried are at their cap of concurrent requests or connections and did
+     * nothing: retry later, with backoff.
+     */
+    case Overloaded(message: String
+    )
+    /**
+     * No credentials (`token`, or `clientCert` and `clientKey`), or ones the cluster does not
+     * accept. Nothing was done.
+     */
+    case Unauthenticated(message: String
+    )
+    /**
+     * The user lacks the permission the request needs (the message names it). Nothing was
+     * done.
+     */
+    case PermissionDenied(message: String
+    )
+    /**
+     * The TLS handshake failed; the message says which side refused and why.
+     */
+    case Tls(message: String
+    )
+    /**
      * A read did not finish before its deadline (a write that runs out of time is
      * `OutcomeUnknown`).
      */
@@ -2641,13 +2664,25 @@ public struct FfiConverterTypeDynamoKvError: FfiConverterRustBuffer {
         case 11: return .Unavailable(
             message: try FfiConverterString.read(from: &buf)
             )
-        case 12: return .Timeout(
-            after: try FfiConverterDuration.read(from: &buf)
-            )
-        case 13: return .ResolverFailed(
+        case 12: return .Overloaded(
             message: try FfiConverterString.read(from: &buf)
             )
-        case 14: return .Internal(
+        case 13: return .Unauthenticated(
+            message: try FfiConverterString.read(from: &buf)
+            )
+        case 14: return .PermissionDenied(
+            message: try FfiConverterString.read(from: &buf)
+            )
+        case 15: return .Tls(
+            message: try FfiConverterString.read(from: &buf)
+            )
+        case 16: return .Timeout(
+            after: try FfiConverterDuration.read(from: &buf)
+            )
+        case 17: return .ResolverFailed(
+            message: try FfiConverterString.read(from: &buf)
+            )
+        case 18: return .Internal(
             message: try FfiConverterString.read(from: &buf)
             )
 
@@ -2722,18 +2757,38 @@ public struct FfiConverterTypeDynamoKvError: FfiConverterRustBuffer {
             FfiConverterString.write(message, into: &buf)
             
         
-        case let .Timeout(after):
+        case let .Overloaded(message):
             writeInt(&buf, Int32(12))
-            FfiConverterDuration.write(after, into: &buf)
+            FfiConverterString.write(message, into: &buf)
             
         
-        case let .ResolverFailed(message):
+        case let .Unauthenticated(message):
             writeInt(&buf, Int32(13))
             FfiConverterString.write(message, into: &buf)
             
         
-        case let .Internal(message):
+        case let .PermissionDenied(message):
             writeInt(&buf, Int32(14))
+            FfiConverterString.write(message, into: &buf)
+            
+        
+        case let .Tls(message):
+            writeInt(&buf, Int32(15))
+            FfiConverterString.write(message, into: &buf)
+            
+        
+        case let .Timeout(after):
+            writeInt(&buf, Int32(16))
+            FfiConverterDuration.write(after, into: &buf)
+            
+        
+        case let .ResolverFailed(message):
+            writeInt(&buf, Int32(17))
+            FfiConverterString.write(message, into: &buf)
+            
+        
+        case let .Internal(message):
+            writeInt(&buf, Int32(18))
             FfiConverterString.write(message, into: &buf)
             
         }
