@@ -13,6 +13,8 @@ pub mod v1 {
         include_bytes!(concat!(env!("OUT_DIR"), "/dynamokv_descriptor.bin"));
 }
 
+pub mod tls;
+
 /// What a failed call says about whether the request reached the other end.
 pub mod transport {
     /// gRPC metadata key that carries a DynamoKV error code on every error status a node
@@ -42,11 +44,17 @@ pub mod transport {
     /// Whether a call that failed with `status` certainly never reached the server, so the
     /// request cannot have been applied: the connection could not be made. Any other failure
     /// (a reset, a timeout, a closed stream) may have come after the server acted on it.
+    ///
+    /// A TLS failure counts as not sent: a server that refuses the handshake (in TLS 1.3 the
+    /// client learns it at its first read, after its request may have been written) never
+    /// reads a request from the connection.
     pub fn certainly_not_sent(status: &tonic::Status) -> bool {
         let mut source: Option<&(dyn std::error::Error + 'static)> =
             std::error::Error::source(status);
         while let Some(err) = source {
-            if err.downcast_ref::<tonic::ConnectError>().is_some() {
+            if err.downcast_ref::<tonic::ConnectError>().is_some()
+                || crate::tls::tls_error(err).is_some()
+            {
                 return true;
             }
             source = err.source();

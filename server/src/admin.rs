@@ -13,10 +13,62 @@ use dynamokv_proto::v1::replica_client::ReplicaClient;
 
 type AdminClient = dynamokv_proto::v1::admin_client::AdminClient<tonic::transport::Channel>;
 
+/// How the operator commands of this process reach a cluster that serves TLS: the CA to trust
+/// and a client certificate or token to present (`--ca-cert`, `--client-cert`, `--client-key`,
+/// `--token`). Set once, by `main`, before any command runs.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub tls: Option<dynamokv_proto::tls::ClientTls>,
+    pub token: Option<String>,
+}
+
+static CREDENTIALS: std::sync::OnceLock<Credentials> = std::sync::OnceLock::new();
+
+/// Uses `credentials` for every operator command of this process.
+pub fn set_credentials(credentials: Credentials) {
+    let _ = CREDENTIALS.set(credentials);
+}
+
+fn credentials() -> Credentials {
+    CREDENTIALS.get().cloned().unwrap_or_default()
+}
+
+/// A connection to the node at `addr`, over TLS when credentials say so.
+async fn channel(addr: &str) -> Result<tonic::transport::Channel, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("{addr:?} is not a host:port address: {e}"))?
+        .connect_timeout(std::time::Duration::from_secs(5));
+    let channel = match credentials().tls {
+        None => endpoint.connect().await.map_err(|e| e.to_string()),
+        Some(tls) => {
+            let channel = dynamokv_proto::tls::connect_lazy(&endpoint, tls);
+            Ok(channel)
+        }
+    };
+    channel.map_err(|e| format!("cannot reach {addr}: {e}"))
+}
+
+/// `request` with the token of this process's credentials, if any.
+fn authorized<T>(request: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(request);
+    if let Some(token) = credentials().token
+        && let Ok(value) = format!("Bearer {token}").parse()
+    {
+        req.metadata_mut().insert("authorization", value);
+    }
+    req
+}
+
+/// A refusal as the operator reads it: the TLS layer's reason when the connection failed there.
+fn refusal(addr: &str, what: &str, status: &tonic::Status) -> String {
+    match dynamokv_proto::tls::describe_failure(status, &format!("the node at {addr}")) {
+        Some(tls) => format!("{addr} refused {what}: {tls}"),
+        None => format!("{addr} refused {what}: {}", status.message()),
+    }
+}
+
 async fn admin_client(addr: &str) -> Result<AdminClient, String> {
-    AdminClient::connect(format!("http://{addr}"))
-        .await
-        .map_err(|e| format!("cannot reach {addr}: {e}"))
+    Ok(AdminClient::new(channel(addr).await?))
 }
 
 /// One admin call to the node at `addr`, with a 10 s deadline, its refusal as text.
@@ -26,11 +78,11 @@ where
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
     let client = admin_client(addr).await?;
-    let mut req = tonic::Request::new(request);
+    let mut req = authorized(request);
     req.set_timeout(std::time::Duration::from_secs(10));
     Ok(f(client, req)
         .await
-        .map_err(|s| format!("{addr} refused {what}: {}", s.message()))?
+        .map_err(|s| refusal(addr, what, &s))?
         .into_inner())
 }
 
@@ -58,6 +110,97 @@ pub async fn fetch_membership(
     .await?;
     let state = reply.state.ok_or("the node sent no membership state")?;
     crate::membership_state::MembershipState::from_proto(&state).map_err(|e| e.to_string())
+}
+
+/// Adds user `name` on the cluster of the node at `addr`; its token, if one was asked for.
+pub async fn user_add(addr: &str, name: &str, token: bool) -> Result<Option<String>, String> {
+    let request = pb::UserAddRequest {
+        name: name.to_string(),
+        token,
+    };
+    let reply = admin_call(addr, "to add the user", request, |mut c, r| async move {
+        c.user_add(r).await
+    })
+    .await?;
+    Ok(Some(reply.token).filter(|t| !t.is_empty()))
+}
+
+/// Every user of the cluster of the node at `addr`.
+pub async fn user_list(addr: &str) -> Result<Vec<pb::UserInfo>, String> {
+    let reply = admin_call(
+        addr,
+        "to list the users",
+        pb::UserListRequest {},
+        |mut c, r| async move { c.user_list(r).await },
+    )
+    .await?;
+    Ok(reply.users)
+}
+
+/// Removes user `name`.
+pub async fn user_remove(addr: &str, name: &str) -> Result<(), String> {
+    let request = pb::UserRemoveRequest {
+        name: name.to_string(),
+    };
+    admin_call(addr, "to remove the user", request, |mut c, r| async move {
+        c.user_remove(r).await
+    })
+    .await?;
+    Ok(())
+}
+
+/// Grants (or, with `grant` false, revokes) `permissions` of `user` on keys under `prefix`;
+/// the user's grants after the change.
+pub async fn grant(
+    addr: &str,
+    user: &str,
+    prefix: &str,
+    permissions: &[String],
+    grant: bool,
+) -> Result<pb::UserInfo, String> {
+    let request = pb::GrantRequest {
+        user: user.to_string(),
+        prefix: prefix.to_string(),
+        permissions: permissions.to_vec(),
+    };
+    let what = if grant { "the grant" } else { "the revoke" };
+    let reply = admin_call(addr, what, request, |mut c, r| async move {
+        if grant {
+            c.grant(r).await
+        } else {
+            c.revoke(r).await
+        }
+    })
+    .await?;
+    reply.user.ok_or_else(|| format!("{addr} sent no user"))
+}
+
+/// Users and their grants as text.
+pub fn describe_users(users: &[pb::UserInfo]) -> String {
+    if users.is_empty() {
+        return "no users\n".into();
+    }
+    let mut out = String::new();
+    for u in users {
+        let grants = if u.grants.is_empty() {
+            "no grants".to_string()
+        } else {
+            u.grants
+                .iter()
+                .map(|g| {
+                    let prefix = if g.prefix.is_empty() {
+                        "every key".to_string()
+                    } else {
+                        format!("{:?}", g.prefix)
+                    };
+                    format!("{} on {prefix}", g.permissions.join("+"))
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(out, "{}  tokens: {}  {grants}", u.name, u.tokens);
+    }
+    out
 }
 
 /// Asks the node at `addr` (started alone) to join the cluster of `seed`.
@@ -392,13 +535,11 @@ fn human_age(ms: u64) -> String {
 
 /// Fetches the cluster view from the node at `addr` and builds its ring.
 pub async fn fetch_ring(addr: &str) -> Result<(pb::MembershipResponse, Ring), String> {
-    let mut kv = KvClient::connect(format!("http://{addr}"))
-        .await
-        .map_err(|e| format!("cannot reach {addr}: {e}"))?;
+    let mut kv = KvClient::new(channel(addr).await?);
     let view = kv
-        .membership(pb::MembershipRequest {})
+        .membership(authorized(pb::MembershipRequest {}))
         .await
-        .map_err(|s| format!("{addr} refused the membership call: {}", s.message()))?
+        .map_err(|s| refusal(addr, "the membership call", &s))?
         .into_inner();
     let members = view.members.iter().map(Member::from_proto).collect();
     let ring = Ring::new(view.partitions, members).map_err(|e| e.to_string())?;
@@ -490,16 +631,20 @@ pub async fn debug_read(
     addr: &str,
     key: &[u8],
 ) -> Result<(String, Option<VersionedState>), String> {
-    let mut client = ReplicaClient::connect(format!("http://{addr}"))
-        .await
-        .map_err(|e| format!("cannot reach {addr}: {e}"))?;
+    let mut client = ReplicaClient::new(channel(addr).await?);
     let reply = client
-        .read_local(pb::ReadLocalRequest {
+        .read_local(authorized(pb::ReadLocalRequest {
             key: Some(Bytes::copy_from_slice(key)),
             include_hints: false,
-        })
+        }))
         .await
-        .map_err(|s| format!("{addr} refused the read: {}", s.message()))?
+        .map_err(|s| {
+            refusal(
+                addr,
+                "the read (on a TLS cluster, a node-to-node call needs a node certificate)",
+                &s,
+            )
+        })?
         .into_inner();
     let state = reply
         .state

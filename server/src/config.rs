@@ -68,6 +68,55 @@ pub struct Config {
     /// Background work that heals replicas: hinted handoff, anti-entropy, tombstone reaping,
     /// and the admission control that holds it back when requests slow down.
     pub background: BackgroundConfig,
+    /// TLS on every connection, mutual between nodes (issue 11). Absent: plain text.
+    pub tls: Option<TlsConfig>,
+    /// Who may do what, when TLS is on.
+    pub security: SecurityConfig,
+}
+
+/// TOML section `[tls]`: the files of this node's TLS identity. With it, the node accepts and
+/// makes TLS connections only (a plain-text client is answered "this node requires TLS"),
+/// other nodes must present a certificate of this cluster naming a member, and clients must
+/// authenticate (a client certificate from the same CA, or a token).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The cluster's CA certificate (PEM; may hold several CAs while moving to a new one).
+    pub ca: PathBuf,
+    /// This node's certificate chain (PEM), issued by the CA, naming
+    /// `dynamokv://<cluster>/node/<node_id>` (see `dynamokv cert node`).
+    pub cert: PathBuf,
+    /// The certificate's private key (PEM).
+    pub key: PathBuf,
+    /// How often the three files are read again, in milliseconds; when they change, new
+    /// connections use the new certificates (no restart).
+    #[serde(default = "default_reload_ms")]
+    pub reload_interval_ms: u64,
+}
+
+fn default_reload_ms() -> u64 {
+    2_000
+}
+
+/// TOML section `[security]`: access control, in force when `[tls]` is configured.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Users with every permission on every key, whatever the stored grants say: how the first
+    /// administrator gets in (with a client certificate naming the user) to create the others.
+    pub superusers: Vec<String>,
+    /// How long a node trusts what it read of a user (its token hashes and grants), in
+    /// milliseconds: a revoked token or permission stops working within this time.
+    pub cache_ms: u64,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            superusers: Vec::new(),
+            cache_ms: 2_000,
+        }
+    }
 }
 
 /// Hinted handoff (paper 4.6), anti-entropy (4.7), tombstone reaping and admission control of
@@ -191,6 +240,8 @@ impl Default for Config {
             max_vector_entries: DEFAULT_MAX_VECTOR_ENTRIES,
             history_horizon_ms: DEFAULT_HISTORY_HORIZON_MS,
             background: BackgroundConfig::default(),
+            tls: None,
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -393,6 +444,34 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "background.handoff_interval_ms, reap_interval_ms and latency_bound_ms must be positive".into(),
             ));
+        }
+        if let Some(tls) = &self.tls {
+            if tls.reload_interval_ms == 0 {
+                return Err(ConfigError::Invalid(
+                    "tls.reload_interval_ms must be positive".into(),
+                ));
+            }
+            // The node id and cluster name go into certificate names.
+            for (what, name) in [
+                ("node_id", &self.node_id),
+                ("cluster.name", &self.cluster.name),
+            ] {
+                if !crate::certificates::valid_name(name) {
+                    return Err(ConfigError::Invalid(format!(
+                        "{what} {name:?} cannot be named in a certificate: with [tls], use 1 to 128 of A-Z, a-z, 0-9, '.', '_', '-'"
+                    )));
+                }
+            }
+        }
+        if let Some(bad) = self
+            .security
+            .superusers
+            .iter()
+            .find(|u| !crate::certificates::valid_name(u))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "security.superusers: {bad:?} is not a user name (1 to 128 of A-Z, a-z, 0-9, '.', '_', '-')"
+            )));
         }
         Ok(())
     }

@@ -97,6 +97,12 @@ pub enum Error {
     /// The node is at a cap (concurrent requests, connections): nothing was done.
     #[error("node {node} is overloaded ({reason}): nothing was done, retry later")]
     Overloaded { node: String, reason: String },
+    /// An operator request that makes no sense (a user that exists already, or does not).
+    #[error("{0}")]
+    Invalid(String),
+    /// The records that say who may do what could not be read (too few replicas answered).
+    #[error("cannot check the caller's credentials now: {0}; retry")]
+    CredentialsUnavailable(String),
     /// No credentials, or credentials this cluster does not accept. Nothing was done.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
@@ -131,7 +137,10 @@ impl Error {
                 .and_then(|v| v.to_str().ok())
                 .and_then(ErrorCode::parse)
                 .unwrap_or(ErrorCode::Internal),
-            Error::MissingField(_) | Error::MalformedField(_) => ErrorCode::MissingField,
+            Error::MissingField(_) | Error::MalformedField(_) | Error::Invalid(_) => {
+                ErrorCode::MissingField
+            }
+            Error::CredentialsUnavailable(_) => ErrorCode::Unavailable,
             Error::QuorumNotReached { .. } => ErrorCode::QuorumNotReached,
             Error::OutcomeUnknown { .. } => ErrorCode::OutcomeUnknown,
             Error::SiblingLimit(_) => ErrorCode::SiblingLimit,

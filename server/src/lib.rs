@@ -13,10 +13,12 @@
 //!   (paper 4.6), [`anti_entropy`] (paper 4.7), [`tombstones`] (reaping deleted keys).
 //! - [`service`]: the gRPC services; [`server`] starts and stops it all.
 
+pub mod access_control;
 pub mod admin;
 pub mod admission;
 pub mod anti_entropy;
 pub mod background;
+pub mod certificates;
 pub mod config;
 pub mod coordinator;
 pub mod dev;
@@ -33,6 +35,7 @@ pub mod replica;
 pub mod server;
 pub mod service;
 pub mod storage;
+pub mod tls;
 pub mod tombstones;
 
 pub use config::Config;

@@ -23,6 +23,68 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    credentials: CredentialArgs,
+}
+
+/// How `ring`, `debug-read` and `admin` commands reach a cluster that serves TLS.
+#[derive(clap::Args, Debug)]
+struct CredentialArgs {
+    /// The cluster's CA certificate (PEM): connect over TLS, trusting nodes it signed.
+    #[arg(long, global = true, env = "DYNAMOKV_CA_CERT", value_name = "PEM")]
+    ca_cert: Option<PathBuf>,
+    /// A client certificate (PEM) to present, e.g. `user-admin.pem` from `dynamokv cert user`.
+    #[arg(
+        long,
+        global = true,
+        env = "DYNAMOKV_CLIENT_CERT",
+        requires = "client_key",
+        value_name = "PEM"
+    )]
+    client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        global = true,
+        env = "DYNAMOKV_CLIENT_KEY",
+        requires = "client_cert",
+        value_name = "PEM"
+    )]
+    client_key: Option<PathBuf>,
+    /// A token from `dynamokv admin user add`, instead of a client certificate.
+    #[arg(long, global = true, env = "DYNAMOKV_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl CredentialArgs {
+    fn load(&self) -> Result<dynamokv_server::admin::Credentials, String> {
+        let read =
+            |p: &PathBuf| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+        let tls = match &self.ca_cert {
+            None => {
+                if self.client_cert.is_some() {
+                    return Err("--client-cert needs --ca-cert (the CA that signed the nodes' certificates)".into());
+                }
+                None
+            }
+            Some(ca) => {
+                let ca = read(ca)?;
+                let identity = match (&self.client_cert, &self.client_key) {
+                    (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                    _ => None,
+                };
+                let config = dynamokv_proto::tls::client_config(
+                    &ca,
+                    identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+                )?;
+                Some(dynamokv_proto::tls::ClientTls::new(config))
+            }
+        };
+        Ok(dynamokv_server::admin::Credentials {
+            tls,
+            token: self.token.clone(),
+        })
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -105,6 +167,54 @@ enum AdminCommand {
         /// The ring version `plan` showed: the commit is refused if the ring moved since.
         #[arg(long)]
         ring_version: Option<u64>,
+    },
+    /// Users of a cluster that serves TLS: add (printing a token), list, remove.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Gives USER the PERMISSIONS (read, write, admin; comma-separated) on keys starting
+    /// with --prefix (every key if left out).
+    Grant {
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        node: String,
+        user: String,
+        #[arg(value_delimiter = ',')]
+        permissions: Vec<String>,
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Takes PERMISSIONS (comma-separated) on keys starting with --prefix away from USER.
+    Revoke {
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        node: String,
+        user: String,
+        #[arg(value_delimiter = ',')]
+        permissions: Vec<String>,
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCommand {
+    /// Adds a user and prints its token (shown once: the cluster keeps only its hash). With
+    /// --no-token the user authenticates with a client certificate naming it only.
+    Add {
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        node: String,
+        name: String,
+        #[arg(long)]
+        no_token: bool,
+    },
+    /// Lists the users, how many tokens each has, and their grants.
+    List {
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        node: String,
+    },
+    /// Removes a user: its tokens stop working and its certificate carries no permission.
+    Remove {
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        node: String,
+        name: String,
     },
 }
 
@@ -220,6 +330,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if !matches!(cli.command, Command::Serve(_) | Command::Dev(_)) {
+        match cli.credentials.load() {
+            Ok(c) => dynamokv_server::admin::set_credentials(c),
+            Err(e) => {
+                eprintln!("dynamokv: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let result = match cli.command {
         Command::Serve(_) => match serve_config {
             Some(config) => runtime.block_on(serve(config)),
@@ -296,12 +415,12 @@ async fn serve(config: Config) -> Result<(), String> {
             Engine::Memory => "memory".to_string(),
         }
     );
-    if !node.addr.ip().is_loopback() {
+    if config.tls.is_none() && !node.addr.ip().is_loopback() {
         tracing::warn!(
             "serving PLAIN TEXT on {}, an address other machines may reach: anyone who can \
-             connect can read and write every key and call the node-to-node service. This build \
-             has no TLS or authentication yet; listen on a loopback address, or keep the node on \
-             a network only its cluster and trusted clients reach",
+             connect can read and write every key and call the node-to-node service. Configure \
+             [tls] (see `dynamokv cert`), listen on a loopback address, or keep the node on a \
+             network only its cluster and trusted clients reach",
             node.addr
         );
     }
@@ -354,6 +473,44 @@ async fn admin(cmd: AdminCommand) -> Result<(), String> {
             println!(
                 "committed ring version {version}; partitions now move to their new replicas (`dynamokv admin status` shows the progress)"
             );
+        }
+        AdminCommand::User(UserCommand::Add {
+            node,
+            name,
+            no_token,
+        }) => match a::user_add(&node, &name, !no_token).await? {
+            Some(token) => {
+                println!("user {name} added; its token (shown this once, keep it secret):");
+                println!("{token}");
+            }
+            None => println!(
+                "user {name} added; it authenticates with a client certificate naming it (`dynamokv cert user {name}`)"
+            ),
+        },
+        AdminCommand::User(UserCommand::List { node }) => {
+            print!("{}", a::describe_users(&a::user_list(&node).await?));
+        }
+        AdminCommand::User(UserCommand::Remove { node, name }) => {
+            a::user_remove(&node, &name).await?;
+            println!("user {name} removed");
+        }
+        AdminCommand::Grant {
+            node,
+            user,
+            permissions,
+            prefix,
+        } => {
+            let u = a::grant(&node, &user, &prefix, &permissions, true).await?;
+            print!("{}", a::describe_users(&[u]));
+        }
+        AdminCommand::Revoke {
+            node,
+            user,
+            permissions,
+            prefix,
+        } => {
+            let u = a::grant(&node, &user, &prefix, &permissions, false).await?;
+            print!("{}", a::describe_users(&[u]));
         }
     }
     Ok(())

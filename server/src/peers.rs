@@ -92,6 +92,9 @@ pub struct Peers {
     backlog_limit: usize,
     /// When each peer marked down was last pinged on a request's behalf.
     pinged: Mutex<HashMap<String, tokio::time::Instant>>,
+    /// This node's TLS client identity, when the cluster speaks TLS: each new connection
+    /// takes the current one, so reloaded certificates are used without a restart.
+    tls: Option<dynamokv_proto::tls::ClientTls>,
 }
 
 /// Removes a request's entry when its caller stops waiting (timeout or cancellation).
@@ -122,12 +125,19 @@ impl Peers {
             timeout,
             backlog_limit: STREAM_BACKLOG_BYTES,
             pinged: Mutex::new(HashMap::new()),
+            tls: None,
         }
     }
 
     /// Reports the peers' reachability to `metrics` (`dynamokv_peer_up`).
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Peers {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// Connects to peers over TLS, with the identity `tls` holds when each connection is made.
+    pub fn with_tls(mut self, tls: dynamokv_proto::tls::ClientTls) -> Peers {
+        self.tls = Some(tls);
         self
     }
 
@@ -203,9 +213,22 @@ impl Peers {
             .map_err(|e| format!("bad peer address {address:?}: {e}"))?
             .connect_timeout(self.timeout)
             .tcp_nodelay(true);
-        let ch = endpoint.connect_lazy();
+        let ch = match &self.tls {
+            None => endpoint.connect_lazy(),
+            Some(tls) => dynamokv_proto::tls::connect_lazy(&endpoint, tls.clone()),
+        };
         map.insert(address.to_string(), ch.clone());
         Ok(ch)
+    }
+
+    /// The operator service of the node at `address`, over this node's connection to it.
+    pub fn admin(
+        &self,
+        address: &str,
+    ) -> Result<dynamokv_proto::v1::admin_client::AdminClient<Channel>, String> {
+        Ok(dynamokv_proto::v1::admin_client::AdminClient::new(
+            self.channel(address)?,
+        ))
     }
 
     pub fn replica(&self, address: &str) -> Result<ReplicaClient<Channel>, String> {

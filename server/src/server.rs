@@ -15,6 +15,7 @@ use dynamokv_proto::v1::admin_server::AdminServer;
 use dynamokv_proto::v1::kv_server::KvServer;
 use dynamokv_proto::v1::replica_server::ReplicaServer;
 
+use crate::access_control::AccessControl;
 use crate::background::Background;
 use crate::config::{Config, ConfigError, Engine};
 use crate::coordinator::Coordinator;
@@ -24,6 +25,7 @@ use crate::peers::Peers;
 use crate::replica::{LocalReplica, SiblingLimits};
 use crate::service::{AdminService, KvService, ReplicaService};
 use crate::storage::{MemoryStorage, Storage, StorageError};
+use crate::tls::NodeTls;
 
 /// A node that could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +53,8 @@ pub enum ServerError {
     Reflection(String),
     #[error("the rocksdb engine is not compiled in (build with the `rocksdb` feature)")]
     NoRocksdb,
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, ServerError> {
@@ -184,6 +188,9 @@ struct Ready {
     background: Background,
     /// Bound at preparation, so that a busy port stops the node before it serves.
     metrics_listener: Option<std::net::TcpListener>,
+    /// The node's TLS identity, when it serves TLS.
+    tls: Option<Arc<NodeTls>>,
+    tls_reload: Duration,
     metrics_addr: Option<SocketAddr>,
     node_id: String,
     addr: SocketAddr,
@@ -201,6 +208,13 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
             let bound = l.local_addr().map_err(bind_err)?;
             (Some(l), Some(bound))
         }
+    };
+    let tls = match &config.tls {
+        None => None,
+        Some(files) => Some(
+            NodeTls::load(files, &config.cluster.name, &config.node_id)
+                .map_err(ServerError::Tls)?,
+        ),
     };
     let metrics = Arc::new(Metrics::new());
     let streams_stop = CancellationToken::new();
@@ -220,7 +234,11 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
     )?);
     // After the replica's check that the store is this node's.
     let membership = Membership::open(config, &advertised, Some(store))?;
-    let peers = Arc::new(Peers::new(config.replica_timeout()).with_metrics(Arc::clone(&metrics)));
+    let mut peers = Peers::new(config.replica_timeout()).with_metrics(Arc::clone(&metrics));
+    if let Some(tls) = &tls {
+        peers = peers.with_tls(tls.client.clone());
+    }
+    let peers = Arc::new(peers);
     for m in membership.state().members() {
         if m.id != config.node_id {
             peers.know(&m.address);
@@ -234,7 +252,7 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
         config,
     );
     let coordinator = Arc::new(Coordinator::new(
-        membership,
+        membership.clone(),
         Arc::clone(&local),
         peers,
         config.limits(),
@@ -251,13 +269,22 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
         data_dir = %config.data_dir.display(),
         "node ready"
     );
+    let access = Arc::new(AccessControl::new(
+        tls.is_some(),
+        &config.cluster.name,
+        &config.security.superusers,
+        Duration::from_millis(config.security.cache_ms),
+        membership,
+        Arc::clone(&coordinator),
+    ));
     Ok(Ready {
-        kv: KvService::new(Arc::clone(&coordinator)),
+        kv: KvService::new(Arc::clone(&coordinator), Arc::clone(&access)),
         admin: AdminService::new(
             Arc::clone(&coordinator),
             Arc::clone(&local),
             &background,
             Arc::clone(&metrics),
+            Arc::clone(&access),
         ),
         replica: ReplicaService::new(
             config.node_id.clone(),
@@ -265,6 +292,11 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
             Arc::clone(&coordinator),
             Arc::clone(&metrics),
             streams_stop.clone(),
+            access,
+        ),
+        tls,
+        tls_reload: Duration::from_millis(
+            config.tls.as_ref().map_or(2_000, |t| t.reload_interval_ms),
         ),
         streams_stop,
         background,
@@ -324,6 +356,9 @@ async fn serve(
         .build_v1alpha()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
     ready.background.start();
+    if let Some(tls) = &ready.tls {
+        tls.watch(ready.tls_reload, http_stop.clone());
+    }
     let shutting_down = {
         let health = health.clone();
         let shutdown = shutdown.clone();
@@ -354,7 +389,10 @@ async fn serve(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(incoming(listener), shutting_down)
+        .serve_with_incoming_shutdown(
+            crate::tls::accept(incoming(listener), ready.tls.clone()),
+            shutting_down,
+        )
         .await;
     // In-flight requests have finished; let the background workers end their batch and the
     // copies and repairs requests started finish too, then make what they wrote durable

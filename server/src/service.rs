@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use dynamokv_common::{VersionedState, WriteId};
 use dynamokv_proto::v1 as pb;
 
+use crate::access_control::{AccessControl, Permission, UserRecord};
 use crate::anti_entropy::AntiEntropy;
 use crate::coordinator::{Coordinator, FORWARDED_METADATA, WriteRequest};
 use crate::error::Error;
@@ -22,11 +23,15 @@ use crate::replica::{LocalReplica, now_ms};
 #[derive(Debug, Clone)]
 pub struct KvService {
     coordinator: Arc<Coordinator>,
+    access: Arc<AccessControl>,
 }
 
 impl KvService {
-    pub fn new(coordinator: Arc<Coordinator>) -> Self {
-        KvService { coordinator }
+    pub fn new(coordinator: Arc<Coordinator>, access: Arc<AccessControl>) -> Self {
+        KvService {
+            coordinator,
+            access,
+        }
     }
 }
 
@@ -83,8 +88,10 @@ impl KvService {
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let who = self.access.authenticate(&req).await?;
         let req = req.into_inner();
         let key = required(req.key, "key")?;
+        self.access.authorize(&who, Permission::Read, &key)?;
         let got = self.coordinator.get(key, req.r).await?;
         Ok(Response::new(pb::GetResponse {
             values: got.values,
@@ -100,8 +107,10 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::ReadReplicaRequest>,
     ) -> Result<Response<pb::ReadReplicaResponse>, Status> {
+        let who = self.access.authenticate(&req).await?;
         let req = req.into_inner();
         let key = required(req.key, "key")?;
+        self.access.authorize(&who, Permission::Read, &key)?;
         let state = self
             .coordinator
             .read_for_client(key, req.include_hints, req.ring_version)
@@ -118,8 +127,11 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::RepairReplicaRequest>,
     ) -> Result<Response<pb::RepairReplicaResponse>, Status> {
+        let who = self.access.authenticate(&req).await?;
         let req = req.into_inner();
         let key = required(req.key, "key")?;
+        // A repair writes a replica state: the client must be able to write the key.
+        self.access.authorize(&who, Permission::Write, &key)?;
         let state = required(req.state, "state")?;
         let state = VersionedState::from_proto(&state)
             .map_err(|_| Error::MalformedField("state is not a valid replica state"))?;
@@ -130,13 +142,16 @@ impl pb::kv_server::Kv for KvService {
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let who = self.access.authenticate(&req).await?;
         let (fwd, budget) = (forwarded(&req), budget(&req));
         let req = req.into_inner();
         let (routed_by, request_id) = (req.ring_version, req.request_id);
+        let key = required(req.key, "key")?;
+        self.access.authorize(&who, Permission::Write, &key)?;
         let context = self
             .coordinator
             .put(WriteRequest {
-                key: required(req.key, "key")?,
+                key,
                 value: Some(required(req.value, "value")?),
                 context: req.context,
                 w: req.w,
@@ -158,13 +173,16 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let who = self.access.authenticate(&req).await?;
         let (fwd, budget) = (forwarded(&req), budget(&req));
         let req = req.into_inner();
         let (routed_by, request_id) = (req.ring_version, req.request_id);
+        let key = required(req.key, "key")?;
+        self.access.authorize(&who, Permission::Write, &key)?;
         let context = self
             .coordinator
             .put(WriteRequest {
-                key: required(req.key, "key")?,
+                key,
                 value: None,
                 context: req.context,
                 w: req.w,
@@ -184,8 +202,9 @@ impl pb::kv_server::Kv for KvService {
 
     async fn membership(
         &self,
-        _req: Request<pb::MembershipRequest>,
+        req: Request<pb::MembershipRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.access.authenticate(&req).await?;
         let view = self.coordinator.membership().current();
         Ok(Response::new(pb::MembershipResponse {
             cluster_name: view.cluster_name.clone(),
@@ -226,6 +245,7 @@ pub struct ReplicaService {
     shutdown: CancellationToken,
     local: Arc<LocalReplica>,
     coordinator: Arc<Coordinator>,
+    access: Arc<AccessControl>,
 }
 
 impl ReplicaService {
@@ -235,6 +255,7 @@ impl ReplicaService {
         coordinator: Arc<Coordinator>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
+        access: Arc<AccessControl>,
     ) -> Self {
         ReplicaService {
             node_id,
@@ -242,6 +263,7 @@ impl ReplicaService {
             shutdown,
             local,
             coordinator,
+            access,
         }
     }
 }
@@ -313,6 +335,7 @@ impl pb::replica_server::Replica for ReplicaService {
         &self,
         req: Request<tonic::Streaming<pb::PeerRequest>>,
     ) -> Result<Response<PeerResponses>, Status> {
+        self.access.check_peer(&req, "Exchange", true)?;
         let mut requests = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let this = self.clone();
@@ -347,8 +370,9 @@ impl pb::replica_server::Replica for ReplicaService {
 
     async fn ping(
         &self,
-        _req: Request<pb::PingRequest>,
+        req: Request<pb::PingRequest>,
     ) -> Result<Response<pb::PingResponse>, Status> {
+        self.access.check_peer(&req, "Ping", false)?;
         Ok(Response::new(pb::PingResponse {
             node_id: self.node_id.clone(),
             actor: self.local.actor().0,
@@ -362,6 +386,7 @@ impl pb::replica_server::Replica for ReplicaService {
         &self,
         req: Request<pb::ReadLocalRequest>,
     ) -> Result<Response<pb::ReadLocalResponse>, Status> {
+        self.access.check_peer(&req, "ReadLocal", true)?;
         Ok(Response::new(self.read(req.into_inner()).await?))
     }
 
@@ -369,6 +394,7 @@ impl pb::replica_server::Replica for ReplicaService {
         &self,
         req: Request<pb::MergeLocalRequest>,
     ) -> Result<Response<pb::MergeLocalResponse>, Status> {
+        self.access.check_peer(&req, "MergeLocal", true)?;
         Ok(Response::new(self.merge(req.into_inner()).await?))
     }
 
@@ -376,6 +402,7 @@ impl pb::replica_server::Replica for ReplicaService {
         &self,
         req: Request<pb::StoreHintRequest>,
     ) -> Result<Response<pb::StoreHintResponse>, Status> {
+        self.access.check_peer(&req, "StoreHint", true)?;
         let start = std::time::Instant::now();
         let req = req.into_inner();
         let key = required(req.key, "key")?;
@@ -398,6 +425,7 @@ impl pb::replica_server::Replica for ReplicaService {
         &self,
         req: Request<pb::TreeRootsRequest>,
     ) -> Result<Response<pb::TreeRootsResponse>, Status> {
+        self.access.check_peer(&req, "TreeRoots", true)?;
         let req = req.into_inner();
         let forest = self.local.forest();
         same_ring(forest.partitions(), req.partitions)?;
@@ -416,6 +444,7 @@ impl pb::replica_server::Replica for ReplicaService {
         &self,
         req: Request<pb::TreeLeavesRequest>,
     ) -> Result<Response<pb::TreeLeavesResponse>, Status> {
+        self.access.check_peer(&req, "TreeLeaves", true)?;
         let req = req.into_inner();
         let forest = self.local.forest();
         same_ring(forest.partitions(), req.partitions)?;
@@ -429,6 +458,7 @@ impl pb::replica_server::Replica for ReplicaService {
         &self,
         req: Request<pb::LeafKeysRequest>,
     ) -> Result<Response<pb::LeafKeysResponse>, Status> {
+        self.access.check_peer(&req, "LeafKeys", true)?;
         let req = req.into_inner();
         let forest = self.local.forest();
         same_ring(forest.partitions(), req.partitions)?;
@@ -459,6 +489,7 @@ impl pb::replica_server::Replica for ReplicaService {
         &self,
         req: Request<pb::ReapRequest>,
     ) -> Result<Response<pb::ReapResponse>, Status> {
+        self.access.check_peer(&req, "Reap", true)?;
         let req = req.into_inner();
         let key = required(req.key, "key")?;
         let reaped = self.local.reap(&key, req.digest).map_err(Error::from)?;
@@ -472,6 +503,7 @@ impl pb::replica_server::Replica for ReplicaService {
         &self,
         req: Request<pb::GossipRequest>,
     ) -> Result<Response<pb::GossipResponse>, Status> {
+        self.access.check_peer(&req, "Gossip", false)?;
         use crate::membership_state::MergeError;
         let req = req.into_inner();
         match self.coordinator.membership().handle_gossip(&req) {
@@ -515,6 +547,7 @@ pub struct AdminService {
     anti_entropy: Arc<AntiEntropy>,
     transfer: Arc<KeyRangeTransfer>,
     metrics: Arc<Metrics>,
+    access: Arc<AccessControl>,
 }
 
 impl AdminService {
@@ -523,6 +556,7 @@ impl AdminService {
         local: Arc<LocalReplica>,
         background: &crate::background::Background,
         metrics: Arc<Metrics>,
+        access: Arc<AccessControl>,
     ) -> Self {
         AdminService {
             coordinator,
@@ -531,8 +565,67 @@ impl AdminService {
             anti_entropy: Arc::clone(&background.anti_entropy),
             transfer: Arc::clone(&background.transfer),
             metrics,
+            access,
         }
     }
+
+    /// Refuses an operator call from anyone without the admin permission on every key.
+    async fn operator<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let who = self.access.authenticate(req).await?;
+        self.access.authorize(&who, Permission::Admin, b"")?;
+        Ok(())
+    }
+}
+
+impl AdminService {
+    /// Grant or revoke: needs the admin permission on the prefix itself.
+    async fn change_grants(
+        &self,
+        req: Request<pb::GrantRequest>,
+        grant: bool,
+    ) -> Result<Response<pb::GrantResponse>, Status> {
+        let who = self.access.authenticate(&req).await?;
+        let req = req.into_inner();
+        self.access
+            .authorize(&who, Permission::Admin, req.prefix.as_bytes())?;
+        let perms = permissions(&req.permissions)?;
+        let record = self
+            .access
+            .change_grants(&req.user, &req.prefix, &perms, grant)
+            .await?;
+        Ok(Response::new(pb::GrantResponse {
+            user: Some(user_info(&record)),
+        }))
+    }
+}
+
+fn user_info(r: &UserRecord) -> pb::UserInfo {
+    pb::UserInfo {
+        name: r.name.clone(),
+        tokens: r.token_hashes.len() as u32,
+        grants: r
+            .grants
+            .iter()
+            .map(|(prefix, perms)| pb::PrefixGrant {
+                prefix: prefix.clone(),
+                permissions: perms.iter().map(|p| p.as_str().to_string()).collect(),
+            })
+            .collect(),
+    }
+}
+
+fn permissions(names: &[String]) -> Result<Vec<Permission>, Status> {
+    names
+        .iter()
+        .map(|n| {
+            Permission::parse(n).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{n:?} is not a permission: use read, write or admin"
+                ))
+                .into()
+            })
+        })
+        .collect()
 }
 
 impl From<TopologyError> for Status {
@@ -547,10 +640,57 @@ impl From<TopologyError> for Status {
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
+    async fn user_add(
+        &self,
+        req: Request<pb::UserAddRequest>,
+    ) -> Result<Response<pb::UserAddResponse>, Status> {
+        self.operator(&req).await?;
+        let req = req.into_inner();
+        let token = self.access.add_user(&req.name, req.token).await?;
+        Ok(Response::new(pb::UserAddResponse {
+            token: token.unwrap_or_default(),
+        }))
+    }
+
+    async fn user_list(
+        &self,
+        req: Request<pb::UserListRequest>,
+    ) -> Result<Response<pb::UserListResponse>, Status> {
+        self.operator(&req).await?;
+        let users = self.access.list_users().await?;
+        Ok(Response::new(pb::UserListResponse {
+            users: users.iter().map(user_info).collect(),
+        }))
+    }
+
+    async fn user_remove(
+        &self,
+        req: Request<pb::UserRemoveRequest>,
+    ) -> Result<Response<pb::UserRemoveResponse>, Status> {
+        self.operator(&req).await?;
+        self.access.remove_user(&req.into_inner().name).await?;
+        Ok(Response::new(pb::UserRemoveResponse {}))
+    }
+
+    async fn grant(
+        &self,
+        req: Request<pb::GrantRequest>,
+    ) -> Result<Response<pb::GrantResponse>, Status> {
+        self.change_grants(req, true).await
+    }
+
+    async fn revoke(
+        &self,
+        req: Request<pb::GrantRequest>,
+    ) -> Result<Response<pb::GrantResponse>, Status> {
+        self.change_grants(req, false).await
+    }
+
     async fn ring(
         &self,
-        _req: Request<pb::RingRequest>,
+        req: Request<pb::RingRequest>,
     ) -> Result<Response<pb::RingResponse>, Status> {
+        self.operator(&req).await?;
         let view = self.coordinator.membership().current();
         Ok(Response::new(pb::RingResponse {
             state: Some(view.state.to_proto()),
@@ -562,14 +702,18 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
+        self.operator(&req).await?;
         let seed = req.into_inner().seed;
         if seed.is_empty() {
             return Err(Status::invalid_argument("join needs the address of a seed"));
         }
-        let mut client =
-            dynamokv_proto::v1::admin_client::AdminClient::connect(format!("http://{seed}"))
-                .await
-                .map_err(|e| Status::unavailable(format!("cannot reach the seed {seed}: {e}")))?;
+        // Over this node's own connection to the seed: TLS with its node certificate when the
+        // cluster speaks TLS.
+        let mut client = self
+            .coordinator
+            .peers()
+            .admin(&seed)
+            .map_err(|e| Status::unavailable(format!("cannot reach the seed {seed}: {e}")))?;
         let theirs = client
             .ring(pb::RingRequest {})
             .await
@@ -602,6 +746,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::LeaveRequest>,
     ) -> Result<Response<pb::LeaveResponse>, Status> {
+        self.operator(&req).await?;
         self.coordinator
             .membership()
             .stage_leave(&req.into_inner().node_id)?;
@@ -612,6 +757,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::RemoveRequest>,
     ) -> Result<Response<pb::RemoveResponse>, Status> {
+        self.operator(&req).await?;
         let id = req.into_inner().node_id;
         if id.is_empty() {
             return Err(Status::invalid_argument("remove needs the id of the node"));
@@ -622,8 +768,9 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn plan(
         &self,
-        _req: Request<pb::PlanRequest>,
+        req: Request<pb::PlanRequest>,
     ) -> Result<Response<pb::PlanResponse>, Status> {
+        self.operator(&req).await?;
         let plan = self.coordinator.membership().plan()?;
         let view = self.coordinator.membership().current();
         let ring = &view.ring;
@@ -698,6 +845,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
+        self.operator(&req).await?;
         let version = self
             .coordinator
             .membership()
@@ -709,8 +857,9 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn status(
         &self,
-        _req: Request<pb::StatusRequest>,
+        req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.operator(&req).await?;
         let view = self.coordinator.membership().current();
         let peers = self.coordinator.peers();
         let n = view.quorums.n;
