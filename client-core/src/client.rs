@@ -10,16 +10,14 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 use dynamokv_common::{Limits, Ring, decode_routed_context};
 use dynamokv_proto::transport::is_silence;
 use dynamokv_proto::v1 as pb;
-use dynamokv_proto::v1::kv_client::KvClient;
 
 use crate::Error;
 use crate::error::Failure;
-use crate::nodes::{Nodes, check_echo, endpoint};
+use crate::nodes::{Kv, Nodes, check_echo, endpoint};
 use crate::read_coordination::{self, ReadFailure, ReadPlan};
 use crate::reconciliation::{Resolver, Siblings};
 use crate::routing::{RingView, Routing};
@@ -169,6 +167,10 @@ pub struct ClientBuilder {
     ring_refresh_interval: Duration,
     hedge_after: Option<Duration>,
     batch_concurrency: usize,
+    ca_cert: Option<String>,
+    client_cert: Option<String>,
+    client_key: Option<String>,
+    token: Option<String>,
 }
 
 /// Default time to establish a connection to a node.
@@ -202,7 +204,71 @@ impl ClientBuilder {
             ring_refresh_interval: DEFAULT_RING_REFRESH_INTERVAL,
             hedge_after: None,
             batch_concurrency: DEFAULT_BATCH_CONCURRENCY,
+            ca_cert: None,
+            client_cert: None,
+            client_key: None,
+            token: None,
         }
+    }
+
+    /// Connect over TLS, trusting the nodes whose certificates this CA signed: PEM text, or
+    /// the path of a PEM file.
+    pub fn ca_cert(mut self, pem_or_path: impl Into<String>) -> Self {
+        self.ca_cert = Some(pem_or_path.into());
+        self
+    }
+
+    /// Present this client certificate and key (PEM text or paths; see `dynamokv cert user`).
+    /// Needs [`ca_cert`](Self::ca_cert).
+    pub fn client_cert(
+        mut self,
+        cert_pem_or_path: impl Into<String>,
+        key_pem_or_path: impl Into<String>,
+    ) -> Self {
+        self.client_cert = Some(cert_pem_or_path.into());
+        self.client_key = Some(key_pem_or_path.into());
+        self
+    }
+
+    /// Authenticate with this token (from `dynamokv admin user add`). Sent only over TLS, so
+    /// it needs [`ca_cert`](Self::ca_cert).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// The TLS configuration the options ask for, if any.
+    fn tls(&self) -> Result<Option<dynamokv_proto::tls::ClientTls>, Error> {
+        let invalid = |message: String| Error::InvalidConfig { message };
+        let Some(ca) = &self.ca_cert else {
+            if self.client_cert.is_some() || self.client_key.is_some() {
+                return Err(invalid(
+                    "client_cert and client_key need ca_cert (the CA that signed the nodes' certificates)".into(),
+                ));
+            }
+            if self.token.is_some() {
+                return Err(invalid(
+                    "a token is sent only over TLS: give ca_cert too (the CA that signed the nodes' certificates)".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let ca = pem(ca, "ca_cert")?;
+        let identity = match (&self.client_cert, &self.client_key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => Some((pem(c, "client_cert")?, pem(k, "client_key")?)),
+            _ => {
+                return Err(invalid(
+                    "client_cert and client_key go together: give both or neither".into(),
+                ));
+            }
+        };
+        let config = dynamokv_proto::tls::client_config(
+            &ca,
+            identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+        )
+        .map_err(invalid)?;
+        Ok(Some(dynamokv_proto::tls::ClientTls::new(config)))
     }
 
     /// Time allowed to connect to one node.
@@ -298,10 +364,17 @@ impl ClientBuilder {
             seeds.push(seed.trim().to_string());
         }
         let probe_timeout = self.attempt_timeout.unwrap_or(self.request_timeout);
+        let tls = self.tls()?;
+        let credentials = crate::nodes::Credentials::token(self.token.as_deref())?;
         let (stop, _) = watch::channel(());
         Ok(Client {
             inner: Arc::new(Inner {
-                nodes: Arc::new(Nodes::new(self.connect_timeout, probe_timeout)),
+                nodes: Arc::new(Nodes::new(
+                    self.connect_timeout,
+                    probe_timeout,
+                    tls,
+                    credentials,
+                )),
                 seeds,
                 routing: Routing::default(),
                 next: AtomicUsize::new(0),
@@ -311,6 +384,16 @@ impl ClientBuilder {
             }),
         })
     }
+}
+
+/// PEM bytes from an option: the text itself, or the file it names.
+fn pem(value: &str, option: &str) -> Result<Vec<u8>, Error> {
+    if value.trim_start().starts_with("-----BEGIN") {
+        return Ok(value.as_bytes().to_vec());
+    }
+    std::fs::read(value).map_err(|e| Error::InvalidConfig {
+        message: format!("{option}: cannot read the PEM file {value:?}: {e}"),
+    })
 }
 
 /// A DynamoKV client. Cheap to clone and safe to share between threads and tasks: clones
@@ -413,7 +496,11 @@ impl Inner {
                     if is_silence(&status) {
                         self.nodes.silent(address);
                     }
-                    failures.push(format!("{address}: {}", Error::from(status)));
+                    let err = Error::from_status(status, address);
+                    if err.is_refusal() {
+                        return Err(err);
+                    }
+                    failures.push(format!("{address}: {err}"));
                 }
                 Err(_) => {
                     self.nodes.silent(address);
@@ -1071,7 +1158,7 @@ impl Client {
         f: F,
     ) -> Result<T, Error>
     where
-        F: Fn(KvClient<Channel>, u64, Duration) -> Fut,
+        F: Fn(Kv, u64, Duration) -> Fut,
         Fut: Future<Output = Result<(Option<u64>, T), tonic::Status>>,
     {
         let opts = &self.inner.options;
@@ -1106,7 +1193,7 @@ impl Client {
                         } else {
                             nodes.answered(node);
                         }
-                        Error::from(status)
+                        Error::from_status(status, node)
                     }
                 };
             if !is_transient(&err) {
@@ -1142,7 +1229,7 @@ impl Client {
         f: F,
     ) -> Result<T, Error>
     where
-        F: Fn(KvClient<Channel>, u32, u64, Duration) -> Fut,
+        F: Fn(Kv, u32, u64, Duration) -> Fut,
         Fut: Future<Output = Result<(u64, T), tonic::Status>>,
     {
         let opts = &self.inner.options;
@@ -1180,7 +1267,10 @@ impl Client {
             } else {
                 nodes.answered(node);
             }
-            let err = Error::from(status.clone());
+            let err = Error::from_status(status.clone(), node);
+            if err.is_refusal() {
+                return Err(err);
+            }
             match Failure::of(&status, &err) {
                 Failure::Verdict => return Err(err),
                 Failure::NotApplied => {}

@@ -120,6 +120,26 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The error of a call to the node at `node` that failed with `status`: a TLS failure says
+    /// which side refused the handshake and why.
+    pub(crate) fn from_status(status: Status, node: &str) -> Error {
+        match dynamokv_proto::tls::describe_failure(&status, &format!("the node at {node}")) {
+            Some(message) => Error::Tls { message },
+            None => Error::from(status),
+        }
+    }
+
+    /// Whether the cluster refused who the client is or what it may do: another node would
+    /// say the same, so the call ends here.
+    pub(crate) fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Error::Tls { .. } | Error::Unauthenticated { .. } | Error::PermissionDenied { .. }
+        )
+    }
+}
+
 /// What a failed call tells about the request, for deciding whether and how to retry it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Failure {

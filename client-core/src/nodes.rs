@@ -7,7 +7,12 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+use dynamokv_proto::tls::ClientTls;
 
 use dynamokv_common::limits::MAX_MESSAGE_BYTES;
 use dynamokv_proto::v1 as pb;
@@ -15,6 +20,40 @@ use dynamokv_proto::v1::kv_client::KvClient;
 
 use crate::Error;
 use crate::failure_detector::{FailureDetector, next_backoff};
+
+/// A node's client service over the client's connection to it, every request carrying the
+/// client's token (if it has one).
+pub(crate) type Kv = KvClient<InterceptedService<Channel, Credentials>>;
+
+/// Adds the client's bearer token to each request.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Credentials {
+    authorization: Option<MetadataValue<Ascii>>,
+}
+
+impl Credentials {
+    /// Credentials sending `token` (checked to be header text).
+    pub(crate) fn token(token: Option<&str>) -> Result<Credentials, Error> {
+        let authorization = match token {
+            None => None,
+            Some(t) => Some(format!("Bearer {}", t.trim()).parse().map_err(|_| {
+                Error::InvalidConfig {
+                    message: "the token holds characters a token never has: use the token `dynamokv admin user add` printed".into(),
+                }
+            })?),
+        };
+        Ok(Credentials { authorization })
+    }
+}
+
+impl Interceptor for Credentials {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(a) = &self.authorization {
+            req.metadata_mut().insert("authorization", a.clone());
+        }
+        Ok(req)
+    }
+}
 
 /// The least time a probe waits for its answer.
 const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(250);
@@ -32,11 +71,21 @@ pub(crate) struct Nodes {
     /// Woken when the client should pull the ring at once (a node stopped answering, or said
     /// the ring moved on).
     pub(crate) pull_ring: Notify,
+    /// TLS for every connection, when the cluster serves it.
+    tls: Option<ClientTls>,
+    credentials: Credentials,
 }
 
 impl Nodes {
-    pub(crate) fn new(connect_timeout: Duration, probe_timeout: Duration) -> Nodes {
+    pub(crate) fn new(
+        connect_timeout: Duration,
+        probe_timeout: Duration,
+        tls: Option<ClientTls>,
+        credentials: Credentials,
+    ) -> Nodes {
         Nodes {
+            tls,
+            credentials,
             connect_timeout,
             probe_timeout,
             channels: Mutex::new(HashMap::new()),
@@ -52,19 +101,25 @@ impl Nodes {
     }
 
     /// A client of the node at `address` over its one shared connection, made on first use.
-    pub(crate) fn kv(&self, address: &str) -> Result<KvClient<Channel>, Error> {
+    pub(crate) fn kv(&self, address: &str) -> Result<Kv, Error> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         let channel = match channels.get(address) {
             Some(c) => c.clone(),
             None => {
-                let c = endpoint(address, self.connect_timeout)?.connect_lazy();
+                let endpoint = endpoint(address, self.connect_timeout)?;
+                let c = match &self.tls {
+                    None => endpoint.connect_lazy(),
+                    Some(tls) => dynamokv_proto::tls::connect_lazy(&endpoint, tls.clone()),
+                };
                 channels.insert(address.to_string(), c.clone());
                 c
             }
         };
-        Ok(KvClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        Ok(
+            KvClient::with_interceptor(channel, self.credentials.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
     }
 
     /// Drops the connections of nodes not in `keep` (members that left the ring).

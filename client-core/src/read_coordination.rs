@@ -64,7 +64,7 @@ fn is_verdict(e: &Error) -> bool {
             | Error::InvalidContext { .. }
             | Error::InvalidQuorum { .. }
             | Error::MissingField { .. }
-    )
+    ) || e.is_refusal()
 }
 
 fn now_ms() -> u64 {
@@ -106,7 +106,7 @@ async fn read_one(
                     nodes.answered(&m.address);
                 }
                 let moved = status.metadata().contains_key(RING_VERSION_METADATA);
-                let err = Error::from(status);
+                let err = Error::from_status(status, &m.address);
                 Err(if moved {
                     NodeFailure::Moved(err)
                 } else {
