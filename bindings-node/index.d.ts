@@ -121,6 +121,21 @@ export interface ClientOptions {
   hedgeAfterMs?: number | null;
   /** How many keys of one getMany / putMany are in flight at once (32). */
   batchConcurrency?: number;
+  /**
+   * The cluster's CA certificate, for a cluster that serves TLS: PEM text (string or Buffer)
+   * or the path of a PEM file. With it every connection is TLS, and nodes must present a
+   * certificate this CA signed. A failed handshake is a `TLS` error saying which side refused.
+   */
+  caCert?: string | Buffer;
+  /** A client certificate (from `dynamokv cert user`): PEM text or path. Needs `clientKey`. */
+  clientCert?: string | Buffer;
+  /** The private key of `clientCert`: PEM text or path. */
+  clientKey?: string | Buffer;
+  /**
+   * A token from `dynamokv admin user add`, instead of a client certificate. Sent only over
+   * TLS: it needs `caCert`. An unknown or revoked token is `UNAUTHENTICATED`.
+   */
+  token?: string;
 }
 
 /** Who coordinates a client's requests: see {@link ClientOptions.coordination}. */

@@ -259,7 +259,8 @@ class Client {
    * @param {string[]} seeds nodes to contact, each "host:port"
    * @param {object} [options] connectTimeoutMs, requestTimeoutMs, attemptTimeoutMs, maxRetries,
    *   maxKeyBytes, maxValueBytes, coordination ('client' | 'server'), ringRefreshIntervalMs,
-   *   hedgeAfterMs (null: off), batchConcurrency; any left out take the client core's defaults
+   *   hedgeAfterMs (null: off), batchConcurrency; for a cluster serving TLS, caCert (PEM text or
+   *   path), clientCert and clientKey, or token; any left out take the client core's defaults
    */
   constructor(seeds, options = {}) {
     if (!Array.isArray(seeds) || !seeds.every((s) => typeof s === 'string')) {
@@ -272,6 +273,15 @@ class Client {
     }
     const coordination = option(options, 'coordination', 'string');
     if (coordination !== undefined) opts.coordination = coordination;
+    for (const name of ['caCert', 'clientCert', 'clientKey']) {
+      const v = options == null ? undefined : options[name];
+      if (v === undefined || v === null) continue;
+      if (Buffer.isBuffer(v) || v instanceof Uint8Array) opts[name] = Buffer.from(v).toString('utf8');
+      else if (typeof v === 'string') opts[name] = v;
+      else throw new TypeError(`${name} must be PEM text (a string or Buffer) or a path, got ${typeof v}`);
+    }
+    const token = option(options, 'token', 'string');
+    if (token !== undefined) opts.token = token;
     try {
       this.#native = new NativeClient(seeds, opts);
     } catch (e) {

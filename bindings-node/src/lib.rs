@@ -47,6 +47,13 @@ pub struct ClientOptions {
     pub ring_refresh_interval_ms: Option<f64>,
     pub hedge_after_ms: Option<f64>,
     pub batch_concurrency: Option<f64>,
+    /// The cluster's CA certificate: PEM text or a path. Connects over TLS.
+    pub ca_cert: Option<String>,
+    /// A client certificate and its key: PEM text or paths.
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    /// A token from `dynamokv admin user add` (sent only over TLS).
+    pub token: Option<String>,
 }
 
 /// The values of a key (siblings when concurrent writes happened) and one context covering them.
@@ -450,6 +457,18 @@ fn build(seeds: Vec<String>, o: ClientOptions) -> std::result::Result<Client, Co
     }
     if let Some(n) = o.batch_concurrency {
         builder = builder.batch_concurrency(number("batchConcurrency", n)? as usize);
+    }
+    if let Some(pem) = o.ca_cert {
+        builder = builder.ca_cert(pem);
+    }
+    if let Some(pem) = o.client_cert {
+        builder = builder.client_cert(pem);
+    }
+    if let Some(pem) = o.client_key {
+        builder = builder.client_key(pem);
+    }
+    if let Some(token) = o.token {
+        builder = builder.token(token);
     }
     builder.build()
 }

@@ -108,6 +108,7 @@ impl Client {
         seeds, *, connect_timeout=None, request_timeout=None, attempt_timeout=None,
         max_retries=None, max_key_bytes=None, max_value_bytes=None, coordination=None,
         ring_refresh_interval=None, hedge_after=None, batch_concurrency=None,
+        ca_cert=None, client_cert=None, client_key=None, token=None,
     ))]
     #[allow(clippy::too_many_arguments)] // One per client option.
     fn new(
@@ -122,6 +123,10 @@ impl Client {
         ring_refresh_interval: Option<f64>,
         hedge_after: Option<f64>,
         batch_concurrency: Option<usize>,
+        ca_cert: Option<String>,
+        client_cert: Option<String>,
+        client_key: Option<String>,
+        token: Option<String>,
     ) -> PyResult<Self> {
         let mut builder = dynamokv_client::Client::builder(seeds);
         if let Some(secs) = connect_timeout {
@@ -154,6 +159,18 @@ impl Client {
         }
         if let Some(concurrency) = batch_concurrency {
             builder = builder.batch_concurrency(concurrency);
+        }
+        if let Some(pem) = ca_cert {
+            builder = builder.ca_cert(pem);
+        }
+        if let Some(pem) = client_cert {
+            builder = builder.client_cert(pem);
+        }
+        if let Some(pem) = client_key {
+            builder = builder.client_key(pem);
+        }
+        if let Some(token) = token {
+            builder = builder.token(token);
         }
         let inner = builder.build().map_err(error::to_py)?;
         Ok(Client { inner })

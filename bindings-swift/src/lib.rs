@@ -70,6 +70,19 @@ pub struct ClientOptions {
     /// How many keys of one batch call are in flight at once (32 by default).
     #[uniffi(default)]
     pub batch_concurrency: Option<u32>,
+    /// The cluster's CA certificate, for a cluster that serves TLS: PEM text or the path of a
+    /// PEM file. With it every connection is TLS.
+    #[uniffi(default)]
+    pub ca_cert: Option<String>,
+    /// A client certificate (from `dynamokv cert user`): PEM text or a path. Needs `clientKey`.
+    #[uniffi(default)]
+    pub client_cert: Option<String>,
+    /// The private key of `clientCert`: PEM text or a path.
+    #[uniffi(default)]
+    pub client_key: Option<String>,
+    /// A token from `dynamokv admin user add`; sent only over TLS (needs `caCert`).
+    #[uniffi(default)]
+    pub token: Option<String>,
 }
 
 /// Who coordinates a client's requests (paper 6.4).
@@ -326,6 +339,18 @@ impl ClientOptions {
         }
         if let Some(n) = self.batch_concurrency {
             builder = builder.batch_concurrency(to_usize(u64::from(n)));
+        }
+        if let Some(pem) = &self.ca_cert {
+            builder = builder.ca_cert(pem.clone());
+        }
+        if let Some(pem) = &self.client_cert {
+            builder = builder.client_cert(pem.clone());
+        }
+        if let Some(pem) = &self.client_key {
+            builder = builder.client_key(pem.clone());
+        }
+        if let Some(token) = &self.token {
+            builder = builder.token(token.clone());
         }
         builder
     }

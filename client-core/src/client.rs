@@ -218,15 +218,16 @@ impl ClientBuilder {
         self
     }
 
-    /// Present this client certificate and key (PEM text or paths; see `dynamokv cert user`).
-    /// Needs [`ca_cert`](Self::ca_cert).
-    pub fn client_cert(
-        mut self,
-        cert_pem_or_path: impl Into<String>,
-        key_pem_or_path: impl Into<String>,
-    ) -> Self {
-        self.client_cert = Some(cert_pem_or_path.into());
-        self.client_key = Some(key_pem_or_path.into());
+    /// Present this client certificate (PEM text or a path; see `dynamokv cert user`), with
+    /// [`client_key`](Self::client_key). Needs [`ca_cert`](Self::ca_cert).
+    pub fn client_cert(mut self, pem_or_path: impl Into<String>) -> Self {
+        self.client_cert = Some(pem_or_path.into());
+        self
+    }
+
+    /// The private key of [`client_cert`](Self::client_cert) (PEM text or a path).
+    pub fn client_key(mut self, pem_or_path: impl Into<String>) -> Self {
+        self.client_key = Some(pem_or_path.into());
         self
     }
 

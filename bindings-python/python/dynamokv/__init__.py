@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union, overload
 
 import atexit
+import os
 
 from . import _native, conformance, resolvers
 
@@ -202,6 +203,18 @@ def _items(items: Iterable[PutItem]) -> List[PutItem]:
     return list(items)
 
 
+PemOrPath = Union[str, "os.PathLike[str]", bytes]
+
+
+def _pem(value: Optional[PemOrPath]) -> Optional[str]:
+    """PEM text, or a path, as the native client takes it."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("ascii")
+    return os.fspath(value)
+
+
 class _Base:
     __slots__ = ("_native", "_seeds")
 
@@ -219,6 +232,10 @@ class _Base:
         ring_refresh_interval: Optional[float] = None,
         hedge_after: Optional[float] = None,
         batch_concurrency: Optional[int] = None,
+        ca_cert: Optional[PemOrPath] = None,
+        client_cert: Optional[PemOrPath] = None,
+        client_key: Optional[PemOrPath] = None,
+        token: Optional[str] = None,
     ) -> None:
         self._seeds = [seeds] if isinstance(seeds, str) else list(seeds)
         self._native = _native.Client(
@@ -233,6 +250,10 @@ class _Base:
             ring_refresh_interval=ring_refresh_interval,
             hedge_after=hedge_after,
             batch_concurrency=batch_concurrency,
+            ca_cert=_pem(ca_cert),
+            client_cert=_pem(client_cert),
+            client_key=_pem(client_key),
+            token=token,
         )
 
     @property
@@ -283,6 +304,12 @@ class Client(_Base):
     had its R answers by then; ``batch_concurrency`` (default 32) is how many keys of one batch
     are in flight at once. Connections are made on first use; a bad option raises
     :class:`InvalidConfigError`.
+
+    For a cluster that serves TLS: ``ca_cert`` is the cluster's CA certificate (PEM text, or
+    the path of a PEM file: a ``str`` or ``os.PathLike``); ``client_cert`` and ``client_key``
+    a client certificate and its key (from ``dynamokv cert user``); or ``token`` a token from
+    ``dynamokv admin user add``, sent only over TLS. Refusals raise
+    :class:`UnauthenticatedError`, :class:`PermissionDeniedError` or :class:`TlsError`.
     """
 
     __slots__ = ()

@@ -43,6 +43,10 @@ class Client:
         ring_refresh_interval: Optional[float] = None,
         hedge_after: Optional[float] = None,
         batch_concurrency: Optional[int] = None,
+        ca_cert: Optional[str] = None,
+        client_cert: Optional[str] = None,
+        client_key: Optional[str] = None,
+        token: Optional[str] = None,
     ) -> None: ...
     @property
     def limits(self) -> Tuple[int, int]: ...

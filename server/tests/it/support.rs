@@ -554,6 +554,26 @@ pub async fn read_local(addr: SocketAddr, key: &[u8]) -> Option<VersionedState> 
     reply.state.map(|s| VersionedState::from_proto(&s).unwrap())
 }
 
+/// A node's own copy of `key`, read over TLS with the identity `tls` presents (a node's).
+pub async fn read_local_tls(
+    addr: SocketAddr,
+    key: &[u8],
+    tls: dynamokv_proto::tls::ClientTls,
+) -> Option<VersionedState> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    let mut client = ReplicaClient::new(dynamokv_proto::tls::connect_lazy(&endpoint, tls))
+        .max_decoding_message_size(usize::MAX);
+    let reply = client
+        .read_local(pb::ReadLocalRequest {
+            key: Some(Bytes::copy_from_slice(key)),
+            include_hints: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    reply.state.map(|s| VersionedState::from_proto(&s).unwrap())
+}
+
 /// A plain HTTP/1.1 GET; returns the status line and the body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -1,0 +1,619 @@
+//! Issue 11 on a secure 3-node cluster: TLS everywhere, clients by certificate or token,
+//! permissions per key prefix, a node-to-node service only the cluster's nodes may call, and
+//! certificates rotated under load with no failed request.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tonic::transport::{Channel, Endpoint};
+
+use dynamokv_client::{Client, Error};
+use dynamokv_common::versioning::{Actor, WriteId};
+use dynamokv_common::{CausalContext, VersionedState};
+use dynamokv_proto::tls::{ClientTls, client_config};
+use dynamokv_proto::v1 as pb;
+use dynamokv_proto::v1::admin_client::AdminClient;
+use dynamokv_proto::v1::replica_client::ReplicaClient;
+use dynamokv_server::certificates::{self, Pem};
+use dynamokv_server::config::TlsConfig;
+
+use crate::support::{Cluster, eventually};
+
+const CLUSTER: &str = "dynamokv";
+
+/// A 3-node cluster serving TLS, its certificates in `dir`: `ca.pem`, `node-node-<i>.pem`,
+/// `user-admin.pem` (a superuser) and `user-reader.pem`.
+struct Secure {
+    cluster: Cluster,
+    dir: tempfile::TempDir,
+}
+
+impl Secure {
+    async fn start() -> Secure {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<String> = (0..3).map(|i| format!("node-{i}")).collect();
+        let users = vec!["admin".to_string(), "reader".to_string()];
+        certificates::dev_bundle(dir.path(), CLUSTER, &ids, &users).unwrap();
+        let d = dir.path().to_path_buf();
+        let cluster = Cluster::start_with(3, move |c| {
+            c.tls = Some(TlsConfig {
+                ca: d.join("ca.pem"),
+                cert: d.join(format!("node-{}.pem", c.node_id)),
+                key: d.join(format!("node-{}.key", c.node_id)),
+                reload_interval_ms: 100,
+            });
+            c.security.superusers = vec!["admin".into()];
+            c.security.cache_ms = 200;
+        })
+        .await;
+        Secure { cluster, dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    fn seeds(&self) -> Vec<String> {
+        (0..3).map(|i| self.cluster.seed(i)).collect()
+    }
+
+    /// A client trusting the cluster's CA, configured further by `f`.
+    fn client(
+        &self,
+        f: impl FnOnce(dynamokv_client::ClientBuilder) -> dynamokv_client::ClientBuilder,
+    ) -> Client {
+        f(Client::builder(self.seeds())
+            .ca_cert(self.path("ca.pem"))
+            .request_timeout(Duration::from_secs(5)))
+        .build()
+        .unwrap()
+    }
+
+    fn user(&self, name: &str) -> Client {
+        self.client(|b| {
+            b.client_cert(self.path(&format!("user-{name}.pem")))
+                .client_key(self.path(&format!("user-{name}.key")))
+        })
+    }
+
+    /// TLS client configuration presenting `cert`/`key` from `dir` (if given), trusting `ca`.
+    fn tls(ca: &Path, identity: Option<(&Path, &Path)>) -> ClientTls {
+        let read = |p: &Path| std::fs::read(p).unwrap();
+        let id = identity.map(|(c, k)| (read(c), read(k)));
+        ClientTls::new(
+            client_config(
+                &read(ca),
+                id.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+            )
+            .unwrap(),
+        )
+    }
+
+    fn channel(&self, i: usize, tls: ClientTls) -> Channel {
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.cluster.seed(i))).unwrap();
+        dynamokv_proto::tls::connect_lazy(&endpoint, tls)
+    }
+
+    /// The operator service of node `i`, as the superuser `admin`.
+    fn admin(&self, i: usize) -> AdminClient<Channel> {
+        let d = self.dir.path();
+        AdminClient::new(self.channel(
+            i,
+            Self::tls(
+                &d.join("ca.pem"),
+                Some((&d.join("user-admin.pem"), &d.join("user-admin.key"))),
+            ),
+        ))
+    }
+
+    async fn shutdown(self) {
+        self.cluster.shutdown().await;
+    }
+}
+
+async fn add_user(s: &Secure, name: &str) -> String {
+    s.admin(0)
+        .user_add(pb::UserAddRequest {
+            name: name.into(),
+            token: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+}
+
+async fn grant(s: &Secure, user: &str, prefix: &str, perms: &[&str], grant: bool) {
+    let req = pb::GrantRequest {
+        user: user.into(),
+        prefix: prefix.into(),
+        permissions: perms.iter().map(|p| p.to_string()).collect(),
+    };
+    let mut admin = s.admin(1);
+    if grant {
+        admin.grant(req).await.unwrap();
+    } else {
+        admin.revoke(req).await.unwrap();
+    }
+}
+
+fn message(e: &Error) -> String {
+    e.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_and_token_clients_work_and_every_other_caller_is_refused_with_its_own_error() {
+    let s = Secure::start().await;
+    // A superuser by certificate.
+    let admin = s.user("admin");
+    admin
+        .put(b"cart:1", b"apples".to_vec(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        admin.get(b"cart:1").await.unwrap().values,
+        vec![b"apples".to_vec()]
+    );
+
+    // A token user, granted read and write on every key.
+    let token = add_user(&s, "bob").await;
+    assert!(token.starts_with("dkv1.bob."), "{token}");
+    grant(&s, "bob", "", &["read", "write"], true).await;
+    let bob = s.client(|b| b.token(token.clone()));
+    bob.put(b"user:1", b"bob".to_vec(), None).await.unwrap();
+    assert_eq!(
+        bob.get(b"cart:1").await.unwrap().values,
+        vec![b"apples".to_vec()]
+    );
+
+    // No credentials.
+    let anonymous = s.client(|b| b);
+    let e = anonymous.get(b"cart:1").await.unwrap_err();
+    assert!(matches!(e, Error::Unauthenticated { .. }), "{e:?}");
+    assert!(message(&e).contains("no credentials"), "{e}");
+
+    // A wrong token (well formed, unknown secret), and a malformed one.
+    let wrong = format!("dkv1.bob.{}", "0".repeat(64));
+    let e = s
+        .client(|b| b.token(wrong))
+        .get(b"cart:1")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Unauthenticated { .. }), "{e:?}");
+    assert!(message(&e).contains("token is not valid"), "{e}");
+    let e = s
+        .client(|b| b.token("hunter2"))
+        .get(b"cart:1")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Unauthenticated { .. }), "{e:?}");
+    assert!(message(&e).contains("malformed"), "{e}");
+
+    // A client certificate from another authority: the node refuses the handshake.
+    let other = tempfile::tempdir().unwrap();
+    certificates::dev_bundle(other.path(), CLUSTER, &["node-0".into()], &["admin".into()]).unwrap();
+    let p = |n: &str| other.path().join(n).display().to_string();
+    let stranger = s.client(|b| {
+        b.client_cert(p("user-admin.pem"))
+            .client_key(p("user-admin.key"))
+    });
+    let e = stranger.get(b"cart:1").await.unwrap_err();
+    assert!(matches!(e, Error::Tls { .. }), "{e:?}");
+    assert!(message(&e).contains("refused the TLS handshake"), "{e}");
+    assert!(put_refused(&stranger).await);
+
+    // A client that trusts another authority refuses the nodes' certificates itself.
+    let distrustful = Client::builder(s.seeds())
+        .ca_cert(p("ca.pem"))
+        .build()
+        .unwrap();
+    let e = distrustful.get(b"cart:1").await.unwrap_err();
+    assert!(matches!(e, Error::Tls { .. }), "{e:?}");
+    assert!(message(&e).contains("we refused the certificate"), "{e}");
+    assert!(message(&e).contains("not signed by the CA"), "{e}");
+
+    // A plain-text client.
+    let plain = Client::builder(s.seeds()).build().unwrap();
+    let e = plain.get(b"cart:1").await.unwrap_err();
+    assert!(matches!(e, Error::Unauthenticated { .. }), "{e:?}");
+    assert!(message(&e).contains("requires TLS"), "{e}");
+    let e = plain
+        .put(b"cart:1", b"plain".to_vec(), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Unauthenticated { .. }), "{e:?}");
+
+    // Nothing any of them tried changed the key.
+    assert_eq!(
+        admin.get(b"cart:1").await.unwrap().values,
+        vec![b"apples".to_vec()]
+    );
+    // The reserved records are no client's to read, not even a superuser's.
+    let e = admin.get(b"\0dynamokv/user/bob").await.unwrap_err();
+    assert!(matches!(e, Error::PermissionDenied { .. }), "{e:?}");
+    s.shutdown().await;
+}
+
+/// Whether a put by `client` fails with a TLS error.
+async fn put_refused(client: &Client) -> bool {
+    matches!(
+        client.put(b"cart:1", b"stranger".to_vec(), None).await,
+        Err(Error::Tls { .. })
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_permission_on_a_prefix_reads_it_and_nothing_else_and_a_revoke_takes_effect() {
+    let s = Secure::start().await;
+    let admin = s.user("admin");
+    admin
+        .put(b"cart:1", b"apples".to_vec(), None)
+        .await
+        .unwrap();
+    admin.put(b"user:1", b"ann".to_vec(), None).await.unwrap();
+    // `reader` authenticates by certificate; it exists as a user only to hold grants.
+    s.admin(0)
+        .user_add(pb::UserAddRequest {
+            name: "reader".into(),
+            token: false,
+        })
+        .await
+        .unwrap();
+    grant(&s, "reader", "cart:", &["read"], true).await;
+    let reader = s.user("reader");
+    let got = reader.get(b"cart:1").await.unwrap();
+    assert_eq!(got.values, vec![b"apples".to_vec()]);
+
+    let e = reader
+        .put(b"cart:1", b"pears".to_vec(), Some(&got.context))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::PermissionDenied { .. }), "{e:?}");
+    assert!(
+        message(&e).contains("no write permission on key \"cart:1\""),
+        "{e}"
+    );
+    let e = reader
+        .delete(b"cart:1", Some(&got.context))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::PermissionDenied { .. }), "{e:?}");
+    let e = reader.get(b"user:1").await.unwrap_err();
+    assert!(matches!(e, Error::PermissionDenied { .. }), "{e:?}");
+    assert!(
+        message(&e).contains("no read permission on key \"user:1\""),
+        "{e}"
+    );
+    let e = reader
+        .put(b"user:1", b"mallory".to_vec(), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::PermissionDenied { .. }), "{e:?}");
+    // Not an operator either.
+    let d = s.dir.path();
+    let mut as_reader = AdminClient::new(s.channel(
+        0,
+        Secure::tls(
+            &d.join("ca.pem"),
+            Some((&d.join("user-reader.pem"), &d.join("user-reader.key"))),
+        ),
+    ));
+    let status = as_reader
+        .user_add(pb::UserAddRequest {
+            name: "eve".into(),
+            token: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+
+    // Nothing changed.
+    assert_eq!(
+        admin.get(b"cart:1").await.unwrap().values,
+        vec![b"apples".to_vec()]
+    );
+    assert_eq!(
+        admin.get(b"user:1").await.unwrap().values,
+        vec![b"ann".to_vec()]
+    );
+
+    // A revoke takes effect on every node within the cache validity.
+    grant(&s, "reader", "cart:", &["read"], false).await;
+    eventually(
+        "the revoke to take effect",
+        Duration::from_secs(10),
+        || async {
+            matches!(
+                reader.get(b"cart:1").await,
+                Err(Error::PermissionDenied { .. })
+            )
+        },
+    )
+    .await;
+    // The user list shows what is left.
+    let users = s
+        .admin(2)
+        .user_list(pb::UserListRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .users;
+    let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["reader"]);
+    assert!(users[0].grants.is_empty(), "{:?}", users[0]);
+    s.shutdown().await;
+}
+
+/// A state holding `value` for `key`, as another node would merge it.
+fn forged_state(value: &[u8]) -> pb::VersionedState {
+    let mut state = VersionedState::new();
+    let _ = state.update(
+        &CausalContext::new(),
+        WriteId(7),
+        Some(Bytes::copy_from_slice(value)),
+        Actor(0xbad),
+        0,
+        1_000,
+    );
+    state.to_proto()
+}
+
+async fn merge(client: &mut ReplicaClient<Channel>, key: &[u8]) -> Result<(), tonic::Status> {
+    client
+        .merge_local(pb::MergeLocalRequest {
+            key: Some(Bytes::copy_from_slice(key)),
+            state: Some(forged_state(b"forged")),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_member_nodes_of_the_cluster_may_call_the_node_to_node_service() {
+    let s = Secure::start().await;
+    let admin = s.user("admin");
+    admin
+        .put(b"cart:1", b"apples".to_vec(), None)
+        .await
+        .unwrap();
+    let d = s.dir.path();
+    let ca = d.join("ca.pem");
+
+    // An authenticated superuser is a client, not a node.
+    let mut as_admin = ReplicaClient::new(s.channel(
+        0,
+        Secure::tls(
+            &ca,
+            Some((&d.join("user-admin.pem"), &d.join("user-admin.key"))),
+        ),
+    ));
+    let status = merge(&mut as_admin, b"cart:1").await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("only the nodes of cluster"),
+        "{status:?}"
+    );
+    let status = as_admin
+        .gossip(pb::GossipRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+
+    // No certificate at all.
+    let mut anonymous = ReplicaClient::new(s.channel(0, Secure::tls(&ca, None)));
+    let status = merge(&mut anonymous, b"cart:1").await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+
+    // A node of another cluster, under another CA: refused at the handshake.
+    let other = tempfile::tempdir().unwrap();
+    certificates::dev_bundle(other.path(), "other", &["node-0".into()], &[]).unwrap();
+    let o = other.path();
+    let mut foreign = ReplicaClient::new(s.channel(
+        0,
+        Secure::tls(
+            &ca,
+            Some((&o.join("node-node-0.pem"), &o.join("node-node-0.key"))),
+        ),
+    ));
+    let status = merge(&mut foreign, b"cart:1").await.unwrap_err();
+    assert!(
+        dynamokv_proto::tls::describe_failure(&status, "node-0").is_some(),
+        "not refused by TLS: {status:?}"
+    );
+
+    // Certificates our CA signed, but for a node of another cluster name, and for a node that
+    // is not a member.
+    let our_ca: Pem = certificates::read_ca(d).unwrap();
+    for (cluster, node) in [("other", "node-0"), (CLUSTER, "node-9")] {
+        let pem = certificates::issue_node(&our_ca, cluster, node, &[], 1).unwrap();
+        let stem = format!("imposter-{cluster}-{node}");
+        let (cert, key): (PathBuf, PathBuf) =
+            certificates::write_pair(d, &stem, &pem, false).unwrap();
+        let mut imposter = ReplicaClient::new(s.channel(0, Secure::tls(&ca, Some((&cert, &key)))));
+        let status = merge(&mut imposter, b"cart:1").await.unwrap_err();
+        assert!(
+            matches!(
+                status.code(),
+                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+            ),
+            "{cluster}/{node}: {status:?}"
+        );
+    }
+
+    // None of it reached any replica.
+    for i in 0..3 {
+        let state = crate::support::read_local_tls(
+            s.cluster.addrs[i],
+            b"cart:1",
+            Secure::tls(
+                &ca,
+                Some((&d.join("node-node-1.pem"), &d.join("node-node-1.key"))),
+            ),
+        )
+        .await;
+        let values: Vec<Vec<u8>> = state
+            .map(|s| s.live_values().iter().map(|v| v.to_vec()).collect())
+            .unwrap_or_default();
+        assert!(
+            !values.contains(&b"forged".to_vec()),
+            "node-{i} took a forged state"
+        );
+    }
+    assert_eq!(
+        admin.get(b"cart:1").await.unwrap().values,
+        vec![b"apples".to_vec()]
+    );
+    s.shutdown().await;
+}
+
+/// The certificate node `i` serves now (DER of its leaf).
+async fn served_certificate(s: &Secure, i: usize) -> Vec<u8> {
+    let config = Secure::tls(&s.dir.path().join("ca.pem"), None).current();
+    let tcp = tokio::net::TcpStream::connect(s.cluster.addrs[i])
+        .await
+        .unwrap();
+    let name = dynamokv_proto::tls::server_name("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn leaf_der(pem: &str) -> Vec<u8> {
+    dynamokv_proto::tls::certificates(pem.as_bytes(), "leaf").unwrap()[0].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_on_a_running_cluster_with_no_failed_request() {
+    let s = Arc::new(Secure::start().await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let acknowledged = Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let ops = Arc::new(AtomicU64::new(0));
+    let mut load = Vec::new();
+    for w in 0..2 {
+        let client = s.user("admin");
+        let (stop, failures, acknowledged, ops) = (
+            Arc::clone(&stop),
+            Arc::clone(&failures),
+            Arc::clone(&acknowledged),
+            Arc::clone(&ops),
+        );
+        load.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("rotate:{w}:{i}");
+                let value = format!("v{i}");
+                match client
+                    .put(key.as_bytes(), value.clone().into_bytes(), None)
+                    .await
+                {
+                    Ok(_) => acknowledged.lock().unwrap().push((key.clone(), value)),
+                    Err(e) => failures.lock().unwrap().push(format!("put {key}: {e}")),
+                }
+                if let Err(e) = client.get(key.as_bytes()).await {
+                    failures.lock().unwrap().push(format!("get {key}: {e}"));
+                }
+                ops.fetch_add(2, Ordering::Relaxed);
+                i += 1;
+            }
+        }));
+    }
+    // Fresh connections during the rotation: a client made anew for each request.
+    let churn = {
+        let (s, stop, failures, ops) = (
+            Arc::clone(&s),
+            Arc::clone(&stop),
+            Arc::clone(&failures),
+            Arc::clone(&ops),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Err(e) = s.user("admin").get(b"rotate:0:0").await {
+                    failures.lock().unwrap().push(format!("fresh get: {e}"));
+                }
+                ops.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    eventually("load to run", Duration::from_secs(10), || async {
+        ops.load(Ordering::Relaxed) > 50
+    })
+    .await;
+
+    // Re-issue every node's certificate (new keys, same CA), replacing the files atomically.
+    let ca = certificates::read_ca(s.dir.path()).unwrap();
+    let mut fresh = Vec::new();
+    for i in 0..3 {
+        let pem = certificates::issue_node(&ca, CLUSTER, &format!("node-{i}"), &[], 30).unwrap();
+        let tmp = tempfile::tempdir_in(s.dir.path()).unwrap();
+        let stem = format!("node-node-{i}");
+        let (cert, key) = certificates::write_pair(tmp.path(), &stem, &pem, false).unwrap();
+        std::fs::rename(&key, s.dir.path().join(format!("{stem}.key"))).unwrap();
+        std::fs::rename(&cert, s.dir.path().join(format!("{stem}.pem"))).unwrap();
+        fresh.push(leaf_der(&pem.cert));
+    }
+    for (i, want) in fresh.iter().enumerate() {
+        eventually(
+            &format!("node-{i} to serve its new certificate"),
+            Duration::from_secs(10),
+            || async { served_certificate(&s, i).await == *want },
+        )
+        .await;
+    }
+    // Node-to-node connections made after the rotation present the new certificates too: a
+    // write at W = 3 needs every node to take the others' new connections.
+    let before = ops.load(Ordering::Relaxed);
+    eventually(
+        "load to go on after the rotation",
+        Duration::from_secs(10),
+        || async { ops.load(Ordering::Relaxed) > before + 50 },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    churn.await.unwrap();
+    let failures = failures.lock().unwrap().clone();
+    assert!(
+        failures.is_empty(),
+        "requests failed during the rotation: {failures:?}"
+    );
+
+    // Every acknowledged write is on every replica (N = 3 of 3 nodes: all of them).
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(
+        acknowledged.len() > 20,
+        "too little load: {}",
+        acknowledged.len()
+    );
+    let d = s.dir.path();
+    let node_tls = || {
+        Secure::tls(
+            &d.join("ca.pem"),
+            Some((&d.join("node-node-0.pem"), &d.join("node-node-0.key"))),
+        )
+    };
+    for i in 0..3 {
+        for (key, value) in &acknowledged {
+            eventually(
+                &format!("{key} on node-{i}"),
+                Duration::from_secs(10),
+                || async {
+                    crate::support::read_local_tls(s.cluster.addrs[i], key.as_bytes(), node_tls())
+                        .await
+                        .is_some_and(|st| st.live_values() == vec![Bytes::from(value.clone())])
+                },
+            )
+            .await;
+        }
+    }
+    let s = Arc::try_unwrap(s).ok().expect("no other owner");
+    s.shutdown().await;
+}
