@@ -238,6 +238,27 @@ impl ClientBuilder {
         self
     }
 
+    /// Takes `ca_cert`, `client_cert`, `client_key` and `token` from the environment variables
+    /// `DYNAMOKV_CA_CERT`, `DYNAMOKV_CLIENT_CERT`, `DYNAMOKV_CLIENT_KEY` and `DYNAMOKV_TOKEN`
+    /// where they are set (as `dynamokv dev --secure` sets them for its `--exec` command, and
+    /// as the `dynamokv` command reads them).
+    pub fn credentials_from_env(mut self) -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        if let Some(v) = var("DYNAMOKV_CA_CERT") {
+            self.ca_cert = Some(v);
+        }
+        if let Some(v) = var("DYNAMOKV_CLIENT_CERT") {
+            self.client_cert = Some(v);
+        }
+        if let Some(v) = var("DYNAMOKV_CLIENT_KEY") {
+            self.client_key = Some(v);
+        }
+        if let Some(v) = var("DYNAMOKV_TOKEN") {
+            self.token = Some(v);
+        }
+        self
+    }
+
     /// The TLS configuration the options ask for, if any.
     fn tls(&self) -> Result<Option<dynamokv_proto::tls::ClientTls>, Error> {
         let invalid = |message: String| Error::InvalidConfig { message };

@@ -40,6 +40,15 @@ const seeds = (process.env.DYNAMOKV_SEEDS || '127.0.0.1:7070')
 // A hung node answers nothing: give each node 2.5 s (above a node's own 2 s replica timeout),
 // the call as a whole 15 s.
 const OPTIONS = { attemptTimeoutMs: 2500, requestTimeoutMs: 15000 };
+// A secure cluster (`dynamokv dev --secure` sets these for its --exec command).
+for (const [option, name] of [
+  ['caCert', 'DYNAMOKV_CA_CERT'],
+  ['clientCert', 'DYNAMOKV_CLIENT_CERT'],
+  ['clientKey', 'DYNAMOKV_CLIENT_KEY'],
+  ['token', 'DYNAMOKV_TOKEN'],
+]) {
+  if (process.env[name]) OPTIONS[option] = process.env[name];
+}
 
 const lines = process.env.DYNAMOKV_CART_HOOKS === '1'
   ? readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]()

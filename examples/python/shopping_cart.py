@@ -63,7 +63,12 @@ def signal_node(pid: Optional[int], sig: signal.Signals, what: str) -> None:
 async def shop(seeds: List[str], key: str, stop_pid: Optional[int]) -> None:
     # Each node gets 1.5 s to answer one attempt before the client marks it down and goes on
     # to another replica; a whole call gets 10 s.
-    options = dict(request_timeout=10.0, attempt_timeout=1.5)
+    options: dict = dict(request_timeout=10.0, attempt_timeout=1.5)
+    # A secure cluster (`dynamokv dev --secure` sets these for its --exec command).
+    for option, var in [("ca_cert", "DYNAMOKV_CA_CERT"), ("client_cert", "DYNAMOKV_CLIENT_CERT"),
+                        ("client_key", "DYNAMOKV_CLIENT_KEY"), ("token", "DYNAMOKV_TOKEN")]:
+        if os.environ.get(var):
+            options[option] = os.environ[var]
     alice = dynamokv.AsyncClient(seeds, **options)
     bob = dynamokv.AsyncClient(seeds, **options)
     info = await alice.cluster_info()

@@ -18,7 +18,11 @@ fn show(values: &[Vec<u8>]) -> String {
 }
 
 async fn demo(seeds: Vec<String>) -> Result<(), Error> {
-    let client = Client::connect(seeds.clone()).await?;
+    let client = Client::builder(seeds.clone())
+        .credentials_from_env()
+        .build()?
+        .connected()
+        .await?;
     let info = client.cluster_info().await?;
     println!(
         "connected to cluster {:?} via {}: {} node(s), Q = {}, N = {}, R = {}, W = {}",

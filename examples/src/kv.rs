@@ -35,7 +35,11 @@ async fn run(args: Vec<String>) -> Result<String, String> {
         seeds = args.next().ok_or("--seeds needs a value")?;
     }
     let rest: Vec<String> = args.collect();
-    let client = Client::connect(seeds.split(',').map(str::to_string))
+    let client = Client::builder(seeds.split(',').map(str::to_string))
+        .credentials_from_env()
+        .build()
+        .map_err(|e| e.to_string())?
+        .connected()
         .await
         .map_err(|e| e.to_string())?;
     let context = |s: Option<&String>| -> Result<Context, String> {

@@ -49,6 +49,7 @@ fn signal(pid: u32, sig: &str) {
 
 async fn run(seeds: Vec<String>, pause: Option<u32>) -> Result<bool, Error> {
     let client = Client::builder(seeds)
+        .credentials_from_env()
         .attempt_timeout(Duration::from_millis(1500))
         .request_timeout(Duration::from_secs(10))
         .build()?

@@ -25,7 +25,61 @@ pub struct DevOptions {
     pub exec: Option<String>,
     /// Stop the cluster when `exec` finishes instead of waiting for Ctrl-C.
     pub exit_after_exec: bool,
+    /// TLS everywhere, with a development CA and certificates made in `<base_dir>/certs`, and
+    /// access control with `admin` (a client certificate) as superuser.
+    pub secure: bool,
 }
+
+/// The superuser `dev --secure` issues a client certificate for.
+pub const DEV_ADMIN: &str = "admin";
+
+/// Where `dev --secure` keeps its certificates, and the files a client uses.
+#[derive(Debug, Clone)]
+pub struct DevCerts {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub admin_cert: PathBuf,
+    pub admin_key: PathBuf,
+}
+
+impl DevCerts {
+    fn node_files(&self, id: &str) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join(format!("node-{id}.pem")),
+            self.dir.join(format!("node-{id}.key")),
+        )
+    }
+
+    /// The environment a client of this cluster reads its credentials from.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("DYNAMOKV_CA_CERT", self.ca.display().to_string()),
+            (
+                "DYNAMOKV_CLIENT_CERT",
+                self.admin_cert.display().to_string(),
+            ),
+            ("DYNAMOKV_CLIENT_KEY", self.admin_key.display().to_string()),
+        ]
+    }
+}
+
+/// Makes (or reuses) the development CA and the certificates of `ids` and of the superuser.
+fn dev_certs(base_dir: &Path, ids: &[String]) -> Result<DevCerts, String> {
+    let base = std::path::absolute(base_dir)
+        .map_err(|e| format!("cannot resolve {}: {e}", base_dir.display()))?;
+    let dir = base.join("certs");
+    crate::certificates::dev_bundle(&dir, CLUSTER_NAME, ids, &[DEV_ADMIN.to_string()])
+        .map_err(|e| format!("cannot make the development certificates: {e}"))?;
+    Ok(DevCerts {
+        ca: dir.join("ca.pem"),
+        admin_cert: dir.join(format!("user-{DEV_ADMIN}.pem")),
+        admin_key: dir.join(format!("user-{DEV_ADMIN}.key")),
+        dir,
+    })
+}
+
+/// The cluster name `dev` configures (the default).
+const CLUSTER_NAME: &str = "dynamokv";
 
 struct DevNode {
     id: String,
@@ -33,22 +87,38 @@ struct DevNode {
     child: Child,
 }
 
-fn node_config(opts: &DevOptions, i: usize, members: &[(String, String)], dir: &Path) -> String {
+fn node_config(
+    opts: &DevOptions,
+    i: usize,
+    members: &[(String, String)],
+    dir: &Path,
+    certs: Option<&DevCerts>,
+) -> String {
     // The first node starts alone; the others join through it.
     let seeds = if i == 0 {
         String::new()
     } else {
         format!("\"{}\"", members[0].1)
     };
-    format!(
-        "# Written by `dynamokv dev`; rewritten at every start.\nnode_id = \"{}\"\nlisten = \"{}\"\nmetrics_listen = \"{}:0\"\nworker_threads = {}\ndata_dir = \"{}\"\n\n[cluster]\npartitions = {}\nseeds = [{seeds}]\n",
+    let mut text = format!(
+        "# Written by `dynamokv dev`; rewritten at every start.\nnode_id = \"{}\"\nlisten = \"{}\"\nmetrics_listen = \"{}:0\"\nworker_threads = {}\ndata_dir = \"{}\"\n\n[cluster]\nname = \"{CLUSTER_NAME}\"\npartitions = {}\nseeds = [{seeds}]\n",
         members[i].0,
         members[i].1,
         opts.host,
         workers_per_node(opts.nodes),
         dir.display(),
         opts.partitions,
-    )
+    );
+    if let Some(certs) = certs {
+        let (cert, key) = certs.node_files(&members[i].0);
+        text.push_str(&format!(
+            "\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[security]\nsuperusers = [\"{DEV_ADMIN}\"]\n",
+            certs.ca.display(),
+            cert.display(),
+            key.display()
+        ));
+    }
+    text
 }
 
 /// The machine's cores shared among the nodes (at least one each): nodes on one machine that
@@ -99,6 +169,22 @@ pub async fn run(opts: DevOptions) -> Result<(), String> {
         .enumerate()
         .map(|(i, port)| (format!("node-{}", i + 1), format!("{}:{port}", opts.host)))
         .collect();
+    let certs = if opts.secure {
+        let ids: Vec<String> = members.iter().map(|(id, _)| id.clone()).collect();
+        let certs = dev_certs(&opts.base_dir, &ids)?;
+        // This process's own operator calls (forming the cluster) go as the superuser.
+        let ca = std::fs::read(&certs.ca).map_err(|e| e.to_string())?;
+        let cert = std::fs::read(&certs.admin_cert).map_err(|e| e.to_string())?;
+        let key = std::fs::read(&certs.admin_key).map_err(|e| e.to_string())?;
+        let config = dynamokv_proto::tls::client_config(&ca, Some((&cert, &key)))?;
+        crate::admin::set_credentials(crate::admin::Credentials {
+            tls: Some(dynamokv_proto::tls::ClientTls::new(config)),
+            token: None,
+        });
+        Some(certs)
+    } else {
+        None
+    };
 
     let mut nodes: Vec<DevNode> = Vec::new();
     for i in 0..opts.nodes {
@@ -106,8 +192,11 @@ pub async fn run(opts: DevOptions) -> Result<(), String> {
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let config_path = opts.base_dir.join(format!("{}.toml", members[i].0));
-        std::fs::write(&config_path, node_config(&opts, i, &members, &dir))
-            .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+        std::fs::write(
+            &config_path,
+            node_config(&opts, i, &members, &dir, certs.as_ref()),
+        )
+        .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
         let log_path = opts.base_dir.join(format!("{}.log", members[i].0));
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -166,13 +255,37 @@ pub async fn run(opts: DevOptions) -> Result<(), String> {
         seeds.join(","),
         opts.base_dir.display()
     );
+    if let Some(c) = &certs {
+        println!(
+            "TLS on every connection, certificates in {dir}; clients connect with the CA certificate and the superuser's client certificate:\n  \
+             python:  dynamokv.Client([{py_seeds}], ca_cert=\"{ca}\", client_cert=\"{cert}\", client_key=\"{key}\")\n  \
+             node:    new Client([{py_seeds}], {{ caCert: '{ca}', clientCert: '{cert}', clientKey: '{key}' }})\n  \
+             shell:   export DYNAMOKV_SEEDS={seeds} DYNAMOKV_CA_CERT={ca} DYNAMOKV_CLIENT_CERT={cert} DYNAMOKV_CLIENT_KEY={key}\n           \
+             then e.g. `dynamokv admin user add alice` prints a token, `dynamokv admin grant alice read,write --prefix cart:`",
+            dir = c.dir.display(),
+            ca = c.ca.display(),
+            cert = c.admin_cert.display(),
+            key = c.admin_key.display(),
+            seeds = seeds.join(","),
+            py_seeds = seeds
+                .iter()
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+    }
 
     let mut exec_failed = None;
     if let Some(cmd) = &opts.exec {
-        let status = Command::new("sh")
+        let mut command = Command::new("sh");
+        command
             .arg("-c")
             .arg(cmd)
-            .env("DYNAMOKV_SEEDS", seeds.join(","))
+            .env("DYNAMOKV_SEEDS", seeds.join(","));
+        for (k, v) in certs.iter().flat_map(DevCerts::env) {
+            command.env(k, v);
+        }
+        let status = command
             .status()
             .await
             .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;

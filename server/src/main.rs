@@ -238,6 +238,11 @@ struct DevArgs {
     /// Stop the cluster once --exec finishes.
     #[arg(long, requires = "exec")]
     exit_after_exec: bool,
+    /// TLS everywhere: makes a development CA and certificates in <base-dir>/certs (kept for
+    /// the next run), requires clients to authenticate, and prints how a client connects.
+    /// --exec gets DYNAMOKV_CA_CERT, DYNAMOKV_CLIENT_CERT and DYNAMOKV_CLIENT_KEY as well.
+    #[arg(long)]
+    secure: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -353,6 +358,7 @@ fn main() -> ExitCode {
                 partitions: args.partitions,
                 exec: args.exec,
                 exit_after_exec: args.exit_after_exec,
+                secure: args.secure,
             },
         )),
         Command::Ring { node, key } => runtime.block_on(async {
