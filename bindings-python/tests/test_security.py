@@ -1,0 +1,214 @@
+"""Issue 11 from Python: a secure 3-node cluster (`dynamokv dev --secure`, TLS everywhere) and
+every way in and out of it: a client certificate or a token works; no credentials, a wrong
+token, a certificate from another authority and a plain-text client are each refused with
+their own error; read permission on a prefix; the node-to-node service refuses clients."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+import pytest
+
+import dynamokv
+
+from conftest import dynamokv_bin, poll
+
+
+def run(*args: str, env: Optional[Dict[str, str]] = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Runs the `dynamokv` command; its result (exit status checked unless `check` is false)."""
+    done = subprocess.run(
+        [str(dynamokv_bin()), *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
+        env={**os.environ, **(env or {})},
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(
+            f"dynamokv {' '.join(args)} exited {done.returncode}: {done.stderr.decode(errors='replace')}"
+        )
+    return done
+
+
+class SecureCluster:
+    """`dynamokv dev --secure --nodes 3 --base-port 0` in a temporary directory."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="dynamokv-secure-"))
+        self.proc = subprocess.Popen(
+            [str(dynamokv_bin()), "dev", "--secure", "--nodes", "3", "--base-port", "0",
+             "--partitions", "64", "--base-dir", str(self.dir)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        self.output = ""
+        self.seeds: List[str] = []
+        sel = selectors.DefaultSelector()
+        assert self.proc.stdout is not None
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + 90
+        while not self.seeds:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                pytest.fail(f"dynamokv dev --secure did not come up:\n{self.output}")
+            if sel.select(timeout=1):
+                line = self.proc.stdout.readline().decode(errors="replace")
+                self.output += line
+                m = re.match(r"cluster up: \d+ node\(s\), seeds (\S+)", line)
+                if m:
+                    self.seeds = m.group(1).split(",")
+        # It also says how a client connects: with the CA and the superuser's certificate.
+        while "DYNAMOKV_CA_CERT" not in self.output:
+            if not sel.select(timeout=10):
+                break
+            self.output += self.proc.stdout.readline().decode(errors="replace")
+        sel.close()
+        self.certs = self.dir / "certs"
+
+    def path(self, name: str) -> str:
+        return str(self.certs / name)
+
+    @property
+    def admin_env(self) -> Dict[str, str]:
+        return {
+            "DYNAMOKV_CA_CERT": self.path("ca.pem"),
+            "DYNAMOKV_CLIENT_CERT": self.path("user-admin.pem"),
+            "DYNAMOKV_CLIENT_KEY": self.path("user-admin.key"),
+        }
+
+    def admin(self, *args: str) -> str:
+        """`dynamokv admin ARGS` as the superuser, against the first node."""
+        return run("admin", *args, "--node", self.seeds[0], env=self.admin_env).stdout.decode()
+
+    def client(self, **options: object) -> dynamokv.Client:
+        return dynamokv.Client(self.seeds, ca_cert=self.path("ca.pem"), request_timeout=5.0, **options)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        subprocess.run(["rm", "-rf", str(self.dir)], check=False)
+
+
+@pytest.fixture(scope="module")
+def secure() -> Iterator[SecureCluster]:
+    c = SecureCluster()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def test_dev_secure_says_how_to_connect(secure: SecureCluster) -> None:
+    assert "ca_cert=" in secure.output and secure.path("ca.pem") in secure.output
+    assert "DYNAMOKV_CLIENT_CERT=" in secure.output
+
+
+def test_certificate_and_token_clients_work(secure: SecureCluster) -> None:
+    admin = secure.client(client_cert=secure.path("user-admin.pem"),
+                          client_key=secure.path("user-admin.key"))
+    admin.put(b"cart:py", b"apples")
+    assert admin.get(b"cart:py").values == [b"apples"]
+
+    out = secure.admin("user", "add", "py-bob")
+    token = re.search(r"^(dkv1\.py-bob\.[0-9a-f]{64})$", out, re.M)
+    assert token, out
+    secure.admin("grant", "py-bob", "read,write")
+    bob = secure.client(token=token.group(1))
+    bob.put(b"user:py", b"bob")
+    assert bob.get(b"cart:py").values == [b"apples"]
+    # PEM text works as well as paths.
+    pem = Path(secure.path("ca.pem")).read_text()
+    assert dynamokv.Client(secure.seeds, ca_cert=pem, token=token.group(1)).get(b"user:py").values == [b"bob"]
+
+
+def test_each_kind_of_stranger_gets_its_own_error(secure: SecureCluster, tmp_path: Path) -> None:
+    with pytest.raises(dynamokv.UnauthenticatedError, match="no credentials"):
+        secure.client().get(b"cart:py")
+    with pytest.raises(dynamokv.UnauthenticatedError, match="token is not valid"):
+        secure.client(token="dkv1.py-bob." + "0" * 64).get(b"cart:py")
+    # A certificate from another authority: the node refuses the handshake.
+    run("cert", "ca", "--dir", str(tmp_path))
+    run("cert", "user", "admin", "--dir", str(tmp_path))
+    stranger = secure.client(client_cert=str(tmp_path / "user-admin.pem"),
+                             client_key=str(tmp_path / "user-admin.key"))
+    with pytest.raises(dynamokv.TlsError, match="refused the TLS handshake"):
+        stranger.get(b"cart:py")
+    with pytest.raises(dynamokv.TlsError):
+        stranger.put(b"cart:py", b"stranger")
+    # A client trusting another authority refuses the nodes.
+    with pytest.raises(dynamokv.TlsError, match="we refused the certificate"):
+        dynamokv.Client(secure.seeds, ca_cert=str(tmp_path / "ca.pem")).get(b"cart:py")
+    # Plain text.
+    with pytest.raises(dynamokv.UnauthenticatedError, match="requires TLS"):
+        dynamokv.Client(secure.seeds).get(b"cart:py")
+    # A token without TLS is never sent.
+    with pytest.raises(dynamokv.InvalidConfigError, match="only over TLS"):
+        dynamokv.Client(secure.seeds, token="dkv1.x." + "0" * 64)
+
+
+def test_read_permission_on_a_prefix(secure: SecureCluster) -> None:
+    admin = secure.client(client_cert=secure.path("user-admin.pem"),
+                          client_key=secure.path("user-admin.key"))
+    admin.put(b"cart:1", b"apples")
+    admin.put(b"user:1", b"ann")
+    secure.admin("user", "add", "py-reader", "--no-token")
+    run("cert", "user", "py-reader", "--dir", str(secure.certs))
+    secure.admin("grant", "py-reader", "read", "--prefix", "cart:")
+    reader = secure.client(client_cert=secure.path("user-py-reader.pem"),
+                           client_key=secure.path("user-py-reader.key"))
+    got = reader.get(b"cart:1")
+    assert got.values == [b"apples"]
+    with pytest.raises(dynamokv.PermissionDeniedError, match="no write permission"):
+        reader.put(b"cart:1", b"pears", got.context)
+    with pytest.raises(dynamokv.PermissionDeniedError, match="no read permission"):
+        reader.get(b"user:1")
+    with pytest.raises(dynamokv.PermissionDeniedError):
+        reader.put(b"user:1", b"mallory")
+    assert admin.get(b"cart:1").values == [b"apples"]
+    assert admin.get(b"user:1").values == [b"ann"]
+    listed = secure.admin("user", "list")
+    assert re.search(r"^py-reader\s.*read on \"cart:\"", listed, re.M), listed
+
+
+def test_the_node_to_node_service_refuses_clients_even_an_admin(secure: SecureCluster, tmp_path: Path) -> None:
+    # `debug-read` calls the node-to-node service's ReadLocal.
+    done = run("debug-read", "--node", secure.seeds[0], "--key", "cart:1",
+               env=secure.admin_env, check=False)
+    assert done.returncode != 0
+    assert "only the nodes of cluster" in done.stderr.decode(), done.stderr
+    # A node of another cluster, under another CA, is refused at the handshake.
+    run("cert", "ca", "--dir", str(tmp_path), "--cluster", "other")
+    run("cert", "node", "node-1", "--dir", str(tmp_path), "--cluster", "other")
+    foreign = {
+        "DYNAMOKV_CA_CERT": secure.path("ca.pem"),
+        "DYNAMOKV_CLIENT_CERT": str(tmp_path / "node-node-1.pem"),
+        "DYNAMOKV_CLIENT_KEY": str(tmp_path / "node-node-1.key"),
+    }
+    done = run("debug-read", "--node", secure.seeds[0], "--key", "cart:1", env=foreign, check=False)
+    assert done.returncode != 0
+    assert "TLS handshake" in done.stderr.decode(), done.stderr
+    # One of ours may.
+    ours = {
+        "DYNAMOKV_CA_CERT": secure.path("ca.pem"),
+        "DYNAMOKV_CLIENT_CERT": secure.path("node-node-2.pem"),
+        "DYNAMOKV_CLIENT_KEY": secure.path("node-node-2.key"),
+    }
+    poll("a member node's debug read", lambda: run(
+        "debug-read", "--node", secure.seeds[0], "--key", "cart:1", env=ours, check=False
+    ).returncode == 0)
