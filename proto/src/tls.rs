@@ -8,11 +8,15 @@
 //! sentence saying which side refused and why.
 
 use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -121,10 +125,93 @@ pub fn connect_lazy(endpoint: &Endpoint, tls: ClientTls) -> Channel {
             let stream = tokio_rustls::TlsConnector::from(config)
                 .connect(name, tcp)
                 .await?;
-            Ok::<_, io::Error>(TokioIo::new(stream))
+            Ok::<_, io::Error>(TokioIo::new(Primed::await_verdict(stream).await?))
         }
     });
     endpoint.connect_with_connector_lazy(connector)
+}
+
+/// How long a new connection waits for the node's first bytes (see [`Primed`]).
+const VERDICT_WAIT: Duration = Duration::from_secs(1);
+
+/// A TLS connection whose first bytes from the server were read before it was handed to
+/// HTTP/2, and are given back first.
+///
+/// In TLS 1.3 the client's handshake ends before the server has checked the client's
+/// certificate; a server that refuses it says so with an alert on the client's first read.
+/// Handed straight to HTTP/2, that alert races the first request, which then fails as a bare
+/// "connection closed". So the connector reads first: an HTTP/2 server sends its SETTINGS as
+/// soon as the connection is up (RFC 9113 3.4), and a refusal arrives instead of them, as a
+/// connection error carrying the TLS alert (and, being a connect error, one that certainly
+/// sent nothing). A server that says nothing within [`VERDICT_WAIT`] is let through as is.
+#[derive(Debug)]
+struct Primed<S> {
+    head: Vec<u8>,
+    at: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Primed<S> {
+    async fn await_verdict(mut inner: S) -> io::Result<Primed<S>> {
+        let mut head = vec![0u8; 4096];
+        let n = match tokio::time::timeout(VERDICT_WAIT, inner.read(&mut head)).await {
+            Ok(read) => read?,
+            Err(_) => 0,
+        };
+        head.truncate(n);
+        Ok(Primed { head, at: 0, inner })
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Primed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.at < self.head.len() {
+            let n = buf.remaining().min(self.head.len() - self.at);
+            let at = self.at;
+            buf.put_slice(&self.head[at..at + n]);
+            self.at += n;
+            if self.at == self.head.len() {
+                self.head = Vec::new();
+                self.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Primed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// The TLS error in `err`'s source chain, if any.

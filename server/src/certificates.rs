@@ -49,3 +49,258 @@ pub fn identity(cert_der: &[u8]) -> Option<Identity> {
     }
     found
 }
+
+/// A certificate and its private key, as PEM text.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Pem {
+    pub cert: String,
+    pub key: String,
+}
+
+impl std::fmt::Debug for Pem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("Pem")
+            .field("cert", &self.cert)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a certificate could not be made, read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertError {
+    #[error("{0:?} cannot be named in a certificate: use 1 to 128 of A-Z, a-z, 0-9, '.', '_', '-'")]
+    BadName(String),
+    #[error("cannot read {path}: {source} (make a CA with `dynamokv cert ca --dir {dir}`)", dir = .path.parent().map_or_else(|| ".".into(), |p| p.display().to_string()))]
+    NoCa {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0} exists already: pass --force to replace it")]
+    Exists(std::path::PathBuf),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot make the certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
+fn check_name(s: &str) -> Result<(), CertError> {
+    if valid_name(s) {
+        Ok(())
+    } else {
+        Err(CertError::BadName(s.to_string()))
+    }
+}
+
+fn uri(cluster: &str, kind: &str, id: &str) -> Result<rcgen::SanType, CertError> {
+    let text = format!("dynamokv://{cluster}/{kind}/{id}");
+    Ok(rcgen::SanType::URI(text.try_into()?))
+}
+
+/// Parameters valid from a minute ago for `days` days.
+fn params(common_name: &str, days: u32) -> rcgen::CertificateParams {
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
+    p.distinguished_name
+        .push(rcgen::DnType::OrganizationName, "DynamoKV");
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - time::Duration::minutes(1);
+    p.not_after = now + time::Duration::days(i64::from(days.max(1)));
+    p.serial_number = Some(rcgen::SerialNumber::from_slice(&rand::random::<[u8; 16]>()));
+    p
+}
+
+/// A new self-signed CA for `cluster`, valid for `days`.
+pub fn new_ca(cluster: &str, days: u32) -> Result<Pem, CertError> {
+    check_name(cluster)?;
+    let mut p = params(&format!("DynamoKV {cluster} CA"), days);
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let key = rcgen::KeyPair::generate()?;
+    let cert = p.self_signed(&key)?;
+    Ok(Pem {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+fn issue(ca: &Pem, mut p: rcgen::CertificateParams) -> Result<Pem, CertError> {
+    let ca_key = rcgen::KeyPair::from_pem(&ca.key)?;
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca.cert, ca_key)?;
+    p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    p.use_authority_key_identifier_extension = true;
+    let key = rcgen::KeyPair::generate()?;
+    let cert = p.signed_by(&key, &issuer)?;
+    Ok(Pem {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+/// A certificate for node `node_id` of `cluster`, for serving and for calling other nodes: it
+/// names `localhost`, 127.0.0.1, ::1 and each of `hosts` (IP addresses or DNS names).
+pub fn issue_node(
+    ca: &Pem,
+    cluster: &str,
+    node_id: &str,
+    hosts: &[String],
+    days: u32,
+) -> Result<Pem, CertError> {
+    check_name(cluster)?;
+    check_name(node_id)?;
+    let mut p = params(node_id, days);
+    let mut sans = vec![
+        rcgen::SanType::DnsName("localhost".try_into()?),
+        rcgen::SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
+        rcgen::SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()),
+    ];
+    for h in hosts {
+        sans.push(match h.parse::<std::net::IpAddr>() {
+            Ok(ip) => rcgen::SanType::IpAddress(ip),
+            Err(_) => rcgen::SanType::DnsName(h.as_str().try_into()?),
+        });
+    }
+    sans.push(uri(cluster, "node", node_id)?);
+    p.subject_alt_names = sans;
+    p.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    issue(ca, p)
+}
+
+/// A client certificate for user `user` of `cluster`.
+pub fn issue_user(ca: &Pem, cluster: &str, user: &str, days: u32) -> Result<Pem, CertError> {
+    check_name(cluster)?;
+    check_name(user)?;
+    let mut p = params(user, days);
+    p.subject_alt_names = vec![uri(cluster, "user", user)?];
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    issue(ca, p)
+}
+
+/// Writes `<dir>/<stem>.pem` and `<dir>/<stem>.key`, the key readable by its owner only from
+/// the moment it exists; refuses to replace either file unless `force`.
+pub fn write_pair(
+    dir: &std::path::Path,
+    stem: &str,
+    pem: &Pem,
+    force: bool,
+) -> Result<(std::path::PathBuf, std::path::PathBuf), CertError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::create_dir_all(dir).map_err(|source| CertError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let cert_path = dir.join(format!("{stem}.pem"));
+    let key_path = dir.join(format!("{stem}.key"));
+    if !force {
+        for p in [&cert_path, &key_path] {
+            if p.exists() {
+                return Err(CertError::Exists(p.clone()));
+            }
+        }
+    }
+    let write = |path: &std::path::Path, text: &str, mode: u32| {
+        let err = |source| CertError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        // Written aside and renamed into place, so a node reloading its files never reads
+        // half of one.
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(err)?;
+        f.write_all(text.as_bytes()).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        std::fs::rename(&tmp, path).map_err(err)
+    };
+    write(&key_path, &pem.key, 0o600)?;
+    write(&cert_path, &pem.cert, 0o644)?;
+    Ok((cert_path, key_path))
+}
+
+/// The CA of `dir` (`ca.pem` and `ca.key`).
+pub fn read_ca(dir: &std::path::Path) -> Result<Pem, CertError> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).map_err(|source| CertError::NoCa { path, source })
+    };
+    Ok(Pem {
+        cert: read("ca.pem")?,
+        key: read("ca.key")?,
+    })
+}
+
+/// The files `dev_bundle` made.
+#[derive(Debug, Clone)]
+pub struct DevBundle {
+    pub ca: std::path::PathBuf,
+    /// Node id, certificate, key.
+    pub nodes: Vec<(String, std::path::PathBuf, std::path::PathBuf)>,
+    /// User, certificate, key.
+    pub users: Vec<(String, std::path::PathBuf, std::path::PathBuf)>,
+}
+
+/// Everything a development cluster needs in `dir`: `ca.pem`/`ca.key` (an existing CA is kept,
+/// so clients that trust it keep working across runs), `node-<id>.pem`/`.key` for each of
+/// `node_ids` and `user-<name>.pem`/`.key` for each of `users`, issuing only what is missing.
+pub fn dev_bundle(
+    dir: &std::path::Path,
+    cluster: &str,
+    node_ids: &[String],
+    users: &[String],
+) -> Result<DevBundle, CertError> {
+    let ca = match read_ca(dir) {
+        Ok(ca) => ca,
+        Err(CertError::NoCa { .. }) => {
+            let ca = new_ca(cluster, 3650)?;
+            write_pair(dir, "ca", &ca, false)?;
+            ca
+        }
+        Err(e) => return Err(e),
+    };
+    let mut bundle = DevBundle {
+        ca: dir.join("ca.pem"),
+        nodes: Vec::new(),
+        users: Vec::new(),
+    };
+    for id in node_ids {
+        let stem = format!("node-{id}");
+        let (cert, key) = (
+            dir.join(format!("{stem}.pem")),
+            dir.join(format!("{stem}.key")),
+        );
+        if !(cert.exists() && key.exists()) {
+            write_pair(dir, &stem, &issue_node(&ca, cluster, id, &[], 365)?, true)?;
+        }
+        bundle.nodes.push((id.clone(), cert, key));
+    }
+    for user in users {
+        let stem = format!("user-{user}");
+        let (cert, key) = (
+            dir.join(format!("{stem}.pem")),
+            dir.join(format!("{stem}.key")),
+        );
+        if !(cert.exists() && key.exists()) {
+            write_pair(dir, &stem, &issue_user(&ca, cluster, user, 365)?, true)?;
+        }
+        bundle.users.push((user.clone(), cert, key));
+    }
+    Ok(bundle)
+}

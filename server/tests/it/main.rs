@@ -18,5 +18,5 @@ mod failure_detection;
 mod healing;
 mod hostile_bytes;
 mod observability;
-// mod security;
+mod security;
 mod versioning;

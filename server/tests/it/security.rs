@@ -276,10 +276,7 @@ async fn read_permission_on_a_prefix_reads_it_and_nothing_else_and_a_revoke_take
         message(&e).contains("no write permission on key \"cart:1\""),
         "{e}"
     );
-    let e = reader
-        .delete(b"cart:1", Some(&got.context))
-        .await
-        .unwrap_err();
+    let e = reader.delete(b"cart:1", &got.context).await.unwrap_err();
     assert!(matches!(e, Error::PermissionDenied { .. }), "{e:?}");
     let e = reader.get(b"user:1").await.unwrap_err();
     assert!(matches!(e, Error::PermissionDenied { .. }), "{e:?}");
