@@ -304,3 +304,248 @@ pub fn dev_bundle(
     }
     Ok(bundle)
 }
+
+/// `dynamokv cert`: a development certificate authority and the certificates of nodes and
+/// users, made with rcgen. Any other PKI works as well, if its leaf certificates carry the
+/// `dynamokv://<cluster>/node/<id>` or `dynamokv://<cluster>/user/<name>` URI name.
+#[derive(Debug, clap::Subcommand)]
+pub enum CertCommand {
+    /// Makes a CA: <dir>/ca.pem and <dir>/ca.key.
+    Ca {
+        #[arg(long, default_value = "certs")]
+        dir: std::path::PathBuf,
+        #[arg(long, default_value = "dynamokv")]
+        cluster: String,
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issues node NODE_ID's certificate, signed by the CA in --dir: <dir>/node-<id>.pem/.key.
+    /// It names localhost, 127.0.0.1, ::1 and each --host (where others reach the node).
+    Node {
+        node_id: String,
+        #[arg(long, default_value = "certs")]
+        dir: std::path::PathBuf,
+        #[arg(long, default_value = "dynamokv")]
+        cluster: String,
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issues user NAME's client certificate, signed by the CA in --dir:
+    /// <dir>/user-<name>.pem/.key.
+    User {
+        name: String,
+        #[arg(long, default_value = "certs")]
+        dir: std::path::PathBuf,
+        #[arg(long, default_value = "dynamokv")]
+        cluster: String,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Prints what a certificate says: subject, identity, names, issuer, validity.
+    Show { file: std::path::PathBuf },
+}
+
+/// Runs a `dynamokv cert` command; what it did, as lines to print.
+pub fn run(cmd: CertCommand) -> Result<String, String> {
+    let wrote = |(c, k): (std::path::PathBuf, std::path::PathBuf)| {
+        format!(
+            "wrote {}\nwrote {} (private key, mode 0600)\n",
+            c.display(),
+            k.display()
+        )
+    };
+    match cmd {
+        CertCommand::Ca {
+            dir,
+            cluster,
+            days,
+            force,
+        } => {
+            let ca = new_ca(&cluster, days).map_err(|e| e.to_string())?;
+            write_pair(&dir, "ca", &ca, force)
+                .map(wrote)
+                .map_err(|e| e.to_string())
+        }
+        CertCommand::Node {
+            node_id,
+            dir,
+            cluster,
+            hosts,
+            days,
+            force,
+        } => {
+            let ca = read_ca(&dir).map_err(|e| e.to_string())?;
+            let pem =
+                issue_node(&ca, &cluster, &node_id, &hosts, days).map_err(|e| e.to_string())?;
+            write_pair(&dir, &format!("node-{node_id}"), &pem, force)
+                .map(wrote)
+                .map_err(|e| e.to_string())
+        }
+        CertCommand::User {
+            name,
+            dir,
+            cluster,
+            days,
+            force,
+        } => {
+            let ca = read_ca(&dir).map_err(|e| e.to_string())?;
+            let pem = issue_user(&ca, &cluster, &name, days).map_err(|e| e.to_string())?;
+            write_pair(&dir, &format!("user-{name}"), &pem, force)
+                .map(wrote)
+                .map_err(|e| e.to_string())
+        }
+        CertCommand::Show { file } => {
+            let text =
+                std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let certs = dynamokv_proto::tls::certificates(&text, &file.display().to_string())?;
+            let mut out = String::new();
+            for der in &certs {
+                out.push_str(&describe(der)?);
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// A certificate in words.
+fn describe(der: &[u8]) -> Result<String, String> {
+    use std::fmt::Write as _;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let mut out = String::new();
+    let _ = writeln!(out, "subject:  {}", cert.subject());
+    let _ = writeln!(out, "issuer:   {}", cert.issuer());
+    let _ = writeln!(
+        out,
+        "valid:    {} to {}",
+        cert.validity().not_before,
+        cert.validity().not_after
+    );
+    let _ = writeln!(out, "ca:       {}", cert.is_ca());
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        let names: Vec<String> = san
+            .value
+            .general_names
+            .iter()
+            .map(|n| {
+                use x509_parser::extensions::GeneralName as G;
+                match n {
+                    G::DNSName(d) => format!("DNS:{d}"),
+                    G::URI(u) => format!("URI:{u}"),
+                    G::IPAddress(b) => match b.len() {
+                        4 => format!("IP:{}", std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3])),
+                        16 => {
+                            let mut a = [0u8; 16];
+                            a.copy_from_slice(b);
+                            format!("IP:{}", std::net::Ipv6Addr::from(a))
+                        }
+                        _ => format!("{n}"),
+                    },
+                    other => format!("{other}"),
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "names:    {}", names.join(", "));
+    }
+    let who = match identity(der) {
+        Some(Identity::Node { cluster, node_id }) => format!("node {node_id} of cluster {cluster}"),
+        Some(Identity::User { cluster, name }) => format!("user {name} of cluster {cluster}"),
+        None => "none (no dynamokv:// name)".into(),
+    };
+    let _ = writeln!(out, "identity: {who}");
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn issued_certificates_name_who_was_asked_and_the_ca_names_no_one() {
+        let ca = new_ca("c1", 10).unwrap();
+        let der = |pem: &Pem| {
+            dynamokv_proto::tls::certificates(pem.cert.as_bytes(), "cert").unwrap()[0].to_vec()
+        };
+        assert_eq!(identity(&der(&ca)), None);
+        let node = issue_node(
+            &ca,
+            "c1",
+            "node-7",
+            &["10.0.0.1".into(), "db.example".into()],
+            1,
+        )
+        .unwrap();
+        assert_eq!(
+            identity(&der(&node)),
+            Some(Identity::Node {
+                cluster: "c1".into(),
+                node_id: "node-7".into()
+            })
+        );
+        let text = describe(&der(&node)).unwrap();
+        assert!(
+            text.contains("10.0.0.1") && text.contains("db.example"),
+            "{text}"
+        );
+        let user = issue_user(&ca, "c1", "alice", 1).unwrap();
+        assert_eq!(
+            identity(&der(&user)),
+            Some(Identity::User {
+                cluster: "c1".into(),
+                name: "alice".into()
+            })
+        );
+        for bad in ["", "a b", "a/b", &"x".repeat(129)] {
+            assert!(matches!(
+                issue_user(&ca, "c1", bad, 1),
+                Err(CertError::BadName(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn keys_are_private_files_are_not_replaced_unforced_and_the_dev_ca_is_kept() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let first = dev_bundle(dir.path(), "c1", &["n1".into()], &["admin".into()]).unwrap();
+        let mode = std::fs::metadata(&first.users[0].2)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let ca = std::fs::read(&first.ca).unwrap();
+        let again = dev_bundle(
+            dir.path(),
+            "c1",
+            &["n1".into()],
+            &["admin".into(), "bob".into()],
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(&again.ca).unwrap(), ca, "the CA was replaced");
+        assert!(again.users[1].1.exists());
+        let pem = read_ca(dir.path()).unwrap();
+        assert!(matches!(
+            write_pair(dir.path(), "ca", &pem, false),
+            Err(CertError::Exists(_))
+        ));
+        let empty = tempfile::tempdir().unwrap();
+        assert!(matches!(read_ca(empty.path()), Err(CertError::NoCa { .. })));
+    }
+
+    proptest! {
+        #[test]
+        fn identity_of_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = identity(&bytes);
+        }
+    }
+}

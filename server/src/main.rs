@@ -113,6 +113,9 @@ enum Command {
     /// Operator commands, answered by one node from its own view of the cluster.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Development certificates: a CA, node and user certificates (see docs/security.md).
+    #[command(subcommand)]
+    Cert(dynamokv_server::certificates::CertCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -335,7 +338,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if !matches!(cli.command, Command::Serve(_) | Command::Dev(_)) {
+    if !matches!(
+        cli.command,
+        Command::Serve(_) | Command::Dev(_) | Command::Cert(_)
+    ) {
         match cli.credentials.load() {
             Ok(c) => dynamokv_server::admin::set_credentials(c),
             Err(e) => {
@@ -374,6 +380,16 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Admin(cmd) => runtime.block_on(admin(cmd)),
+        Command::Cert(cmd) => match dynamokv_server::certificates::run(cmd) {
+            Ok(text) => {
+                print!("{text}");
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("dynamokv cert: {e}");
+                return ExitCode::from(2);
+            }
+        },
         Command::DebugRead { node, key } => runtime.block_on(async {
             let (actor, state) = dynamokv_server::admin::debug_read(&node, key.as_bytes()).await?;
             print!(
