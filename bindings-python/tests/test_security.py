@@ -49,6 +49,8 @@ class SecureCluster:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            # Unbuffered, so that the selector sees every line still to be read.
+            bufsize=0,
         )
         self.output = ""
         self.seeds: List[str] = []

@@ -1519,6 +1519,23 @@ public struct ClientOptions: Equatable, Hashable {
      * How many keys of one batch call are in flight at once (32 by default).
      */
     public var batchConcurrency: UInt32?
+    /**
+     * The cluster's CA certificate, for a cluster that serves TLS: PEM text or the path of a
+     * PEM file. With it every connection is TLS.
+     */
+    public var caCert: String?
+    /**
+     * A client certificate (from `dynamokv cert user`): PEM text or a path. Needs `clientKey`.
+     */
+    public var clientCert: String?
+    /**
+     * The private key of `clientCert`: PEM text or a path.
+     */
+    public var clientKey: String?
+    /**
+     * A token from `dynamokv admin user add`; sent only over TLS (needs `caCert`).
+     */
+    public var token: String?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -1557,7 +1574,20 @@ public struct ClientOptions: Equatable, Hashable {
          */hedgeAfterMs: UInt64? = nil, 
         /**
          * How many keys of one batch call are in flight at once (32 by default).
-         */batchConcurrency: UInt32? = nil) {
+         */batchConcurrency: UInt32? = nil, 
+        /**
+         * The cluster's CA certificate, for a cluster that serves TLS: PEM text or the path of a
+         * PEM file. With it every connection is TLS.
+         */caCert: String? = nil, 
+        /**
+         * A client certificate (from `dynamokv cert user`): PEM text or a path. Needs `clientKey`.
+         */clientCert: String? = nil, 
+        /**
+         * The private key of `clientCert`: PEM text or a path.
+         */clientKey: String? = nil, 
+        /**
+         * A token from `dynamokv admin user add`; sent only over TLS (needs `caCert`).
+         */token: String? = nil) {
         self.connectTimeoutMs = connectTimeoutMs
         self.requestTimeoutMs = requestTimeoutMs
         self.attemptTimeoutMs = attemptTimeoutMs
@@ -1568,6 +1598,10 @@ public struct ClientOptions: Equatable, Hashable {
         self.ringRefreshIntervalMs = ringRefreshIntervalMs
         self.hedgeAfterMs = hedgeAfterMs
         self.batchConcurrency = batchConcurrency
+        self.caCert = caCert
+        self.clientCert = clientCert
+        self.clientKey = clientKey
+        self.token = token
     }
 
     
@@ -1595,7 +1629,11 @@ public struct FfiConverterTypeClientOptions: FfiConverterRustBuffer {
                 coordination: FfiConverterOptionTypeCoordination.read(from: &buf), 
                 ringRefreshIntervalMs: FfiConverterOptionUInt64.read(from: &buf), 
                 hedgeAfterMs: FfiConverterOptionUInt64.read(from: &buf), 
-                batchConcurrency: FfiConverterOptionUInt32.read(from: &buf)
+                batchConcurrency: FfiConverterOptionUInt32.read(from: &buf), 
+                caCert: FfiConverterOptionString.read(from: &buf), 
+                clientCert: FfiConverterOptionString.read(from: &buf), 
+                clientKey: FfiConverterOptionString.read(from: &buf), 
+                token: FfiConverterOptionString.read(from: &buf)
         )
     }
 
@@ -1610,6 +1648,10 @@ public struct FfiConverterTypeClientOptions: FfiConverterRustBuffer {
         FfiConverterOptionUInt64.write(value.ringRefreshIntervalMs, into: &buf)
         FfiConverterOptionUInt64.write(value.hedgeAfterMs, into: &buf)
         FfiConverterOptionUInt32.write(value.batchConcurrency, into: &buf)
+        FfiConverterOptionString.write(value.caCert, into: &buf)
+        FfiConverterOptionString.write(value.clientCert, into: &buf)
+        FfiConverterOptionString.write(value.clientKey, into: &buf)
+        FfiConverterOptionString.write(value.token, into: &buf)
     }
 }
 
