@@ -45,6 +45,9 @@ pub enum System {
     Dynamokv,
     /// The same cases on a cluster of another `dynamokv` binary (`--baseline-bin`).
     DynamokvBaseline,
+    /// The same cases on a cluster of this build serving TLS, the client authenticating with
+    /// a client certificate (issue 11: the cost of TLS).
+    DynamokvTls,
     GrpcFloor,
     RocksdbFloor,
     Redis,
@@ -55,6 +58,7 @@ impl System {
         match self {
             System::Dynamokv => "dynamokv",
             System::DynamokvBaseline => "dynamokv-baseline",
+            System::DynamokvTls => "dynamokv-tls",
             System::GrpcFloor => "grpc-floor",
             System::RocksdbFloor => "rocksdb-floor",
             System::Redis => "redis",
@@ -228,6 +232,8 @@ pub enum Section {
     Baseline,
     /// `sync_replicas = 1` against the default 0.
     Durability,
+    /// A TLS cluster (client certificate, access control on) against the plain-text one.
+    Tls,
 }
 
 /// Two cases reported side by side, with the ratios `ours / theirs`.
@@ -547,6 +553,44 @@ pub fn plan(o: &PlanOptions) -> Plan {
             theirs: format!("dynamokv put/{n}"),
         })
         .collect();
+    // The cost of TLS: the same gets and puts, one client and many in flight, on a cluster
+    // serving TLS with access control on; each twin runs right after its original.
+    clusters.push(ClusterPlan {
+        label: "tls".into(),
+        binary: None,
+        spec: ClusterSpec {
+            tls: true,
+            ..ClusterSpec::default()
+        },
+        keys: o.keys,
+        sibling_keys: 0,
+    });
+    let tls_cluster = clusters.len() - 1;
+    let tls_twinned: Vec<String> = ["get/1".to_string(), "put/1".to_string()]
+        .into_iter()
+        .chain(["get", "put"].map(|op| format!("{op}/{c}")))
+        .collect();
+    let mut with_tls = Vec::with_capacity(cases.len() + tls_twinned.len());
+    for original in cases {
+        let twin = (original.system == Dynamokv
+            && original.workload.cluster() == Some(main)
+            && tls_twinned.contains(&original.name))
+        .then(|| Case {
+            system: DynamokvTls,
+            workload: original.workload.on_cluster(tls_cluster),
+            ..original.clone()
+        });
+        with_tls.push(original);
+        if let Some(twin) = twin {
+            pairs.push(Pair {
+                section: Section::Tls,
+                ours: twin.id(),
+                theirs: with_tls[with_tls.len() - 1].id(),
+            });
+            with_tls.push(twin);
+        }
+    }
+    cases = with_tls;
     if let Some(baseline) = &o.baseline {
         clusters.push(ClusterPlan {
             label: "baseline".into(),

@@ -45,6 +45,9 @@ pub struct ClusterSpec {
     /// Write only the keys every build knows (see the module docs); then `n`, `r`, `w` must be
     /// the defaults 3, 2, 2 and there may be no extra lines.
     pub minimal: bool,
+    /// Serve TLS: a development CA and certificates are made in the cluster's directory, and
+    /// clients present the certificate of user `bench`, a superuser.
+    pub tls: bool,
 }
 
 impl Default for ClusterSpec {
@@ -59,6 +62,7 @@ impl Default for ClusterSpec {
             cluster_lines: Vec::new(),
             partitions: dynamokv_server::config::ClusterConfig::default().partitions,
             minimal: false,
+            tls: false,
         }
     }
 }
@@ -69,8 +73,13 @@ pub struct Cluster {
     // Field order matters: the processes are killed before their directory is removed.
     nodes: Vec<ChildGuard>,
     seeds: Vec<String>,
+    /// CA, client certificate and key, when the cluster serves TLS.
+    tls: Option<[String; 3]>,
     _dir: tempfile::TempDir,
 }
+
+/// The user whose certificate the bench's clients present to a TLS cluster.
+const TLS_USER: &str = "bench";
 
 /// The `dynamokv` binary: `$DYNAMOKV_BIN` (the Makefile sets it), else
 /// `$CARGO_TARGET_DIR/release/dynamokv`, else next to this binary.
@@ -105,6 +114,7 @@ impl ClusterSpec {
     fn check(&self) -> Result<()> {
         let plain = self.node_lines.is_empty()
             && self.cluster_lines.is_empty()
+            && !self.tls
             && (self.n, self.r, self.w) == (3, 2, 2);
         if self.minimal && !plain {
             bail!(
@@ -171,11 +181,33 @@ impl Cluster {
             .enumerate()
             .map(|(i, port)| (format!("node-{}", i + 1), format!("127.0.0.1:{port}")))
             .collect();
+        let tls = if spec.tls {
+            let ids: Vec<String> = members.iter().map(|(id, _)| id.clone()).collect();
+            let bundle = dynamokv_server::certificates::dev_bundle(
+                &dir.path().join("certs"),
+                "bench",
+                &ids,
+                &[TLS_USER.to_string()],
+            )?;
+            Some(bundle)
+        } else {
+            None
+        };
         let mut nodes = Vec::new();
         for (i, (id, _)) in members.iter().enumerate() {
             let config_path = dir.path().join(format!("{id}.toml"));
             let data_dir = dir.path().join(id);
-            std::fs::write(&config_path, spec.config(i, &members, &data_dir))
+            let mut config = spec.config(i, &members, &data_dir);
+            if let Some(b) = &tls {
+                let (_, cert, key) = &b.nodes[i];
+                config.push_str(&format!(
+                    "\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[security]\nsuperusers = [\"{TLS_USER}\"]\n",
+                    b.ca.display(),
+                    cert.display(),
+                    key.display()
+                ));
+            }
+            std::fs::write(&config_path, config)
                 .with_context(|| format!("cannot write {}", config_path.display()))?;
             let log_path = dir.path().join(format!("{id}.log"));
             let log = File::create(&log_path)
@@ -201,8 +233,16 @@ impl Cluster {
                 Some(log_path),
             )?);
         }
+        let tls = tls.map(|b| {
+            let (_, cert, key) = &b.users[0];
+            [
+                b.ca.display().to_string(),
+                cert.display().to_string(),
+                key.display().to_string(),
+            ]
+        });
         for (node, (_, address)) in nodes.iter_mut().zip(&members) {
-            let probe = Client::builder([address.as_str()])
+            let probe = with_tls(Client::builder([address.as_str()]), tls.as_ref())
                 .connect_timeout(Duration::from_millis(500))
                 .request_timeout(Duration::from_secs(1))
                 .max_retries(0)
@@ -230,30 +270,32 @@ impl Cluster {
         Ok(Cluster {
             nodes,
             seeds: members.into_iter().map(|(_, address)| address).collect(),
+            tls,
             _dir: dir,
         })
+    }
+
+    /// Client options for this cluster: every node a seed, and its TLS credentials if any.
+    fn builder(&self) -> dynamokv_client::ClientBuilder {
+        with_tls(Client::builder(self.seeds.clone()), self.tls.as_ref())
     }
 
     /// A client of this cluster with default options (client-driven coordination), every
     /// node a seed.
     pub fn client(&self) -> Result<Client> {
-        Ok(Client::builder(self.seeds.clone()).build()?)
+        Ok(self.builder().build()?)
     }
 
     /// A client-driven client with hedged reads: a get asks R replicas, and one more only when
     /// they have not answered within `after`.
     pub fn hedged_client(&self, after: std::time::Duration) -> Result<Client> {
-        Ok(Client::builder(self.seeds.clone())
-            .hedge_after(Some(after))
-            .build()?)
+        Ok(self.builder().hedge_after(Some(after)).build()?)
     }
 
     /// A server-driven client: every request to one node (the seeds in turn), which
     /// coordinates it.
     pub fn server_driven_client(&self) -> Result<Client> {
-        Ok(Client::builder(self.seeds.clone())
-            .coordination(Coordination::Server)
-            .build()?)
+        Ok(self.builder().coordination(Coordination::Server).build()?)
     }
 
     pub fn pids(&self) -> Vec<u32> {
@@ -263,6 +305,20 @@ impl Cluster {
     /// An error if a node has died.
     pub fn check_alive(&mut self) -> Result<()> {
         self.nodes.iter_mut().try_for_each(ChildGuard::check_alive)
+    }
+}
+
+/// `builder` presenting the CA, client certificate and key of `tls`, if given.
+fn with_tls(
+    builder: dynamokv_client::ClientBuilder,
+    tls: Option<&[String; 3]>,
+) -> dynamokv_client::ClientBuilder {
+    match tls {
+        None => builder,
+        Some([ca, cert, key]) => builder
+            .ca_cert(ca.clone())
+            .client_cert(cert.clone())
+            .client_key(key.clone()),
     }
 }
 

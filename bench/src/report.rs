@@ -318,6 +318,13 @@ fn comparisons(plan: &Plan, reports: &[CaseReport]) -> Vec<Comparison> {
             "sync 1".to_string(),
             "sync 0".to_string(),
         ),
+        (
+            Section::Tls,
+            "the cost of TLS: a TLS cluster (client certificate, access control) vs plain text, ratios TLS / plain"
+                .to_string(),
+            "TLS".to_string(),
+            "plain".to_string(),
+        ),
     ];
     let mut out = Vec::new();
     for (section, title, ours_label, theirs_label) in sections {
@@ -352,7 +359,7 @@ fn comparisons(plan: &Plan, reports: &[CaseReport]) -> Vec<Comparison> {
                 theirs_label,
                 theirs_binary: match section {
                     Section::Baseline => plan.baseline.as_ref().map(|b| b.binary.clone()),
-                    Section::Durability => None,
+                    Section::Durability | Section::Tls => None,
                 },
                 rows,
             });

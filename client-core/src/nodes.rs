@@ -222,7 +222,12 @@ mod tests {
 
     #[test]
     fn request_ids_are_distinct_and_never_zero() {
-        let nodes = Nodes::new(Duration::from_secs(1), Duration::from_secs(1));
+        let nodes = Nodes::new(
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            None,
+            Credentials::default(),
+        );
         let ids: std::collections::HashSet<u64> = (0..1000).map(|_| nodes.request_id()).collect();
         assert_eq!(ids.len(), 1000);
         assert!(!ids.contains(&0));

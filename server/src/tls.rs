@@ -29,12 +29,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use futures::{Stream, StreamExt};
 use rustls::server::WebPkiClientVerifier;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Connected, TcpIncoming};
 
@@ -293,65 +292,89 @@ impl AsyncWrite for Conn {
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The connections accepted from `tcp`: plain as they come when `tls` is `None`, else sorted
-/// and handshaken (see the module doc). The stream ends when the server drops it.
-pub fn accept(mut tcp: TcpIncoming, tls: Option<Arc<NodeTls>>) -> ReceiverStream<io::Result<Conn>> {
-    let (tx, rx) = mpsc::channel::<io::Result<Conn>>(64);
-    tokio::spawn(async move {
+/// and handshaken (see the module doc), several handshakes at once. Everything, the listener
+/// included, is owned by the stream: when the server drops it, the port is free at once.
+pub fn accept(tcp: TcpIncoming, tls: Option<Arc<NodeTls>>) -> Accept {
+    Accept {
+        tcp,
+        tls,
+        handshakes: FuturesUnordered::new(),
+    }
+}
+
+type Handshake = Pin<Box<dyn std::future::Future<Output = Option<Conn>> + Send>>;
+
+/// The stream [`accept`] returns.
+pub struct Accept {
+    tcp: TcpIncoming,
+    tls: Option<Arc<NodeTls>>,
+    handshakes: FuturesUnordered<Handshake>,
+}
+
+impl std::fmt::Debug for Accept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accept")
+            .field("handshakes", &self.handshakes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stream for Accept {
+    type Item = io::Result<Conn>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut listening = true;
         loop {
-            let stream = tokio::select! {
-                () = tx.closed() => return,
-                next = tcp.next() => match next {
-                    None => return,
-                    Some(Ok(stream)) => stream,
-                    Some(Err(e)) => {
-                        // Out of file descriptors and the like: say so, and give the
-                        // system a moment instead of spinning on the error.
-                        tracing::warn!(error = %e, "cannot accept a connection");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                },
-            };
-            let remote = stream.peer_addr().ok();
-            match &tls {
-                None => {
-                    let conn = Conn {
-                        io: Io::Plain(stream),
-                        info: ConnInfo {
-                            remote,
-                            security: Security::Plain,
-                        },
+            match self.tcp.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(stream))) => {
+                    let remote = stream.peer_addr().ok();
+                    let Some(tls) = &self.tls else {
+                        return Poll::Ready(Some(Ok(Conn {
+                            io: Io::Plain(stream),
+                            info: ConnInfo {
+                                remote,
+                                security: Security::Plain,
+                            },
+                        })));
                     };
-                    if tx.send(Ok(conn)).await.is_err() {
-                        return;
-                    }
-                }
-                Some(tls) => {
                     let acceptor = tls.acceptor();
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        let conn = tokio::time::timeout(
+                    self.handshakes.push(Box::pin(async move {
+                        match tokio::time::timeout(
                             HANDSHAKE_TIMEOUT,
                             secure(stream, remote, acceptor),
                         )
-                        .await;
-                        match conn {
-                            Ok(Ok(conn)) => {
-                                let _ = tx.send(Ok(conn)).await;
-                            }
+                        .await
+                        {
+                            Ok(Ok(conn)) => Some(conn),
                             Ok(Err(e)) => {
                                 tracing::info!(peer = ?remote, error = %e, "refused a TLS connection");
+                                None
                             }
                             Err(_) => {
                                 tracing::info!(peer = ?remote, "a connection did not finish its TLS handshake in time");
+                                None
                             }
                         }
-                    });
+                    }));
                 }
+                // Out of file descriptors and the like: the server logs it and asks again.
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => {
+                    listening = false;
+                    break;
+                }
+                Poll::Pending => break,
             }
         }
-    });
-    ReceiverStream::new(rx)
+        loop {
+            match self.handshakes.poll_next_unpin(cx) {
+                Poll::Ready(Some(Some(conn))) => return Poll::Ready(Some(Ok(conn))),
+                Poll::Ready(Some(None)) => continue,
+                Poll::Ready(None) if !listening => return Poll::Ready(None),
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
 }
 
 /// Completes the TLS handshake of `stream`, or takes it as a plain-text client on a TLS port.
