@@ -240,3 +240,34 @@ test('DynamoKVError carries writeId as given', () => {
   assert.equal(e.code, 'OUTCOME_UNKNOWN');
   assert.equal(new DynamoKVError('SIBLING_LIMIT', 'm').writeId, undefined);
 });
+
+test('a node at its connection cap answers OVERLOADED, then serves again once a place is free', async () => {
+  // Resource limits (issue 11): past the cap a connection is answered, not reset.
+  const capped = await startNode({ nodeId: 'test-capped', config: '[limits]\nmax_connections = 1\n' });
+  const [host, port] = [capped.address.slice(0, capped.address.lastIndexOf(':')), Number(capped.address.slice(capped.address.lastIndexOf(':') + 1))];
+  const holder = net.connect(port, host);
+  try {
+    await new Promise((resolve, reject) => {
+      holder.once('connect', resolve);
+      holder.once('error', reject);
+    });
+    const c = new Client([capped.address], { maxRetries: 0, coordination: 'server', requestTimeoutMs: 5000 });
+    const e = await rejectsWith(c.get('k'), 'OVERLOADED');
+    assert.match(e.message, /connections open, the cap is 1/);
+    assert.match(e.message, /retry later/);
+    holder.destroy();
+    const deadline = Date.now() + 10000;
+    for (;;) {
+      try {
+        await c.get('k');
+        break;
+      } catch (err) {
+        if (Date.now() > deadline) throw err;
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    }
+  } finally {
+    holder.destroy();
+    await capped.stop();
+  }
+});

@@ -9,6 +9,7 @@ from typing import Any, Awaitable, Type
 import pytest
 
 import dynamokv
+from conftest import poll
 
 MAX_KEY = 4096
 MAX_VALUE = 1024 * 1024
@@ -292,3 +293,25 @@ async def test_timestamps_and_a_delete_concurrent_with_a_value(kv: Any, key: byt
     assert (resolved.value, resolved.siblings, resolved.written_back) == (b"b", 1, True)
     after = await kv.get(key)
     assert after.values == [b"b"] and after.tombstone is False
+
+
+OVERLOAD_CONFIG = "[limits]\nmax_connections = 1\n"
+
+
+def test_a_node_at_its_connection_cap_answers_overloaded(start_node: Any) -> None:
+    """Resource limits (issue 11): past its cap of connections a node answers OVERLOADED (retry
+    later) instead of resetting the connection, and serves again once a place is free."""
+    import socket
+
+    capped = start_node("test-capped", config=OVERLOAD_CONFIG)
+    host, port = capped.address.rsplit(":", 1)
+    holder = socket.create_connection((host, int(port)))
+    try:
+        client = dynamokv.Client([capped.address], request_timeout=5.0, max_retries=0,
+                                 coordination="server")
+        with pytest.raises(dynamokv.OverloadedError, match="connections open, the cap is 1") as info:
+            client.get(b"k")
+        assert info.value.code == "OVERLOADED" and "retry later" in info.value.message
+    finally:
+        holder.close()
+    poll("the node to serve again", lambda: client.get(b"k").values == [] or "empty")

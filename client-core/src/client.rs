@@ -1259,6 +1259,7 @@ impl Client {
         let tries = opts.max_retries as usize + 1;
         let mut attempt = 1u32;
         let mut maybe_applied = false;
+        let mut last_overloaded = false;
         let mut failures: Vec<String> = Vec::new();
         for node in targets.iter().cycle().take(tries) {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -1293,6 +1294,7 @@ impl Client {
             if err.is_refusal() {
                 return Err(err);
             }
+            last_overloaded = matches!(err, Error::Overloaded { .. });
             match Failure::of(&status, &err) {
                 Failure::Verdict => return Err(err),
                 Failure::NotApplied => {}
@@ -1309,6 +1311,10 @@ impl Client {
                 write_id,
                 message: failures.join("; "),
             }
+        } else if last_overloaded {
+            Error::Overloaded {
+                message: failures.join("; "),
+            }
         } else if Instant::now() >= deadline && failures.is_empty() {
             self.timeout_error()
         } else {
@@ -1319,10 +1325,12 @@ impl Client {
     }
 }
 
+/// Whether another node may serve what this one could not (an overloaded node included: the
+/// client tries the next and, if every one is, reports the overload).
 fn is_transient(err: &Error) -> bool {
     matches!(
         err,
-        Error::Unavailable { .. } | Error::QuorumNotReached { .. }
+        Error::Unavailable { .. } | Error::QuorumNotReached { .. } | Error::Overloaded { .. }
     )
 }
 

@@ -220,6 +220,15 @@ pub struct LimitsConfig {
     pub warn_siblings: usize,
     pub max_object_bytes: usize,
     pub warn_object_bytes: usize,
+    /// Client requests (the Kv and Admin services) in flight at once on this node; past it a
+    /// request is refused at once with OVERLOADED ("retry later"), not queued. Node-to-node
+    /// calls are not counted.
+    pub max_concurrent_requests: usize,
+    /// Connections open at once; past it a connection is answered OVERLOADED and closed.
+    pub max_connections: usize,
+    /// The largest request message the client-facing services decode, in bytes. Absent: the
+    /// object limit plus 1 MiB (a client's read repair carries a whole replica state).
+    pub max_request_bytes: Option<usize>,
 }
 
 impl Default for Config {
@@ -274,6 +283,9 @@ impl Default for LimitsConfig {
             warn_siblings: DEFAULT_WARN_SIBLINGS,
             max_object_bytes: DEFAULT_MAX_OBJECT_BYTES,
             warn_object_bytes: DEFAULT_WARN_OBJECT_BYTES,
+            max_concurrent_requests: 1024,
+            max_connections: 4096,
+            max_request_bytes: None,
         }
     }
 }
@@ -326,6 +338,14 @@ impl Config {
 
     pub fn replica_timeout(&self) -> Duration {
         Duration::from_millis(self.replica_timeout_ms)
+    }
+
+    /// The largest client request message decoded (see `LimitsConfig::max_request_bytes`).
+    pub fn max_request_bytes(&self) -> usize {
+        self.limits
+            .max_request_bytes
+            .unwrap_or(self.limits.max_object_bytes + (1 << 20))
+            .min(MAX_MESSAGE_BYTES)
     }
 
     /// How much superseded history replicas keep.
@@ -443,6 +463,14 @@ impl Config {
         if b.handoff_interval_ms == 0 || b.reap_interval_ms == 0 || b.latency_bound_ms == 0 {
             return Err(ConfigError::Invalid(
                 "background.handoff_interval_ms, reap_interval_ms and latency_bound_ms must be positive".into(),
+            ));
+        }
+        if l.max_concurrent_requests == 0
+            || l.max_connections == 0
+            || l.max_request_bytes == Some(0)
+        {
+            return Err(ConfigError::Invalid(
+                "limits.max_concurrent_requests, max_connections and max_request_bytes must be positive".into(),
             ));
         }
         if let Some(tls) = &self.tls {

@@ -26,6 +26,7 @@ pub mod error;
 pub mod gossip;
 pub mod hinted_handoff;
 pub mod key_range_transfer;
+pub mod load_shedding;
 pub mod membership;
 pub mod membership_state;
 pub mod merkle;

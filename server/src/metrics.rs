@@ -15,6 +15,8 @@
 //! - `versions_per_read`: how many versions a get returned (the paper's divergence figure,
 //!   section 6.3: in Amazon's shopping cart 99.94% of reads saw exactly one).
 //! - `read_repairs_total`, `vector_clock_truncations_total`, `retired_writes_evicted_total`.
+//! - `overloaded_total{cap}`: requests refused at the cap of requests in flight or of
+//!   connections; `requests_in_flight` and `connections_open`, where the caps apply.
 //! - `peer_up{peer}`: 1 while this node can reach the peer, 0 once it marked it down.
 //! - `wal_syncs_total` and `synced_writes_total`: fsyncs of the write-ahead log and the writes
 //!   they made durable (their ratio is how many writes share one fsync in group commit).
@@ -73,6 +75,11 @@ struct RequestLabels {
 struct LatencyLabels {
     op: &'static str,
     role: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CapLabels {
+    cap: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -146,6 +153,11 @@ pub struct Metrics {
     pub membership: MembershipMetrics,
     pub tombstones_reaped: Counter,
     background_paused: Family<WorkerLabels, Counter>,
+    overloaded: Family<CapLabels, Counter>,
+    /// Client requests (Kv and Admin) in flight.
+    pub requests_in_flight: Gauge,
+    /// Connections open (accepted and not yet closed, over-cap ones excluded).
+    pub connections_open: Gauge,
     /// Foreground latency, as admission control of background work sees it.
     pub foreground: crate::admission::Foreground,
 }
@@ -220,6 +232,24 @@ impl Metrics {
             &mut registry,
             "synced_writes",
             "Writes acknowledged only after an fsync of the write-ahead log",
+        );
+        let overloaded = Family::<CapLabels, Counter>::default();
+        registry.register(
+            "overloaded",
+            "Requests refused because the node was at a cap (requests in flight, or connections)",
+            overloaded.clone(),
+        );
+        let requests_in_flight = Gauge::default();
+        registry.register(
+            "requests_in_flight",
+            "Client requests (Kv and Admin) in flight",
+            requests_in_flight.clone(),
+        );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Accepted connections open, not counting those refused over the cap",
+            connections_open.clone(),
         );
         let peer_up = Family::<PeerLabels, Gauge>::default();
         registry.register(
@@ -365,8 +395,16 @@ impl Metrics {
             membership,
             tombstones_reaped,
             background_paused,
+            overloaded,
+            requests_in_flight,
+            connections_open,
             foreground: crate::admission::Foreground::default(),
         }
+    }
+
+    /// Records a request refused at cap `cap` ("requests" or "connections").
+    pub fn overloaded(&self, cap: &'static str) {
+        self.overloaded.get_or_create(&CapLabels { cap }).inc();
     }
 
     /// Records that background worker `worker` paused for foreground latency.

@@ -19,6 +19,7 @@ use crate::access_control::AccessControl;
 use crate::background::Background;
 use crate::config::{Config, ConfigError, Engine};
 use crate::coordinator::Coordinator;
+use crate::load_shedding::{ConnectionCap, LoadShedding};
 use crate::membership::Membership;
 use crate::metrics::{HealthInfo, Metrics};
 use crate::peers::Peers;
@@ -190,6 +191,8 @@ struct Ready {
     metrics_listener: Option<std::net::TcpListener>,
     /// The node's TLS identity, when it serves TLS.
     tls: Option<Arc<NodeTls>>,
+    connection_cap: ConnectionCap,
+    max_request_bytes: usize,
     tls_reload: Duration,
     metrics_addr: Option<SocketAddr>,
     node_id: String,
@@ -269,6 +272,11 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
         data_dir = %config.data_dir.display(),
         "node ready"
     );
+    let shedding = Arc::new(LoadShedding::new(
+        &config.node_id,
+        config.limits.max_concurrent_requests,
+        Arc::clone(&metrics),
+    ));
     let access = Arc::new(AccessControl::new(
         tls.is_some(),
         &config.cluster.name,
@@ -278,14 +286,21 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
         Arc::clone(&coordinator),
     ));
     Ok(Ready {
-        kv: KvService::new(Arc::clone(&coordinator), Arc::clone(&access)),
+        kv: KvService::new(
+            Arc::clone(&coordinator),
+            Arc::clone(&access),
+            Arc::clone(&shedding),
+        ),
         admin: AdminService::new(
             Arc::clone(&coordinator),
             Arc::clone(&local),
             &background,
             Arc::clone(&metrics),
             Arc::clone(&access),
+            shedding,
         ),
+        connection_cap: ConnectionCap::new(config.limits.max_connections, Arc::clone(&metrics)),
+        max_request_bytes: config.max_request_bytes(),
         replica: ReplicaService::new(
             config.node_id.clone(),
             Arc::clone(&local),
@@ -374,14 +389,16 @@ async fn serve(
                 .await;
         }
     };
-    let result = tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(AdminServer::new(ready.admin))
+        .add_service(
+            AdminServer::new(ready.admin).max_decoding_message_size(ready.max_request_bytes),
+        )
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
             KvServer::new(ready.kv)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_decoding_message_size(ready.max_request_bytes)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
@@ -390,10 +407,25 @@ async fn serve(
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(
-            crate::tls::accept(incoming(listener), ready.tls.clone()),
+            crate::tls::accept(incoming(listener), ready.tls.clone(), ready.connection_cap),
             shutting_down,
-        )
-        .await;
+        );
+    // Graceful shutdown waits for every connection to close, and a connection that never
+    // sends a request (a client that connected and went quiet, a half-open socket) never
+    // does: past the drain deadline the node stops waiting for them.
+    let result = tokio::select! {
+        r = server => r,
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(ready.drain_deadline).await;
+        } => {
+            tracing::warn!(
+                "connections still open {:?} after shutdown began: stopping without them",
+                ready.drain_deadline
+            );
+            Ok(())
+        }
+    };
     // In-flight requests have finished; let the background workers end their batch and the
     // copies and repairs requests started finish too, then make what they wrote durable
     // before exiting.

@@ -16,6 +16,7 @@ use crate::coordinator::{Coordinator, FORWARDED_METADATA, WriteRequest};
 use crate::error::Error;
 use crate::hinted_handoff::HintedHandoff;
 use crate::key_range_transfer::KeyRangeTransfer;
+use crate::load_shedding::{Admitted, LoadShedding};
 use crate::membership::TopologyError;
 use crate::metrics::{Metrics, Role};
 use crate::replica::{LocalReplica, now_ms};
@@ -24,13 +25,19 @@ use crate::replica::{LocalReplica, now_ms};
 pub struct KvService {
     coordinator: Arc<Coordinator>,
     access: Arc<AccessControl>,
+    shedding: Arc<LoadShedding>,
 }
 
 impl KvService {
-    pub fn new(coordinator: Arc<Coordinator>, access: Arc<AccessControl>) -> Self {
+    pub fn new(
+        coordinator: Arc<Coordinator>,
+        access: Arc<AccessControl>,
+        shedding: Arc<LoadShedding>,
+    ) -> Self {
         KvService {
             coordinator,
             access,
+            shedding,
         }
     }
 }
@@ -88,6 +95,7 @@ impl KvService {
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let _admitted = self.shedding.admit(&req)?;
         let who = self.access.authenticate(&req).await?;
         let req = req.into_inner();
         let key = required(req.key, "key")?;
@@ -107,6 +115,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::ReadReplicaRequest>,
     ) -> Result<Response<pb::ReadReplicaResponse>, Status> {
+        let _admitted = self.shedding.admit(&req)?;
         let who = self.access.authenticate(&req).await?;
         let req = req.into_inner();
         let key = required(req.key, "key")?;
@@ -127,6 +136,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::RepairReplicaRequest>,
     ) -> Result<Response<pb::RepairReplicaResponse>, Status> {
+        let _admitted = self.shedding.admit(&req)?;
         let who = self.access.authenticate(&req).await?;
         let req = req.into_inner();
         let key = required(req.key, "key")?;
@@ -142,6 +152,7 @@ impl pb::kv_server::Kv for KvService {
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let _admitted = self.shedding.admit(&req)?;
         let who = self.access.authenticate(&req).await?;
         let (fwd, budget) = (forwarded(&req), budget(&req));
         let req = req.into_inner();
@@ -173,6 +184,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let _admitted = self.shedding.admit(&req)?;
         let who = self.access.authenticate(&req).await?;
         let (fwd, budget) = (forwarded(&req), budget(&req));
         let req = req.into_inner();
@@ -204,6 +216,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::MembershipRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let _admitted = self.shedding.admit(&req)?;
         self.access.authenticate(&req).await?;
         let view = self.coordinator.membership().current();
         Ok(Response::new(pb::MembershipResponse {
@@ -548,6 +561,7 @@ pub struct AdminService {
     transfer: Arc<KeyRangeTransfer>,
     metrics: Arc<Metrics>,
     access: Arc<AccessControl>,
+    shedding: Arc<LoadShedding>,
 }
 
 impl AdminService {
@@ -557,6 +571,7 @@ impl AdminService {
         background: &crate::background::Background,
         metrics: Arc<Metrics>,
         access: Arc<AccessControl>,
+        shedding: Arc<LoadShedding>,
     ) -> Self {
         AdminService {
             coordinator,
@@ -566,14 +581,17 @@ impl AdminService {
             transfer: Arc::clone(&background.transfer),
             metrics,
             access,
+            shedding,
         }
     }
 
-    /// Refuses an operator call from anyone without the admin permission on every key.
-    async fn operator<T>(&self, req: &Request<T>) -> Result<(), Status> {
+    /// Admits an operator call (see `load_shedding`) from someone with the admin permission
+    /// on every key, or refuses it.
+    async fn operator<T>(&self, req: &Request<T>) -> Result<Admitted<'_>, Status> {
+        let admitted = self.shedding.admit(req)?;
         let who = self.access.authenticate(req).await?;
         self.access.authorize(&who, Permission::Admin, b"")?;
-        Ok(())
+        Ok(admitted)
     }
 }
 
@@ -584,6 +602,7 @@ impl AdminService {
         req: Request<pb::GrantRequest>,
         grant: bool,
     ) -> Result<Response<pb::GrantResponse>, Status> {
+        let _admitted = self.shedding.admit(&req)?;
         let who = self.access.authenticate(&req).await?;
         let req = req.into_inner();
         self.access
@@ -644,7 +663,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::UserAddRequest>,
     ) -> Result<Response<pb::UserAddResponse>, Status> {
-        self.operator(&req).await?;
+        let _admitted = self.operator(&req).await?;
         let req = req.into_inner();
         let token = self.access.add_user(&req.name, req.token).await?;
         Ok(Response::new(pb::UserAddResponse {
@@ -656,7 +675,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::UserListRequest>,
     ) -> Result<Response<pb::UserListResponse>, Status> {
-        self.operator(&req).await?;
+        let _admitted = self.operator(&req).await?;
         let users = self.access.list_users().await?;
         Ok(Response::new(pb::UserListResponse {
             users: users.iter().map(user_info).collect(),
@@ -667,7 +686,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::UserRemoveRequest>,
     ) -> Result<Response<pb::UserRemoveResponse>, Status> {
-        self.operator(&req).await?;
+        let _admitted = self.operator(&req).await?;
         self.access.remove_user(&req.into_inner().name).await?;
         Ok(Response::new(pb::UserRemoveResponse {}))
     }
@@ -690,7 +709,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::RingRequest>,
     ) -> Result<Response<pb::RingResponse>, Status> {
-        self.operator(&req).await?;
+        let _admitted = self.operator(&req).await?;
         let view = self.coordinator.membership().current();
         Ok(Response::new(pb::RingResponse {
             state: Some(view.state.to_proto()),
@@ -702,7 +721,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
-        self.operator(&req).await?;
+        let _admitted = self.operator(&req).await?;
         let seed = req.into_inner().seed;
         if seed.is_empty() {
             return Err(Status::invalid_argument("join needs the address of a seed"));
@@ -746,7 +765,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::LeaveRequest>,
     ) -> Result<Response<pb::LeaveResponse>, Status> {
-        self.operator(&req).await?;
+        let _admitted = self.operator(&req).await?;
         self.coordinator
             .membership()
             .stage_leave(&req.into_inner().node_id)?;
@@ -757,7 +776,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::RemoveRequest>,
     ) -> Result<Response<pb::RemoveResponse>, Status> {
-        self.operator(&req).await?;
+        let _admitted = self.operator(&req).await?;
         let id = req.into_inner().node_id;
         if id.is_empty() {
             return Err(Status::invalid_argument("remove needs the id of the node"));
@@ -770,7 +789,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::PlanRequest>,
     ) -> Result<Response<pb::PlanResponse>, Status> {
-        self.operator(&req).await?;
+        let _admitted = self.operator(&req).await?;
         let plan = self.coordinator.membership().plan()?;
         let view = self.coordinator.membership().current();
         let ring = &view.ring;
@@ -845,7 +864,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
-        self.operator(&req).await?;
+        let _admitted = self.operator(&req).await?;
         let version = self
             .coordinator
             .membership()
@@ -859,7 +878,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        self.operator(&req).await?;
+        let _admitted = self.operator(&req).await?;
         let view = self.coordinator.membership().current();
         let peers = self.coordinator.peers();
         let n = view.quorums.n;

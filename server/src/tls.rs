@@ -21,6 +21,7 @@
 //! Connections already open keep the keys they were made with. A change that does not load
 //! (a half-written file, a key that does not match) is logged and the old configuration kept.
 
+use std::future::Future as _;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,6 +42,7 @@ use dynamokv_proto::tls::{ClientTls, certificates, client_config, private_key, p
 
 use crate::certificates::{Identity, identity};
 use crate::config::TlsConfig;
+use crate::load_shedding::{ConnectionCap, ConnectionSlot};
 
 /// The first byte of a TLS record carrying a handshake.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -203,6 +205,9 @@ pub enum Security {
 pub struct ConnInfo {
     pub remote: Option<SocketAddr>,
     pub security: Security,
+    /// Set on a connection accepted over the connection cap: (connections open, the cap).
+    /// Its requests are refused and it closes shortly (see `load_shedding`).
+    pub over_cap: Option<(usize, usize)>,
 }
 
 enum Io {
@@ -214,7 +219,34 @@ enum Io {
 pub struct Conn {
     io: Io,
     info: ConnInfo,
+    /// Its place under the connection cap (none when over it).
+    _slot: Option<ConnectionSlot>,
+    /// When a connection over the cap stops reading, which ends it.
+    close_at: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// How long a connection over the cap stays open: long enough to answer what it sent with
+/// OVERLOADED.
+pub const OVER_CAP_LINGER: Duration = Duration::from_secs(1);
+
+impl Conn {
+    fn new(io: Io, remote: Option<SocketAddr>, security: Security, slot: Slot) -> Conn {
+        let (slot, over_cap) = slot;
+        Conn {
+            io,
+            info: ConnInfo {
+                remote,
+                security,
+                over_cap,
+            },
+            close_at: over_cap.map(|_| Box::pin(tokio::time::sleep(OVER_CAP_LINGER))),
+            _slot: slot,
+        }
+    }
+}
+
+/// A new connection's place under the cap, or the (open, cap) it is over.
+type Slot = (Option<ConnectionSlot>, Option<(usize, usize)>);
 
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -236,6 +268,12 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Some(close) = &mut self.close_at
+            && close.as_mut().poll(cx).is_ready()
+        {
+            // End of stream: the server closes the connection.
+            return Poll::Ready(Ok(()));
+        }
         match &mut self.io {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -294,10 +332,11 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The connections accepted from `tcp`: plain as they come when `tls` is `None`, else sorted
 /// and handshaken (see the module doc), several handshakes at once. Everything, the listener
 /// included, is owned by the stream: when the server drops it, the port is free at once.
-pub fn accept(tcp: TcpIncoming, tls: Option<Arc<NodeTls>>) -> Accept {
+pub fn accept(tcp: TcpIncoming, tls: Option<Arc<NodeTls>>, cap: ConnectionCap) -> Accept {
     Accept {
         tcp,
         tls,
+        cap,
         handshakes: FuturesUnordered::new(),
     }
 }
@@ -308,6 +347,7 @@ type Handshake = Pin<Box<dyn std::future::Future<Output = Option<Conn>> + Send>>
 pub struct Accept {
     tcp: TcpIncoming,
     tls: Option<Arc<NodeTls>>,
+    cap: ConnectionCap,
     handshakes: FuturesUnordered<Handshake>,
 }
 
@@ -328,20 +368,23 @@ impl Stream for Accept {
             match self.tcp.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(stream))) => {
                     let remote = stream.peer_addr().ok();
+                    let slot = match self.cap.take() {
+                        Ok(slot) => (Some(slot), None),
+                        Err(open) => (None, Some((open, self.cap.cap))),
+                    };
                     let Some(tls) = &self.tls else {
-                        return Poll::Ready(Some(Ok(Conn {
-                            io: Io::Plain(stream),
-                            info: ConnInfo {
-                                remote,
-                                security: Security::Plain,
-                            },
-                        })));
+                        return Poll::Ready(Some(Ok(Conn::new(
+                            Io::Plain(stream),
+                            remote,
+                            Security::Plain,
+                            slot,
+                        ))));
                     };
                     let acceptor = tls.acceptor();
                     self.handshakes.push(Box::pin(async move {
                         match tokio::time::timeout(
                             HANDSHAKE_TIMEOUT,
-                            secure(stream, remote, acceptor),
+                            secure(stream, remote, acceptor, slot),
                         )
                         .await
                         {
@@ -382,6 +425,7 @@ async fn secure(
     stream: TcpStream,
     remote: Option<SocketAddr>,
     acceptor: tokio_rustls::TlsAcceptor,
+    slot: Slot,
 ) -> Result<Conn, String> {
     let mut first = [0u8; 1];
     let n = stream
@@ -392,13 +436,12 @@ async fn secure(
         return Err("closed before sending anything".into());
     }
     if first[0] != TLS_HANDSHAKE {
-        return Ok(Conn {
-            io: Io::Plain(stream),
-            info: ConnInfo {
-                remote,
-                security: Security::PlainOnTlsPort,
-            },
-        });
+        return Ok(Conn::new(
+            Io::Plain(stream),
+            remote,
+            Security::PlainOnTlsPort,
+            slot,
+        ));
     }
     let tls = acceptor.accept(stream).await.map_err(|e| {
         match dynamokv_proto::tls::tls_error(&e) {
@@ -413,14 +456,13 @@ async fn secure(
     let certs = tls.get_ref().1.peer_certificates();
     let presented_certificate = certs.is_some_and(|c| !c.is_empty());
     let peer = certs.and_then(|c| c.first()).and_then(|c| identity(c));
-    Ok(Conn {
-        io: Io::Tls(Box::new(tls)),
-        info: ConnInfo {
-            remote,
-            security: Security::Tls {
-                presented_certificate,
-                peer,
-            },
+    Ok(Conn::new(
+        Io::Tls(Box::new(tls)),
+        remote,
+        Security::Tls {
+            presented_certificate,
+            peer,
         },
-    })
+        slot,
+    ))
 }

@@ -18,5 +18,6 @@ mod failure_detection;
 mod healing;
 mod hostile_bytes;
 mod observability;
+mod overload;
 mod security;
 mod versioning;

@@ -1,0 +1,160 @@
+//! Resource limits (issue 11): one misbehaving client must not exhaust a node.
+//!
+//! - **Requests in flight.** Client requests (the `Kv` and `Admin` services) past
+//!   `limits.max_concurrent_requests` are refused at once with `OVERLOADED` ("retry later"),
+//!   not queued: a queue in front of an overloaded node only adds its wait to every request,
+//!   while a refusal lets the client try another replica now or back off (DynamoDB's
+//!   throttling, Cassandra's `native_transport_max_concurrent_requests`). The node-to-node
+//!   service is not counted: its load follows from client requests some node admitted, and
+//!   refusing a replica write would only turn into hints; on a TLS cluster only members may
+//!   call it.
+//! - **Connections.** Past `limits.max_connections` a connection is still accepted, so that
+//!   its requests get a clear `OVERLOADED` instead of a reset, and closed a second later; it
+//!   does not count. The client's next request reconnects.
+//! - **Request size.** `limits.max_request_bytes` is the largest message the client-facing
+//!   services decode (tonic refuses a larger one before reading it all).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tonic::Request;
+
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::tls::ConnInfo;
+
+/// A cap on connections open at once, shared by the accepting stream and its connections.
+#[derive(Debug, Clone)]
+pub struct ConnectionCap {
+    open: Arc<AtomicUsize>,
+    pub cap: usize,
+    metrics: Arc<Metrics>,
+}
+
+/// A connection's place under the cap, given back when the connection is dropped.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    open: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.connections_open.dec();
+    }
+}
+
+impl ConnectionCap {
+    pub fn new(cap: usize, metrics: Arc<Metrics>) -> ConnectionCap {
+        ConnectionCap {
+            open: Arc::new(AtomicUsize::new(0)),
+            cap,
+            metrics,
+        }
+    }
+
+    /// A slot for a new connection, or `Err(open)` when `cap` are open already.
+    pub fn take(&self) -> Result<ConnectionSlot, usize> {
+        let open = self.open.fetch_add(1, Ordering::AcqRel);
+        if open >= self.cap {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(open);
+        }
+        self.metrics.connections_open.inc();
+        Ok(ConnectionSlot {
+            open: Arc::clone(&self.open),
+            metrics: Arc::clone(&self.metrics),
+        })
+    }
+}
+
+/// The cap on client requests in flight.
+#[derive(Debug)]
+pub struct LoadShedding {
+    node: String,
+    max_requests: usize,
+    in_flight: AtomicUsize,
+    metrics: Arc<Metrics>,
+}
+
+/// A request's place under the cap, given back when the request ends (answered or dropped).
+#[derive(Debug)]
+pub struct Admitted<'a> {
+    shedding: &'a LoadShedding,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.shedding.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.shedding.metrics.requests_in_flight.dec();
+    }
+}
+
+impl LoadShedding {
+    pub fn new(node: &str, max_requests: usize, metrics: Arc<Metrics>) -> LoadShedding {
+        LoadShedding {
+            node: node.to_string(),
+            max_requests,
+            in_flight: AtomicUsize::new(0),
+            metrics,
+        }
+    }
+
+    /// Admits `req`, or refuses it with `Overloaded`: it came on a connection over the cap, or
+    /// the node has `max_concurrent_requests` in flight.
+    pub fn admit<T>(&self, req: &Request<T>) -> Result<Admitted<'_>, Error> {
+        if let Some((open, cap)) = req.extensions().get::<ConnInfo>().and_then(|i| i.over_cap) {
+            self.metrics.overloaded("connections");
+            return Err(Error::Overloaded {
+                node: self.node.clone(),
+                reason: format!("{open} connections open, the cap is {cap}; this one closes"),
+            });
+        }
+        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if before >= self.max_requests {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.overloaded("requests");
+            return Err(Error::Overloaded {
+                node: self.node.clone(),
+                reason: format!(
+                    "{before} requests in flight, the cap is {}",
+                    self.max_requests
+                ),
+            });
+        }
+        self.metrics.requests_in_flight.inc();
+        Ok(Admitted { shedding: self })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_past_the_cap_are_refused_and_slots_come_back() {
+        let metrics = Arc::new(Metrics::new());
+        let shed = LoadShedding::new("n1", 2, Arc::clone(&metrics));
+        let req = Request::new(());
+        let a = shed.admit(&req).unwrap();
+        let _b = shed.admit(&req).unwrap();
+        let e = shed.admit(&req).unwrap_err();
+        assert!(matches!(e, Error::Overloaded { .. }), "{e:?}");
+        assert!(
+            e.to_string().contains("2 requests in flight, the cap is 2"),
+            "{e}"
+        );
+        drop(a);
+        assert!(shed.admit(&req).is_ok());
+    }
+
+    #[test]
+    fn connections_past_the_cap_get_no_slot_until_one_closes() {
+        let cap = ConnectionCap::new(1, Arc::new(Metrics::new()));
+        let first = cap.take().unwrap();
+        assert_eq!(cap.take().unwrap_err(), 1);
+        drop(first);
+        assert!(cap.take().is_ok());
+    }
+}

@@ -1,0 +1,196 @@
+//! Resource limits (issue 11): past its cap of requests in flight or of connections a node
+//! answers OVERLOADED at once, and serves again when the load goes; a request over the size
+//! limit is refused and writes nothing.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::{TcpListener, TcpStream};
+
+use dynamokv_client::Error;
+use dynamokv_proto::v1 as pb;
+use dynamokv_proto::v1::admin_client::AdminClient;
+use dynamokv_proto::v1::kv_client::KvClient;
+
+use crate::support::{Cluster, eventually, sample, scrape};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_cap_are_refused_at_once_and_served_again_once_the_load_goes() {
+    let cluster = Cluster::start_with(1, |c| {
+        c.limits.max_concurrent_requests = 1;
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let client = cluster.client_of(0);
+    client.put(b"k", b"v".to_vec(), None).await.unwrap();
+
+    // A seed that accepts connections and never answers: an operator's join through it holds
+    // the node's one request slot for as long as the hole holds its connections.
+    let hole = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_addr = hole.local_addr().unwrap();
+    let holding = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            held.push(s);
+        }
+    });
+    let node = cluster.seed(0);
+    let join = tokio::spawn(async move {
+        let mut admin = AdminClient::connect(format!("http://{node}"))
+            .await
+            .unwrap();
+        admin
+            .join(pb::JoinRequest {
+                seed: hole_addr.to_string(),
+            })
+            .await
+    });
+
+    eventually(
+        "a get over the cap to be refused",
+        Duration::from_secs(10),
+        || async { matches!(client.get(b"k").await, Err(Error::Overloaded { .. })) },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let e = client.get(b"k").await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "refused after {:?}, not at once",
+        started.elapsed()
+    );
+    assert!(matches!(e, Error::Overloaded { .. }), "{e:?}");
+    assert!(
+        e.to_string().contains("1 requests in flight, the cap is 1"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("retry later"), "{e}");
+    let e = client.put(b"k2", b"v".to_vec(), None).await.unwrap_err();
+    assert!(matches!(e, Error::Overloaded { .. }), "{e:?}");
+    let metrics = scrape(&cluster, 0).await;
+    assert!(
+        sample(&metrics, "dynamokv_overloaded_total{cap=\"requests\"}") >= 2.0,
+        "{metrics}"
+    );
+    assert_eq!(sample(&metrics, "dynamokv_requests_in_flight"), 1.0);
+
+    // The hole lets go: the join fails, its slot comes back, and requests are served again.
+    holding.abort();
+    let _ = holding.await;
+    assert!(
+        join.await.unwrap().is_err(),
+        "the join through a hole succeeded"
+    );
+    eventually(
+        "requests to be served again",
+        Duration::from_secs(10),
+        || async { client.get(b"k").await.is_ok() },
+    )
+    .await;
+    assert!(
+        client.get(b"k2").await.unwrap().values.is_empty(),
+        "a refused put was written"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_are_answered_overloaded_and_closed() {
+    let cluster = Cluster::start_with(1, |c| {
+        c.limits.max_connections = 2;
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let node = cluster.addrs[0];
+    // Two connections that say nothing hold both places.
+    let first = TcpStream::connect(node).await.unwrap();
+    let second = TcpStream::connect(node).await.unwrap();
+    eventually(
+        "both connections to count",
+        Duration::from_secs(10),
+        || async { sample(&scrape(&cluster, 0).await, "dynamokv_connections_open") >= 2.0 },
+    )
+    .await;
+    // The metrics endpoint is another port: the scrapes did not take a place.
+    let client = cluster.client_of(0);
+    let e = client.get(b"k").await.unwrap_err();
+    assert!(matches!(e, Error::Overloaded { .. }), "{e:?}");
+    assert!(
+        e.to_string().contains("connections open, the cap is 2"),
+        "{e}"
+    );
+    let metrics = scrape(&cluster, 0).await;
+    assert!(sample(&metrics, "dynamokv_overloaded_total{cap=\"connections\"}") >= 1.0);
+
+    // One closes: the client's next connection is served.
+    drop(first);
+    eventually(
+        "a new connection to be served",
+        Duration::from_secs(10),
+        || async { client.get(b"k").await.is_ok() },
+    )
+    .await;
+    // A connection that never sends a request does not keep the node from stopping.
+    let stopping = tokio::time::timeout(Duration::from_secs(20), cluster.shutdown()).await;
+    assert!(
+        stopping.is_ok(),
+        "the node did not stop with an idle connection open"
+    );
+    drop(second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_the_size_limit_is_refused_writes_nothing_and_the_node_serves_on() {
+    let cluster = Cluster::start_with(1, |c| {
+        c.limits.max_request_bytes = Some(64 << 10);
+    })
+    .await;
+    let mut kv = KvClient::connect(format!("http://{}", cluster.seed(0)))
+        .await
+        .unwrap()
+        .max_encoding_message_size(usize::MAX);
+    let status = kv
+        .put(pb::PutRequest {
+            key: Some(Bytes::from_static(b"big")),
+            value: Some(Bytes::from(vec![7u8; 128 << 10])),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
+        "{status:?}"
+    );
+    assert!(
+        status.message().contains("65536"),
+        "the limit is not named: {status:?}"
+    );
+    let client = cluster.client_of(0);
+    assert!(
+        client.get(b"big").await.unwrap().values.is_empty(),
+        "written"
+    );
+    client.put(b"small", b"v".to_vec(), None).await.unwrap();
+    assert_eq!(
+        client.get(b"small").await.unwrap().values,
+        vec![b"v".to_vec()]
+    );
+    cluster.shutdown().await;
+}
+
+#[test]
+fn zero_caps_are_refused_by_the_config_check() {
+    for set in [
+        |c: &mut dynamokv_server::config::Config| c.limits.max_concurrent_requests = 0,
+        |c: &mut dynamokv_server::config::Config| c.limits.max_connections = 0,
+        |c: &mut dynamokv_server::config::Config| c.limits.max_request_bytes = Some(0),
+    ] {
+        let mut c = dynamokv_server::config::Config::default();
+        set(&mut c);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("must be positive"), "{e}");
+    }
+}
