@@ -113,6 +113,10 @@ pub fn decode_routed_context(
             clock: VersionVector::from_proto(&proto)?,
             seen: Default::default(),
         };
+        if ctx.is_empty() {
+            // No writer of the first format sent the empty context as bytes either.
+            return Err(ContextError::Malformed);
+        }
         return Ok((ctx, None));
     }
     let proto = pb::CausalContext::decode(body).map_err(|_| ContextError::Malformed)?;
