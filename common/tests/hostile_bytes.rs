@@ -70,6 +70,31 @@ fn seal(key: &[u8], first_format: bool, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// What a context that decodes must be (the fuzz target `context` checks the same): not
+/// empty (the empty context is no bytes); in the current format, exactly the bytes its own
+/// encoding gives; in the first format, a context without seen writes or fastest replica that
+/// survives its re-encoding in the current format.
+fn check_decoded(key: &[u8], bytes: &[u8]) -> Result<(), TestCaseError> {
+    let Ok((ctx, fastest)) = decode_routed_context(key, bytes) else {
+        return Ok(());
+    };
+    if bytes.is_empty() {
+        prop_assert!(ctx.is_empty() && fastest.is_none());
+        return Ok(());
+    }
+    prop_assert!(!ctx.is_empty(), "{:02x?} decoded as the empty context", bytes);
+    let again = encode_routed_context(key, &ctx, fastest.as_deref());
+    if bytes.starts_with(b"DKV\x02") {
+        prop_assert_eq!(&again, &bytes.to_vec(), "decoded to {:?}", ctx);
+    } else {
+        prop_assert!(fastest.is_none() && ctx.seen.is_empty());
+        let (back, none) = decode_routed_context(key, &again).unwrap();
+        prop_assert!(none.is_none());
+        prop_assert_eq!(back.clock, ctx.clock.without_timestamps());
+    }
+    Ok(())
+}
+
 #[test]
 fn a_sealed_empty_body_is_not_a_context_in_either_format() {
     // Found by `cargo fuzz run context`: the first format took an empty version vector for the
@@ -80,6 +105,35 @@ fn a_sealed_empty_body_is_not_a_context_in_either_format() {
             decode_routed_context(b"k", &bytes).is_err(),
             "first format: {first_format}"
         );
+    }
+}
+
+#[test]
+fn a_context_decodes_only_from_its_own_encoding() {
+    // Found by `cargo fuzz run context` and `hand_sealed_contexts_decode_only_to_what_their_
+    // bytes_say`: behind a good checksum, other encodings of a valid context decoded (entries
+    // out of order, clock timestamps, which the encoder never writes, unknown fields), so one
+    // context had many byte strings and hand-made timestamps reached the replicas' clocks.
+    let key = b"k";
+    let ctx = context(7);
+    assert!(ctx.clock.len() >= 2);
+    let good = ctx.to_proto();
+    assert_eq!(
+        decode_routed_context(key, &seal(key, false, &good.encode_to_vec())),
+        Ok((ctx, None))
+    );
+    let mut reordered = good.clone();
+    reordered.clock.as_mut().unwrap().entries.reverse();
+    let mut timestamped = good.clone();
+    timestamped.clock.as_mut().unwrap().entries[0].timestamp_ms = u64::MAX;
+    let mut unknown_field = good.encode_to_vec();
+    unknown_field.extend_from_slice(&[0x78, 0x01]);
+    for body in [
+        reordered.encode_to_vec(),
+        timestamped.encode_to_vec(),
+        unknown_field,
+    ] {
+        assert!(decode_routed_context(key, &seal(key, false, &body)).is_err());
     }
 }
 
@@ -147,6 +201,27 @@ proptest! {
                 }
             }
             Err(_) => prop_assert_ne!(&bytes, &original),
+        }
+    }
+
+    #[test]
+    fn hand_sealed_contexts_decode_only_to_what_their_bytes_say(
+        seed in any::<u64>(),
+        first_format in any::<bool>(),
+        ms in mutations(),
+        junk in prop::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let key = format!("key-{seed}").into_bytes();
+        let ctx = context(seed);
+        let body = if first_format {
+            ctx.clock.to_proto().encode_to_vec()
+        } else {
+            let mut p = ctx.to_proto();
+            p.fastest_replica = "node-1".into();
+            p.encode_to_vec()
+        };
+        for body in [mutate(body, &ms), junk, Vec::new()] {
+            check_decoded(&key, &seal(&key, first_format, &body))?;
         }
     }
 
