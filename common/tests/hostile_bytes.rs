@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use bytes::Bytes;
-use dynamokv_common::versioning::{Actor, Dot, WriteId};
+use dynamokv_common::versioning::{Actor, Dot, MAX_COUNTER, WriteId};
 use dynamokv_common::{
     CausalContext, VersionVector, VersionedState, decode_routed_context, encode_routed_context,
     key_position,
@@ -134,6 +134,68 @@ fn a_context_decodes_only_from_its_own_encoding() {
         unknown_field,
     ] {
         assert!(decode_routed_context(key, &seal(key, false, &body)).is_err());
+    }
+}
+
+#[test]
+fn a_counter_leaves_room_for_the_next_event_of_its_actor() {
+    // Found by `cargo fuzz run replica_state`: a state naming an event of an actor at counter
+    // u64::MAX decoded, and that actor's next write overflowed the counter (a panic in debug
+    // builds; in release it wrapped to the node-wide floor, below the history the state names,
+    // so a replica holding that history takes the new write for one already superseded).
+    let entry = |counter| pb::ClockEntry {
+        actor: 1,
+        counter,
+        timestamp_ms: 0,
+    };
+    let dot = |counter| pb::Dot { actor: 1, counter };
+    let too_far = [
+        pb::VersionVector {
+            entries: vec![entry(u64::MAX)],
+            cloud: vec![],
+        },
+        pb::VersionVector {
+            entries: vec![entry(0)],
+            cloud: vec![dot(u64::MAX)],
+        },
+        pb::VersionVector {
+            entries: vec![entry(3)],
+            cloud: vec![dot(MAX_COUNTER + 1)],
+        },
+    ];
+    for clock in too_far {
+        assert!(VersionVector::from_proto(&clock).is_err(), "{clock:?}");
+        let state = pb::VersionedState {
+            clock: Some(clock.clone()),
+            ..Default::default()
+        };
+        assert!(VersionedState::from_proto(&state).is_err());
+        let ctx = pb::CausalContext {
+            clock: Some(clock),
+            ..Default::default()
+        };
+        assert!(CausalContext::from_proto(&ctx).is_err());
+    }
+    // The last counter accepted leaves room for one more event, above every one named.
+    for clock in [
+        pb::VersionVector {
+            entries: vec![entry(MAX_COUNTER)],
+            cloud: vec![],
+        },
+        pb::VersionVector {
+            entries: vec![entry(0)],
+            cloud: vec![dot(MAX_COUNTER)],
+        },
+    ] {
+        let state = pb::VersionedState {
+            clock: Some(clock),
+            ..Default::default()
+        };
+        let mut s = VersionedState::from_proto(&state).unwrap();
+        let out = s.update(&CausalContext::new(), WriteId(1), None, Actor(1), 1, 5);
+        let dots = out.dots();
+        assert_eq!(dots.len(), 1);
+        assert!(dots[0].counter > MAX_COUNTER, "{dots:?}");
     }
 }
 
