@@ -107,20 +107,38 @@ pub fn differing_leaves(p: u32, ours: &[u64], theirs: &[u64]) -> Result<Vec<u32>
     Ok(merkle::differing(ours, theirs))
 }
 
-/// Step 3: takes one page of the peer's `LeafKeys` answer into `theirs` (key to state digest).
-/// Returns the storage key the next page starts after, or `None` once the peer has listed
-/// every key under the leaf.
+/// Step 3: takes one page of the peer's `LeafKeys` answer for the leaf covering ring positions
+/// `leaf` (first and last), asked to continue after storage key `after` (empty: from the
+/// start), into `theirs` (key to state digest). Returns the storage key the next page starts
+/// after, or `None` once the peer has listed every key under the leaf.
+///
+/// Refuses the whole page if it lists a key outside the leaf, or keys not strictly after
+/// `after` and each other in storage order: what the peer lists is repaired into this node,
+/// and a listing whose pages did not advance would never end.
 pub fn take_leaf_keys(
     theirs: &mut BTreeMap<Bytes, u64>,
     page: &pb::LeafKeysResponse,
-) -> Option<Bytes> {
+    leaf: (u128, u128),
+    after: &[u8],
+) -> Result<Option<Bytes>, String> {
+    let mut previous = after.to_vec();
+    for k in &page.keys {
+        if !(leaf.0..=leaf.1).contains(&dynamokv_common::key_position(&k.key)) {
+            return Err("the peer listed a key of another leaf".into());
+        }
+        let storage_key = crate::storage::storage_key(&k.key);
+        if storage_key <= previous {
+            return Err("the peer listed keys out of order, or again".into());
+        }
+        previous = storage_key;
+    }
     for k in &page.keys {
         theirs.insert(k.key.clone(), k.digest);
     }
-    match page.keys.last() {
-        Some(last) if page.more => Some(Bytes::from(crate::storage::storage_key(&last.key))),
+    Ok(match page.keys.last() {
+        Some(_) if page.more => Some(Bytes::from(previous)),
         _ => None,
-    }
+    })
 }
 
 /// Step 3's comparison: the keys under one leaf whose digests differ between this node
@@ -324,6 +342,7 @@ impl AntiEntropy {
     ) -> Result<(Vec<Bytes>, u64), String> {
         let forest = self.s.local.forest();
         let q = forest.partitions();
+        let (first, last) = forest.leaf_range(p, leaf);
         let mut theirs: BTreeMap<Bytes, u64> = BTreeMap::new();
         let mut after = Bytes::new();
         loop {
@@ -344,12 +363,11 @@ impl AntiEntropy {
                     |mut c, r| async move { c.leaf_keys(r).await },
                 )
                 .await?;
-            match take_leaf_keys(&mut theirs, &page) {
+            match take_leaf_keys(&mut theirs, &page, (first, last), &after)? {
                 Some(next) => after = next,
                 None => break,
             }
         }
-        let (first, last) = forest.leaf_range(p, leaf);
         let mut ours: BTreeMap<Bytes, u64> = BTreeMap::new();
         let mut after: Vec<u8> = Vec::new();
         loop {

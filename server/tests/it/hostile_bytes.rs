@@ -6,11 +6,15 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use prost::Message;
 
+use std::collections::BTreeMap;
+
 use dynamokv_common::versioning::{Actor, WriteId};
-use dynamokv_common::{CausalContext, VersionedState};
+use dynamokv_common::{CausalContext, VersionedState, key_position};
 use dynamokv_proto::v1 as pb;
+use dynamokv_server::anti_entropy::{compare_keys, differing_leaves, pair_roots, take_leaf_keys};
 use dynamokv_server::config::Config;
 use dynamokv_server::membership_state::{Digest, MemberRecord, MembershipState};
+use dynamokv_server::merkle::{self, MerkleForest};
 use dynamokv_server::storage;
 
 fn state(seed: u64) -> VersionedState {
@@ -73,8 +77,141 @@ fn a_hint_key_parses_only_if_it_is_the_hint_key_of_what_it_names() {
     assert!(storage::parse_hint_key(&moved).is_err());
 }
 
+/// A forest of Q = 64 over `n` keys, each holding [`state`] of its index.
+fn forest(n: usize) -> (MerkleForest, Vec<(Bytes, u64)>) {
+    let keys: Vec<(Bytes, u64)> = (0..n)
+        .map(|i| {
+            let key = Bytes::from(format!("key-{i}"));
+            let digest = merkle::state_digest(&key, &state(i as u64));
+            (key, digest)
+        })
+        .collect();
+    let f = MerkleForest::new(64);
+    for (k, d) in &keys {
+        f.add(k, *d);
+    }
+    (f, keys)
+}
+
+fn page(keys: &[&[u8]], more: bool) -> pb::LeafKeysResponse {
+    pb::LeafKeysResponse {
+        keys: keys
+            .iter()
+            .map(|k| pb::KeyDigest {
+                key: Bytes::copy_from_slice(k),
+                digest: 1,
+            })
+            .collect(),
+        more,
+    }
+}
+
+#[test]
+fn a_leaf_listing_is_taken_only_if_it_stays_under_the_leaf_and_advances() {
+    // Found by `cargo fuzz run merkle`: anti-entropy took any key a peer listed for a leaf, of
+    // any other leaf or partition (then repaired it into this node, which may not replicate
+    // it), and followed a listing whose next page started at or before the last one: a peer
+    // answering so kept the exchange going forever.
+    let (f, _) = forest(0);
+    let key: &[u8] = b"key-1";
+    let (p, leaf) = f.leaf_of_key(key);
+    let range = f.leaf_range(p, leaf);
+    let other: &[u8] = b"key-2";
+    assert_ne!(f.leaf_of_key(other), (p, leaf));
+    let sk = storage::storage_key(key);
+
+    let mut theirs = BTreeMap::new();
+    assert_eq!(
+        take_leaf_keys(&mut theirs, &page(&[key], true), range, &[]),
+        Ok(Some(Bytes::from(sk.clone())))
+    );
+    for (bad, after) in [
+        (page(&[key], true), &sk[..]),
+        (page(&[other], false), &[][..]),
+        (page(&[key, key], false), &[][..]),
+        (page(&[key, other], true), &[][..]),
+    ] {
+        let mut t = theirs.clone();
+        assert!(take_leaf_keys(&mut t, &bad, range, after).is_err());
+        assert_eq!(t, theirs, "a refused page left keys behind");
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1_000))]
+
+    #[test]
+    fn merkle_answers_are_judged_without_panicking_and_only_as_what_they_say(
+        pick in any::<u16>(),
+        e in edits(),
+        junk in prop::collection::vec(any::<u8>(), 0..200),
+        more in any::<bool>(),
+    ) {
+        let (f, keys) = forest(300);
+        let (key, _) = &keys[usize::from(pick) % keys.len()];
+        let (p, leaf) = f.leaf_of_key(key);
+        let ours = f.partition_leaves(p);
+
+        // Roots of three partitions; leaves of one: the node's own, edited, and junk.
+        let shared = [p, (p + 1) % 64, (p + 2) % 64];
+        let roots = pb::TreeRootsResponse {
+            roots: shared.iter().map(|&s| f.partition_root(s)).collect(),
+        };
+        let leaves = pb::TreeLeavesResponse { leaves: ours.clone() };
+        for bytes in [
+            mutate(roots.encode_to_vec(), &e),
+            mutate(leaves.encode_to_vec(), &e),
+            junk.clone(),
+        ] {
+            if let Ok(r) = pb::TreeRootsResponse::decode(bytes.as_slice()) {
+                prop_assert_eq!(pair_roots(&shared, &r.roots).is_ok(), r.roots.len() == 3);
+            }
+            if let Ok(l) = pb::TreeLeavesResponse::decode(bytes.as_slice()) {
+                match differing_leaves(p, &ours, &l.leaves) {
+                    Ok(differ) => {
+                        for i in differ {
+                            prop_assert_ne!(ours[i as usize], l.leaves[i as usize]);
+                            let _ = f.leaf_range(p, i);
+                        }
+                    }
+                    Err(_) => prop_assert_ne!(l.leaves.len(), ours.len()),
+                }
+            }
+        }
+
+        // One leaf's listing: the node's own keys under it, edited, and junk.
+        let range = f.leaf_range(p, leaf);
+        let under: Vec<&[u8]> = keys
+            .iter()
+            .filter(|(k, _)| f.leaf_of_key(k) == (p, leaf))
+            .map(|(k, _)| &k[..])
+            .collect();
+        let mut theirs = BTreeMap::new();
+        let mut after = Bytes::new();
+        for bytes in [mutate(page(&under, more).encode_to_vec(), &e), junk] {
+            let Ok(pg) = pb::LeafKeysResponse::decode(bytes.as_slice()) else {
+                continue;
+            };
+            if let Ok(Some(next)) = take_leaf_keys(&mut theirs, &pg, range, &after) {
+                prop_assert!(next > after);
+                after = next;
+            }
+        }
+        for k in theirs.keys() {
+            prop_assert!((range.0..=range.1).contains(&key_position(k)));
+        }
+        let ours: BTreeMap<Bytes, u64> = keys
+            .iter()
+            .filter(|(k, _)| f.leaf_of_key(k) == (p, leaf))
+            .cloned()
+            .collect();
+        let (differ, compared) = compare_keys(&ours, &theirs);
+        let union: std::collections::BTreeSet<&Bytes> = ours.keys().chain(theirs.keys()).collect();
+        prop_assert_eq!(compared, union.len() as u64);
+        for k in &differ {
+            prop_assert_ne!(ours.get(k), theirs.get(k));
+        }
+    }
 
     #[test]
     fn hint_keys_parse_only_as_the_hint_key_of_what_they_name(
