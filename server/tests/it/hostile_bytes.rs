@@ -280,9 +280,47 @@ proptest! {
         let base = "node_id = \"node-1\"\nlisten = \"127.0.0.1:7070\"\n[cluster]\nname = \"c\"\npartitions = 64\nseeds = [\"127.0.0.1:7071\"]\n[limits]\nmax_key_bytes = 4096\n";
         let mutated = String::from_utf8_lossy(&mutate(base.as_bytes().to_vec(), &e)).into_owned();
         for text in [mutated, junk] {
-            if let Ok(c) = toml::from_str::<Config>(&text) {
-                let _ = c.validate();
+            if let Ok(c) = toml::from_str::<Config>(&text)
+                && c.validate().is_ok()
+            {
+                open_node(&c);
             }
         }
+    }
+}
+
+/// What a node opens first with a config that validated: its local replica (with its Merkle
+/// trees) and its membership. Either may refuse; neither may panic.
+fn open_node(c: &Config) {
+    let store = std::sync::Arc::new(storage::MemoryStorage::default());
+    let _ = dynamokv_server::replica::LocalReplica::open(
+        store.clone(),
+        &c.node_id,
+        c.cluster.partitions,
+        c.history_limits(),
+        dynamokv_server::replica::SiblingLimits {
+            max_siblings: c.limits.max_siblings,
+            warn_siblings: c.limits.warn_siblings,
+            max_object_bytes: c.limits.max_object_bytes,
+            warn_object_bytes: c.limits.warn_object_bytes,
+        },
+        std::sync::Arc::new(dynamokv_server::metrics::Metrics::new()),
+    );
+    let _ = dynamokv_server::membership::Membership::open(c, "127.0.0.1:7070", Some(store));
+}
+
+#[test]
+fn a_config_whose_partition_count_makes_no_ring_is_refused() {
+    // Found by `cargo fuzz run config`: validation let any partition count through, and a node
+    // given one that is not a power of two up to 2^20 panicked building its Merkle trees.
+    for partitions in [0, 3, 65, 1000, (1 << 20) + 1, 1 << 21, u32::MAX] {
+        let text = format!("[cluster]\npartitions = {partitions}\n");
+        let c: Config = toml::from_str(&text).unwrap();
+        assert!(c.validate().is_err(), "{partitions} partitions validated");
+    }
+    for partitions in [1, 64, 1 << 20] {
+        let text = format!("[cluster]\npartitions = {partitions}\n");
+        let c: Config = toml::from_str(&text).unwrap();
+        assert!(c.validate().is_ok(), "{partitions} partitions refused");
     }
 }
