@@ -45,6 +45,12 @@ fn view(seed: u64) -> MembershipState {
 
 /// Node `node-0` of the static cluster [`view`] describes, in memory.
 fn member_of_view(seed: u64) -> dynamokv_server::membership::Membership {
+    let c = member_of_view_config(seed);
+    dynamokv_server::membership::Membership::open(&c, "127.0.0.1:7000", None).unwrap()
+}
+
+/// The config of node `node-0` of the static cluster [`view`] describes.
+fn member_of_view_config(seed: u64) -> Config {
     let mut c = Config::default();
     c.node_id = "node-0".into();
     c.cluster.name = "hostile".into();
@@ -58,7 +64,7 @@ fn member_of_view(seed: u64) -> dynamokv_server::membership::Membership {
             weight: 1,
         })
         .collect();
-    dynamokv_server::membership::Membership::open(&c, "127.0.0.1:7000", None).unwrap()
+    c
 }
 
 #[test]
@@ -179,8 +185,152 @@ fn a_leaf_listing_is_taken_only_if_it_stays_under_the_leaf_and_advances() {
     }
 }
 
+/// A node in memory, built once: 300 keys each holding [`state`] of its index, its local
+/// replica and its node-to-node service, which answers the Merkle requests of anti-entropy.
+struct MerkleNode {
+    local: std::sync::Arc<dynamokv_server::replica::LocalReplica>,
+    service: dynamokv_server::service::ReplicaService,
+    keys: Vec<Bytes>,
+}
+
+fn merkle_node() -> &'static MerkleNode {
+    static NODE: std::sync::OnceLock<MerkleNode> = std::sync::OnceLock::new();
+    NODE.get_or_init(|| {
+        use std::sync::Arc;
+        let c = member_of_view_config(0);
+        let store = Arc::new(storage::MemoryStorage::default());
+        let keys: Vec<Bytes> = (0..300).map(|i| Bytes::from(format!("key-{i}"))).collect();
+        for (i, k) in keys.iter().enumerate() {
+            storage::write_state(store.as_ref(), k, &state(i as u64)).unwrap();
+        }
+        let metrics = Arc::new(dynamokv_server::metrics::Metrics::new());
+        let local = Arc::new(
+            dynamokv_server::replica::LocalReplica::open(
+                store,
+                &c.node_id,
+                c.cluster.partitions,
+                c.history_limits(),
+                dynamokv_server::replica::SiblingLimits {
+                    max_siblings: c.limits.max_siblings,
+                    warn_siblings: c.limits.warn_siblings,
+                    max_object_bytes: c.limits.max_object_bytes,
+                    warn_object_bytes: c.limits.warn_object_bytes,
+                },
+                Arc::clone(&metrics),
+            )
+            .unwrap(),
+        );
+        let membership =
+            dynamokv_server::membership::Membership::open(&c, "127.0.0.1:7000", None).unwrap();
+        let coordinator = Arc::new(dynamokv_server::coordinator::Coordinator::new(
+            membership,
+            Arc::clone(&local),
+            Arc::new(dynamokv_server::peers::Peers::new(c.replica_timeout())),
+            c.limits(),
+            c.replica_timeout(),
+            0,
+            Arc::clone(&metrics),
+        ));
+        let service = dynamokv_server::service::ReplicaService::new(
+            c.node_id.clone(),
+            Arc::clone(&local),
+            coordinator,
+            metrics,
+            tokio_util::sync::CancellationToken::new(),
+        );
+        MerkleNode {
+            local,
+            service,
+            keys,
+        }
+    })
+}
+
+#[test]
+fn a_leaf_listing_holds_only_keys_under_the_leaf_whatever_it_continues_after() {
+    // Found by `cargo fuzz run merkle`: a LeafKeys request continuing after a key before the
+    // leaf listed the keys of other leaves and partitions, from there up to the leaf's end.
+    let n = merkle_node();
+    let forest = n.local.forest();
+    let (p, leaf) = forest.leaf_of_key(&n.keys[7]);
+    let (first, last) = forest.leaf_range(p, leaf);
+    for after in [&[][..], &[0][..], &storage::storage_key(b"key-7")[..]] {
+        let (keys, _) = n.local.key_digests(first, last, after, 4096).unwrap();
+        for (k, _) in keys {
+            assert!(
+                (first..=last).contains(&key_position(&k)),
+                "after {after:?}"
+            );
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1_000))]
+
+    #[test]
+    fn merkle_requests_are_answered_only_as_what_they_ask(
+        pick in any::<u16>(),
+        e in edits(),
+        junk in prop::collection::vec(any::<u8>(), 0..100),
+        after in prop::collection::vec(any::<u8>(), 0..24),
+        limit in 0u32..8,
+    ) {
+        use dynamokv_proto::v1::replica_server::Replica;
+        use futures::executor::block_on;
+        let n = merkle_node();
+        let forest = n.local.forest();
+        let key = &n.keys[usize::from(pick) % n.keys.len()];
+        let (p, leaf) = forest.leaf_of_key(key);
+        let roots = pb::TreeRootsRequest { partitions: 64, partition: vec![p, (p + 1) % 64] };
+        let leaves = pb::TreeLeavesRequest { partitions: 64, partition: p };
+        let listing = pb::LeafKeysRequest {
+            partitions: 64,
+            partition: p,
+            leaf,
+            after: Bytes::from(after),
+            limit,
+        };
+        for bytes in [
+            mutate(roots.encode_to_vec(), &e),
+            mutate(leaves.encode_to_vec(), &e),
+            mutate(listing.encode_to_vec(), &e),
+            listing.encode_to_vec(),
+            junk,
+        ] {
+            if let Ok(req) = pb::TreeRootsRequest::decode(bytes.as_slice()) {
+                let asked = req.partition.clone();
+                if let Ok(a) = block_on(n.service.tree_roots(tonic::Request::new(req))) {
+                    let got = a.into_inner().roots;
+                    prop_assert_eq!(got.len(), asked.len());
+                    for (q, root) in asked.iter().zip(got) {
+                        prop_assert_eq!(root, forest.partition_root(*q));
+                    }
+                }
+            }
+            if let Ok(req) = pb::TreeLeavesRequest::decode(bytes.as_slice()) {
+                let q = req.partition;
+                if let Ok(a) = block_on(n.service.tree_leaves(tonic::Request::new(req))) {
+                    prop_assert_eq!(a.into_inner().leaves, forest.partition_leaves(q));
+                }
+            }
+            if let Ok(req) = pb::LeafKeysRequest::decode(bytes.as_slice()) {
+                let (q, l, from, most) = (req.partition, req.leaf, req.after.clone(), req.limit);
+                if let Ok(a) = block_on(n.service.leaf_keys(tonic::Request::new(req))) {
+                    let a = a.into_inner();
+                    prop_assert!(a.keys.len() <= (most as usize).clamp(1, 4096));
+                    let (first, last) = forest.leaf_range(q, l);
+                    let mut previous = from.to_vec();
+                    for k in &a.keys {
+                        prop_assert!((first..=last).contains(&key_position(&k.key)));
+                        let sk = storage::storage_key(&k.key);
+                        prop_assert!(sk > previous);
+                        previous = sk;
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn merkle_answers_are_judged_without_panicking_and_only_as_what_they_say(
