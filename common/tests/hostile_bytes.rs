@@ -82,7 +82,11 @@ fn check_decoded(key: &[u8], bytes: &[u8]) -> Result<(), TestCaseError> {
         prop_assert!(ctx.is_empty() && fastest.is_none());
         return Ok(());
     }
-    prop_assert!(!ctx.is_empty(), "{:02x?} decoded as the empty context", bytes);
+    prop_assert!(
+        !ctx.is_empty(),
+        "{:02x?} decoded as the empty context",
+        bytes
+    );
     let again = encode_routed_context(key, &ctx, fastest.as_deref());
     if bytes.starts_with(b"DKV\x02") {
         prop_assert_eq!(&again, &bytes.to_vec(), "decoded to {:?}", ctx);

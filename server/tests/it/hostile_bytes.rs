@@ -51,8 +51,10 @@ fn member_of_view(seed: u64) -> dynamokv_server::membership::Membership {
 
 /// The config of node `node-0` of the static cluster [`view`] describes.
 fn member_of_view_config(seed: u64) -> Config {
-    let mut c = Config::default();
-    c.node_id = "node-0".into();
+    let mut c = Config {
+        node_id: "node-0".into(),
+        ..Config::default()
+    };
     c.cluster.name = "hostile".into();
     c.cluster.partitions = 64;
     c.cluster.members = view(seed)
