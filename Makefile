@@ -23,7 +23,7 @@ APT_PACKAGES := librocksdb-dev libclang-dev pkg-config
 RUST_PACKAGES := -p dynamokv-proto -p dynamokv-common -p dynamokv-server -p dynamokv-client -p dynamokv-examples -p dynamokv-bench
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help deps build run demo test test-rust test-python test-node test-swift faults elasticity fmt lint bench clean-data
+.PHONY: help deps build run demo test test-rust test-python test-node test-swift faults elasticity fuzz fmt lint bench clean-data
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -73,6 +73,23 @@ elasticity: deps ## Membership changes under load: grow 3->5, leave to 4, remove
 	cargo test --release -p dynamokv-server --test it elasticity -- --nocapture --test-threads 1 || status=$$?; \
 	echo; echo "membership changes under load ($(ELASTICITY_REPORT)):"; cat $(ELASTICITY_REPORT) 2>/dev/null || echo "(none)"; \
 	exit $$status
+
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := context replica_state stored_record hint gossip merkle config
+# Nightly and sanitizer builds stay apart from the release builds.
+FUZZ_TARGET_DIR ?= $(CARGO_TARGET_DIR)/fuzz
+
+fuzz: ## cargo-fuzz every decoder of outside bytes, FUZZ_SECONDS (default 60) per target (needs nightly); see docs/fuzzing.md.
+	@rustup run nightly rustc --version >/dev/null 2>&1 || { \
+	  echo "make fuzz needs a nightly Rust toolchain (cargo fuzz builds with sanitizers): rustup toolchain install nightly"; exit 1; }
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	@failed=""; cd fuzz; for t in $(FUZZ_TARGETS); do \
+	  echo "== cargo fuzz run $$t, $(FUZZ_SECONDS) s"; \
+	  CARGO_TARGET_DIR=$(FUZZ_TARGET_DIR) nice -n 19 cargo +nightly fuzz run $$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -malloc_limit_mb=512 -print_final_stats=1 \
+	    || failed="$$failed $$t"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz targets that failed:$$failed (inputs in fuzz/artifacts/)"; exit 1; fi
 
 fmt: ## Format the Rust code.
 	cargo fmt --all

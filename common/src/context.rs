@@ -7,6 +7,7 @@
 //! The key tag (the first 8 bytes of the key's MD5) lets the server refuse a context from
 //! another key, and the checksum refuses truncated or hand-edited bytes; both would otherwise
 //! make a put silently supersede the wrong versions. Clients treat contexts as opaque bytes.
+//! A context of the current format decodes only from exactly the bytes its encoding gives.
 //! Contexts of the first format (`"DKV" 0x01`, a bare version vector) are still accepted.
 
 use prost::Message;
@@ -113,6 +114,10 @@ pub fn decode_routed_context(
             clock: VersionVector::from_proto(&proto)?,
             seen: Default::default(),
         };
+        if ctx.is_empty() {
+            // No writer of the first format sent the empty context as bytes either.
+            return Err(ContextError::Malformed);
+        }
         return Ok((ctx, None));
     }
     let proto = pb::CausalContext::decode(body).map_err(|_| ContextError::Malformed)?;
@@ -122,6 +127,11 @@ pub fn decode_routed_context(
         return Err(ContextError::Malformed);
     }
     let fastest = Some(proto.fastest_replica).filter(|f| !f.is_empty());
+    // A context has one byte string, its encoding. Other encodings of it behind a good
+    // checksum (entries out of order, clock timestamps, unknown fields) were made by hand.
+    if encode_routed_context(key, &ctx, fastest.as_deref()) != bytes {
+        return Err(ContextError::Malformed);
+    }
     Ok((ctx, fastest))
 }
 

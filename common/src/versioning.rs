@@ -52,6 +52,11 @@ impl std::fmt::Display for Actor {
     }
 }
 
+/// The largest counter a version vector may name. Counters count one incarnation's writes, so
+/// no correct writer comes near it; a larger one would leave its actor no next event (the
+/// counter would overflow).
+pub const MAX_COUNTER: u64 = u64::MAX >> 1;
+
 /// The identity of one write event: the `counter`-th event of `actor`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Dot {
@@ -292,8 +297,16 @@ impl VersionVector {
     }
 
     /// Builds a vector from its wire form, refusing what no correct writer produces: duplicate
-    /// actors, zero counters, cloud dots of an actor without an entry, empty entries.
+    /// actors, zero counters, cloud dots of an actor without an entry, empty entries, counters
+    /// above [`MAX_COUNTER`].
     pub fn from_proto(pb: &pb::VersionVector) -> Result<Self, VersionError> {
+        let counters = pb.entries.iter().map(|e| e.counter);
+        if counters
+            .chain(pb.cloud.iter().map(|d| d.counter))
+            .any(|c| c > MAX_COUNTER)
+        {
+            return Err(VersionError::CounterTooLarge);
+        }
         let mut vv = VersionVector::new();
         for e in &pb.entries {
             if vv.entries.contains_key(&Actor(e.actor)) {
@@ -424,6 +437,8 @@ pub enum VersionError {
     LiveAndRetired,
     #[error("the state has no clock")]
     MissingClock,
+    #[error("a version vector names a counter above the largest one any writer issues")]
+    CounterTooLarge,
 }
 
 /// What a coordinator's [`VersionedState::update`] did.

@@ -6,9 +6,10 @@
 #![allow(clippy::unwrap_used)]
 
 use bytes::Bytes;
-use dynamokv_common::versioning::{Actor, Dot, WriteId};
+use dynamokv_common::versioning::{Actor, Dot, MAX_COUNTER, WriteId};
 use dynamokv_common::{
     CausalContext, VersionVector, VersionedState, decode_routed_context, encode_routed_context,
+    key_position,
 };
 use dynamokv_proto::v1 as pb;
 use proptest::prelude::*;
@@ -55,6 +56,151 @@ fn state(seed: u64) -> VersionedState {
         );
     }
     s
+}
+
+/// `body` framed as a context of `key` in the first (`DKV` 1) or current (`DKV` 2) format,
+/// with the right key tag and checksum: a hand-made context. The checksum catches corruption,
+/// not forgery, so what is behind it must be checked as strictly as any outside input.
+fn seal(key: &[u8], first_format: bool, body: &[u8]) -> Vec<u8> {
+    let mut out = if first_format { b"DKV\x01" } else { b"DKV\x02" }.to_vec();
+    out.extend_from_slice(&key_position(key).to_be_bytes()[..8]);
+    out.extend_from_slice(body);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// What a context that decodes must be (the fuzz target `context` checks the same): not
+/// empty (the empty context is no bytes); in the current format, exactly the bytes its own
+/// encoding gives; in the first format, a context without seen writes or fastest replica that
+/// survives its re-encoding in the current format.
+fn check_decoded(key: &[u8], bytes: &[u8]) -> Result<(), TestCaseError> {
+    let Ok((ctx, fastest)) = decode_routed_context(key, bytes) else {
+        return Ok(());
+    };
+    if bytes.is_empty() {
+        prop_assert!(ctx.is_empty() && fastest.is_none());
+        return Ok(());
+    }
+    prop_assert!(
+        !ctx.is_empty(),
+        "{:02x?} decoded as the empty context",
+        bytes
+    );
+    let again = encode_routed_context(key, &ctx, fastest.as_deref());
+    if bytes.starts_with(b"DKV\x02") {
+        prop_assert_eq!(&again, &bytes.to_vec(), "decoded to {:?}", ctx);
+    } else {
+        prop_assert!(fastest.is_none() && ctx.seen.is_empty());
+        let (back, none) = decode_routed_context(key, &again).unwrap();
+        prop_assert!(none.is_none());
+        prop_assert_eq!(back.clock, ctx.clock.without_timestamps());
+    }
+    Ok(())
+}
+
+#[test]
+fn a_sealed_empty_body_is_not_a_context_in_either_format() {
+    // Found by `cargo fuzz run context`: the first format took an empty version vector for the
+    // empty context, which no writer ever sent as bytes (the current format refused it).
+    for first_format in [true, false] {
+        let bytes = seal(b"k", first_format, &[]);
+        assert!(
+            decode_routed_context(b"k", &bytes).is_err(),
+            "first format: {first_format}"
+        );
+    }
+}
+
+#[test]
+fn a_context_decodes_only_from_its_own_encoding() {
+    // Found by `cargo fuzz run context` and `hand_sealed_contexts_decode_only_to_what_their_
+    // bytes_say`: behind a good checksum, other encodings of a valid context decoded (entries
+    // out of order, clock timestamps, which the encoder never writes, unknown fields), so one
+    // context had many byte strings and hand-made timestamps reached the replicas' clocks.
+    let key = b"k";
+    let ctx = context(7);
+    assert!(ctx.clock.len() >= 2);
+    let good = ctx.to_proto();
+    assert_eq!(
+        decode_routed_context(key, &seal(key, false, &good.encode_to_vec())),
+        Ok((ctx, None))
+    );
+    let mut reordered = good.clone();
+    reordered.clock.as_mut().unwrap().entries.reverse();
+    let mut timestamped = good.clone();
+    timestamped.clock.as_mut().unwrap().entries[0].timestamp_ms = u64::MAX;
+    let mut unknown_field = good.encode_to_vec();
+    unknown_field.extend_from_slice(&[0x78, 0x01]);
+    for body in [
+        reordered.encode_to_vec(),
+        timestamped.encode_to_vec(),
+        unknown_field,
+    ] {
+        assert!(decode_routed_context(key, &seal(key, false, &body)).is_err());
+    }
+}
+
+#[test]
+fn a_counter_leaves_room_for_the_next_event_of_its_actor() {
+    // Found by `cargo fuzz run replica_state`: a state naming an event of an actor at counter
+    // u64::MAX decoded, and that actor's next write overflowed the counter (a panic in debug
+    // builds; in release it wrapped to the node-wide floor, below the history the state names,
+    // so a replica holding that history takes the new write for one already superseded).
+    let entry = |counter| pb::ClockEntry {
+        actor: 1,
+        counter,
+        timestamp_ms: 0,
+    };
+    let dot = |counter| pb::Dot { actor: 1, counter };
+    let too_far = [
+        pb::VersionVector {
+            entries: vec![entry(u64::MAX)],
+            cloud: vec![],
+        },
+        pb::VersionVector {
+            entries: vec![entry(0)],
+            cloud: vec![dot(u64::MAX)],
+        },
+        pb::VersionVector {
+            entries: vec![entry(3)],
+            cloud: vec![dot(MAX_COUNTER + 1)],
+        },
+    ];
+    for clock in too_far {
+        assert!(VersionVector::from_proto(&clock).is_err(), "{clock:?}");
+        let state = pb::VersionedState {
+            clock: Some(clock.clone()),
+            ..Default::default()
+        };
+        assert!(VersionedState::from_proto(&state).is_err());
+        let ctx = pb::CausalContext {
+            clock: Some(clock),
+            ..Default::default()
+        };
+        assert!(CausalContext::from_proto(&ctx).is_err());
+    }
+    // The last counter accepted leaves room for one more event, above every one named.
+    for clock in [
+        pb::VersionVector {
+            entries: vec![entry(MAX_COUNTER)],
+            cloud: vec![],
+        },
+        pb::VersionVector {
+            entries: vec![entry(0)],
+            cloud: vec![dot(MAX_COUNTER)],
+        },
+    ] {
+        let state = pb::VersionedState {
+            clock: Some(clock),
+            ..Default::default()
+        };
+        let mut s = VersionedState::from_proto(&state).unwrap();
+        let out = s.update(&CausalContext::new(), WriteId(1), None, Actor(1), 1, 5);
+        let dots = out.dots();
+        assert_eq!(dots.len(), 1);
+        assert!(dots[0].counter > MAX_COUNTER, "{dots:?}");
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -121,6 +267,27 @@ proptest! {
                 }
             }
             Err(_) => prop_assert_ne!(&bytes, &original),
+        }
+    }
+
+    #[test]
+    fn hand_sealed_contexts_decode_only_to_what_their_bytes_say(
+        seed in any::<u64>(),
+        first_format in any::<bool>(),
+        ms in mutations(),
+        junk in prop::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let key = format!("key-{seed}").into_bytes();
+        let ctx = context(seed);
+        let body = if first_format {
+            ctx.clock.to_proto().encode_to_vec()
+        } else {
+            let mut p = ctx.to_proto();
+            p.fastest_replica = "node-1".into();
+            p.encode_to_vec()
+        };
+        for body in [mutate(body, &ms), junk, Vec::new()] {
+            check_decoded(&key, &seal(&key, first_format, &body))?;
         }
     }
 

@@ -75,6 +75,89 @@ pub struct Tally {
     pub repaired: u64,
 }
 
+// The steps of a comparison that judge a peer's answers, as pure functions (the fuzz targets
+// in `fuzz/` feed them decoded messages; see docs/fuzzing.md).
+
+/// Step 1: pairs each partition of `shared` with the root the peer's `TreeRoots` answer gives
+/// it, refusing an answer with another number of roots.
+pub fn pair_roots<'a>(
+    shared: &'a [u32],
+    roots: &'a [u64],
+) -> Result<impl Iterator<Item = (u32, u64)> + 'a, String> {
+    if roots.len() != shared.len() {
+        return Err(format!(
+            "asked for {} roots, got {}",
+            shared.len(),
+            roots.len()
+        ));
+    }
+    Ok(shared.iter().copied().zip(roots.iter().copied()))
+}
+
+/// Step 2: the leaves of partition `p` whose hashes differ between this node (`ours`) and the
+/// peer's `TreeLeaves` answer (`theirs`), refusing an answer with another number of leaves.
+pub fn differing_leaves(p: u32, ours: &[u64], theirs: &[u64]) -> Result<Vec<u32>, String> {
+    if theirs.len() != ours.len() {
+        return Err(format!(
+            "partition {p}: {} leaves here, {} there",
+            ours.len(),
+            theirs.len()
+        ));
+    }
+    Ok(merkle::differing(ours, theirs))
+}
+
+/// Step 3: takes one page of the peer's `LeafKeys` answer for the leaf covering ring positions
+/// `leaf` (first and last), asked to continue after storage key `after` (empty: from the
+/// start), into `theirs` (key to state digest). Returns the storage key the next page starts
+/// after, or `None` once the peer has listed every key under the leaf.
+///
+/// Refuses the whole page if it lists a key outside the leaf, or keys not strictly after
+/// `after` and each other in storage order: what the peer lists is repaired into this node,
+/// and a listing whose pages did not advance would never end.
+pub fn take_leaf_keys(
+    theirs: &mut BTreeMap<Bytes, u64>,
+    page: &pb::LeafKeysResponse,
+    leaf: (u128, u128),
+    after: &[u8],
+) -> Result<Option<Bytes>, String> {
+    let mut previous = after.to_vec();
+    for k in &page.keys {
+        if !(leaf.0..=leaf.1).contains(&dynamokv_common::key_position(&k.key)) {
+            return Err("the peer listed a key of another leaf".into());
+        }
+        let storage_key = crate::storage::storage_key(&k.key);
+        if storage_key <= previous {
+            return Err("the peer listed keys out of order, or again".into());
+        }
+        previous = storage_key;
+    }
+    for k in &page.keys {
+        theirs.insert(k.key.clone(), k.digest);
+    }
+    Ok(match page.keys.last() {
+        Some(_) if page.more => Some(Bytes::from(previous)),
+        _ => None,
+    })
+}
+
+/// Step 3's comparison: the keys under one leaf whose digests differ between this node
+/// (`ours`) and the peer (`theirs`), or that only one of them holds, in key order, and how many
+/// keys were compared.
+pub fn compare_keys(
+    ours: &BTreeMap<Bytes, u64>,
+    theirs: &BTreeMap<Bytes, u64>,
+) -> (Vec<Bytes>, u64) {
+    let all: BTreeSet<&Bytes> = ours.keys().chain(theirs.keys()).collect();
+    let compared = all.len() as u64;
+    let differing = all
+        .into_iter()
+        .filter(|k| ours.get(*k) != theirs.get(*k))
+        .cloned()
+        .collect();
+    (differing, compared)
+}
+
 impl AntiEntropy {
     pub fn new(s: Shared, interval: Duration) -> AntiEntropy {
         AntiEntropy {
@@ -166,15 +249,8 @@ impl AntiEntropy {
             )
             .await?
             .roots;
-        if roots.len() != shared.len() {
-            return Err(format!(
-                "asked for {} roots, got {}",
-                shared.len(),
-                roots.len()
-            ));
-        }
         let mut tally = Tally::default();
-        for (&p, theirs) in shared.iter().zip(roots) {
+        for (p, theirs) in pair_roots(&shared, &roots)? {
             if forest.partition_root(p) == theirs {
                 continue;
             }
@@ -230,16 +306,9 @@ impl AntiEntropy {
             .await?
             .leaves;
         let ours = forest.partition_leaves(p);
-        if theirs.len() != ours.len() {
-            return Err(format!(
-                "partition {p}: {} leaves here, {} there",
-                ours.len(),
-                theirs.len()
-            ));
-        }
         // Keys of several leaves are listed at once, and repaired together across leaves: a
         // replica that missed many writes has one or two of them under each of many leaves.
-        let listed = futures::stream::iter(merkle::differing(&ours, &theirs))
+        let listed = futures::stream::iter(differing_leaves(p, &ours, &theirs)?)
             .map(|leaf| self.differing_keys(peer, p, leaf))
             .buffer_unordered(LEAVES_IN_FLIGHT)
             .collect::<Vec<_>>()
@@ -273,6 +342,7 @@ impl AntiEntropy {
     ) -> Result<(Vec<Bytes>, u64), String> {
         let forest = self.s.local.forest();
         let q = forest.partitions();
+        let (first, last) = forest.leaf_range(p, leaf);
         let mut theirs: BTreeMap<Bytes, u64> = BTreeMap::new();
         let mut after = Bytes::new();
         loop {
@@ -293,17 +363,11 @@ impl AntiEntropy {
                     |mut c, r| async move { c.leaf_keys(r).await },
                 )
                 .await?;
-            for k in &page.keys {
-                theirs.insert(k.key.clone(), k.digest);
-            }
-            match page.keys.last() {
-                Some(last) if page.more => {
-                    after = Bytes::from(crate::storage::storage_key(&last.key));
-                }
-                _ => break,
+            match take_leaf_keys(&mut theirs, &page, (first, last), &after)? {
+                Some(next) => after = next,
+                None => break,
             }
         }
-        let (first, last) = forest.leaf_range(p, leaf);
         let mut ours: BTreeMap<Bytes, u64> = BTreeMap::new();
         let mut after: Vec<u8> = Vec::new();
         loop {
@@ -320,14 +384,7 @@ impl AntiEntropy {
                 break;
             }
         }
-        let all: BTreeSet<&Bytes> = ours.keys().chain(theirs.keys()).collect();
-        let compared = all.len() as u64;
-        let differing = all
-            .into_iter()
-            .filter(|k| ours.get(*k) != theirs.get(*k))
-            .cloned()
-            .collect();
-        Ok((differing, compared))
+        Ok(compare_keys(&ours, &theirs))
     }
 
     /// Makes this node and the peer hold the merge of both their states of `key` (with

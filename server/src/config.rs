@@ -409,6 +409,7 @@ impl Config {
         if self.node_id.is_empty() {
             return Err(ConfigError::Invalid("node_id must not be empty".into()));
         }
+        crate::merkle::check_partitions(self.cluster.partitions).map_err(ConfigError::Invalid)?;
         if self.worker_threads == Some(0) {
             return Err(ConfigError::Invalid(
                 "worker_threads must be at least 1 (or absent: one per core)".into(),

@@ -516,9 +516,9 @@ impl MembershipState {
         let mut members = BTreeMap::new();
         for r in &m.members {
             let status = Status::parse(&r.status).ok_or(MergeError::Malformed("unknown status"))?;
-            if r.id.is_empty() || r.version == 0 || r.weight == 0 {
+            if r.id.is_empty() || r.address.is_empty() || r.version == 0 || r.weight == 0 {
                 return Err(MergeError::Malformed(
-                    "a member record without id, version or weight",
+                    "a member record without id, address, version or weight",
                 ));
             }
             let record = MemberRecord {

@@ -93,6 +93,17 @@ fn put_u64(h: &mut Xxh3, x: u64) {
     h.update(&x.to_le_bytes());
 }
 
+/// Refuses a number of partitions no ring has (the precondition of [`MerkleForest::new`]):
+/// anything but a power of two from 1 to [`MAX_PARTITIONS`]. Config validation calls it.
+pub fn check_partitions(partitions: u32) -> Result<(), String> {
+    if partitions.is_power_of_two() && partitions <= MAX_PARTITIONS {
+        return Ok(());
+    }
+    Err(format!(
+        "the number of partitions must be a power of two from 1 to {MAX_PARTITIONS}, not {partitions}"
+    ))
+}
+
 /// This node's Merkle trees, one per partition, over a shared array of leaves (see the module
 /// docs).
 ///
@@ -129,10 +140,9 @@ impl MerkleForest {
     /// If `partitions` is not a power of two from 1 to [`MAX_PARTITIONS`], which a valid ring
     /// never has.
     pub fn new(partitions: u32) -> MerkleForest {
-        assert!(
-            partitions.is_power_of_two() && partitions <= MAX_PARTITIONS,
-            "the number of partitions must be a power of two from 1 to {MAX_PARTITIONS}, not {partitions}"
-        );
+        if let Err(e) = check_partitions(partitions) {
+            panic!("{e}");
+        }
         let partition_bits = partitions.trailing_zeros();
         let leaf_bits = partition_bits.max(MIN_LEAF_BITS);
         let leaves = (0..1usize << leaf_bits)

@@ -348,7 +348,8 @@ impl LocalReplica {
 
     /// The keys stored from ring position `first` to `last` (inclusive) with their state
     /// digests, in storage order, at most `limit`, starting after storage key `after` (empty:
-    /// from `first`). The second value tells whether more follow.
+    /// from `first`; a key before `first` counts as empty). The second value tells whether more
+    /// follow.
     pub fn key_digests(
         &self,
         first: u128,
@@ -356,10 +357,11 @@ impl LocalReplica {
         after: &[u8],
         limit: usize,
     ) -> Result<(Vec<(Bytes, u64)>, bool), StorageError> {
+        let start = storage::position_start(first).to_vec();
         let start = if after.is_empty() {
-            storage::position_start(first).to_vec()
+            start
         } else {
-            self::after(after)
+            self::after(after).max(start)
         };
         let end = last.checked_add(1).map(storage::position_start);
         let page = self

@@ -135,13 +135,16 @@ pub fn hint_prefix(key: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The user key and owner of a hint key.
+/// The user key and owner of a hint key, which must be exactly [`hint_key`] of them.
 pub fn parse_hint_key(hint_key: &[u8]) -> Result<(&[u8], &str), StorageError> {
     let bad = || StorageError::Corrupt("malformed hint key".into());
     let len = hint_key.get(16..20).ok_or_else(bad)?;
     let len = u32::from_be_bytes(len.try_into().map_err(|_| bad())?) as usize;
     let key = hint_key.get(20..20 + len).ok_or_else(bad)?;
     let owner = std::str::from_utf8(&hint_key[20 + len..]).map_err(|_| bad())?;
+    if hint_key[..16] != key_position(key).to_be_bytes() {
+        return Err(bad());
+    }
     Ok((key, owner))
 }
 
