@@ -303,7 +303,7 @@ pub fn node() -> &'static Node {
         let membership =
             Membership::open(&config, "127.0.0.1:7000", None).expect("the fixture's membership");
         let coordinator = Arc::new(Coordinator::new(
-            membership,
+            membership.clone(),
             Arc::clone(&local),
             Arc::new(Peers::new(config.replica_timeout())),
             config.limits(),
@@ -311,12 +311,22 @@ pub fn node() -> &'static Node {
             0,
             Arc::clone(&metrics),
         ));
+        // Plain text: access control off (the requests come from no connection).
+        let access = Arc::new(dynamokv_server::access_control::AccessControl::new(
+            false,
+            &config.cluster.name,
+            &[],
+            std::time::Duration::from_secs(2),
+            membership,
+            Arc::clone(&coordinator),
+        ));
         let replica = ReplicaService::new(
             config.node_id.clone(),
             Arc::clone(&local),
             coordinator,
             metrics,
             CancellationToken::new(),
+            access,
         );
         Node {
             store,

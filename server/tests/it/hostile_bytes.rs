@@ -225,7 +225,7 @@ fn merkle_node() -> &'static MerkleNode {
         let membership =
             dynamokv_server::membership::Membership::open(&c, "127.0.0.1:7000", None).unwrap();
         let coordinator = Arc::new(dynamokv_server::coordinator::Coordinator::new(
-            membership,
+            membership.clone(),
             Arc::clone(&local),
             Arc::new(dynamokv_server::peers::Peers::new(c.replica_timeout())),
             c.limits(),
@@ -233,12 +233,22 @@ fn merkle_node() -> &'static MerkleNode {
             0,
             Arc::clone(&metrics),
         ));
+        // A plain-text node: access control off, as the requests come from no connection.
+        let access = Arc::new(dynamokv_server::access_control::AccessControl::new(
+            false,
+            &c.cluster.name,
+            &[],
+            std::time::Duration::from_secs(2),
+            membership,
+            Arc::clone(&coordinator),
+        ));
         let service = dynamokv_server::service::ReplicaService::new(
             c.node_id.clone(),
             Arc::clone(&local),
             coordinator,
             metrics,
             tokio_util::sync::CancellationToken::new(),
+            access,
         );
         MerkleNode {
             local,
