@@ -12,11 +12,14 @@
 //! - Background work, admitted by [`admission`] control (paper 6.5): [`hinted_handoff`]
 //!   (paper 4.6), [`anti_entropy`] (paper 4.7), [`tombstones`] (reaping deleted keys).
 //! - [`service`]: the gRPC services; [`server`] starts and stops it all.
+//! - [`certificates`]: development certificates (`dynamokv cert`) and the identity a
+//!   certificate carries (issue 11).
 
 pub mod admin;
 pub mod admission;
 pub mod anti_entropy;
 pub mod background;
+pub mod certificates;
 pub mod config;
 pub mod coordinator;
 pub mod dev;
