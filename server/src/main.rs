@@ -51,6 +51,9 @@ enum Command {
     /// Operator commands, answered by one node from its own view of the cluster.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Development certificates: a cluster CA, node and user certificates (TLS).
+    #[command(subcommand)]
+    Cert(dynamokv_server::certificates::CertCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -249,6 +252,13 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Admin(cmd) => runtime.block_on(admin(cmd)),
+        Command::Cert(cmd) => match dynamokv_server::certificates::run(cmd) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                eprintln!("dynamokv: {e}");
+                return ExitCode::from(2);
+            }
+        },
         Command::DebugRead { node, key } => runtime.block_on(async {
             let (actor, state) = dynamokv_server::admin::debug_read(&node, key.as_bytes()).await?;
             print!(
