@@ -325,8 +325,12 @@ fn ca_issuer(ca: &Pem, what: &str) -> Result<Issuer<'static, KeyPair>, CertError
     if not_after.timestamp() <= now().unix_timestamp() {
         return Err(invalid(format!("its certificate expired on {not_after}")));
     }
-    let key = KeyPair::from_pem(&ca.key)
-        .map_err(|e| invalid(format!("its private key does not parse ({e})")))?;
+    let key = KeyPair::from_pem(&ca.key).map_err(|e| {
+        invalid(format!(
+            "its private key does not parse ({e}): the key must be unencrypted PKCS#8 PEM \
+             (`openssl pkcs8 -topk8 -nocrypt -in KEY -out ca.key` converts one)"
+        ))
+    })?;
     if key.subject_public_key_info() != cert.public_key().raw {
         return Err(invalid(
             "the private key does not belong to the certificate".into(),
@@ -372,12 +376,16 @@ fn uri_san(uri: String) -> Result<SanType, CertError> {
     Ok(SanType::URI(uri.try_into()?))
 }
 
-/// A DNS name as a SAN may hold it: labels of 1 to 63 letters, digits, hyphens (and
-/// underscores), not starting or ending with a hyphen, at most 253 characters.
+/// A DNS name as a SAN may hold it (without a trailing dot): labels of 1 to 63 letters,
+/// digits, hyphens (and underscores), not starting or ending with a hyphen, at most 253
+/// characters, the last label not all digits (`10.0.0.256` is a mistyped address, not a name).
 fn valid_dns_name(s: &str) -> bool {
-    let s = s.strip_suffix('.').unwrap_or(s);
     !s.is_empty()
         && s.len() <= 253
+        && !s
+            .rsplit('.')
+            .next()
+            .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
         && s.split('.').all(|label| {
             (1..=63).contains(&label.len())
                 && !label.starts_with('-')
@@ -406,10 +414,12 @@ pub fn issue_node(
         SanType::IpAddress(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])),
     ];
     for host in hosts {
+        // A fully qualified name's trailing dot is dropped: TLS names never carry it.
+        let name = host.strip_suffix('.').unwrap_or(host);
         let san = match host.parse::<IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
-            Err(_) if valid_dns_name(host) => {
-                SanType::DnsName(host.to_ascii_lowercase().try_into()?)
+            Err(_) if valid_dns_name(name) => {
+                SanType::DnsName(name.to_ascii_lowercase().try_into()?)
             }
             Err(_) => return Err(CertError::InvalidHost(host.clone())),
         };

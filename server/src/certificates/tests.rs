@@ -117,7 +117,15 @@ fn names_are_checked() {
         .to_string();
     assert!(err.contains("invalid user name \"al/ice\""), "{err}");
     assert!(err.contains("1 to 128 characters"), "{err}");
-    for host in ["bad host", "-x.example", "a..b", "a/b", ""] {
+    for host in [
+        "bad host",
+        "-x.example",
+        "a..b",
+        "a/b",
+        "",
+        "10.0.0.256",
+        "*.example.com",
+    ] {
         match issue_node(ca, "prod", "n", &[host.into()], 30) {
             Err(CertError::InvalidHost(h)) => assert_eq!(h, host),
             other => panic!("{host:?}: {other:?}"),
