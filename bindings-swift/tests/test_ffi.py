@@ -380,6 +380,31 @@ def test_invalid_config(kv, node):
         assert info.value.code() == "INVALID_CONFIG"
 
 
+def test_tls_options_cross_the_ffi(kv, node, tmp_path):
+    """The TLS options and the TLS error, through the FFI: a token is never sent without TLS,
+    an unreadable CA file is a configuration error, and a TLS client of a plain-text node gets
+    a TLS error saying the node does not speak TLS."""
+    E = kv.DynamoKvError
+    with pytest.raises(E.InvalidConfig, match="only over TLS"):
+        kv.DynamoKvClient([node.address], kv.ClientOptions(token="dkv1.x." + "0" * 64))
+    with pytest.raises(E.InvalidConfig, match="ca_cert"):
+        kv.DynamoKvClient([node.address], kv.ClientOptions(ca_cert=str(tmp_path / "none.pem")))
+    subprocess.run([_server_binary(), "cert", "ca", "--dir", str(tmp_path)], check=True,
+                   capture_output=True, timeout=30)
+    c = kv.DynamoKvClient(
+        [node.address],
+        kv.ClientOptions(ca_cert=str(tmp_path / "ca.pem"), request_timeout_ms=5000, max_retries=0),
+    )
+
+    async def scenario():
+        with pytest.raises(E.Tls) as info:
+            await c.get(b"k")
+        assert info.value.code() == "TLS"
+        assert "does not speak TLS" in info.value.message
+
+    run(scenario())
+
+
 def test_attempt_timeout_is_accepted(kv, node):
     c = kv.DynamoKvClient(
         [node.address], kv.ClientOptions(request_timeout_ms=5000, attempt_timeout_ms=1500)

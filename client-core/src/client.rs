@@ -490,6 +490,7 @@ impl Inner {
         }
         let order = self.nodes.health.order(&candidates);
         let mut failures = Vec::new();
+        let (mut tls_failures, mut last_tls) = (0usize, None);
         for address in order.iter().take(self.options.max_retries as usize + 2) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -523,12 +524,18 @@ impl Inner {
                         return Err(err);
                     }
                     failures.push(format!("{address}: {err}"));
+                    tls_failures += usize::from(matches!(err, Error::Tls { .. }));
+                    last_tls = matches!(err, Error::Tls { .. }).then_some(err);
                 }
                 Err(_) => {
                     self.nodes.silent(address);
                     failures.push(format!("{address}: no answer within {budget:?}"));
                 }
             }
+        }
+        // Every node refused the handshake: the client's TLS settings are wrong, say how.
+        if let Some(tls) = last_tls.filter(|_| tls_failures == failures.len()) {
+            return Err(tls);
         }
         Err(Error::Unavailable {
             message: format!(
@@ -1260,6 +1267,7 @@ impl Client {
         let mut attempt = 1u32;
         let mut maybe_applied = false;
         let mut last_overloaded = false;
+        let mut last_tls = None;
         let mut failures: Vec<String> = Vec::new();
         for node in targets.iter().cycle().take(tries) {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -1295,6 +1303,7 @@ impl Client {
                 return Err(err);
             }
             last_overloaded = matches!(err, Error::Overloaded { .. });
+            last_tls = matches!(err, Error::Tls { .. }).then(|| err.clone());
             match Failure::of(&status, &err) {
                 Failure::Verdict => return Err(err),
                 Failure::NotApplied => {}
@@ -1315,6 +1324,8 @@ impl Client {
             Error::Overloaded {
                 message: failures.join("; "),
             }
+        } else if let Some(tls) = last_tls {
+            tls
         } else if Instant::now() >= deadline && failures.is_empty() {
             self.timeout_error()
         } else {
@@ -1325,12 +1336,16 @@ impl Client {
     }
 }
 
-/// Whether another node may serve what this one could not (an overloaded node included: the
-/// client tries the next and, if every one is, reports the overload).
+/// Whether another node may serve what this one could not (an overloaded node, or one whose
+/// certificate the client refused, included: the client tries the next and, if every one
+/// fails so, reports that).
 fn is_transient(err: &Error) -> bool {
     matches!(
         err,
-        Error::Unavailable { .. } | Error::QuorumNotReached { .. } | Error::Overloaded { .. }
+        Error::Unavailable { .. }
+            | Error::QuorumNotReached { .. }
+            | Error::Overloaded { .. }
+            | Error::Tls { .. }
     )
 }
 

@@ -131,11 +131,12 @@ impl Error {
     }
 
     /// Whether the cluster refused who the client is or what it may do: another node would
-    /// say the same, so the call ends here.
+    /// say the same (users and grants are the cluster's), so the call ends here. A TLS failure
+    /// is not one: certificates are each node's, and another node may accept the client.
     pub(crate) fn is_refusal(&self) -> bool {
         matches!(
             self,
-            Error::Tls { .. } | Error::Unauthenticated { .. } | Error::PermissionDenied { .. }
+            Error::Unauthenticated { .. } | Error::PermissionDenied { .. }
         )
     }
 }
@@ -162,6 +163,11 @@ impl Failure {
                 Error::OutcomeUnknown { .. } => Failure::MaybeApplied,
                 _ => Failure::Verdict,
             };
+        }
+        // A message over the node's size limit is refused from its length prefix, before
+        // anything is decoded, let alone applied.
+        if status.code() == Code::OutOfRange {
+            return Failure::Verdict;
         }
         if dynamokv_proto::transport::certainly_not_sent(status) {
             Failure::NotApplied

@@ -12,6 +12,8 @@
 //! - Background work, admitted by [`admission`] control (paper 6.5): [`hinted_handoff`]
 //!   (paper 4.6), [`anti_entropy`] (paper 4.7), [`tombstones`] (reaping deleted keys).
 //! - [`service`]: the gRPC services; [`server`] starts and stops it all.
+//! - [`certificates`]: development certificates (`dynamokv cert`) and the identity a
+//!   certificate carries (issue 11).
 
 pub mod access_control;
 pub mod admin;

@@ -113,7 +113,7 @@ enum Command {
     /// Operator commands, answered by one node from its own view of the cluster.
     #[command(subcommand)]
     Admin(AdminCommand),
-    /// Development certificates: a CA, node and user certificates (see docs/security.md).
+    /// Development certificates: a cluster CA, node and user certificates (TLS).
     #[command(subcommand)]
     Cert(dynamokv_server::certificates::CertCommand),
 }
@@ -381,12 +381,9 @@ fn main() -> ExitCode {
         }),
         Command::Admin(cmd) => runtime.block_on(admin(cmd)),
         Command::Cert(cmd) => match dynamokv_server::certificates::run(cmd) {
-            Ok(text) => {
-                print!("{text}");
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(e) => {
-                eprintln!("dynamokv cert: {e}");
+                eprintln!("dynamokv: {e}");
                 return ExitCode::from(2);
             }
         },

@@ -9,6 +9,7 @@ mod support;
 mod bad_input;
 mod campaign;
 mod causality;
+mod certs;
 mod cli;
 mod client_driven;
 mod cluster;
