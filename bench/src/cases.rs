@@ -964,10 +964,28 @@ mod tests {
                 "{pair:?}"
             );
         }
-        // Scale 100 reuses the main cluster; 1000 gets its own; then the baseline's.
-        assert_eq!(plan.clusters.len(), 3);
-        assert!(plan.uses_siblings(0) && !plan.uses_siblings(1) && plan.uses_siblings(2));
-        let baseline = &plan.clusters[2];
+        // Scale 100 reuses the main cluster; 1000 gets its own; then the TLS cluster and the
+        // baseline's.
+        assert_eq!(plan.clusters.len(), 4);
+        assert!(plan.uses_siblings(0) && !plan.uses_siblings(1) && plan.uses_siblings(3));
+        assert!(plan.clusters[2].spec.tls && !plan.uses_siblings(2));
+        // Four TLS twins (gets and puts, one client and many), each right after its original.
+        let tls: Vec<usize> = (0..ids.len())
+            .filter(|&i| plan.cases[i].system == System::DynamokvTls)
+            .collect();
+        assert_eq!(tls.len(), 4);
+        for i in tls {
+            assert_eq!(plan.cases[i - 1].name, plan.cases[i].name);
+            assert_eq!(plan.cases[i].workload.cluster(), Some(2));
+        }
+        assert_eq!(
+            plan.pairs
+                .iter()
+                .filter(|p| p.section == Section::Tls)
+                .count(),
+            4
+        );
+        let baseline = &plan.clusters[3];
         assert!(baseline.spec.minimal && baseline.binary.is_some());
         // Seven twins, each right after its original, all on the baseline cluster.
         let twins: Vec<usize> = (0..ids.len())
@@ -980,7 +998,7 @@ mod tests {
                 (original.system, &original.name),
                 (System::Dynamokv, &twin.name)
             );
-            assert_eq!(twin.workload.cluster(), Some(2));
+            assert_eq!(twin.workload.cluster(), Some(3));
             assert_eq!(original.workload.cluster(), Some(0));
         }
         assert!(!ids.iter().any(|id| id.starts_with("dynamokv-baseline")
@@ -1017,7 +1035,7 @@ mod tests {
                 "dynamokv put-sync1/64"
             ]
         );
-        assert!(plan.uses_cluster(0) && plan.uses_cluster(1));
+        assert!(plan.uses_cluster(0) && plan.uses_cluster(2) && !plan.uses_cluster(1));
     }
 
     #[test]
