@@ -539,10 +539,17 @@ pub fn node_indexes(members: &[&dynamokv_common::Member]) -> Vec<usize> {
 
 /// A node's own copy of `key`, read without coordination.
 pub async fn read_local(addr: SocketAddr, key: &[u8]) -> Option<VersionedState> {
-    let mut client = ReplicaClient::connect(format!("http://{addr}"))
-        .await
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
-        .max_decoding_message_size(usize::MAX);
+        .connect()
+        .await
+        .unwrap();
+    read_local_over(channel, key).await
+}
+
+/// A node's own copy of `key`, read over `channel`.
+async fn read_local_over(channel: tonic::transport::Channel, key: &[u8]) -> Option<VersionedState> {
+    let mut client = ReplicaClient::new(channel).max_decoding_message_size(usize::MAX);
     let reply = client
         .read_local(pb::ReadLocalRequest {
             key: Some(Bytes::copy_from_slice(key)),
@@ -561,17 +568,7 @@ pub async fn read_local_tls(
     tls: dynamokv_proto::tls::ClientTls,
 ) -> Option<VersionedState> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
-    let mut client = ReplicaClient::new(dynamokv_proto::tls::connect_lazy(&endpoint, tls))
-        .max_decoding_message_size(usize::MAX);
-    let reply = client
-        .read_local(pb::ReadLocalRequest {
-            key: Some(Bytes::copy_from_slice(key)),
-            include_hints: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    reply.state.map(|s| VersionedState::from_proto(&s).unwrap())
+    read_local_over(dynamokv_proto::tls::connect_lazy(&endpoint, tls), key).await
 }
 
 /// A plain HTTP/1.1 GET; returns the status line and the body.
