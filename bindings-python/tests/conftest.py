@@ -363,8 +363,8 @@ def start_node() -> Iterator[Any]:
     """Starts extra nodes for one test (stopped at its end, if the test did not)."""
     started = []
 
-    def start(node_id: str = "test-1", config: Optional[str] = None) -> Node:
-        n = Node(node_id, config)
+    def start(node_id: str = "test-1", config: Optional[str] = None, metrics: bool = False) -> Node:
+        n = Node(node_id, config, metrics=metrics)
         started.append(n)
         return n
 

@@ -303,10 +303,18 @@ def test_a_node_at_its_connection_cap_answers_overloaded(start_node: Any) -> Non
     later) instead of resetting the connection, and serves again once a place is free."""
     import socket
 
-    capped = start_node("test-capped", config=OVERLOAD_CONFIG)
+    capped = start_node("test-capped", config=OVERLOAD_CONFIG, metrics=True)
+
+    def open_connections() -> float:
+        return capped.metrics().get(("dynamokv_connections_open", ()), 0.0)
+
+    # The start-up probe's client closes its connection in the background; until it has, the
+    # holder below would be the one over the cap.
+    poll("the start-up probe's connection to close", lambda: open_connections() == 0)
     host, port = capped.address.rsplit(":", 1)
     holder = socket.create_connection((host, int(port)))
     try:
+        poll("the holder to take the one place", lambda: open_connections() == 1)
         client = dynamokv.Client([capped.address], request_timeout=5.0, max_retries=0,
                                  coordination="server")
         with pytest.raises(dynamokv.OverloadedError, match="connections open, the cap is 1") as info:
