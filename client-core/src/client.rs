@@ -171,6 +171,7 @@ pub struct ClientBuilder {
     client_cert: Option<String>,
     client_key: Option<String>,
     token: Option<String>,
+    tls_reload_interval: Duration,
 }
 
 /// Default time to establish a connection to a node.
@@ -208,6 +209,7 @@ impl ClientBuilder {
             client_cert: None,
             client_key: None,
             token: None,
+            tls_reload_interval: DEFAULT_TLS_RELOAD_INTERVAL,
         }
     }
 
@@ -228,6 +230,16 @@ impl ClientBuilder {
     /// The private key of [`client_cert`](Self::client_cert) (PEM text or a path).
     pub fn client_key(mut self, pem_or_path: impl Into<String>) -> Self {
         self.client_key = Some(pem_or_path.into());
+        self
+    }
+
+    /// When `ca_cert`, `client_cert` or `client_key` is a path: a connection made at least this
+    /// long after the files were last read reads them again, and uses them if they changed and
+    /// load (certificates rotated on disk reach a running client's next connection; files
+    /// caught half-written are ignored until they load). Default
+    /// [`DEFAULT_TLS_RELOAD_INTERVAL`].
+    pub fn tls_reload_interval(mut self, every: Duration) -> Self {
+        self.tls_reload_interval = every;
         self
     }
 
@@ -275,22 +287,52 @@ impl ClientBuilder {
             }
             return Ok(None);
         };
-        let ca = pem(ca, "ca_cert")?;
-        let identity = match (&self.client_cert, &self.client_key) {
-            (None, None) => None,
-            (Some(c), Some(k)) => Some((pem(c, "client_cert")?, pem(k, "client_key")?)),
-            _ => {
-                return Err(invalid(
-                    "client_cert and client_key go together: give both or neither".into(),
-                ));
-            }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return Err(invalid(
+                "client_cert and client_key go together: give both or neither".into(),
+            ));
+        }
+        let files = TlsFiles {
+            ca: ca.clone(),
+            cert: self.client_cert.clone(),
+            key: self.client_key.clone(),
         };
-        let config = dynamokv_proto::tls::client_config(
-            &ca,
-            identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
-        )
-        .map_err(invalid)?;
-        Ok(Some(dynamokv_proto::tls::ClientTls::new(config)))
+        let (pems, config) = files.load()?;
+        if !files.any_path() {
+            return Ok(Some(dynamokv_proto::tls::ClientTls::new(config)));
+        }
+        // Files are read again when a connection is made and they may have changed: a
+        // long-running client whose certificate is rotated on disk presents the new one on its
+        // next connection. A rotation caught half-written (a key not matching its certificate)
+        // keeps the old configuration until the files load.
+        let last = std::sync::Mutex::new(pems);
+        Ok(Some(dynamokv_proto::tls::ClientTls::reloading(
+            config,
+            self.tls_reload_interval,
+            move || {
+                let read = files.read();
+                let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+                if read.as_ref().is_ok_and(|pems| *pems == *last) {
+                    return None;
+                }
+                let outcome = read.and_then(|pems| {
+                    *last = pems.clone();
+                    files.config(&pems)
+                });
+                match outcome {
+                    Ok(config) => {
+                        tracing::info!("TLS files changed: new connections use them");
+                        Some(config)
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "TLS files changed but do not load; new connections keep the previous ones: {e}"
+                        );
+                        None
+                    }
+                }
+            },
+        )))
     }
 
     /// Time allowed to connect to one node.
@@ -409,8 +451,57 @@ impl ClientBuilder {
 }
 
 /// PEM bytes from an option: the text itself, or the file it names.
+/// How often, by default, a client given certificate files checks them for changes (when it
+/// connects).
+pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The TLS options as given: PEM text or paths.
+struct TlsFiles {
+    ca: String,
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+/// The PEM texts of [`TlsFiles`]: CA, then certificate and key if given.
+type Pems = (Vec<u8>, Option<(Vec<u8>, Vec<u8>)>);
+
+impl TlsFiles {
+    fn any_path(&self) -> bool {
+        [Some(&self.ca), self.cert.as_ref(), self.key.as_ref()]
+            .into_iter()
+            .flatten()
+            .any(|v| !is_pem_text(v))
+    }
+
+    fn read(&self) -> Result<Pems, Error> {
+        let identity = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => Some((pem(c, "client_cert")?, pem(k, "client_key")?)),
+            _ => None,
+        };
+        Ok((pem(&self.ca, "ca_cert")?, identity))
+    }
+
+    fn config(&self, (ca, identity): &Pems) -> Result<rustls::ClientConfig, Error> {
+        dynamokv_proto::tls::client_config(
+            ca,
+            identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+        )
+        .map_err(|message| Error::InvalidConfig { message })
+    }
+
+    fn load(&self) -> Result<(Pems, rustls::ClientConfig), Error> {
+        let pems = self.read()?;
+        let config = self.config(&pems)?;
+        Ok((pems, config))
+    }
+}
+
+fn is_pem_text(value: &str) -> bool {
+    value.trim_start().starts_with("-----BEGIN")
+}
+
 fn pem(value: &str, option: &str) -> Result<Vec<u8>, Error> {
-    if value.trim_start().starts_with("-----BEGIN") {
+    if is_pem_text(value) {
         return Ok(value.as_bytes().to_vec());
     }
     std::fs::read(value).map_err(|e| Error::InvalidConfig {

@@ -27,8 +27,8 @@ mod routing;
 pub use client::{
     Client, ClientBuilder, ClusterInfo, Context, Coordination, DEFAULT_BATCH_CONCURRENCY,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RETRIES, DEFAULT_REQUEST_TIMEOUT,
-    DEFAULT_RING_REFRESH_INTERVAL, GetResult, MemberInfo, NodeHealth, PutItem, Resolved,
-    WriteOptions,
+    DEFAULT_RING_REFRESH_INTERVAL, DEFAULT_TLS_RELOAD_INTERVAL, GetResult, MemberInfo, NodeHealth,
+    PutItem, Resolved, WriteOptions,
 };
 pub use dynamokv_common::{Limits, Member, PreferenceList, Ring};
 pub use error::Error;

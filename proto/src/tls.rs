@@ -9,9 +9,9 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
@@ -80,21 +80,81 @@ pub fn client_config(
 
 /// A TLS client configuration that can be replaced while connections are made with it: each
 /// new connection takes the current one.
-#[derive(Debug, Clone)]
-pub struct ClientTls(Arc<RwLock<Arc<rustls::ClientConfig>>>);
+///
+/// A reloading one ([`ClientTls::reloading`]) also asks its source for a fresh configuration
+/// when a connection is made and the last ask is at least `every` ago, so a long-running client
+/// whose certificate files are rotated on disk presents the new ones on its next connection,
+/// and costs nothing while its connections stay up (TLS checks certificates at the handshake
+/// only).
+#[derive(Clone)]
+pub struct ClientTls {
+    config: Arc<RwLock<Arc<rustls::ClientConfig>>>,
+    reload: Option<Arc<Reload>>,
+}
+
+/// Where a reloading [`ClientTls`] gets its configurations: `fresh` answers a new one when its
+/// source changed and loads (it reports its own failures and answers `None`).
+struct Reload {
+    fresh: Box<dyn Fn() -> Option<rustls::ClientConfig> + Send + Sync>,
+    every: Duration,
+    asked: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("reloading_every", &self.reload.as_ref().map(|r| r.every))
+            .finish_non_exhaustive()
+    }
+}
 
 impl ClientTls {
     pub fn new(config: rustls::ClientConfig) -> ClientTls {
-        ClientTls(Arc::new(RwLock::new(Arc::new(config))))
+        ClientTls {
+            config: Arc::new(RwLock::new(Arc::new(config))),
+            reload: None,
+        }
+    }
+
+    /// Starts with `config` and, for a connection made at least `every` after the last ask,
+    /// first asks `fresh` for a newer configuration (`None`: keep the current one).
+    pub fn reloading(
+        config: rustls::ClientConfig,
+        every: Duration,
+        fresh: impl Fn() -> Option<rustls::ClientConfig> + Send + Sync + 'static,
+    ) -> ClientTls {
+        ClientTls {
+            reload: Some(Arc::new(Reload {
+                fresh: Box::new(fresh),
+                every,
+                asked: Mutex::new(Some(Instant::now())),
+            })),
+            ..ClientTls::new(config)
+        }
     }
 
     /// Replaces the configuration for connections made from now on.
     pub fn replace(&self, config: rustls::ClientConfig) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
     }
 
+    /// The configuration for a connection made now (reloaded first when it is time to ask).
     pub fn current(&self) -> Arc<rustls::ClientConfig> {
-        Arc::clone(&self.0.read().unwrap_or_else(|p| p.into_inner()))
+        if let Some(reload) = &self.reload {
+            let due = {
+                let mut asked = reload.asked.lock().unwrap_or_else(|p| p.into_inner());
+                let now = Instant::now();
+                let due = asked.is_none_or(|at| now.duration_since(at) >= reload.every);
+                if due {
+                    *asked = Some(now);
+                }
+                due
+            };
+            if due && let Some(config) = (reload.fresh)() {
+                self.replace(config);
+            }
+        }
+        Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -305,6 +365,50 @@ mod tests {
         .unwrap_err();
         assert!(err.contains("the key"), "{err}");
         assert!(client_config(b"", None).is_err());
+    }
+
+    fn config_named(alpn: &[u8]) -> rustls::ClientConfig {
+        let mut c = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        c.alpn_protocols = vec![alpn.to_vec()];
+        c
+    }
+
+    #[test]
+    fn a_reloading_configuration_asks_its_source_only_when_due_and_keeps_what_it_had_on_none() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let asked = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&asked);
+        let rarely =
+            ClientTls::reloading(config_named(b"old"), Duration::from_secs(3600), move || {
+                count.fetch_add(1, Ordering::SeqCst);
+                Some(config_named(b"new"))
+            });
+        for _ in 0..3 {
+            assert_eq!(rarely.current().alpn_protocols, vec![b"old".to_vec()]);
+        }
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            0,
+            "not due within the interval"
+        );
+
+        let answers = Arc::new(Mutex::new(vec![None, Some(config_named(b"new")), None]));
+        let source = Arc::clone(&answers);
+        let always = ClientTls::reloading(config_named(b"old"), Duration::ZERO, move || {
+            source.lock().unwrap().remove(0)
+        });
+        let names: Vec<Vec<u8>> = (0..3)
+            .map(|_| always.current().alpn_protocols[0].clone())
+            .collect();
+        assert_eq!(names, [b"old".to_vec(), b"new".to_vec(), b"new".to_vec()]);
+        assert!(
+            answers.lock().unwrap().is_empty(),
+            "asked at every connection"
+        );
     }
 
     #[test]

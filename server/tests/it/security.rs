@@ -614,3 +614,61 @@ async fn certificates_rotate_on_a_running_cluster_with_no_failed_request() {
     let s = Arc::try_unwrap(s).ok().expect("no other owner");
     s.shutdown().await;
 }
+
+/// Writes `text` to `path` as a rotation tool would: a new file renamed over the old.
+fn replace_file(path: &Path, text: &[u8]) {
+    let staged = path.with_extension("staged");
+    std::fs::write(&staged, text).unwrap();
+    std::fs::rename(&staged, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_client_presents_its_rotated_certificate_files_on_its_next_connection() {
+    let mut s = Secure::start().await;
+    // The client's files start as `reader`'s certificate: a user without grants.
+    let d = s.dir.path().to_path_buf();
+    let (cert, key) = (d.join("client.pem"), d.join("client.key"));
+    std::fs::copy(d.join("user-reader.pem"), &cert).unwrap();
+    std::fs::copy(d.join("user-reader.key"), &key).unwrap();
+    let client = Client::builder([s.cluster.seed(0)])
+        .coordination(dynamokv_client::Coordination::Server)
+        .ca_cert(s.path("ca.pem"))
+        .client_cert(cert.display().to_string())
+        .client_key(key.display().to_string())
+        .request_timeout(Duration::from_secs(5))
+        .tls_reload_interval(Duration::ZERO) // every new connection reads the files
+        .build()
+        .unwrap();
+    let denied = |r: Result<dynamokv_client::Context, Error>| {
+        matches!(r, Err(Error::PermissionDenied { .. }))
+    };
+    assert!(denied(client.put(b"cart:9", b"v".to_vec(), None).await));
+
+    // A rotation caught half-written (the new certificate, the old key) does not load: the
+    // client keeps the files it had, through a new connection.
+    replace_file(&cert, &std::fs::read(d.join("user-admin.pem")).unwrap());
+    s.cluster.stop(0).await;
+    s.cluster.restart(0).await;
+    eventually(
+        "the client to reconnect with the files it had",
+        Duration::from_secs(20),
+        || async { denied(client.put(b"cart:9", b"v".to_vec(), None).await) },
+    )
+    .await;
+
+    // The key follows: the next connection presents `admin`'s certificate (a superuser).
+    replace_file(&key, &std::fs::read(d.join("user-admin.key")).unwrap());
+    s.cluster.stop(0).await;
+    s.cluster.restart(0).await;
+    eventually(
+        "the client to reconnect with the rotated files",
+        Duration::from_secs(20),
+        || async { client.put(b"cart:9", b"v".to_vec(), None).await.is_ok() },
+    )
+    .await;
+    assert_eq!(
+        client.get(b"cart:9").await.unwrap().values,
+        vec![b"v".to_vec()]
+    );
+    s.shutdown().await;
+}
