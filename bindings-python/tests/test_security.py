@@ -214,3 +214,56 @@ def test_the_node_to_node_service_refuses_clients_even_an_admin(secure: SecureCl
     poll("a member node's debug read", lambda: run(
         "debug-read", "--node", secure.seeds[0], "--key", "cart:1", env=ours, check=False
     ).returncode == 0)
+
+
+def test_a_token_is_rotated_without_a_gap(secure: SecureCluster) -> None:
+    """`admin user token add` issues a second token while the first still works; `token revoke`
+    then cuts off the old one alone, by the id `user list` shows."""
+    out = secure.admin("user", "add", "py-rotor")
+    old = re.search(r"id ([0-9a-f]{12});.*\n(dkv1\.py-rotor\.[0-9a-f]{64})$", out, re.M)
+    assert old, out
+    old_id, old_token = old.groups()
+    secure.admin("grant", "py-rotor", "read,write", "--prefix", "rot:")
+    secure.client(token=old_token).put(b"rot:1", b"one")
+
+    out = secure.admin("user", "token", "add", "py-rotor")
+    new = re.search(r"id ([0-9a-f]{12});.*\n(dkv1\.py-rotor\.[0-9a-f]{64})$", out, re.M)
+    assert new, out
+    new_id, new_token = new.groups()
+    assert new_id != old_id
+    listed = secure.admin("user", "list")
+    assert f"py-rotor  tokens: 2 ({old_id}, {new_id})" in listed, listed
+    # Both work: applications move to the new token at their own pace.
+    assert secure.client(token=old_token).get(b"rot:1").values == [b"one"]
+    secure.client(token=new_token).put(b"rot:2", b"two")
+
+    # An id the user has not: a clear error, and nothing changes.
+    bad = run("admin", "user", "token", "revoke", "py-rotor", "0123456789ab", "--node",
+              secure.seeds[0], env=secure.admin_env, check=False)
+    err = bad.stderr.decode(errors="replace")
+    assert bad.returncode != 0 and f"its tokens: {old_id}, {new_id}" in err, err
+    assert secure.client(token=old_token).get(b"rot:1").values == [b"one"]
+
+    out = secure.admin("user", "token", "revoke", "py-rotor", old_id)
+    assert f"py-rotor  tokens: 1 ({new_id})" in out, out
+
+    def old_refused() -> bool:
+        try:
+            secure.client(token=old_token).get(b"rot:1")
+            return False
+        except dynamokv.UnauthenticatedError as e:
+            return "token is not valid" in str(e)
+
+    poll("the old token to be refused on every node", old_refused)
+    for seed in secure.seeds:  # every node answers the new token
+        got = dynamokv.Client([seed], ca_cert=secure.path("ca.pem"), token=new_token,
+                              coordination="server").get(b"rot:2")
+        assert got.values == [b"two"]
+    # A user holds at most 8 tokens: the ninth is refused, naming how to make room.
+    for _ in range(7):
+        secure.admin("user", "token", "add", "py-rotor")
+    full = run("admin", "user", "token", "add", "py-rotor", "--node", secure.seeds[0],
+               env=secure.admin_env, check=False)
+    err = full.stderr.decode(errors="replace")
+    assert full.returncode != 0 and "has 8 tokens, the most it may" in err, err
+    assert "py-rotor  tokens: 8 (" in secure.admin("user", "list")

@@ -162,6 +162,20 @@ pub fn new_token(user: &str) -> String {
     token
 }
 
+/// The most tokens one user may hold (two are enough to rotate one without a gap).
+pub const MAX_TOKENS_PER_USER: usize = 8;
+
+/// How a token is named once issued: the first 12 hex digits of its SHA-256 (which the nodes
+/// keep; it tells nothing of the token itself).
+pub fn token_id(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
+
+/// The id of `token` (see [`token_id`]).
+pub fn id_of_token(token: &str) -> String {
+    token_id(&sha256_hex(token.as_bytes())).to_string()
+}
+
 /// The user a token names, or why it is not a token.
 fn token_user(token: &str) -> Result<&str, String> {
     let rest = token
@@ -560,6 +574,54 @@ impl AccessControl {
         .await?;
         self.forget(name);
         Ok(())
+    }
+
+    /// Issues `name` another token, keeping those it has: a token is rotated by adding the new
+    /// one, moving the applications to it, then revoking the old one by its id. The token, and
+    /// its id.
+    pub async fn add_token(&self, name: &str) -> Result<(String, String), Error> {
+        self.needs_tls()?;
+        let key = user_key(name);
+        let (existing, context) = self.read_record::<UserRecord>(&key).await?;
+        let mut record = existing.ok_or_else(|| no_such_user(name))?;
+        if record.token_hashes.len() >= MAX_TOKENS_PER_USER {
+            return Err(Error::Invalid(format!(
+                "user {name} has {} tokens, the most it may: revoke one first (`dynamokv admin user token revoke {name} ID`; `dynamokv admin user list` shows the ids)",
+                record.token_hashes.len()
+            )));
+        }
+        let token = new_token(name);
+        let id = id_of_token(&token);
+        record.token_hashes.push(sha256_hex(token.as_bytes()));
+        record.updated_ms = crate::replica::now_ms().max(record.updated_ms + 1);
+        self.write_record(&key, Some(&record), context).await?;
+        self.forget(name);
+        Ok((token, id))
+    }
+
+    /// Revokes the token of `name` whose id is `id` (see [`token_id`]); the user after.
+    pub async fn revoke_token(&self, name: &str, id: &str) -> Result<UserRecord, Error> {
+        self.needs_tls()?;
+        let key = user_key(name);
+        let (existing, context) = self.read_record::<UserRecord>(&key).await?;
+        let mut record = existing.ok_or_else(|| no_such_user(name))?;
+        let before = record.token_hashes.len();
+        record.token_hashes.retain(|h| token_id(h) != id);
+        if record.token_hashes.len() == before {
+            let ids: Vec<&str> = record.token_hashes.iter().map(|h| token_id(h)).collect();
+            return Err(Error::Invalid(if ids.is_empty() {
+                format!("user {name} has no token")
+            } else {
+                format!(
+                    "user {name} has no token with id {id:?}; its tokens: {}",
+                    ids.join(", ")
+                )
+            }));
+        }
+        record.updated_ms = crate::replica::now_ms().max(record.updated_ms + 1);
+        self.write_record(&key, Some(&record), context).await?;
+        self.forget(name);
+        Ok(record)
     }
 
     /// Every user, by name.

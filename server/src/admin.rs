@@ -113,7 +113,11 @@ pub async fn fetch_membership(
 }
 
 /// Adds user `name` on the cluster of the node at `addr`; its token, if one was asked for.
-pub async fn user_add(addr: &str, name: &str, token: bool) -> Result<Option<String>, String> {
+pub async fn user_add(
+    addr: &str,
+    name: &str,
+    token: bool,
+) -> Result<Option<(String, String)>, String> {
     let request = pb::UserAddRequest {
         name: name.to_string(),
         token,
@@ -122,7 +126,35 @@ pub async fn user_add(addr: &str, name: &str, token: bool) -> Result<Option<Stri
         c.user_add(r).await
     })
     .await?;
-    Ok(Some(reply.token).filter(|t| !t.is_empty()))
+    Ok(Some((reply.token, reply.token_id)).filter(|(t, _)| !t.is_empty()))
+}
+
+/// Issues user `name` another token; the token and its id.
+pub async fn token_add(addr: &str, name: &str) -> Result<(String, String), String> {
+    let request = pb::TokenAddRequest {
+        user: name.to_string(),
+    };
+    let reply = admin_call(addr, "to add a token", request, |mut c, r| async move {
+        c.token_add(r).await
+    })
+    .await?;
+    Ok((reply.token, reply.token_id))
+}
+
+/// Revokes the token of user `name` whose id is `id`; the user after.
+pub async fn token_revoke(addr: &str, name: &str, id: &str) -> Result<pb::UserInfo, String> {
+    let request = pb::TokenRevokeRequest {
+        user: name.to_string(),
+        token_id: id.to_string(),
+    };
+    let reply = admin_call(
+        addr,
+        "to revoke the token",
+        request,
+        |mut c, r| async move { c.token_revoke(r).await },
+    )
+    .await?;
+    reply.user.ok_or_else(|| format!("{addr} sent no user"))
 }
 
 /// Every user of the cluster of the node at `addr`.
@@ -198,7 +230,12 @@ pub fn describe_users(users: &[pb::UserInfo]) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let _ = writeln!(out, "{}  tokens: {}  {grants}", u.name, u.tokens);
+        let tokens = if u.token_ids.is_empty() {
+            u.tokens.to_string()
+        } else {
+            format!("{} ({})", u.tokens, u.token_ids.join(", "))
+        };
+        let _ = writeln!(out, "{}  tokens: {tokens}  {grants}", u.name);
     }
     out
 }

@@ -219,6 +219,26 @@ enum UserCommand {
         node: String,
         name: String,
     },
+    /// A user's tokens: add another, or revoke one (rotation: add, move, revoke the old).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum TokenCommand {
+    /// Issues the user another token (shown once), keeping those it has.
+    Add {
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        node: String,
+        name: String,
+    },
+    /// Revokes one token of the user, by the id `user add`, `token add` and `user list` show.
+    Revoke {
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        node: String,
+        name: String,
+        id: String,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -498,8 +518,10 @@ async fn admin(cmd: AdminCommand) -> Result<(), String> {
             name,
             no_token,
         }) => match a::user_add(&node, &name, !no_token).await? {
-            Some(token) => {
-                println!("user {name} added; its token (shown this once, keep it secret):");
+            Some((token, id)) => {
+                println!(
+                    "user {name} added; its token (id {id}; shown this once, keep it secret):"
+                );
                 println!("{token}");
             }
             None => println!(
@@ -512,6 +534,18 @@ async fn admin(cmd: AdminCommand) -> Result<(), String> {
         AdminCommand::User(UserCommand::Remove { node, name }) => {
             a::user_remove(&node, &name).await?;
             println!("user {name} removed");
+        }
+        AdminCommand::User(UserCommand::Token(TokenCommand::Add { node, name })) => {
+            let (token, id) = a::token_add(&node, &name).await?;
+            println!(
+                "a new token for {name} (id {id}; shown this once, keep it secret; its other tokens still work):"
+            );
+            println!("{token}");
+        }
+        AdminCommand::User(UserCommand::Token(TokenCommand::Revoke { node, name, id })) => {
+            let u = a::token_revoke(&node, &name, &id).await?;
+            println!("token {id} of {name} revoked (within the nodes' security.cache_ms)");
+            print!("{}", a::describe_users(&[u]));
         }
         AdminCommand::Grant {
             node,

@@ -622,6 +622,11 @@ fn user_info(r: &UserRecord) -> pb::UserInfo {
     pb::UserInfo {
         name: r.name.clone(),
         tokens: r.token_hashes.len() as u32,
+        token_ids: r
+            .token_hashes
+            .iter()
+            .map(|h| crate::access_control::token_id(h).to_string())
+            .collect(),
         grants: r
             .grants
             .iter()
@@ -667,7 +672,32 @@ impl pb::admin_server::Admin for AdminService {
         let req = req.into_inner();
         let token = self.access.add_user(&req.name, req.token).await?;
         Ok(Response::new(pb::UserAddResponse {
+            token_id: token
+                .as_ref()
+                .map(|t| crate::access_control::id_of_token(t))
+                .unwrap_or_default(),
             token: token.unwrap_or_default(),
+        }))
+    }
+
+    async fn token_add(
+        &self,
+        req: Request<pb::TokenAddRequest>,
+    ) -> Result<Response<pb::TokenAddResponse>, Status> {
+        let _admitted = self.operator(&req).await?;
+        let (token, token_id) = self.access.add_token(&req.into_inner().user).await?;
+        Ok(Response::new(pb::TokenAddResponse { token, token_id }))
+    }
+
+    async fn token_revoke(
+        &self,
+        req: Request<pb::TokenRevokeRequest>,
+    ) -> Result<Response<pb::TokenRevokeResponse>, Status> {
+        let _admitted = self.operator(&req).await?;
+        let req = req.into_inner();
+        let record = self.access.revoke_token(&req.user, &req.token_id).await?;
+        Ok(Response::new(pb::TokenRevokeResponse {
+            user: Some(user_info(&record)),
         }))
     }
 
