@@ -127,24 +127,25 @@ async fn anti_entropy_restores_what_a_replica_missed_without_any_read() {
         true
     })
     .await;
-    let st = status(&cluster, 2).await;
-    let ae = st.anti_entropy.unwrap();
-    let repaired_elsewhere = {
-        let mut n = 0;
-        for i in 0..2 {
-            n += status(&cluster, i)
-                .await
-                .anti_entropy
-                .unwrap()
-                .keys_repaired;
-        }
-        n
-    };
-    assert!(
-        ae.keys_repaired + repaired_elsewhere >= keys.len() as u64,
-        "{ae:?}"
-    );
-    assert!(!ae.peers.is_empty(), "status shows the last exchanges");
+    // An exchange counts its repairs once the batch they were in is applied, and records the
+    // peer once it ends: the counts follow the data, so they are awaited too.
+    eventually(
+        "the exchanges to count every repair and node-2 to show its exchanges",
+        DEADLINE,
+        || async {
+            let mut repaired = 0;
+            for i in 0..3 {
+                repaired += status(&cluster, i)
+                    .await
+                    .anti_entropy
+                    .unwrap()
+                    .keys_repaired;
+            }
+            let ae = status(&cluster, 2).await.anti_entropy.unwrap();
+            repaired >= keys.len() as u64 && !ae.peers.is_empty()
+        },
+    )
+    .await;
     // Once the replicas agree their trees do too: exchanges find nothing left to compare.
     eventually("every exchange finds the trees equal", DEADLINE, || async {
         for i in 0..3 {
