@@ -474,6 +474,16 @@ impl Config {
                 "limits.max_concurrent_requests, max_connections and max_request_bytes must be positive".into(),
             ));
         }
+        if let Some(max) = l.max_request_bytes
+            && max < l.max_object_bytes.saturating_add(l.max_key_bytes)
+        {
+            // A client's read repair carries a key's whole state: refused as oversized, a
+            // key the client may read could never be repaired, nor its largest value written.
+            return Err(ConfigError::Invalid(format!(
+                "limits.max_request_bytes ({max}) must hold a key and its whole state: at least max_object_bytes + max_key_bytes ({}); leave it out for max_object_bytes + 1 MiB",
+                l.max_object_bytes.saturating_add(l.max_key_bytes)
+            )));
+        }
         if let Some(tls) = &self.tls {
             if tls.reload_interval_ms == 0 {
                 return Err(ConfigError::Invalid(

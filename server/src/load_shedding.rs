@@ -12,7 +12,9 @@
 //!   its requests get a clear `OVERLOADED` instead of a reset, and closed a second later; it
 //!   does not count. The client's next request reconnects.
 //! - **Request size.** `limits.max_request_bytes` is the largest message the client-facing
-//!   services decode (tonic refuses a larger one before reading it all).
+//!   services decode (tonic refuses a larger one before reading it all). The config check
+//!   keeps it at least `max_object_bytes + max_key_bytes`, so that whatever a client's own
+//!   limits let through (a value, a read repair carrying a key's whole state) is decoded.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

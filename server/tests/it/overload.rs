@@ -143,6 +143,8 @@ async fn connections_past_the_cap_are_answered_overloaded_and_closed() {
 async fn a_request_over_the_size_limit_is_refused_writes_nothing_and_the_node_serves_on() {
     let cluster = Cluster::start_with(1, |c| {
         c.limits.max_request_bytes = Some(64 << 10);
+        c.limits.max_value_bytes = 16 << 10;
+        c.limits.max_object_bytes = 32 << 10;
     })
     .await;
     let mut kv = KvClient::connect(format!("http://{}", cluster.seed(0)))
@@ -193,4 +195,22 @@ fn zero_caps_are_refused_by_the_config_check() {
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("must be positive"), "{e}");
     }
+}
+
+#[test]
+fn a_request_limit_below_what_a_valid_write_or_repair_carries_is_refused_by_the_config_check() {
+    // A value at the value limit, or a client's repair carrying a key's whole state (up to the
+    // object limit), would pass the client's checks and then be refused by the node as
+    // oversized: the config check says so at start instead.
+    let mut c = dynamokv_server::config::Config::default();
+    c.limits.max_request_bytes = Some(c.limits.max_object_bytes);
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.contains("max_request_bytes"), "{e}");
+    assert!(e.contains("max_object_bytes"), "{e}");
+    c.limits.max_request_bytes = Some(c.limits.max_object_bytes + c.limits.max_key_bytes);
+    c.validate().unwrap();
+    assert_eq!(
+        c.max_request_bytes(),
+        c.limits.max_object_bytes + c.limits.max_key_bytes
+    );
 }
