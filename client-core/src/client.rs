@@ -182,6 +182,12 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_RETRIES: u32 = 2;
 /// Default interval between two pulls of the ring (paper 6.4 polls "every 10 seconds").
 pub const DEFAULT_RING_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+/// The first wait before a node that answered OVERLOADED in a call is tried again by it; each
+/// further wait doubles, up to [`OVERLOAD_BACKOFF_MAX`], and is jittered (half of it at random)
+/// so that refused clients do not come back together.
+pub const OVERLOAD_BACKOFF_BASE: Duration = Duration::from_millis(20);
+/// The longest wait before an overloaded node is tried again.
+pub const OVERLOAD_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How many times one read follows a ring that moved on before it gives up.
 const MAX_RING_MOVES: u32 = 8;
 /// Default number of keys of one batch in flight at once.
@@ -357,7 +363,10 @@ impl ClientBuilder {
         self
     }
 
-    /// How many further attempts a call makes when a node cannot be reached (0: one only).
+    /// How many further attempts a call makes when a node cannot be reached or is overloaded
+    /// (0: one only). Attempts go to the next node; one that comes back to a node that answered
+    /// OVERLOADED first waits ([`OVERLOAD_BACKOFF_BASE`] doubling to [`OVERLOAD_BACKOFF_MAX`],
+    /// jittered), within the request timeout.
     pub fn max_retries(mut self, retries: u32) -> Self {
         self.max_retries = retries;
         self
@@ -1285,7 +1294,14 @@ impl Client {
         let nodes = &self.inner.nodes;
         let attempts = opts.max_retries as usize + 1;
         let mut failures: Vec<String> = Vec::new();
+        let mut overloaded: Option<Error> = None;
         for (attempt, node) in targets.iter().cycle().take(attempts).enumerate() {
+            if let Some(err) = overloaded.take()
+                && attempt % targets.len() == 0
+                && !back_off(attempt / targets.len(), deadline).await
+            {
+                return Err(err);
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(self.timeout_error());
@@ -1320,6 +1336,9 @@ impl Client {
                 return Err(err);
             }
             failures.push(format!("{node}: {err}"));
+            if matches!(err, Error::Overloaded { .. }) {
+                overloaded = Some(err.clone());
+            }
             if attempt + 1 < attempts {
                 tracing::debug!(%node, error = %err, "retrying on another node");
             } else if !matches!(err, Error::Unavailable { .. }) {
@@ -1360,7 +1379,13 @@ impl Client {
         let mut last_overloaded = false;
         let mut last_tls = None;
         let mut failures: Vec<String> = Vec::new();
-        for node in targets.iter().cycle().take(tries) {
+        for (i, node) in targets.iter().cycle().take(tries).enumerate() {
+            if last_overloaded
+                && i % targets.len() == 0
+                && !back_off(i / targets.len(), deadline).await
+            {
+                break;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -1425,6 +1450,23 @@ impl Client {
             }
         })
     }
+}
+
+/// Waits before a call's `pass`-th round over its nodes (1 for the second) when the last node
+/// answered OVERLOADED: [`OVERLOAD_BACKOFF_BASE`] doubled each round up to
+/// [`OVERLOAD_BACKOFF_MAX`], half of it at random. False, without waiting, when the wait would
+/// not end before the call's deadline: the caller reports the node overloaded rather than a
+/// timeout.
+async fn back_off(pass: usize, deadline: Instant) -> bool {
+    let doubled = OVERLOAD_BACKOFF_BASE.saturating_mul(1u32 << pass.saturating_sub(1).min(16));
+    let ceiling = doubled.min(OVERLOAD_BACKOFF_MAX);
+    let half = ceiling / 2;
+    let wait = half + half.mul_f64(rand::random::<f64>());
+    if Instant::now() + wait >= deadline {
+        return false;
+    }
+    tokio::time::sleep(wait).await;
+    true
 }
 
 /// Whether another node may serve what this one could not (an overloaded node, or one whose

@@ -214,3 +214,92 @@ fn a_request_limit_below_what_a_valid_write_or_repair_carries_is_refused_by_the_
         c.limits.max_object_bytes + c.limits.max_key_bytes
     );
 }
+
+/// A client with retries to spare does not spend them all at once on an overloaded node: it
+/// waits, a little longer each time, and its call succeeds once the load goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_retrying_an_overloaded_node_backs_off_and_succeeds_once_the_load_goes() {
+    let cluster = Cluster::start_with(1, |c| {
+        c.limits.max_concurrent_requests = 1;
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    cluster
+        .client_of(0)
+        .put(b"k", b"v".to_vec(), None)
+        .await
+        .unwrap();
+    // The node's one request slot, held by a join through a seed that never answers.
+    let hole = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_addr = hole.local_addr().unwrap();
+    let holding = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            held.push(s);
+        }
+    });
+    let node = cluster.seed(0);
+    let join = tokio::spawn(async move {
+        let mut admin = AdminClient::connect(format!("http://{node}"))
+            .await
+            .unwrap();
+        admin
+            .join(pb::JoinRequest {
+                seed: hole_addr.to_string(),
+            })
+            .await
+    });
+    let impatient = cluster.client_of(0);
+    eventually("the slot to be held", Duration::from_secs(10), || async {
+        matches!(impatient.get(b"k").await, Err(Error::Overloaded { .. }))
+    })
+    .await;
+    let client = |retries: u32, timeout_ms: u64| {
+        dynamokv_client::Client::builder([cluster.seed(0)])
+            .coordination(dynamokv_client::Coordination::Server)
+            .max_retries(retries)
+            .request_timeout(Duration::from_millis(timeout_ms))
+            .build()
+            .unwrap()
+    };
+    // Three retries on a node that stays overloaded wait at least 10 + 20 + 40 ms (half of
+    // each doubling wait), then report it overloaded.
+    let started = std::time::Instant::now();
+    let e = client(3, 10_000).get(b"k").await.unwrap_err();
+    assert!(matches!(e, Error::Overloaded { .. }), "{e:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(70),
+        "no back-off: {:?}",
+        started.elapsed()
+    );
+    // A wait that would outlast the deadline is not taken: still OVERLOADED, not a timeout.
+    let e = client(8, 60).get(b"k").await.unwrap_err();
+    assert!(matches!(e, Error::Overloaded { .. }), "{e:?}");
+
+    let refused = |m: &str| sample(m, "dynamokv_overloaded_total{cap=\"requests\"}");
+    let before = refused(&scrape(&cluster, 0).await);
+
+    // Eight retries to spare on the one node it knows.
+    let patient = client(8, 10_000);
+    let call = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        (patient.get(b"k").await, started.elapsed())
+    });
+    // Once the node has refused it, the load goes.
+    eventually(
+        "the patient client to be refused",
+        Duration::from_secs(10),
+        || async { refused(&scrape(&cluster, 0).await) > before },
+    )
+    .await;
+    holding.abort();
+    let _ = holding.await;
+    let _ = join.await;
+    let (got, took) = call.await.unwrap();
+    assert_eq!(
+        got.unwrap_or_else(|e| panic!("refused after {took:?}: {e}"))
+            .values,
+        vec![b"v".to_vec()]
+    );
+    cluster.shutdown().await;
+}
