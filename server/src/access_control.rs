@@ -243,6 +243,25 @@ impl AccessControl {
 
     /// Who made `req`, or why it is refused (`Unauthenticated`).
     pub async fn authenticate<T>(self: &Arc<Self>, req: &Request<T>) -> Result<Principal, Error> {
+        let who = self.authenticate_unrecorded(req).await;
+        self.record("client", who.as_ref().err());
+        who
+    }
+
+    /// Counts a refusal (`access_refused_total{service, reason}`); other errors are not ones.
+    fn record(&self, service: &'static str, err: Option<&Error>) {
+        let reason = match err {
+            Some(Error::Unauthenticated(_)) => "unauthenticated",
+            Some(Error::PermissionDenied(_)) => "permission_denied",
+            _ => return,
+        };
+        self.coordinator.metrics().access_refused(service, reason);
+    }
+
+    async fn authenticate_unrecorded<T>(
+        self: &Arc<Self>,
+        req: &Request<T>,
+    ) -> Result<Principal, Error> {
         if !self.enabled {
             return Ok(Principal::Anyone);
         }
@@ -310,6 +329,17 @@ impl AccessControl {
         permission: Permission,
         key: &[u8],
     ) -> Result<(), Error> {
+        let allowed = self.authorize_unrecorded(who, permission, key);
+        self.record("client", allowed.as_ref().err());
+        allowed
+    }
+
+    fn authorize_unrecorded(
+        &self,
+        who: &Principal,
+        permission: Permission,
+        key: &[u8],
+    ) -> Result<(), Error> {
         let (name, record, superuser) = match who {
             Principal::Anyone | Principal::Node(_) => return Ok(()),
             Principal::User {
@@ -358,6 +388,17 @@ impl AccessControl {
     /// need the node to be a member of the ring (gossip and pings do not: a node that is
     /// joining gossips before it is one).
     pub fn check_peer<T>(&self, req: &Request<T>, what: &str, data: bool) -> Result<(), Error> {
+        let allowed = self.check_peer_unrecorded(req, what, data);
+        self.record("node", allowed.as_ref().err());
+        allowed
+    }
+
+    fn check_peer_unrecorded<T>(
+        &self,
+        req: &Request<T>,
+        what: &str,
+        data: bool,
+    ) -> Result<(), Error> {
         if !self.enabled {
             return Ok(());
         }

@@ -109,6 +109,11 @@ pub struct Coordinator {
 type ReplicaReply<T> = (String, Result<T, String>);
 
 impl Coordinator {
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     pub fn new(
         membership: Membership,
         local: Arc<LocalReplica>,

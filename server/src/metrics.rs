@@ -17,6 +17,15 @@
 //! - `read_repairs_total`, `vector_clock_truncations_total`, `retired_writes_evicted_total`.
 //! - `overloaded_total{cap}`: requests refused at the cap of requests in flight or of
 //!   connections; `requests_in_flight` and `connections_open`, where the caps apply.
+//! - With TLS: `tls_handshake_failures_total{reason}` (a client or node whose certificate
+//!   the CA did not sign, `unknown_ca`; an expired or not yet valid one, `expired`; another
+//!   certificate fault, `bad_certificate`; plain text is not counted here, it is answered
+//!   UNAUTHENTICATED; `timeout`; `other`) and
+//!   `tls_certificate_expiry_timestamp_seconds{certificate="node"|"ca"}`, to alert before the
+//!   node's certificate or its CA expires.
+//! - `access_refused_total{service, reason}`: calls refused by access control, `service`
+//!   `client` (Kv and Admin) or `node` (the node-to-node service), `reason` `unauthenticated`
+//!   or `permission_denied`.
 //! - `peer_up{peer}`: 1 while this node can reach the peer, 0 once it marked it down.
 //! - `wal_syncs_total` and `synced_writes_total`: fsyncs of the write-ahead log and the writes
 //!   they made durable (their ratio is how many writes share one fsync in group commit).
@@ -80,6 +89,22 @@ struct LatencyLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct CapLabels {
     cap: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AccessLabels {
+    service: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CertificateLabels {
+    certificate: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -154,6 +179,9 @@ pub struct Metrics {
     pub tombstones_reaped: Counter,
     background_paused: Family<WorkerLabels, Counter>,
     overloaded: Family<CapLabels, Counter>,
+    tls_handshake_failures: Family<ReasonLabels, Counter>,
+    access_refused: Family<AccessLabels, Counter>,
+    tls_expiry: Family<CertificateLabels, Gauge>,
     /// Client requests (Kv and Admin) in flight.
     pub requests_in_flight: Gauge,
     /// Connections open (accepted and not yet closed, over-cap ones excluded).
@@ -238,6 +266,24 @@ impl Metrics {
             "overloaded",
             "Requests refused because the node was at a cap (requests in flight, or connections)",
             overloaded.clone(),
+        );
+        let tls_handshake_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "Connections refused at the TLS handshake, by reason (unknown_ca, expired, bad_certificate, timeout, other)",
+            tls_handshake_failures.clone(),
+        );
+        let access_refused = Family::<AccessLabels, Counter>::default();
+        registry.register(
+            "access_refused",
+            "Calls refused by access control: service client (Kv, Admin) or node (the node-to-node service); reason unauthenticated or permission_denied",
+            access_refused.clone(),
+        );
+        let tls_expiry = Family::<CertificateLabels, Gauge>::default();
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the certificate this node serves (node), or the first of its CAs (ca), stops being valid, in seconds since the epoch",
+            tls_expiry.clone(),
         );
         let requests_in_flight = Gauge::default();
         registry.register(
@@ -396,6 +442,9 @@ impl Metrics {
             tombstones_reaped,
             background_paused,
             overloaded,
+            tls_handshake_failures,
+            access_refused,
+            tls_expiry,
             requests_in_flight,
             connections_open,
             foreground: crate::admission::Foreground::default(),
@@ -405,6 +454,27 @@ impl Metrics {
     /// Records a request refused at cap `cap` ("requests" or "connections").
     pub fn overloaded(&self, cap: &'static str) {
         self.overloaded.get_or_create(&CapLabels { cap }).inc();
+    }
+
+    /// Records a connection refused at the TLS handshake.
+    pub fn tls_handshake_failed(&self, reason: &'static str) {
+        self.tls_handshake_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Records a call refused by access control.
+    pub fn access_refused(&self, service: &'static str, reason: &'static str) {
+        self.access_refused
+            .get_or_create(&AccessLabels { service, reason })
+            .inc();
+    }
+
+    /// Records when `certificate` ("node" or "ca") stops being valid (seconds since the epoch).
+    pub fn tls_certificate_expires(&self, certificate: &'static str, not_after: i64) {
+        self.tls_expiry
+            .get_or_create(&CertificateLabels { certificate })
+            .set(not_after);
     }
 
     /// Records that background worker `worker` paused for foreground latency.

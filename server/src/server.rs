@@ -212,14 +212,19 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
             (Some(l), Some(bound))
         }
     };
+    let metrics = Arc::new(Metrics::new());
     let tls = match &config.tls {
         None => None,
         Some(files) => Some(
-            NodeTls::load(files, &config.cluster.name, &config.node_id)
-                .map_err(ServerError::Tls)?,
+            NodeTls::load(
+                files,
+                &config.cluster.name,
+                &config.node_id,
+                Arc::clone(&metrics),
+            )
+            .map_err(ServerError::Tls)?,
         ),
     };
-    let metrics = Arc::new(Metrics::new());
     let streams_stop = CancellationToken::new();
     let store = open_storage(config)?;
     let local = Arc::new(LocalReplica::open(

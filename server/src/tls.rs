@@ -43,6 +43,7 @@ use dynamokv_proto::tls::{ClientTls, certificates, client_config, private_key, p
 use crate::certificates::{Identity, identity};
 use crate::config::TlsConfig;
 use crate::load_shedding::{ConnectionCap, ConnectionSlot};
+use crate::metrics::Metrics;
 
 /// The first byte of a TLS record carrying a handshake.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -58,6 +59,8 @@ pub struct NodeTls {
     pub client: ClientTls,
     /// The bytes of the CA, certificate and key files the configurations were built from.
     loaded: Mutex<Vec<u8>>,
+    /// Where handshake failures and the certificates' expiry are reported.
+    metrics: Arc<Metrics>,
 }
 
 /// Reads the three files named by `files`, in order.
@@ -120,17 +123,44 @@ fn build(
 impl NodeTls {
     /// Loads the files named in `files`; the certificate must be node `node_id`'s of
     /// `cluster`.
-    pub fn load(files: &TlsConfig, cluster: &str, node_id: &str) -> Result<Arc<NodeTls>, String> {
+    pub fn load(
+        files: &TlsConfig,
+        cluster: &str,
+        node_id: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<NodeTls>, String> {
         let bytes = read_files(files)?;
         let (server, client) = build(&bytes, cluster, node_id)?;
-        Ok(Arc::new(NodeTls {
+        let tls = NodeTls {
             files: files.clone(),
             cluster: cluster.to_string(),
             node_id: node_id.to_string(),
             server: RwLock::new(Arc::new(server)),
             client: ClientTls::new(client),
             loaded: Mutex::new(bytes.concat()),
-        }))
+            metrics,
+        };
+        tls.report_expiry(&bytes);
+        Ok(Arc::new(tls))
+    }
+
+    /// Sets the expiry metrics from the PEM bytes of the CA, certificate and key: the node's
+    /// own certificate (the first of its chain) and the first of its CAs to expire.
+    fn report_expiry(&self, [ca, cert, _]: &[Vec<u8>; 3]) {
+        let not_after = |pem: &[u8]| -> Vec<i64> {
+            certificates(pem, "")
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|c| x509_parser::parse_x509_certificate(c).ok())
+                .map(|(_, c)| c.validity().not_after.timestamp())
+                .collect()
+        };
+        if let Some(&at) = not_after(cert).first() {
+            self.metrics.tls_certificate_expires("node", at);
+        }
+        if let Some(&at) = not_after(ca).iter().min() {
+            self.metrics.tls_certificate_expires("ca", at);
+        }
     }
 
     /// Reads the files again and, if their bytes changed and they load, uses them from now on.
@@ -146,6 +176,7 @@ impl NodeTls {
         *self.server.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(server);
         self.client.replace(client);
         *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = concat;
+        self.report_expiry(&bytes);
         Ok(true)
     }
 
@@ -381,6 +412,7 @@ impl Stream for Accept {
                         ))));
                     };
                     let acceptor = tls.acceptor();
+                    let metrics = Arc::clone(&tls.metrics);
                     self.handshakes.push(Box::pin(async move {
                         match tokio::time::timeout(
                             HANDSHAKE_TIMEOUT,
@@ -390,10 +422,14 @@ impl Stream for Accept {
                         {
                             Ok(Ok(conn)) => Some(conn),
                             Ok(Err(e)) => {
+                                if let Refusal::Handshake(reason, _) = &e {
+                                    metrics.tls_handshake_failed(reason);
+                                }
                                 tracing::info!(peer = ?remote, error = %e, "refused a TLS connection");
                                 None
                             }
                             Err(_) => {
+                                metrics.tls_handshake_failed("timeout");
                                 tracing::info!(peer = ?remote, "a connection did not finish its TLS handshake in time");
                                 None
                             }
@@ -421,19 +457,48 @@ impl Stream for Accept {
 }
 
 /// Completes the TLS handshake of `stream`, or takes it as a plain-text client on a TLS port.
+/// Why [`secure`] gave up on a connection.
+#[derive(Debug)]
+enum Refusal {
+    /// It went away (or failed) before sending a byte: a port probe, most often. Not counted.
+    Gone(String),
+    /// The TLS handshake failed: the metric's reason, and what happened.
+    Handshake(&'static str, String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Gone(why) | Refusal::Handshake(_, why) => f.write_str(why),
+        }
+    }
+}
+
+/// The `tls_handshake_failures_total` reason for a certificate this node refused.
+fn certificate_fault(e: &rustls::CertificateError) -> &'static str {
+    use rustls::CertificateError as C;
+    match e {
+        C::UnknownIssuer | C::BadSignature => "unknown_ca",
+        C::Expired | C::NotValidYet | C::ExpiredContext { .. } | C::NotValidYetContext { .. } => {
+            "expired"
+        }
+        _ => "bad_certificate",
+    }
+}
+
 async fn secure(
     stream: TcpStream,
     remote: Option<SocketAddr>,
     acceptor: tokio_rustls::TlsAcceptor,
     slot: Slot,
-) -> Result<Conn, String> {
+) -> Result<Conn, Refusal> {
     let mut first = [0u8; 1];
     let n = stream
         .peek(&mut first)
         .await
-        .map_err(|e| format!("reading the first byte: {e}"))?;
+        .map_err(|e| Refusal::Gone(format!("reading the first byte: {e}")))?;
     if n == 0 {
-        return Err("closed before sending anything".into());
+        return Err(Refusal::Gone("closed before sending anything".into()));
     }
     if first[0] != TLS_HANDSHAKE {
         return Ok(Conn::new(
@@ -446,11 +511,12 @@ async fn secure(
     let tls = acceptor.accept(stream).await.map_err(|e| {
         match dynamokv_proto::tls::tls_error(&e) {
             // From this node's side: what the client presented that it refused.
-            Some(rustls::Error::InvalidCertificate(c)) => {
-                format!("its client certificate is not acceptable ({c:?}): not signed by this cluster's CA, expired, or not for client use")
-            }
-            Some(other) => format!("{other}"),
-            None => e.to_string(),
+            Some(rustls::Error::InvalidCertificate(c)) => Refusal::Handshake(
+                certificate_fault(c),
+                format!("its client certificate is not acceptable ({c:?}): not signed by this cluster's CA, expired, or not for client use"),
+            ),
+            Some(other) => Refusal::Handshake("other", format!("{other}")),
+            None => Refusal::Handshake("other", e.to_string()),
         }
     })?;
     let certs = tls.get_ref().1.peer_certificates();

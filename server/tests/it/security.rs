@@ -20,7 +20,7 @@ use dynamokv_proto::v1::replica_client::ReplicaClient;
 use dynamokv_server::certificates::{self, Pem};
 use dynamokv_server::config::TlsConfig;
 
-use crate::support::{Cluster, eventually};
+use crate::support::{Cluster, eventually, sample, scrape};
 
 const CLUSTER: &str = "dynamokv";
 
@@ -47,6 +47,7 @@ impl Secure {
             });
             c.security.superusers = vec!["admin".into()];
             c.security.cache_ms = 200;
+            c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
         })
         .await;
         Secure { cluster, dir }
@@ -191,6 +192,17 @@ async fn certificate_and_token_clients_work_and_every_other_caller_is_refused_wi
         .unwrap_err();
     assert!(matches!(e, Error::Unauthenticated { .. }), "{e:?}");
     assert!(message(&e).contains("malformed"), "{e}");
+    let mut unauthenticated = 0.0;
+    for i in 0..3 {
+        unauthenticated += sample(
+            &scrape(&s.cluster, i).await,
+            "dynamokv_access_refused_total{service=\"client\",reason=\"unauthenticated\"}",
+        );
+    }
+    assert!(
+        unauthenticated >= 3.0,
+        "the three refused clients were not counted"
+    );
 
     // A client certificate from another authority: the node refuses the handshake.
     let other = tempfile::tempdir().unwrap();
@@ -204,6 +216,15 @@ async fn certificate_and_token_clients_work_and_every_other_caller_is_refused_wi
     assert!(matches!(e, Error::Tls { .. }), "{e:?}");
     assert!(message(&e).contains("refused the TLS handshake"), "{e}");
     assert!(put_refused(&stranger).await);
+    // Operators see such refusals by reason.
+    let mut unknown_ca = 0.0;
+    for i in 0..3 {
+        unknown_ca += sample(
+            &scrape(&s.cluster, i).await,
+            "dynamokv_tls_handshake_failures_total{reason=\"unknown_ca\"}",
+        );
+    }
+    assert!(unknown_ca >= 1.0, "no unknown_ca handshake failure counted");
 
     // A client that trusts another authority refuses the nodes' certificates itself.
     let distrustful = Client::builder(s.seeds())
@@ -234,6 +255,27 @@ async fn certificate_and_token_clients_work_and_every_other_caller_is_refused_wi
     // The reserved records are no client's to read, not even a superuser's.
     let e = admin.get(b"\0dynamokv/user/bob").await.unwrap_err();
     assert!(matches!(e, Error::PermissionDenied { .. }), "{e:?}");
+
+    // Each node says when its certificate (a year) and its CA (ten years) expire.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let day = 86_400.0;
+    let metrics = scrape(&s.cluster, 1).await;
+    let node = sample(
+        &metrics,
+        "dynamokv_tls_certificate_expiry_timestamp_seconds{certificate=\"node\"}",
+    );
+    let ca = sample(
+        &metrics,
+        "dynamokv_tls_certificate_expiry_timestamp_seconds{certificate=\"ca\"}",
+    );
+    assert!(
+        node > now + 360.0 * day && node < now + 370.0 * day,
+        "node certificate expiry {node}, now {now}"
+    );
+    assert!(ca > now + 9.0 * 365.0 * day, "CA expiry {ca}, now {now}");
     s.shutdown().await;
 }
 
@@ -404,6 +446,13 @@ async fn only_member_nodes_of_the_cluster_may_call_the_node_to_node_service() {
     let mut anonymous = ReplicaClient::new(s.channel(0, Secure::tls(&ca, None)));
     let status = merge(&mut anonymous, b"cart:1").await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    // Node 0 counts both kinds of refusal of its node-to-node service.
+    let metrics = scrape(&s.cluster, 0).await;
+    for reason in ["permission_denied", "unauthenticated"] {
+        let series =
+            format!("dynamokv_access_refused_total{{service=\"node\",reason=\"{reason}\"}}");
+        assert!(sample(&metrics, &series) >= 1.0, "{series} not counted");
+    }
 
     // A node of another cluster, under another CA: refused at the handshake.
     let other = tempfile::tempdir().unwrap();
