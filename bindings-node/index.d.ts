@@ -136,6 +136,12 @@ export interface ClientOptions {
    * TLS: it needs `caCert`. An unknown or revoked token is `UNAUTHENTICATED`.
    */
   token?: string;
+  /**
+   * Certificate files given as paths are read again when a connection is made at least this
+   * many milliseconds (2000) after they were last read, so certificates rotated on disk reach
+   * a running client's next connection; 0 reads them for every new connection.
+   */
+  tlsReloadIntervalMs?: number;
 }
 
 /** Who coordinates a client's requests: see {@link ClientOptions.coordination}. */

@@ -122,6 +122,7 @@ const CLIENT_OPTIONS = [
   ['ringRefreshIntervalMs', 'number'],
   ['hedgeAfterMs', 'number'],
   ['batchConcurrency', 'number'],
+  ['tlsReloadIntervalMs', 'number'],
 ];
 
 // ---- Resolvers -----------------------------------------------------------------------------
@@ -260,7 +261,8 @@ class Client {
    * @param {object} [options] connectTimeoutMs, requestTimeoutMs, attemptTimeoutMs, maxRetries,
    *   maxKeyBytes, maxValueBytes, coordination ('client' | 'server'), ringRefreshIntervalMs,
    *   hedgeAfterMs (null: off), batchConcurrency; for a cluster serving TLS, caCert (PEM text or
-   *   path), clientCert and clientKey, or token; any left out take the client core's defaults
+   *   path), clientCert and clientKey, or token, and tlsReloadIntervalMs; any left out take the
+   *   client core's defaults
    */
   constructor(seeds, options = {}) {
     if (!Array.isArray(seeds) || !seeds.every((s) => typeof s === 'string')) {

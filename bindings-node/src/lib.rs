@@ -54,6 +54,8 @@ pub struct ClientOptions {
     pub client_key: Option<String>,
     /// A token from `dynamokv admin user add` (sent only over TLS).
     pub token: Option<String>,
+    /// How soon certificate files given as paths are read again when the client connects.
+    pub tls_reload_interval_ms: Option<f64>,
 }
 
 /// The values of a key (siblings when concurrent writes happened) and one context covering them.
@@ -469,6 +471,11 @@ fn build(seeds: Vec<String>, o: ClientOptions) -> std::result::Result<Client, Co
     }
     if let Some(token) = o.token {
         builder = builder.token(token);
+    }
+    if let Some(ms) = o.tls_reload_interval_ms {
+        builder = builder.tls_reload_interval(Duration::from_millis(
+            number("tlsReloadIntervalMs", ms)?.into(),
+        ));
     }
     builder.build()
 }

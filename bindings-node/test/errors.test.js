@@ -227,6 +227,9 @@ test('bad client configuration is INVALID_CONFIG, thrown by the constructor', ()
   throwsWith(() => new Client(['127.0.0.1:7070'], { hedgeAfterMs: -5 }), 'INVALID_CONFIG');
   throwsWith(() => new Client(['127.0.0.1:7070'], { batchConcurrency: 0 }), 'INVALID_CONFIG');
   throwsWith(() => new Client(['127.0.0.1:7070'], { batchConcurrency: 2.5 }), 'INVALID_CONFIG');
+  throwsWith(() => new Client(['127.0.0.1:7070'], { tlsReloadIntervalMs: 1.5 }), 'INVALID_CONFIG');
+  throwsWith(() => new Client(['127.0.0.1:7070'], { tlsReloadIntervalMs: -1 }), 'INVALID_CONFIG');
+  assert.ok(new Client(['127.0.0.1:7070'], { tlsReloadIntervalMs: 0 }));
   const configured = new Client(['127.0.0.1:7070'], {
     coordination: 'server',
     ringRefreshIntervalMs: 1000,

@@ -173,3 +173,31 @@ test('the node-to-node service refuses an authenticated admin and a node of anot
     fs.rmSync(other, { recursive: true, force: true });
   }
 });
+
+test('a running client picks up certificate files rotated on disk', async () => {
+  assert.ok((await run(['cert', 'user', 'js-nobody', '--dir', path.join(dir, 'certs')])).ok);
+  const files = fs.mkdtempSync(path.join(os.tmpdir(), 'dynamokv-rotated-'));
+  try {
+    const [certFile, keyFile] = [path.join(files, 'client.pem'), path.join(files, 'client.key')];
+    fs.copyFileSync(cert('user-js-nobody.pem'), certFile);
+    fs.copyFileSync(cert('user-js-nobody.key'), keyFile);
+    // Server coordination takes the seeds in turn: the next call opens a connection to
+    // another node, which (tlsReloadIntervalMs 0) reads the files again.
+    const c = client({
+      clientCert: certFile,
+      clientKey: keyFile,
+      coordination: 'server',
+      maxRetries: 0,
+      tlsReloadIntervalMs: 0,
+    });
+    await rejectsWith(c.put('rotated:js', 'v'), 'PERMISSION_DENIED', /js-nobody/);
+    for (const [from, to] of [[cert('user-admin.pem'), certFile], [cert('user-admin.key'), keyFile]]) {
+      fs.copyFileSync(from, `${to}.staged`);
+      fs.renameSync(`${to}.staged`, to);
+    }
+    await c.put('rotated:js', 'v');
+    assert.deepEqual((await c.get('rotated:js')).values.map(String), ['v']);
+  } finally {
+    fs.rmSync(files, { recursive: true, force: true });
+  }
+});

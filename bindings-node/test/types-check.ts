@@ -125,6 +125,7 @@ async function demoResolvers(): Promise<void> {
     ringRefreshIntervalMs: 10000,
     hedgeAfterMs: 50,
     batchConcurrency: 32,
+    tlsReloadIntervalMs: 2000,
   };
   new Client(['127.0.0.1:7070'], { coordination: 'server', hedgeAfterMs: null });
   const client: Client = await Client.connect(['127.0.0.1:7070'], options);

@@ -108,7 +108,7 @@ impl Client {
         seeds, *, connect_timeout=None, request_timeout=None, attempt_timeout=None,
         max_retries=None, max_key_bytes=None, max_value_bytes=None, coordination=None,
         ring_refresh_interval=None, hedge_after=None, batch_concurrency=None,
-        ca_cert=None, client_cert=None, client_key=None, token=None,
+        ca_cert=None, client_cert=None, client_key=None, token=None, tls_reload_interval=None,
     ))]
     #[allow(clippy::too_many_arguments)] // One per client option.
     fn new(
@@ -127,6 +127,7 @@ impl Client {
         client_cert: Option<String>,
         client_key: Option<String>,
         token: Option<String>,
+        tls_reload_interval: Option<f64>,
     ) -> PyResult<Self> {
         let mut builder = dynamokv_client::Client::builder(seeds);
         if let Some(secs) = connect_timeout {
@@ -171,6 +172,9 @@ impl Client {
         }
         if let Some(token) = token {
             builder = builder.token(token);
+        }
+        if let Some(secs) = tls_reload_interval {
+            builder = builder.tls_reload_interval(seconds("tls_reload_interval", secs)?);
         }
         let inner = builder.build().map_err(error::to_py)?;
         Ok(Client { inner })

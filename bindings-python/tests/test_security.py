@@ -267,3 +267,28 @@ def test_a_token_is_rotated_without_a_gap(secure: SecureCluster) -> None:
     err = full.stderr.decode(errors="replace")
     assert full.returncode != 0 and "has 8 tokens, the most it may" in err, err
     assert "py-rotor  tokens: 8 (" in secure.admin("user", "list")
+
+
+def test_a_running_client_picks_up_rotated_certificate_files(secure: SecureCluster, tmp_path: Path) -> None:
+    """Certificate files given as paths are read again for a new connection
+    (``tls_reload_interval=0``: every one), so a certificate rotated on disk needs no restart."""
+    run("cert", "user", "py-nobody", "--dir", str(secure.certs))  # a user without grants
+    cert, key = tmp_path / "client.pem", tmp_path / "client.key"
+    cert.write_bytes(Path(secure.path("user-py-nobody.pem")).read_bytes())
+    key.write_bytes(Path(secure.path("user-py-nobody.key")).read_bytes())
+    # Server coordination takes the seeds in turn: each of the first three calls opens a
+    # connection to another node.
+    client = dynamokv.Client(secure.seeds, ca_cert=secure.path("ca.pem"), client_cert=cert,
+                             client_key=key, coordination="server", max_retries=0,
+                             tls_reload_interval=0)
+    with pytest.raises(dynamokv.PermissionDeniedError, match="py-nobody"):
+        client.put(b"rotated:1", b"v")
+    # Rotated as a tool does it: the new file renamed over the old.
+    for src, dst in ((secure.path("user-admin.pem"), cert), (secure.path("user-admin.key"), key)):
+        staged = dst.with_suffix(".staged")
+        staged.write_bytes(Path(src).read_bytes())
+        staged.replace(dst)
+    client.put(b"rotated:1", b"v")  # a new connection, as admin
+    assert client.get(b"rotated:1").values == [b"v"]
+    with pytest.raises(dynamokv.InvalidConfigError, match="tls_reload_interval"):
+        dynamokv.Client(secure.seeds, ca_cert=secure.path("ca.pem"), tls_reload_interval=-1)

@@ -83,6 +83,11 @@ pub struct ClientOptions {
     /// A token from `dynamokv admin user add`; sent only over TLS (needs `caCert`).
     #[uniffi(default)]
     pub token: Option<String>,
+    /// Certificate files given as paths are read again when a connection is made at least
+    /// this many milliseconds (2000 by default) after they were last read: certificates
+    /// rotated on disk reach a running client's next connection. 0: every new connection.
+    #[uniffi(default)]
+    pub tls_reload_interval_ms: Option<u64>,
 }
 
 /// Who coordinates a client's requests (paper 6.4).
@@ -351,6 +356,9 @@ impl ClientOptions {
         }
         if let Some(token) = &self.token {
             builder = builder.token(token.clone());
+        }
+        if let Some(ms) = self.tls_reload_interval_ms {
+            builder = builder.tls_reload_interval(Duration::from_millis(ms));
         }
         builder
     }

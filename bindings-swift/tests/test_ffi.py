@@ -393,7 +393,8 @@ def test_tls_options_cross_the_ffi(kv, node, tmp_path):
                    capture_output=True, timeout=30)
     c = kv.DynamoKvClient(
         [node.address],
-        kv.ClientOptions(ca_cert=str(tmp_path / "ca.pem"), request_timeout_ms=5000, max_retries=0),
+        kv.ClientOptions(ca_cert=str(tmp_path / "ca.pem"), request_timeout_ms=5000, max_retries=0,
+                         tls_reload_interval_ms=0),
     )
 
     async def scenario():

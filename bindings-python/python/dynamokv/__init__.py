@@ -236,6 +236,7 @@ class _Base:
         client_cert: Optional[PemOrPath] = None,
         client_key: Optional[PemOrPath] = None,
         token: Optional[str] = None,
+        tls_reload_interval: Optional[float] = None,
     ) -> None:
         self._seeds = [seeds] if isinstance(seeds, str) else list(seeds)
         self._native = _native.Client(
@@ -254,6 +255,7 @@ class _Base:
             client_cert=_pem(client_cert),
             client_key=_pem(client_key),
             token=token,
+            tls_reload_interval=tls_reload_interval,
         )
 
     @property
@@ -310,6 +312,9 @@ class Client(_Base):
     a client certificate and its key (from ``dynamokv cert user``); or ``token`` a token from
     ``dynamokv admin user add``, sent only over TLS. Refusals raise
     :class:`UnauthenticatedError`, :class:`PermissionDeniedError` or :class:`TlsError`.
+    Certificate files given as paths are read again when a connection is made at least
+    ``tls_reload_interval`` seconds (default 2) after they were last read, so certificates
+    rotated on disk reach a running client's next connection.
     """
 
     __slots__ = ()

@@ -47,6 +47,7 @@ class Client:
         client_cert: Optional[str] = None,
         client_key: Optional[str] = None,
         token: Optional[str] = None,
+        tls_reload_interval: Optional[float] = None,
     ) -> None: ...
     @property
     def limits(self) -> Tuple[int, int]: ...

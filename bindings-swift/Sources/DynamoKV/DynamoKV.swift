@@ -1536,6 +1536,12 @@ public struct ClientOptions: Equatable, Hashable {
      * A token from `dynamokv admin user add`; sent only over TLS (needs `caCert`).
      */
     public var token: String?
+    /**
+     * Certificate files given as paths are read again when a connection is made at least
+     * this many milliseconds (2000 by default) after they were last read: certificates
+     * rotated on disk reach a running client's next connection. 0: every new connection.
+     */
+    public var tlsReloadIntervalMs: UInt64?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -1587,7 +1593,12 @@ public struct ClientOptions: Equatable, Hashable {
          */clientKey: String? = nil, 
         /**
          * A token from `dynamokv admin user add`; sent only over TLS (needs `caCert`).
-         */token: String? = nil) {
+         */token: String? = nil, 
+        /**
+         * Certificate files given as paths are read again when a connection is made at least
+         * this many milliseconds (2000 by default) after they were last read: certificates
+         * rotated on disk reach a running client's next connection. 0: every new connection.
+         */tlsReloadIntervalMs: UInt64? = nil) {
         self.connectTimeoutMs = connectTimeoutMs
         self.requestTimeoutMs = requestTimeoutMs
         self.attemptTimeoutMs = attemptTimeoutMs
@@ -1602,6 +1613,7 @@ public struct ClientOptions: Equatable, Hashable {
         self.clientCert = clientCert
         self.clientKey = clientKey
         self.token = token
+        self.tlsReloadIntervalMs = tlsReloadIntervalMs
     }
 
     
@@ -1633,7 +1645,8 @@ public struct FfiConverterTypeClientOptions: FfiConverterRustBuffer {
                 caCert: FfiConverterOptionString.read(from: &buf), 
                 clientCert: FfiConverterOptionString.read(from: &buf), 
                 clientKey: FfiConverterOptionString.read(from: &buf), 
-                token: FfiConverterOptionString.read(from: &buf)
+                token: FfiConverterOptionString.read(from: &buf), 
+                tlsReloadIntervalMs: FfiConverterOptionUInt64.read(from: &buf)
         )
     }
 
@@ -1652,6 +1665,7 @@ public struct FfiConverterTypeClientOptions: FfiConverterRustBuffer {
         FfiConverterOptionString.write(value.clientCert, into: &buf)
         FfiConverterOptionString.write(value.clientKey, into: &buf)
         FfiConverterOptionString.write(value.token, into: &buf)
+        FfiConverterOptionUInt64.write(value.tlsReloadIntervalMs, into: &buf)
     }
 }
 
