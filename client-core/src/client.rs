@@ -182,6 +182,9 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_RETRIES: u32 = 2;
 /// Default interval between two pulls of the ring (paper 6.4 polls "every 10 seconds").
 pub const DEFAULT_RING_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+/// How often, by default, a client given certificate files checks them for changes (when it
+/// connects).
+pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 /// The first wait before a node that answered OVERLOADED in a call is tried again by it; each
 /// further wait doubles, up to [`OVERLOAD_BACKOFF_MAX`], and is jittered (half of it at random)
 /// so that refused clients do not come back together.
@@ -459,11 +462,6 @@ impl ClientBuilder {
     }
 }
 
-/// PEM bytes from an option: the text itself, or the file it names.
-/// How often, by default, a client given certificate files checks them for changes (when it
-/// connects).
-pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
-
 /// The TLS options as given: PEM text or paths.
 struct TlsFiles {
     ca: String,
@@ -509,6 +507,7 @@ fn is_pem_text(value: &str) -> bool {
     value.trim_start().starts_with("-----BEGIN")
 }
 
+/// PEM bytes from an option: the text itself, or the file it names.
 fn pem(value: &str, option: &str) -> Result<Vec<u8>, Error> {
     if is_pem_text(value) {
         return Ok(value.as_bytes().to_vec());

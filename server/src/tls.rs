@@ -456,7 +456,6 @@ impl Stream for Accept {
     }
 }
 
-/// Completes the TLS handshake of `stream`, or takes it as a plain-text client on a TLS port.
 /// Why [`secure`] gave up on a connection.
 #[derive(Debug)]
 enum Refusal {
@@ -486,6 +485,7 @@ fn certificate_fault(e: &rustls::CertificateError) -> &'static str {
     }
 }
 
+/// Completes the TLS handshake of `stream`, or takes it as a plain-text client on a TLS port.
 async fn secure(
     stream: TcpStream,
     remote: Option<SocketAddr>,
