@@ -14,18 +14,13 @@ use dynamokv_proto::v1::kv_client::KvClient;
 
 use crate::support::{Cluster, eventually, sample, scrape};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_past_the_cap_are_refused_at_once_and_served_again_once_the_load_goes() {
-    let cluster = Cluster::start_with(1, |c| {
-        c.limits.max_concurrent_requests = 1;
-        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
-    })
-    .await;
-    let client = cluster.client_of(0);
-    client.put(b"k", b"v".to_vec(), None).await.unwrap();
+type Held = tokio::task::JoinHandle<()>;
+type Join = tokio::task::JoinHandle<Result<tonic::Response<pb::JoinResponse>, tonic::Status>>;
 
-    // A seed that accepts connections and never answers: an operator's join through it holds
-    // the node's one request slot for as long as the hole holds its connections.
+/// Holds one of node 0's request slots: an operator's join through a seed that accepts
+/// connections and never answers, for as long as the first handle (the hole, holding the
+/// connections) runs. Aborting it lets the join fail and the slot go.
+async fn hold_a_request_slot(cluster: &Cluster) -> (Held, Join) {
     let hole = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hole_addr = hole.local_addr().unwrap();
     let holding = tokio::spawn(async move {
@@ -45,6 +40,20 @@ async fn requests_past_the_cap_are_refused_at_once_and_served_again_once_the_loa
             })
             .await
     });
+    (holding, join)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_cap_are_refused_at_once_and_served_again_once_the_load_goes() {
+    let cluster = Cluster::start_with(1, |c| {
+        c.limits.max_concurrent_requests = 1;
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let client = cluster.client_of(0);
+    client.put(b"k", b"v".to_vec(), None).await.unwrap();
+
+    let (holding, join) = hold_a_request_slot(&cluster).await;
 
     eventually(
         "a get over the cap to be refused",
@@ -229,26 +238,7 @@ async fn a_client_retrying_an_overloaded_node_backs_off_and_succeeds_once_the_lo
         .put(b"k", b"v".to_vec(), None)
         .await
         .unwrap();
-    // The node's one request slot, held by a join through a seed that never answers.
-    let hole = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hole_addr = hole.local_addr().unwrap();
-    let holding = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = hole.accept().await {
-            held.push(s);
-        }
-    });
-    let node = cluster.seed(0);
-    let join = tokio::spawn(async move {
-        let mut admin = AdminClient::connect(format!("http://{node}"))
-            .await
-            .unwrap();
-        admin
-            .join(pb::JoinRequest {
-                seed: hole_addr.to_string(),
-            })
-            .await
-    });
+    let (holding, join) = hold_a_request_slot(&cluster).await;
     let impatient = cluster.client_of(0);
     eventually("the slot to be held", Duration::from_secs(10), || async {
         matches!(impatient.get(b"k").await, Err(Error::Overloaded { .. }))
