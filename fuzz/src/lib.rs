@@ -19,7 +19,7 @@ use dynamokv_server::membership::Membership;
 use dynamokv_server::merkle::MerkleForest;
 use dynamokv_server::metrics::Metrics;
 use dynamokv_server::peers::Peers;
-use dynamokv_server::replica::{LocalReplica, SiblingLimits};
+use dynamokv_server::replica::LocalReplica;
 use dynamokv_server::service::ReplicaService;
 use dynamokv_server::storage::{self, MemoryStorage, Storage};
 
@@ -266,12 +266,7 @@ fn open_replica(config: &Config, store: Arc<dyn Storage>, metrics: Arc<Metrics>)
         &config.node_id,
         config.cluster.partitions,
         config.history_limits(),
-        SiblingLimits {
-            max_siblings: config.limits.max_siblings,
-            warn_siblings: config.limits.warn_siblings,
-            max_object_bytes: config.limits.max_object_bytes,
-            warn_object_bytes: config.limits.warn_object_bytes,
-        },
+        config.sibling_limits(),
         metrics,
     )
     .expect("the fixture's replica opens")

@@ -371,18 +371,6 @@ impl AccessControl {
         ))
     }
 
-    /// Authenticates `req` and authorizes `permission` on `key`.
-    pub async fn check<T>(
-        self: &Arc<Self>,
-        req: &Request<T>,
-        permission: Permission,
-        key: &[u8],
-    ) -> Result<Principal, Error> {
-        let who = self.authenticate(req).await?;
-        self.authorize(&who, permission, key)?;
-        Ok(who)
-    }
-
     /// Refuses a call of the node-to-node service unless it comes from a node of this
     /// cluster; `data` calls (replica reads and merges, hints, anti-entropy, transfers) also
     /// need the node to be a member of the ring (gossip and pings do not: a node that is

@@ -358,6 +358,16 @@ impl Config {
         }
     }
 
+    /// How many siblings and bytes a key's state may hold, and when to warn.
+    pub fn sibling_limits(&self) -> crate::replica::SiblingLimits {
+        crate::replica::SiblingLimits {
+            max_siblings: self.limits.max_siblings,
+            warn_siblings: self.limits.warn_siblings,
+            max_object_bytes: self.limits.max_object_bytes,
+            warn_object_bytes: self.limits.warn_object_bytes,
+        }
+    }
+
     /// N, R, W with defaults applied, refusing impossible combinations.
     pub fn quorums(&self) -> Result<Quorums, ConfigError> {
         if self.cluster.members.is_empty() {

@@ -17,7 +17,6 @@
 //!   limits let through (a value, a read repair carrying a key's whole state) is decoded.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tonic::Request;
 
@@ -26,9 +25,10 @@ use crate::metrics::Metrics;
 use crate::tls::ConnInfo;
 
 /// A cap on connections open at once, shared by the accepting stream and its connections.
+/// The count is the `connections_open` gauge itself (a refused connection is on it for the
+/// instant between its increment and decrement).
 #[derive(Debug, Clone)]
 pub struct ConnectionCap {
-    open: Arc<AtomicUsize>,
     pub cap: usize,
     metrics: Arc<Metrics>,
 }
@@ -36,47 +36,44 @@ pub struct ConnectionCap {
 /// A connection's place under the cap, given back when the connection is dropped.
 #[derive(Debug)]
 pub struct ConnectionSlot {
-    open: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
         self.metrics.connections_open.dec();
     }
 }
 
+/// Takes a place on `gauge` unless `cap` are taken: `Err(taken)` then.
+fn take(gauge: &prometheus_client::metrics::gauge::Gauge, cap: usize) -> Result<(), usize> {
+    let before = usize::try_from(gauge.inc()).unwrap_or(0);
+    if before >= cap {
+        gauge.dec();
+        return Err(before);
+    }
+    Ok(())
+}
+
 impl ConnectionCap {
     pub fn new(cap: usize, metrics: Arc<Metrics>) -> ConnectionCap {
-        ConnectionCap {
-            open: Arc::new(AtomicUsize::new(0)),
-            cap,
-            metrics,
-        }
+        ConnectionCap { cap, metrics }
     }
 
     /// A slot for a new connection, or `Err(open)` when `cap` are open already.
     pub fn take(&self) -> Result<ConnectionSlot, usize> {
-        let open = self.open.fetch_add(1, Ordering::AcqRel);
-        if open >= self.cap {
-            self.open.fetch_sub(1, Ordering::AcqRel);
-            return Err(open);
-        }
-        self.metrics.connections_open.inc();
+        take(&self.metrics.connections_open, self.cap)?;
         Ok(ConnectionSlot {
-            open: Arc::clone(&self.open),
             metrics: Arc::clone(&self.metrics),
         })
     }
 }
 
-/// The cap on client requests in flight.
+/// The cap on client requests in flight; the count is the `requests_in_flight` gauge.
 #[derive(Debug)]
 pub struct LoadShedding {
     node: String,
     max_requests: usize,
-    in_flight: AtomicUsize,
     metrics: Arc<Metrics>,
 }
 
@@ -88,7 +85,6 @@ pub struct Admitted<'a> {
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
-        self.shedding.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.shedding.metrics.requests_in_flight.dec();
     }
 }
@@ -98,7 +94,6 @@ impl LoadShedding {
         LoadShedding {
             node: node.to_string(),
             max_requests,
-            in_flight: AtomicUsize::new(0),
             metrics,
         }
     }
@@ -113,9 +108,7 @@ impl LoadShedding {
                 reason: format!("{open} connections open, the cap is {cap}; this one closes"),
             });
         }
-        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        if before >= self.max_requests {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if let Err(before) = take(&self.metrics.requests_in_flight, self.max_requests) {
             self.metrics.overloaded("requests");
             return Err(Error::Overloaded {
                 node: self.node.clone(),
@@ -125,7 +118,6 @@ impl LoadShedding {
                 ),
             });
         }
-        self.metrics.requests_in_flight.inc();
         Ok(Admitted { shedding: self })
     }
 }

@@ -23,7 +23,7 @@ use crate::load_shedding::{ConnectionCap, LoadShedding};
 use crate::membership::Membership;
 use crate::metrics::{HealthInfo, Metrics};
 use crate::peers::Peers;
-use crate::replica::{LocalReplica, SiblingLimits};
+use crate::replica::LocalReplica;
 use crate::service::{AdminService, KvService, ReplicaService};
 use crate::storage::{MemoryStorage, Storage, StorageError};
 use crate::tls::NodeTls;
@@ -232,12 +232,7 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
         &config.node_id,
         config.cluster.partitions,
         config.history_limits(),
-        SiblingLimits {
-            max_siblings: config.limits.max_siblings,
-            warn_siblings: config.limits.warn_siblings,
-            max_object_bytes: config.limits.max_object_bytes,
-            warn_object_bytes: config.limits.warn_object_bytes,
-        },
+        config.sibling_limits(),
         Arc::clone(&metrics),
     )?);
     // After the replica's check that the store is this node's.

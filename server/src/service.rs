@@ -92,14 +92,43 @@ impl KvService {
     }
 }
 
+/// Admits `req` under the cap of requests in flight, authenticates its caller and checks
+/// that it may `permission` on `key` (a request without a key fails its handler's own check
+/// next). Client and operator calls alike.
+async fn admit<'a, T>(
+    shedding: &'a LoadShedding,
+    access: &Arc<AccessControl>,
+    req: &Request<T>,
+    permission: Permission,
+    key: Option<&[u8]>,
+) -> Result<Admitted<'a>, Status> {
+    let admitted = shedding.admit(req)?;
+    let who = access.authenticate(req).await?;
+    if let Some(key) = key {
+        access.authorize(&who, permission, key)?;
+    }
+    Ok(admitted)
+}
+
+impl KvService {
+    async fn admit<T>(
+        &self,
+        req: &Request<T>,
+        permission: Permission,
+        key: Option<&[u8]>,
+    ) -> Result<Admitted<'_>, Status> {
+        admit(&self.shedding, &self.access, req, permission, key).await
+    }
+}
+
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        let _admitted = self.shedding.admit(&req)?;
-        let who = self.access.authenticate(&req).await?;
+        let _admitted = self
+            .admit(&req, Permission::Read, req.get_ref().key.as_deref())
+            .await?;
         let req = req.into_inner();
         let key = required(req.key, "key")?;
-        self.access.authorize(&who, Permission::Read, &key)?;
         let got = self.coordinator.get(key, req.r).await?;
         Ok(Response::new(pb::GetResponse {
             values: got.values,
@@ -115,11 +144,11 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::ReadReplicaRequest>,
     ) -> Result<Response<pb::ReadReplicaResponse>, Status> {
-        let _admitted = self.shedding.admit(&req)?;
-        let who = self.access.authenticate(&req).await?;
+        let _admitted = self
+            .admit(&req, Permission::Read, req.get_ref().key.as_deref())
+            .await?;
         let req = req.into_inner();
         let key = required(req.key, "key")?;
-        self.access.authorize(&who, Permission::Read, &key)?;
         let state = self
             .coordinator
             .read_for_client(key, req.include_hints, req.ring_version)
@@ -136,12 +165,12 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::RepairReplicaRequest>,
     ) -> Result<Response<pb::RepairReplicaResponse>, Status> {
-        let _admitted = self.shedding.admit(&req)?;
-        let who = self.access.authenticate(&req).await?;
+        // A repair writes a replica state: the client must be able to write the key.
+        let _admitted = self
+            .admit(&req, Permission::Write, req.get_ref().key.as_deref())
+            .await?;
         let req = req.into_inner();
         let key = required(req.key, "key")?;
-        // A repair writes a replica state: the client must be able to write the key.
-        self.access.authorize(&who, Permission::Write, &key)?;
         let state = required(req.state, "state")?;
         let state = VersionedState::from_proto(&state)
             .map_err(|_| Error::MalformedField("state is not a valid replica state"))?;
@@ -152,13 +181,13 @@ impl pb::kv_server::Kv for KvService {
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        let _admitted = self.shedding.admit(&req)?;
-        let who = self.access.authenticate(&req).await?;
+        let _admitted = self
+            .admit(&req, Permission::Write, req.get_ref().key.as_deref())
+            .await?;
         let (fwd, budget) = (forwarded(&req), budget(&req));
         let req = req.into_inner();
         let (routed_by, request_id) = (req.ring_version, req.request_id);
         let key = required(req.key, "key")?;
-        self.access.authorize(&who, Permission::Write, &key)?;
         let context = self
             .coordinator
             .put(WriteRequest {
@@ -184,13 +213,13 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let _admitted = self.shedding.admit(&req)?;
-        let who = self.access.authenticate(&req).await?;
+        let _admitted = self
+            .admit(&req, Permission::Write, req.get_ref().key.as_deref())
+            .await?;
         let (fwd, budget) = (forwarded(&req), budget(&req));
         let req = req.into_inner();
         let (routed_by, request_id) = (req.ring_version, req.request_id);
         let key = required(req.key, "key")?;
-        self.access.authorize(&who, Permission::Write, &key)?;
         let context = self
             .coordinator
             .put(WriteRequest {
@@ -216,8 +245,8 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::MembershipRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        let _admitted = self.shedding.admit(&req)?;
-        self.access.authenticate(&req).await?;
+        // Any authenticated caller may learn the ring (clients route by it).
+        let _admitted = self.admit(&req, Permission::Read, None).await?;
         let view = self.coordinator.membership().current();
         Ok(Response::new(pb::MembershipResponse {
             cluster_name: view.cluster_name.clone(),
@@ -588,10 +617,14 @@ impl AdminService {
     /// Admits an operator call (see `load_shedding`) from someone with the admin permission
     /// on every key, or refuses it.
     async fn operator<T>(&self, req: &Request<T>) -> Result<Admitted<'_>, Status> {
-        let admitted = self.shedding.admit(req)?;
-        let who = self.access.authenticate(req).await?;
-        self.access.authorize(&who, Permission::Admin, b"")?;
-        Ok(admitted)
+        admit(
+            &self.shedding,
+            &self.access,
+            req,
+            Permission::Admin,
+            Some(b""),
+        )
+        .await
     }
 }
 
@@ -602,11 +635,16 @@ impl AdminService {
         req: Request<pb::GrantRequest>,
         grant: bool,
     ) -> Result<Response<pb::GrantResponse>, Status> {
-        let _admitted = self.shedding.admit(&req)?;
-        let who = self.access.authenticate(&req).await?;
+        let prefix = req.get_ref().prefix.as_bytes();
+        let _admitted = admit(
+            &self.shedding,
+            &self.access,
+            &req,
+            Permission::Admin,
+            Some(prefix),
+        )
+        .await?;
         let req = req.into_inner();
-        self.access
-            .authorize(&who, Permission::Admin, req.prefix.as_bytes())?;
         let perms = permissions(&req.permissions)?;
         let record = self
             .access

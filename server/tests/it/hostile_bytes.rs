@@ -212,12 +212,7 @@ fn merkle_node() -> &'static MerkleNode {
                 &c.node_id,
                 c.cluster.partitions,
                 c.history_limits(),
-                dynamokv_server::replica::SiblingLimits {
-                    max_siblings: c.limits.max_siblings,
-                    warn_siblings: c.limits.warn_siblings,
-                    max_object_bytes: c.limits.max_object_bytes,
-                    warn_object_bytes: c.limits.warn_object_bytes,
-                },
+                c.sibling_limits(),
                 Arc::clone(&metrics),
             )
             .unwrap(),
@@ -536,12 +531,7 @@ fn open_node(c: &Config) {
         &c.node_id,
         c.cluster.partitions,
         c.history_limits(),
-        dynamokv_server::replica::SiblingLimits {
-            max_siblings: c.limits.max_siblings,
-            warn_siblings: c.limits.warn_siblings,
-            max_object_bytes: c.limits.max_object_bytes,
-            warn_object_bytes: c.limits.warn_object_bytes,
-        },
+        c.sibling_limits(),
         std::sync::Arc::new(dynamokv_server::metrics::Metrics::new()),
     );
     let _ = dynamokv_server::membership::Membership::open(c, "127.0.0.1:7070", Some(store));
