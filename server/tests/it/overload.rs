@@ -19,7 +19,8 @@ type Join = tokio::task::JoinHandle<Result<tonic::Response<pb::JoinResponse>, to
 
 /// Holds one of node 0's request slots: an operator's join through a seed that accepts
 /// connections and never answers, for as long as the first handle (the hole, holding the
-/// connections) runs. Aborting it lets the join fail and the slot go.
+/// connections) runs. Aborting it lets the join fail and the slot go. A join refused because
+/// a request of the test's own held the slot at that moment is made again.
 async fn hold_a_request_slot(cluster: &Cluster) -> (Held, Join) {
     let hole = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hole_addr = hole.local_addr().unwrap();
@@ -34,11 +35,18 @@ async fn hold_a_request_slot(cluster: &Cluster) -> (Held, Join) {
         let mut admin = AdminClient::connect(format!("http://{node}"))
             .await
             .unwrap();
-        admin
-            .join(pb::JoinRequest {
-                seed: hole_addr.to_string(),
-            })
-            .await
+        loop {
+            let joined = admin
+                .join(pb::JoinRequest {
+                    seed: hole_addr.to_string(),
+                })
+                .await;
+            // A request of the test's own in flight took the one slot first: try again.
+            match &joined {
+                Err(s) if s.message().contains("is overloaded") => continue,
+                _ => return joined,
+            }
+        }
     });
     (holding, join)
 }
