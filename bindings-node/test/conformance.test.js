@@ -18,6 +18,7 @@ const hex = (s) => Buffer.from(s, 'hex');
 // The messages the shared code refuses contexts with (common/src/context.rs, ContextError).
 const MALFORMED = 'is not a DynamoKV context';
 const WRONG_KEY = 'belongs to another key';
+const NOT_ISSUED = 'not issued by this cluster';
 
 test('the vectors file is the schema this test reads', () => {
   assert.equal(vectors.schema_version, 1);
@@ -105,6 +106,9 @@ test('invalid contexts are refused as the vectors say', () => {
           !caught.message.includes(MALFORMED) && !caught.message.includes(WRONG_KEY),
           `${at}: ${caught.message}`,
         );
+        break;
+      case 'not_issued':
+        assert.ok(caught.message.includes(NOT_ISSUED), `${at}: ${caught.message}`);
         break;
       default:
         assert.fail(`${at}: unknown error kind ${v.error}`);

@@ -454,6 +454,7 @@ def test_conformance_vectors() -> None:
         "malformed": "is not a DynamoKV context",
         "wrong_key": "belongs to another key",
         "invalid": "is corrupt",
+        "not_issued": "not issued by this cluster",
     }
     assert len(vectors["invalid_contexts"]) >= 6
     for v in vectors["invalid_contexts"]:

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use dynamokv_common::{Limits, Ring, decode_routed_context};
+use dynamokv_common::{Limits, Ring, inspect_context};
 use dynamokv_proto::transport::is_silence;
 use dynamokv_proto::v1 as pb;
 
@@ -1044,7 +1044,7 @@ impl Client {
         let sets = view.replica_sets(key);
         let fastest = context
             .filter(|c| !c.is_empty())
-            .and_then(|c| decode_routed_context(key, c.as_bytes()).ok())
+            .and_then(|c| inspect_context(key, c.as_bytes()).ok())
             .and_then(|(_, f)| f);
         let mut targets: Vec<String> = Vec::with_capacity(sets.replicas.len() + 1);
         if let Some(m) = fastest.and_then(|f| sets.replicas.iter().find(|m| m.id == f)) {

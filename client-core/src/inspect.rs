@@ -8,7 +8,7 @@
 //! contexts are opaque and routing is the client's business. None of them checks the key
 //! against the size limits, and none touches the network.
 
-use dynamokv_common::{Member, Ring, decode_routed_context};
+use dynamokv_common::{Member, Ring, inspect_context};
 
 use crate::Error;
 
@@ -90,13 +90,14 @@ pub struct ContextDescription {
     pub fastest_replica: Option<String>,
 }
 
-/// Decodes `context`, a context that a get or put of `key` returned. Empty bytes are the empty
-/// context (everything empty). Bytes that are not a DynamoKV context, that belong to another
-/// key or that hold a version vector no writer produces are an [`Error::InvalidContext`], with
-/// the message a node would refuse them with.
+/// Decodes `context`, a context that a get or put of `key` returned, as a client can: its
+/// signatures are not checked (only nodes hold the keys; a node refuses a context it did not
+/// sign). Empty bytes are the empty context (everything empty). Bytes that are not a DynamoKV
+/// context, that belong to another key or that hold a version vector no writer produces are
+/// an [`Error::InvalidContext`], with the message a node would refuse them with.
 pub fn describe_context(key: &[u8], context: &[u8]) -> Result<ContextDescription, Error> {
     let (ctx, fastest_replica) =
-        decode_routed_context(key, context).map_err(|e| Error::InvalidContext {
+        inspect_context(key, context).map_err(|e| Error::InvalidContext {
             message: e.to_string(),
         })?;
     Ok(ContextDescription {
@@ -276,6 +277,10 @@ mod tests {
                 "wrong_key" => assert_eq!(message, wrong_key, "invalid_contexts/{name}"),
                 "invalid" => assert!(
                     message != malformed && message != wrong_key,
+                    "invalid_contexts/{name}: {message}"
+                ),
+                "not_issued" => assert!(
+                    message.contains("not issued by this cluster"),
                     "invalid_contexts/{name}: {message}"
                 ),
                 kind => panic!("invalid_contexts/{name}: unknown error kind {kind:?}"),

@@ -16,8 +16,7 @@ use tokio::time::Instant;
 
 use dynamokv_common::limits::check_quorum;
 use dynamokv_common::sloppy_quorum::{self, Acks};
-use dynamokv_common::versioning::HistoryLimits;
-use dynamokv_common::{CausalContext, Member, VersionedState, encode_routed_context};
+use dynamokv_common::{Member, VersionedState, combine_contexts};
 use dynamokv_proto::transport::{RING_VERSION_METADATA, is_silence};
 use dynamokv_proto::v1 as pb;
 
@@ -184,6 +183,8 @@ pub(crate) async fn get(
     }
 
     let mut replies: Vec<(Member, Option<VersionedState>)> = Vec::new();
+    // The signed context of each counted answer: the read's context is them side by side.
+    let mut contexts: Vec<bytes::Bytes> = Vec::new();
     let mut failures: Vec<String> = Vec::new();
     let mut moved: Option<Error> = None;
     let mut fastest: Option<String> = None;
@@ -211,6 +212,7 @@ pub(crate) async fn get(
                         fastest = Some(m.id.clone());
                     }
                     answers.add(&m.id);
+                    contexts.push(reply.context);
                     replies.push((m, state));
                 }
                 Some((m, Err(failure))) => {
@@ -301,7 +303,18 @@ pub(crate) async fn get(
     }
     let now = now_ms();
     let merged = merge_all(&replies, now);
-    let context = encode_routed_context(&key, &CausalContext::of_read(&merged), fastest.as_deref());
+    // Each replica signed the context of its own answer; the read saw their join, which is
+    // what a node verifying the fragments computes (common/src/context.rs).
+    let context = combine_contexts(
+        &key,
+        contexts.iter().map(|c| c.as_ref()),
+        fastest.as_deref(),
+    )
+    .map_err(|e| {
+        ReadFailure::Failed(Error::InvalidContext {
+            message: format!("a replica answered with a context that does not parse: {e}"),
+        })
+    })?;
     let result = GetResult {
         values: merged
             .live_values()
@@ -346,7 +359,28 @@ fn merge_all(replies: &[(Member, Option<VersionedState>)], now: u64) -> Versione
     merged
 }
 
-/// Sends the merged state to every replica whose answer lacked part of it.
+/// The replicas among `replies` that hold something `stale` (another replica's answer) lacks:
+/// what it should read to catch up.
+fn sources_for<'a>(
+    stale: &Option<VersionedState>,
+    replies: &'a [(Member, Option<VersionedState>)],
+    replicas: &[Member],
+) -> Vec<&'a Member> {
+    replies
+        .iter()
+        .filter(|(m, s)| {
+            replicas.iter().any(|p| p.id == m.id)
+                && s.as_ref().is_some_and(|s| {
+                    !s.clock().is_empty() && stale.as_ref().is_none_or(|mine| !mine.descends(s))
+                })
+        })
+        .map(|(m, _)| m)
+        .collect()
+}
+
+/// Asks every replica whose answer lacked part of what others answered to read the key from
+/// those others (the node reads them itself: a client names replicas, it never sends a
+/// state, see `Kv.RepairReplica`).
 async fn read_repair(
     nodes: &Arc<Nodes>,
     key: Bytes,
@@ -354,29 +388,29 @@ async fn read_repair(
     replicas: &[Member],
     budget: Duration,
 ) {
-    let now = now_ms();
-    let mut merged = merge_all(&replies, now);
-    if merged.clock().is_empty() {
-        return;
-    }
-    // Compare against what a replica would store after merging: truncated as it would be.
-    let _ = merged.truncate(&HistoryLimits::default(), now);
-    let state = merged.to_proto();
     let budget = budget.max(Duration::from_millis(500));
     for (m, s) in &replies {
-        let stale = s.as_ref().is_none_or(|s| !s.descends(&merged));
-        if !stale || !replicas.iter().any(|p| p.id == m.id) {
+        if !replicas.iter().any(|p| p.id == m.id) {
             continue;
         }
-        tracing::debug!(node = %m.id, "read repair from the client");
+        let sources: Vec<String> = sources_for(s, &replies, replicas)
+            .into_iter()
+            .filter(|src| src.id != m.id)
+            .map(|src| src.id.clone())
+            .collect();
+        if sources.is_empty() {
+            continue;
+        }
+        tracing::debug!(node = %m.id, ?sources, "read repair from the client");
         let Ok(mut kv) = nodes.kv(&m.address) else {
             continue;
         };
         let request_id = nodes.request_id();
         let mut req = tonic::Request::new(pb::RepairReplicaRequest {
             key: Some(key.clone()),
-            state: Some(state.clone()),
+            state: None,
             request_id,
+            sources,
         });
         req.set_timeout(budget);
         match tokio::time::timeout(budget, kv.repair_replica(req)).await {

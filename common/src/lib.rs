@@ -5,7 +5,7 @@
 //! - [`ring`]: key hashing (paper 4.2), equal-sized partitions (paper 6.2, strategy 3) and
 //!   preference lists over distinct physical nodes (paper 4.3).
 //! - [`versioning`]: dotted version vectors, the per-key set of concurrent versions (paper 4.4).
-//! - [`context`]: the opaque version context handed to clients.
+//! - [`context`]: the opaque version context handed to clients, signed by the nodes.
 //! - [`sloppy_quorum`]: which nodes a request goes to and which answers count (paper 4.6, 4.9),
 //!   for a node's coordinator and for a client coordinating its own reads (paper 6.4).
 //! - [`limits`]: input validation shared by client and server.
@@ -19,7 +19,8 @@ pub mod sloppy_quorum;
 pub mod versioning;
 
 pub use context::{
-    ContextError, decode_context, decode_routed_context, encode_context, encode_routed_context,
+    ContextError, ContextKey, ContextKeys, KeyLookup, combine_contexts, decode_context,
+    inspect_context, sign_context,
 };
 pub use error_code::ErrorCode;
 pub use limits::{InputError, Limits};

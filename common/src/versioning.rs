@@ -146,6 +146,13 @@ impl VersionVector {
         self.counter(actor).max(cloud_max)
     }
 
+    /// Whether every counter is one a writer can issue (at most [`MAX_COUNTER`]): what
+    /// [`from_proto`](Self::from_proto) accepts back.
+    pub fn counters_in_range(&self) -> bool {
+        self.entries.values().all(|e| e.counter <= MAX_COUNTER)
+            && self.cloud.iter().all(|d| d.counter <= MAX_COUNTER)
+    }
+
     /// Whether the event `dot` is in this vector's history.
     pub fn contains(&self, dot: Dot) -> bool {
         self.counter(dot.actor) >= dot.counter || self.cloud.contains(&dot)
@@ -381,6 +388,13 @@ impl CausalContext {
             clock,
             seen: [write_id].into_iter().collect(),
         }
+    }
+
+    /// Least upper bound: what either context saw (a context a client assembled from several
+    /// replicas' answers).
+    pub fn join(&mut self, other: &CausalContext) {
+        self.clock.merge(&other.clock);
+        self.seen.extend(other.seen.iter().copied());
     }
 
     pub fn to_proto(&self) -> pb::CausalContext {

@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use dynamokv_common::versioning::{Actor, CausalContext, Dot, VersionVector, WriteId};
 use dynamokv_common::{
-    ContextError, Member, Ring, decode_routed_context, encode_routed_context, key_position,
+    ContextError, ContextKey, Member, Ring, combine_contexts, decode_context, inspect_context,
+    key_position, sign_context,
 };
 use dynamokv_proto::v1 as pb;
 
@@ -103,8 +104,9 @@ struct RingKeyVector {
 struct ContextVector {
     name: String,
     key_hex: String,
-    /// 2 for contexts written today (`"DKV" 0x02`), 1 for the first format (`"DKV" 0x01`),
-    /// 0 for the empty context (no bytes).
+    /// 3 for signed contexts (`"DKV" 0x03`, signed with the test keys of
+    /// common/tests/conformance.rs: clients do not check signatures), 0 for the empty context
+    /// (no bytes).
     format: u32,
     bytes_hex: String,
     decoded: DecodedContext,
@@ -134,7 +136,8 @@ struct InvalidContextVector {
     name: String,
     key_hex: String,
     bytes_hex: String,
-    /// "malformed", "wrong_key" or "invalid" (well framed, but a vector no writer produces).
+    /// "malformed", "wrong_key", "invalid" (well framed, but a vector no writer produces) or
+    /// "not_issued" (an unsigned context of an earlier release).
     error: String,
 }
 
@@ -424,8 +427,9 @@ fn key_tag(key: &[u8]) -> [u8; 8] {
     tag
 }
 
-/// Frames `body` as a context of `key`: magic, key tag, body, CRC-32 (little-endian).
-fn frame(magic: &[u8; 4], key: &[u8], body: &[u8]) -> Vec<u8> {
+/// Frames `body` as an unsigned context of an earlier release: magic, key tag, body, CRC-32
+/// (little-endian).
+fn old_frame(magic: &[u8; 4], key: &[u8], body: &[u8]) -> Vec<u8> {
     let mut bytes = magic.to_vec();
     bytes.extend_from_slice(&key_tag(key));
     bytes.extend_from_slice(body);
@@ -434,13 +438,42 @@ fn frame(magic: &[u8; 4], key: &[u8], body: &[u8]) -> Vec<u8> {
     bytes
 }
 
-/// A context in the first format (`"DKV" 0x01`, a bare version vector), built as
-/// common/src/context.rs's test of it does: no writer produces it any more.
-fn first_format_context(key: &[u8], vv: &VersionVector) -> Vec<u8> {
-    frame(b"DKV\x01", key, &vv.to_proto().encode_to_vec())
+/// Frames a signed-context envelope as the current format does: magic, key tag, protobuf.
+fn frame(key: &[u8], signed: &pb::SignedContext) -> Vec<u8> {
+    let mut bytes = b"DKV\x03".to_vec();
+    bytes.extend_from_slice(&key_tag(key));
+    bytes.extend_from_slice(&signed.encode_to_vec());
+    bytes
 }
 
-/// (name, key, causal context, fastest replica), encoded with `encode_routed_context`.
+/// The keys the vectors are signed with (fixed, so the file is reproducible; a real node's
+/// keys are random).
+fn test_keys() -> Vec<ContextKey> {
+    vec![
+        ContextKey {
+            signer: "node-1".into(),
+            id: 0x0123_4567_89ab_cdef,
+            secret: [0x5a; 32],
+        },
+        ContextKey {
+            signer: "node-2".into(),
+            id: 0xfedc_ba98_7654_3210,
+            secret: [0xa5; 32],
+        },
+    ]
+}
+
+/// A context as a node's answer carries it, signed with test key `signer` (0 or 1), with
+/// `fastest` added as a client coordinating the read does.
+fn signed(key: &[u8], ctx: &CausalContext, signer: usize, fastest: Option<&str>) -> Vec<u8> {
+    let one = sign_context(key, ctx, &test_keys()[signer]);
+    match fastest {
+        None => one,
+        Some(_) => combine_contexts(key, [one.as_slice()], fastest).unwrap(),
+    }
+}
+
+/// (name, key, causal context, fastest replica), signed with [`test_keys`].
 type ContextSpec = (&'static str, Vec<u8>, CausalContext, Option<&'static str>);
 
 fn context_specs() -> Vec<ContextSpec> {
@@ -491,7 +524,7 @@ fn context_specs() -> Vec<ContextSpec> {
             "fastest-replica-binary-key",
             key("binary-mixed"),
             context(&[(3, 100), (5, 2)], &[], &[77]),
-            Some("zone-b/node-5 ü"),
+            Some("zone-b/node-5 \u{fc}"),
         ),
     ]
 }
@@ -502,21 +535,33 @@ fn context_vectors() -> Vec<ContextVector> {
         .map(|(name, k, ctx, fastest)| ContextVector {
             name: name.to_string(),
             key_hex: hex(&k),
-            format: if ctx.is_empty() { 0 } else { 2 },
-            bytes_hex: hex(&encode_routed_context(&k, &ctx, fastest)),
+            format: if ctx.is_empty() { 0 } else { 3 },
+            bytes_hex: hex(&signed(&k, &ctx, 0, fastest)),
             decoded: describe(&ctx.clock, &ctx.seen, fastest),
         })
         .collect();
+    // A client-coordinated read of two replicas that disagree: each answer signed by its
+    // node, side by side; the context is their join.
     let k = key("cart-43");
-    let mut vv = VersionVector::new();
-    vv.insert(Actor(7), 3, 1_000);
-    vv.insert(Actor(u64::MAX), 2, 2_000);
+    let a = context(&[(7, 3)], &[], &[5]);
+    let b = context(&[(7, 2), (9, 4)], &[(9, 6)], &[6]);
+    let bytes = combine_contexts(
+        &k,
+        [
+            signed(&k, &a, 0, None).as_slice(),
+            signed(&k, &b, 1, None).as_slice(),
+        ],
+        Some("node-2"),
+    )
+    .unwrap();
+    let mut joined = a.clone();
+    joined.join(&b);
     out.push(ContextVector {
-        name: "first-format".to_string(),
+        name: "assembled-from-two-replicas".to_string(),
         key_hex: hex(&k),
-        format: 1,
-        bytes_hex: hex(&first_format_context(&k, &vv)),
-        decoded: describe(&vv, &BTreeSet::new(), None),
+        format: 3,
+        bytes_hex: hex(&bytes),
+        decoded: describe(&joined.clock, &joined.seen, Some("node-2")),
     });
     out
 }
@@ -524,17 +569,18 @@ fn context_vectors() -> Vec<ContextVector> {
 fn invalid_context_vectors() -> Vec<InvalidContextVector> {
     let k = key("cart-42");
     let ctx = context(&[(7, 3), (u64::MAX, 1)], &[(7, 9)], &[1, u128::MAX]);
-    let valid = encode_routed_context(&k, &ctx, None);
+    let valid = signed(&k, &ctx, 0, None);
     let last = valid.len() - 1;
-    let flipped = |i: usize| {
-        let mut b = valid.clone();
-        b[i] ^= 0x01;
-        b
+    // A fragment signed with test key 0 around `body`, as if a node had signed it.
+    let with_body = |body: pb::CausalContext| {
+        let key0 = &test_keys()[0];
+        let mut envelope = pb::SignedContext::decode(&valid[12..]).unwrap();
+        let f = &mut envelope.fragments[0];
+        f.signer = key0.signer.clone();
+        f.body = body.encode_to_vec().into();
+        frame(&k, &envelope)
     };
-    // The valid context's body under an unknown magic, with a checksum that matches.
-    let bad_magic = frame(b"DKV\x03", &k, &valid[4 + 8..valid.len() - 4]);
-    let v2 = |body: pb::CausalContext| frame(b"DKV\x02", &k, &body.encode_to_vec());
-    let zero_counter = v2(pb::CausalContext {
+    let zero_counter = with_body(pb::CausalContext {
         clock: Some(pb::VersionVector {
             entries: vec![pb::ClockEntry {
                 actor: 7,
@@ -545,23 +591,21 @@ fn invalid_context_vectors() -> Vec<InvalidContextVector> {
         }),
         ..Default::default()
     });
-    let short_write_id = v2(pb::CausalContext {
+    let short_write_id = with_body(pb::CausalContext {
         seen_writes: vec![vec![0xab; 15].into()],
         ..Default::default()
     });
     let mut first_format_vv = VersionVector::new();
     first_format_vv.insert(Actor(7), 3, 1_000);
+    let first_format = old_frame(b"DKV\x01", &k, &first_format_vv.to_proto().encode_to_vec());
+    let second_format = old_frame(b"DKV\x02", &k, &ctx.to_proto().encode_to_vec());
+    let mut bad_magic = valid.clone();
+    bad_magic[3] = 0x04;
     let cases: Vec<(&str, &[u8], Vec<u8>, &str)> = vec![
         (
             "another-keys-context",
             b"cart:43",
             valid.clone(),
-            "wrong_key",
-        ),
-        (
-            "another-keys-first-format-context",
-            b"cart:43",
-            first_format_context(&k, &first_format_vv),
             "wrong_key",
         ),
         (
@@ -573,12 +617,10 @@ fn invalid_context_vectors() -> Vec<InvalidContextVector> {
         (
             "truncated-below-header",
             &k,
-            valid[..15].to_vec(),
+            valid[..10].to_vec(),
             "malformed",
         ),
-        ("flipped-checksum-byte", &k, flipped(last), "malformed"),
-        ("flipped-body-byte", &k, flipped(14), "malformed"),
-        ("bad-magic-valid-checksum", &k, bad_magic, "malformed"),
+        ("unknown-format", &k, bad_magic, "malformed"),
         (
             "random-text",
             &k,
@@ -586,13 +628,15 @@ fn invalid_context_vectors() -> Vec<InvalidContextVector> {
             "malformed",
         ),
         (
-            "empty-body",
+            "no-fragments",
             &k,
-            v2(pb::CausalContext::default()),
+            frame(&k, &pb::SignedContext::default()),
             "malformed",
         ),
         ("zero-counter-entry", &k, zero_counter, "invalid"),
         ("fifteen-byte-write-id", &k, short_write_id, "invalid"),
+        ("unsigned-first-format", &k, first_format, "not_issued"),
+        ("unsigned-second-format", &k, second_format, "not_issued"),
     ];
     cases
         .into_iter()
@@ -781,6 +825,7 @@ fn error_kind(e: &ContextError) -> &'static str {
         ContextError::Malformed => "malformed",
         ContextError::WrongKey => "wrong_key",
         ContextError::Invalid(_) => "invalid",
+        ContextError::NotIssued(_) => "not_issued",
         other => panic!("a context error the vectors have no kind for: {other:?}"),
     }
 }
@@ -795,14 +840,19 @@ fn every_committed_context_decodes_to_its_description() {
     assert!(!file.contexts.is_empty());
     for v in &file.contexts {
         let at = format!("contexts/{}", v.name);
-        let (ctx, fastest) = decode_routed_context(&unhex(&v.key_hex), &unhex(&v.bytes_hex))
-            .unwrap_or_else(|e| {
-                panic!(
-                    "conformance vector {at}: the committed bytes are refused ({e}). The context \
+        let (k, bytes) = (unhex(&v.key_hex), unhex(&v.bytes_hex));
+        // Nodes verify the signatures (with the keys the vectors were signed with)...
+        decode_context(&k, &bytes, test_keys().as_slice()).unwrap_or_else(|e| {
+            panic!("conformance vector {at}: the committed bytes do not verify ({e})")
+        });
+        // ...and clients read them.
+        let (ctx, fastest) = inspect_context(&k, &bytes).unwrap_or_else(|e| {
+            panic!(
+                "conformance vector {at}: the committed bytes are refused ({e}). The context \
                      format changed: if intended, regenerate with `{BLESS_COMMAND}` and note the \
                      wire-format change in CHANGELOG.md"
-                )
-            });
+            )
+        });
         let decoded = describe(&ctx.clock, &ctx.seen, fastest.as_deref());
         same(&at, "decoded (from bytes_hex)", &v.decoded, &decoded);
     }
@@ -817,8 +867,8 @@ fn every_committed_invalid_context_is_refused_with_its_kind() {
     assert!(!file.invalid_contexts.is_empty());
     for v in &file.invalid_contexts {
         let at = format!("invalid_contexts/{}", v.name);
-        let got = decode_routed_context(&unhex(&v.key_hex), &unhex(&v.bytes_hex))
-            .map_err(|e| error_kind(&e));
+        let got =
+            inspect_context(&unhex(&v.key_hex), &unhex(&v.bytes_hex)).map_err(|e| error_kind(&e));
         same(
             &at,
             "error (decoding bytes_hex)",

@@ -8,8 +8,8 @@
 use bytes::Bytes;
 use dynamokv_common::versioning::{Actor, Dot, MAX_COUNTER, WriteId};
 use dynamokv_common::{
-    CausalContext, VersionVector, VersionedState, decode_routed_context, encode_routed_context,
-    key_position,
+    CausalContext, ContextKey, VersionVector, VersionedState, combine_contexts, decode_context,
+    inspect_context, key_position, sign_context,
 };
 use dynamokv_proto::v1 as pb;
 use proptest::prelude::*;
@@ -58,9 +58,35 @@ fn state(seed: u64) -> VersionedState {
     s
 }
 
-/// `body` framed as a context of `key` in the first (`DKV` 1) or current (`DKV` 2) format,
-/// with the right key tag and checksum: a hand-made context. The checksum catches corruption,
-/// not forgery, so what is behind it must be checked as strictly as any outside input.
+/// The keys two nodes sign contexts with.
+fn keys() -> Vec<ContextKey> {
+    vec![
+        ContextKey {
+            signer: "node-0".into(),
+            id: 1,
+            secret: [0x11; 32],
+        },
+        ContextKey {
+            signer: "node-1".into(),
+            id: 2,
+            secret: [0x22; 32],
+        },
+    ]
+}
+
+/// A context a client assembled from two replicas' answers (one signed by each node).
+fn assembled(key: &[u8], seed: u64) -> (Vec<u8>, CausalContext) {
+    let ks = keys();
+    let a = sign_context(key, &context(seed), &ks[0]);
+    let b = sign_context(key, &context(seed ^ 0x5555), &ks[1]);
+    let bytes = combine_contexts(key, [a.as_slice(), b.as_slice()], Some("node-1")).unwrap();
+    let mut joined = context(seed);
+    joined.join(&context(seed ^ 0x5555));
+    (bytes, joined)
+}
+
+/// `body` framed as an unsigned context of an earlier release (`DKV` 1 or 2), with the right
+/// key tag and checksum: what a client could make before contexts were signed.
 fn seal(key: &[u8], first_format: bool, body: &[u8]) -> Vec<u8> {
     let mut out = if first_format { b"DKV\x01" } else { b"DKV\x02" }.to_vec();
     out.extend_from_slice(&key_position(key).to_be_bytes()[..8]);
@@ -70,74 +96,26 @@ fn seal(key: &[u8], first_format: bool, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// What a context that decodes must be (the fuzz target `context` checks the same): not
-/// empty (the empty context is no bytes); in the current format, exactly the bytes its own
-/// encoding gives; in the first format, a context without seen writes or fastest replica that
-/// survives its re-encoding in the current format.
-fn check_decoded(key: &[u8], bytes: &[u8]) -> Result<(), TestCaseError> {
-    let Ok((ctx, fastest)) = decode_routed_context(key, bytes) else {
-        return Ok(());
-    };
-    if bytes.is_empty() {
-        prop_assert!(ctx.is_empty() && fastest.is_none());
-        return Ok(());
-    }
-    prop_assert!(
-        !ctx.is_empty(),
-        "{:02x?} decoded as the empty context",
-        bytes
-    );
-    let again = encode_routed_context(key, &ctx, fastest.as_deref());
-    if bytes.starts_with(b"DKV\x02") {
-        prop_assert_eq!(&again, &bytes.to_vec(), "decoded to {:?}", ctx);
-    } else {
-        prop_assert!(fastest.is_none() && ctx.seen.is_empty());
-        let (back, none) = decode_routed_context(key, &again).unwrap();
-        prop_assert!(none.is_none());
-        prop_assert_eq!(back.clock, ctx.clock.without_timestamps());
-    }
-    Ok(())
-}
-
 #[test]
-fn a_sealed_empty_body_is_not_a_context_in_either_format() {
-    // Found by `cargo fuzz run context`: the first format took an empty version vector for the
-    // empty context, which no writer ever sent as bytes (the current format refused it).
-    for first_format in [true, false] {
-        let bytes = seal(b"k", first_format, &[]);
-        assert!(
-            decode_routed_context(b"k", &bytes).is_err(),
-            "first format: {first_format}"
-        );
-    }
-}
-
-#[test]
-fn a_context_decodes_only_from_its_own_encoding() {
-    // Found by `cargo fuzz run context` and `hand_sealed_contexts_decode_only_to_what_their_
-    // bytes_say`: behind a good checksum, other encodings of a valid context decoded (entries
-    // out of order, clock timestamps, which the encoder never writes, unknown fields), so one
-    // context had many byte strings and hand-made timestamps reached the replicas' clocks.
+fn unsigned_contexts_of_earlier_releases_are_never_accepted() {
+    // Issue 19: a checksum catches corruption, not forgery. A context naming the node's own
+    // actor at the largest counter, behind a good checksum, poisoned the node that took it.
     let key = b"k";
-    let ctx = context(7);
-    assert!(ctx.clock.len() >= 2);
-    let good = ctx.to_proto();
-    assert_eq!(
-        decode_routed_context(key, &seal(key, false, &good.encode_to_vec())),
-        Ok((ctx, None))
-    );
-    let mut reordered = good.clone();
-    reordered.clock.as_mut().unwrap().entries.reverse();
-    let mut timestamped = good.clone();
-    timestamped.clock.as_mut().unwrap().entries[0].timestamp_ms = u64::MAX;
-    let mut unknown_field = good.encode_to_vec();
-    unknown_field.extend_from_slice(&[0x78, 0x01]);
-    for body in [
-        reordered.encode_to_vec(),
-        timestamped.encode_to_vec(),
-        unknown_field,
-    ] {
-        assert!(decode_routed_context(key, &seal(key, false, &body)).is_err());
+    let mut poison = context(3);
+    poison.clock.insert(Actor(42), MAX_COUNTER, 0);
+    for first_format in [true, false] {
+        for body in [
+            poison.to_proto().encode_to_vec(),
+            poison.clock.to_proto().encode_to_vec(),
+            Vec::new(),
+        ] {
+            let bytes = seal(key, first_format, &body);
+            assert!(
+                decode_context(key, &bytes, keys().as_slice()).is_err(),
+                "first format: {first_format}"
+            );
+            assert!(inspect_context(key, &bytes).is_err());
+        }
     }
 }
 
@@ -244,51 +222,48 @@ proptest! {
         key in prop::collection::vec(any::<u8>(), 1..64),
         bytes in prop::collection::vec(any::<u8>(), 1..512),
     ) {
-        // A checksum guards every context: random bytes pass it once in four billion tries.
-        prop_assert!(decode_routed_context(&key, &bytes).is_err());
+        // A MAC guards every fragment: random bytes never verify.
+        prop_assert!(decode_context(&key, &bytes, keys().as_slice()).is_err());
     }
 
     #[test]
-    fn a_mutated_context_is_refused_or_decodes_to_what_its_bytes_say(
+    fn a_mutated_context_is_refused_or_decodes_to_what_its_nodes_signed(
         seed in any::<u64>(),
         ms in mutations(),
     ) {
         let key = format!("key-{seed}").into_bytes();
-        let original = encode_routed_context(&key, &context(seed), Some("node-1"));
+        let (original, joined) = assembled(&key, seed);
         let bytes = mutate(original.clone(), &ms);
-        match decode_routed_context(&key, &bytes) {
-            // Only the original bytes (mutations that cancelled out) or no bytes decode.
-            Ok((ctx, fastest)) => {
-                if bytes.is_empty() {
-                    prop_assert!(ctx.is_empty() && fastest.is_none());
-                } else {
-                    prop_assert_eq!(&bytes, &original);
-                    prop_assert_eq!(ctx, context(seed));
-                }
-            }
-            Err(_) => prop_assert_ne!(&bytes, &original),
+        if let Ok(ctx) = decode_context(&key, &bytes, keys().as_slice()) {
+            // What decodes is signed by the nodes: at most what the original covered (a cut at
+            // a fragment's end drops the fragments after it; the fastest replica is unsigned
+            // advice), and what a client reads of it is the same.
+            prop_assert!(joined.clock.descends(&ctx.clock), "{:?} beyond {:?}", ctx, joined);
+            prop_assert!(ctx.seen.is_subset(&joined.seen));
+            prop_assert!(bytes.is_empty() || !ctx.is_empty());
+            let (seen_by_client, _) = inspect_context(&key, &bytes).unwrap();
+            prop_assert_eq!(seen_by_client, ctx);
+            // And it has one encoding: putting it together again gives the same bytes.
+            let (_, fastest) = inspect_context(&key, &bytes).unwrap();
+            prop_assert_eq!(
+                combine_contexts(&key, [bytes.as_slice()], fastest.as_deref()).unwrap(),
+                bytes
+            );
         }
     }
 
     #[test]
-    fn hand_sealed_contexts_decode_only_to_what_their_bytes_say(
+    fn a_context_never_verifies_under_another_key_or_secret(
         seed in any::<u64>(),
-        first_format in any::<bool>(),
-        ms in mutations(),
-        junk in prop::collection::vec(any::<u8>(), 0..64),
+        secret in prop::array::uniform32(any::<u8>()),
     ) {
         let key = format!("key-{seed}").into_bytes();
-        let ctx = context(seed);
-        let body = if first_format {
-            ctx.clock.to_proto().encode_to_vec()
-        } else {
-            let mut p = ctx.to_proto();
-            p.fastest_replica = "node-1".into();
-            p.encode_to_vec()
-        };
-        for body in [mutate(body, &ms), junk, Vec::new()] {
-            check_decoded(&key, &seal(&key, first_format, &body))?;
-        }
+        let (bytes, _) = assembled(&key, seed);
+        let mut other_keys = keys();
+        other_keys[seed as usize % 2].secret = secret;
+        prop_assume!(other_keys != keys());
+        prop_assert!(decode_context(&key, &bytes, other_keys.as_slice()).is_err());
+        prop_assert!(decode_context(b"another key", &bytes, keys().as_slice()).is_err());
     }
 
     #[test]

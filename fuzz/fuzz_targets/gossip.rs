@@ -143,6 +143,15 @@ fn view(v: &View) -> pb::MembershipState {
                 status: STATUSES[usize::from(r.status) % STATUSES.len()].into(),
                 handed_off: u64::from(r.handed_off % 2),
                 ring_seen: u64::from(r.ring_seen % 2),
+                // A member's context keys: none, one, or malformed ones (ids 0, short secrets,
+                // out of order, too many).
+                context_keys: (0..usize::from(r.ring_seen % 5))
+                    .map(|i| pb::ContextKey {
+                        id: u64::from(r.version % 3) + i as u64,
+                        secret: vec![r.zone; if r.weight % 3 == 0 { 31 } else { 32 }].into(),
+                        created_ms: u64::from(r.handed_off) * 10 + i as u64,
+                    })
+                    .collect(),
             })
             .collect(),
         ring: v.ring.as_ref().map(ring),

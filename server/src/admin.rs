@@ -251,6 +251,17 @@ pub async fn join(addr: &str, seed: &str) -> Result<pb::JoinResponse, String> {
     .await
 }
 
+/// Makes the node at `addr` sign version contexts with a new key from now on.
+pub async fn rotate_context_key(addr: &str) -> Result<pb::RotateContextKeyResponse, String> {
+    admin_call(
+        addr,
+        "the context key rotation",
+        pb::RotateContextKeyRequest {},
+        |mut c, r| async move { c.rotate_context_key(r).await },
+    )
+    .await
+}
+
 /// Stages the decommission of `node_id` (empty: the node at `addr`).
 pub async fn leave(addr: &str, node_id: &str) -> Result<(), String> {
     let request = pb::LeaveRequest {

@@ -190,7 +190,17 @@ pub struct ClusterConfig {
     /// How often a node checks for partitions to hand to new replicas or to drop after a
     /// topology change, in milliseconds.
     pub transfer_interval_ms: u64,
+    /// How often a node makes a new key to sign version contexts with, in milliseconds (7
+    /// days; see `context_keys.rs`).
+    pub context_key_rotation_ms: u64,
+    /// How long contexts signed with a node's previous key stay valid after it made its next
+    /// one, in milliseconds (7 days): a client holding a context longer must read the key
+    /// again (INVALID_CONTEXT says so).
+    pub context_key_grace_ms: u64,
 }
+
+/// The default `context_key_rotation_ms` and `context_key_grace_ms`: seven days.
+pub const DEFAULT_CONTEXT_KEY_PERIOD_MS: u64 = 7 * 24 * 60 * 60 * 1000;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -270,6 +280,8 @@ impl Default for ClusterConfig {
             weight: None,
             gossip_interval_ms: 1_000,
             transfer_interval_ms: 1_000,
+            context_key_rotation_ms: DEFAULT_CONTEXT_KEY_PERIOD_MS,
+            context_key_grace_ms: DEFAULT_CONTEXT_KEY_PERIOD_MS,
         }
     }
 }
@@ -441,6 +453,17 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "node_id {:?} is not among cluster.members",
                 self.node_id
+            )));
+        }
+        let c = &self.cluster;
+        if c.context_key_rotation_ms < 1_000
+            || c.context_key_grace_ms > 2 * c.context_key_rotation_ms
+        {
+            // A node keeps its newest three keys: with a grace period longer than two rotation
+            // periods, a key still in its grace period would be forgotten.
+            return Err(ConfigError::Invalid(format!(
+                "cluster.context_key_rotation_ms = {} must be at least 1000 and cluster.context_key_grace_ms = {} at most twice it",
+                c.context_key_rotation_ms, c.context_key_grace_ms
             )));
         }
         let l = &self.limits;

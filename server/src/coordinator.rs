@@ -20,6 +20,7 @@
 //!   answered (or timed out), every replica that was missing something is sent the merged state:
 //!   read repair.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,14 +34,14 @@ use tonic::Request;
 
 use dynamokv_common::limits::{check_quorum, check_sync_replicas};
 use dynamokv_common::{
-    CausalContext, InputError, Limits, Member, VersionedState, WriteId, decode_context,
-    encode_context,
+    CausalContext, ContextError, InputError, Limits, Member, VersionedState, WriteId,
+    decode_context, sign_context,
 };
 use dynamokv_proto::transport::certainly_not_sent;
 use dynamokv_proto::v1 as pb;
 
 use crate::error::{Error, ReplicaFailure};
-use crate::membership::{ClusterView, Membership};
+use crate::membership::{ClusterView, Membership, PeerTransport};
 use crate::metrics::{Metrics, Role};
 use crate::peers::Peers;
 use crate::replica::{LocalReplica, WriteError, now_ms};
@@ -104,7 +105,16 @@ pub struct Coordinator {
     metrics: Arc<Metrics>,
     /// Work that outlives its request (the rest of a write, read repair), waited for at shutdown.
     tasks: TaskTracker,
+    /// When this node last asked each signer for its context keys (at most once a second
+    /// each, whatever contexts clients send).
+    key_pulls: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
 }
+
+/// The most replicas a client's read repair may name as sources.
+const MAX_REPAIR_SOURCES: usize = 8;
+
+/// How often a node asks one signer for context keys it does not know.
+const KEY_PULL_INTERVAL: Duration = Duration::from_secs(1);
 
 type ReplicaReply<T> = (String, Result<T, String>);
 
@@ -132,6 +142,82 @@ impl Coordinator {
             sync_replicas,
             metrics,
             tasks: TaskTracker::new(),
+            key_pulls: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The context of `key` for `ctx`, signed with this node's current context key.
+    pub fn sign(
+        &self,
+        view: &ClusterView,
+        key: &[u8],
+        ctx: &CausalContext,
+    ) -> Result<Bytes, Error> {
+        let signing = view
+            .context_keys
+            .signing()
+            .ok_or_else(|| Error::Internal("this node has no context key to sign with".into()))?;
+        Ok(Bytes::from(sign_context(key, ctx, signing)))
+    }
+
+    /// Decodes and verifies a client's context of `key` (see `context_keys.rs`). A context
+    /// signed with a key this node has not learnt yet (its signer made it a moment ago) makes
+    /// this node ask the signer for its keys, once, then decide.
+    pub async fn verify_context(&self, key: &[u8], bytes: &[u8]) -> Result<CausalContext, Error> {
+        let decode = || {
+            let view = self.membership.current();
+            decode_context(key, bytes, &view.context_keys.at(now_ms()))
+        };
+        match decode() {
+            Err(ContextError::UnknownKey { signer, .. }) => {
+                self.learn_context_keys(&signer).await;
+                match decode() {
+                    Err(ContextError::UnknownKey { .. }) => Err(ContextError::NotIssued(
+                        "it names a context key that no node of the cluster holds",
+                    )
+                    .into()),
+                    other => Ok(other?),
+                }
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// Asks member `signer` for its context keys (one gossip exchange), unless this node asked
+    /// it less than a second ago. Names that are no member are not asked: a client cannot make
+    /// this node call anyone.
+    async fn learn_context_keys(&self, signer: &str) {
+        let view = self.membership.current();
+        let Some(address) = view
+            .state
+            .member(signer)
+            .filter(|_| !view.state.is_removed(signer) && signer != view.self_id)
+            .map(|m| {
+                view.ring
+                    .members()
+                    .iter()
+                    .chain(view.previous.iter().flat_map(|(r, _)| r.members()))
+                    .find(|x| x.id == signer)
+                    .map_or_else(|| m.address.clone(), |x| x.address.clone())
+            })
+        else {
+            return;
+        };
+        let slot = {
+            let mut pulls = self.key_pulls.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(pulls.entry(signer.to_string()).or_default())
+        };
+        let mut last = slot.lock().await;
+        if last.is_some_and(|t| t.elapsed() < KEY_PULL_INTERVAL) {
+            return;
+        }
+        *last = Some(Instant::now());
+        let transport = PeerTransport {
+            peers: Arc::clone(&self.peers),
+            timeout: self.timeout.min(KEY_PULL_INTERVAL),
+        };
+        if let Err(e) = self.membership.gossip_with(&transport, &address).await {
+            tracing::debug!(%signer, error = %e, "could not ask a node for its context keys");
         }
     }
 
@@ -244,7 +330,7 @@ impl Coordinator {
             values: merged.live_values(),
             timestamps_ms: merged.live_timestamps(),
             tombstone: merged.has_tombstone(),
-            context: Bytes::from(encode_context(&key, &CausalContext::of_read(&merged))),
+            context: self.sign(&view, &key, &CausalContext::of_read(&merged))?,
         };
 
         // Late replies and read repair happen after the client has its answer.
@@ -282,7 +368,7 @@ impl Coordinator {
         if let Some(v) = &req.value {
             self.limits.check_value(v)?;
         }
-        let context = decode_context(&key, &req.context)?;
+        let context = self.verify_context(&key, &req.context).await?;
         let view = self.membership.current();
         check_joined(&view)?;
         let n = view.quorums.n;
@@ -420,11 +506,25 @@ impl Coordinator {
                 let _ = tx.send(Err(Error::SiblingLimit(e.to_string())));
                 return;
             }
+            Err(WriteError::ContextNotIssued) => {
+                let _ = tx.send(Err(ContextError::NotIssued(
+                    "it names a version of this node that this node never issued",
+                )
+                .into()));
+                return;
+            }
         };
-        let reply = Bytes::from(encode_context(
+        let reply = match self.sign(
+            &self.membership.current(),
             &w.key,
             &w.context.with_write(w.write_id, &outcome.dots()),
-        ));
+        ) {
+            Ok(reply) => reply,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
         let mut tx = Some(tx);
         let mut acks = Acks::new(&w.sets);
         acks.add(&self_id);
@@ -704,13 +804,63 @@ impl Coordinator {
         Ok(self.local.read(key).await?)
     }
 
-    /// A client's read repair: merges `state` into this node's replica of `key`.
-    pub async fn repair_for_client(&self, key: Bytes, state: VersionedState) -> Result<(), Error> {
+    /// A client's read repair: this node, a replica of `key`, reads the key from `sources`
+    /// (other replicas whose answers held what this one lacked) and merges what they hold into
+    /// its own state. Only states replicas hold reach this node: a client names nodes, never
+    /// versions. Refused, with nothing read, when this node or a source is no replica of the
+    /// key by this node's ring (the client routes by another: it pulls the ring again).
+    pub async fn repair_for_client(&self, key: Bytes, sources: Vec<String>) -> Result<(), Error> {
         let start = Instant::now();
         let result = async {
             self.limits.check_key(&key)?;
-            check_joined(&self.membership.current())?;
-            self.local.merge(key, state, false).await?;
+            let view = self.membership.current();
+            check_joined(&view)?;
+            if sources.is_empty() {
+                return Err(Error::MissingField("sources"));
+            }
+            let mut sources = sources;
+            sources.sort();
+            sources.dedup();
+            if sources.len() > MAX_REPAIR_SOURCES {
+                return Err(Error::MalformedField(
+                    "sources names more replicas than a key has (at most 8)",
+                ));
+            }
+            let moved = |reason| Error::RingMoved {
+                node: view.self_id.clone(),
+                version: view.ring_version,
+                reason,
+            };
+            let (replicas, _, _) = preference_list(&view, &key);
+            if !replicas.iter().any(|m| m.id == view.self_id) {
+                return Err(moved("holds no replica of this key"));
+            }
+            let mut from = Vec::with_capacity(sources.len());
+            for id in &sources {
+                match replicas.iter().find(|m| &m.id == id) {
+                    Some(m) if m.id != view.self_id => from.push(m.clone()),
+                    Some(_) => {
+                        return Err(Error::MalformedField(
+                            "sources names the node asked to repair itself",
+                        ));
+                    }
+                    None => return Err(moved("counts a source that is no replica of this key")),
+                }
+            }
+            let reads: FuturesUnordered<_> = from
+                .iter()
+                .map(|m| remote_read(&self.peers, m, key.clone(), false, self.timeout))
+                .collect();
+            let states: Vec<_> = reads.collect().await;
+            for state in states {
+                match state {
+                    Ok(Some(state)) => {
+                        self.local.merge(key.clone(), state, false).await?;
+                    }
+                    Ok(None) => {}
+                    Err(reason) => tracing::debug!(%reason, "read repair: a source did not answer"),
+                }
+            }
             self.metrics.read_repairs.inc();
             Ok(())
         }

@@ -8,7 +8,8 @@
 //!   membership state gossip spreads, with its deterministic merge, and [`gossip`], the
 //!   exchange that spreads it (paper 4.8.1).
 //! - [`peers`]: connections to the other nodes and local failure detection (paper 4.8.3).
-//! - [`coordinator`]: quorum reads and writes, forwarding, read repair (paper 4.5).
+//! - [`coordinator`]: quorum reads and writes, forwarding, read repair (paper 4.5);
+//!   [`context_keys`]: the keys the version contexts it hands out are signed with.
 //! - Background work, admitted by [`admission`] control (paper 6.5): [`hinted_handoff`]
 //!   (paper 4.6), [`anti_entropy`] (paper 4.7), [`tombstones`] (reaping deleted keys).
 //! - [`service`]: the gRPC services; [`server`] starts and stops it all.
@@ -22,6 +23,7 @@ pub mod anti_entropy;
 pub mod background;
 pub mod certificates;
 pub mod config;
+pub mod context_keys;
 pub mod coordinator;
 pub mod dev;
 pub mod error;

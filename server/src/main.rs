@@ -171,6 +171,14 @@ enum AdminCommand {
         #[arg(long)]
         ring_version: Option<u64>,
     },
+    /// Makes the node sign version contexts with a new key from now on (nodes also do so by
+    /// themselves every cluster.context_key_rotation_ms); contexts signed with its previous
+    /// key stay valid for cluster.context_key_grace_ms. Rotate every node after a node's data
+    /// directory may have been read by someone else.
+    RotateContextKey {
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        node: String,
+    },
     /// Users of a cluster that serves TLS: add (printing a token), list, remove.
     #[command(subcommand)]
     User(UserCommand),
@@ -501,6 +509,13 @@ async fn admin(cmd: AdminCommand) -> Result<(), String> {
             a::remove(&node, &node_id).await?;
             println!(
                 "removal of {node_id} staged; `dynamokv admin plan` shows what moves, `dynamokv admin commit` applies it"
+            );
+        }
+        AdminCommand::RotateContextKey { node } => {
+            let r = a::rotate_context_key(&node).await?;
+            println!(
+                "{node} signs version contexts with key {:016x} from now on ({} key(s) held; contexts signed with the previous one stay valid for cluster.context_key_grace_ms)",
+                r.key_id, r.keys
             );
         }
         AdminCommand::Plan { node, all } => {

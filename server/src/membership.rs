@@ -25,9 +25,13 @@ use dynamokv_common::Ring;
 use dynamokv_proto::v1 as pb;
 
 use crate::config::{ClusterConfig, Config, ConfigError, Quorums};
+use crate::context_keys::Keyring;
 use crate::gossip::{GossipTransport, Gossiper};
-use crate::membership_state::{MemberRecord, MembershipState, MergeError, Status, ViewError};
+use crate::membership_state::{
+    ContextKeyRecord, MemberRecord, MembershipState, MergeError, Status, ViewError, union_keys,
+};
 use crate::peers::Peers;
+use crate::replica::now_ms;
 use crate::storage::{Storage, StorageError};
 
 /// Where the membership view is kept in the store's metadata.
@@ -48,6 +52,8 @@ pub struct ClusterView {
     pub previous: Option<(Ring, u32)>,
     /// The membership state this view was built from.
     pub state: MembershipState,
+    /// The keys version contexts are signed and verified with.
+    pub context_keys: Keyring,
 }
 
 impl ClusterView {
@@ -98,6 +104,8 @@ struct Inner {
     self_id: String,
     /// This node's own record as it announces it (address, zone, weight).
     me: MemberRecord,
+    /// The context keys this node made (see `context_keys.rs`), oldest first.
+    own_keys: Mutex<Vec<ContextKeyRecord>>,
     /// The state the published view was built from.
     published: Mutex<MembershipState>,
     /// Seeds given at run time (`admin join`), besides the configured ones.
@@ -132,20 +140,37 @@ fn listed_address(cluster: &ClusterConfig, id: &str) -> Option<String> {
 /// A node owns its own record: once its state makes a ring it says it routes by it, and it
 /// announces a changed address, zone or weight (or re-announces them when gossip brings back
 /// an older shape of its record) as a new version. A removed node stays removed.
-fn assert_own(state: &mut MembershipState, me: &MemberRecord) {
+///
+/// Its context keys are its own too: the record carries every key this node made and gossip
+/// brought back (the newest few), so a record of an earlier shape (a wiped node's, arriving
+/// from a peer) never takes a key away from it, and `own_keys` learns the older keys such a
+/// record brings.
+fn assert_own(
+    state: &mut MembershipState,
+    me: &MemberRecord,
+    own_keys: &mut Vec<ContextKeyRecord>,
+) {
     if state.ring_version().version > 0 && state.ring().is_ok() {
         state.set_ring_seen(&me.id);
     }
     if let Some(r) = state.member(&me.id).cloned()
-        && (r.address != me.address || r.zone != me.zone || r.weight != me.weight)
         && r.status != Status::Removed
     {
-        state.set_member(MemberRecord {
-            address: me.address.clone(),
-            zone: me.zone.clone(),
-            weight: me.weight,
-            ..r
-        });
+        let keys = union_keys(&r.context_keys, own_keys);
+        *own_keys = keys.clone();
+        if r.address != me.address
+            || r.zone != me.zone
+            || r.weight != me.weight
+            || r.context_keys != keys
+        {
+            state.set_member(MemberRecord {
+                address: me.address.clone(),
+                zone: me.zone.clone(),
+                weight: me.weight,
+                context_keys: keys,
+                ..r
+            });
+        }
     }
 }
 
@@ -227,7 +252,16 @@ impl Membership {
             None => initial_state(config, advertised),
         };
         let me = own_record(config, advertised);
-        assert_own(&mut state, &me);
+        // The keys this node signed with before it restarted are in its stored record; a node
+        // that has none (first start, wiped data) makes one now.
+        let mut own_keys = state
+            .member(&config.node_id)
+            .map(|r| r.context_keys.clone())
+            .unwrap_or_default();
+        if own_keys.is_empty() {
+            own_keys.push(ContextKeyRecord::generate(now_ms()));
+        }
+        assert_own(&mut state, &me, &mut own_keys);
         let view = build_view(&state, &config.cluster, &config.node_id)?;
         let (tx, rx) = watch::channel(Arc::new(view));
         let membership = Membership {
@@ -238,6 +272,7 @@ impl Membership {
                 cluster: config.cluster.clone(),
                 self_id: config.node_id.clone(),
                 me,
+                own_keys: Mutex::new(own_keys),
                 published: Mutex::new(state.clone()),
                 extra_seeds: Mutex::new(Vec::new()),
             }),
@@ -303,9 +338,12 @@ impl Membership {
     /// does not make a ring yet (an owner's record has not arrived) is stored but not
     /// published until it does.
     pub fn publish(&self) -> Result<(), MembershipError> {
-        self.inner
-            .gossiper
-            .update(|s| assert_own(s, &self.inner.me));
+        {
+            let mut own_keys = lock(&self.inner.own_keys);
+            self.inner
+                .gossiper
+                .update(|s| assert_own(s, &self.inner.me, &mut own_keys));
+        }
         let state = self.inner.gossiper.state();
         {
             let mut published = lock(&self.inner.published);
@@ -364,6 +402,9 @@ impl Membership {
                 _ = tokio::time::sleep(interval.mul_f64(jitter)) => {}
             }
             round += 1;
+            if let Err(e) = self.rotate_context_key_if_due(now_ms()) {
+                tracing::error!(error = %e, "cannot publish the membership view");
+            }
             let Some(peer) = self.gossip_target(round) else {
                 continue;
             };
@@ -383,6 +424,46 @@ impl Membership {
                 Err(reason) => tracing::debug!(%peer, %reason, "gossip exchange failed"),
             }
         }
+    }
+
+    /// Makes a new context key when the newest this node has is `context_key_rotation_ms` old
+    /// (see `context_keys.rs`). Returns whether it made one.
+    pub fn rotate_context_key_if_due(&self, now_ms: u64) -> Result<bool, MembershipError> {
+        let due = lock(&self.inner.own_keys).last().is_none_or(|k| {
+            now_ms.saturating_sub(k.created_ms) >= self.inner.cluster.context_key_rotation_ms
+        });
+        if due {
+            self.rotate_context_key(now_ms)?;
+        }
+        Ok(due)
+    }
+
+    /// Makes a new context key now and signs with it from now on; the keys before it verify
+    /// for `context_key_grace_ms` more.
+    pub fn rotate_context_key(&self, now_ms: u64) -> Result<(), MembershipError> {
+        {
+            let mut own = lock(&self.inner.own_keys);
+            // Keys are ordered by creation time: never make one that sorts before the newest.
+            let created = own.last().map_or(now_ms, |k| now_ms.max(k.created_ms + 1));
+            let fresh = ContextKeyRecord::generate(created);
+            *own = union_keys(&own, &[fresh]);
+        }
+        tracing::info!("made a new context key: contexts are signed with it from now on");
+        self.publish()
+    }
+
+    /// One gossip exchange with the node at `address` now (a node that meets a context key it
+    /// has not learnt asks the key's signer). Returns whether this node's view changed.
+    pub async fn gossip_with<T: GossipTransport>(
+        &self,
+        transport: &T,
+        address: &str,
+    ) -> Result<bool, String> {
+        let changed = self.inner.gossiper.exchange(transport, address).await?;
+        if changed && let Err(e) = self.publish() {
+            tracing::error!(error = %e, "cannot publish the membership view");
+        }
+        Ok(changed)
     }
 
     /// Whom to gossip with in round `round`: an address.
@@ -625,6 +706,7 @@ fn build_view(
         quorums,
         ring_version: version,
         previous,
+        context_keys: Keyring::of_state(state, self_id, cluster.context_key_grace_ms),
         state: state.clone(),
     })
 }

@@ -77,6 +77,53 @@ pub struct MemberRecord {
     /// live member routes by the new ring, so that no write routed by the old one alone
     /// arrives after their last transfer.
     pub ring_seen: u64,
+    /// The keys this node signs version contexts with, oldest first (its current one last),
+    /// at most [`MAX_CONTEXT_KEYS`]; only the node itself adds one. Every node verifies the
+    /// contexts of every other with these (see `context_keys.rs`).
+    pub context_keys: Vec<ContextKeyRecord>,
+}
+
+/// How many context keys a member record keeps: the current one and those before it that may
+/// still be in their grace period.
+pub const MAX_CONTEXT_KEYS: usize = 3;
+
+/// One key a member signs version contexts with. `Debug` shows no secret.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ContextKeyRecord {
+    /// When the member made it (ms since the epoch); keys are ordered by it.
+    pub created_ms: u64,
+    pub id: u64,
+    pub secret: [u8; dynamokv_common::context::SECRET_LEN],
+}
+
+impl std::fmt::Debug for ContextKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContextKeyRecord")
+            .field("id", &format_args!("{:016x}", self.id))
+            .field("created_ms", &self.created_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ContextKeyRecord {
+    /// A fresh random key made at `now_ms`.
+    pub fn generate(now_ms: u64) -> ContextKeyRecord {
+        ContextKeyRecord {
+            created_ms: now_ms,
+            id: rand::random::<u64>().max(1),
+            secret: rand::random(),
+        }
+    }
+}
+
+/// `a` and `b` together, oldest first, keeping the newest [`MAX_CONTEXT_KEYS`].
+pub fn union_keys(a: &[ContextKeyRecord], b: &[ContextKeyRecord]) -> Vec<ContextKeyRecord> {
+    let mut all: Vec<ContextKeyRecord> = a.iter().chain(b).cloned().collect();
+    all.sort();
+    all.dedup_by(|x, y| x.id == y.id);
+    let drop = all.len().saturating_sub(MAX_CONTEXT_KEYS);
+    all.drain(..drop);
+    all
 }
 
 impl MemberRecord {
@@ -90,6 +137,15 @@ impl MemberRecord {
             status: Status::Up,
             handed_off: 0,
             ring_seen: 0,
+            context_keys: Vec::new(),
+        }
+    }
+
+    /// The record without its context keys' secrets (what an operator is shown).
+    pub fn without_secrets(&self) -> MemberRecord {
+        MemberRecord {
+            context_keys: Vec::new(),
+            ..self.clone()
         }
     }
 
@@ -488,6 +544,18 @@ impl MembershipState {
         }
     }
 
+    /// This view with no context key secrets in it: what an operator is shown.
+    pub fn without_secrets(&self) -> MembershipState {
+        MembershipState {
+            members: self
+                .members
+                .iter()
+                .map(|(id, r)| (id.clone(), r.without_secrets()))
+                .collect(),
+            ..self.clone()
+        }
+    }
+
     /// The versions this view holds, for a peer to compute what to send.
     pub fn digest(&self) -> Digest {
         Digest {
@@ -521,6 +589,33 @@ impl MembershipState {
                     "a member record without id, address, version or weight",
                 ));
             }
+            if r.context_keys.len() > MAX_CONTEXT_KEYS {
+                return Err(MergeError::Malformed(
+                    "a member record with too many context keys",
+                ));
+            }
+            let mut context_keys = Vec::with_capacity(r.context_keys.len());
+            for k in &r.context_keys {
+                let secret =
+                    <[u8; dynamokv_common::context::SECRET_LEN]>::try_from(k.secret.as_ref())
+                        .map_err(|_| {
+                            MergeError::Malformed("a context key whose secret is not 32 bytes")
+                        })?;
+                if k.id == 0 {
+                    return Err(MergeError::Malformed("a context key with id 0"));
+                }
+                context_keys.push(ContextKeyRecord {
+                    created_ms: k.created_ms,
+                    id: k.id,
+                    secret,
+                });
+            }
+            // One encoding per record: oldest first, no id twice.
+            if union_keys(&context_keys, &[]) != context_keys {
+                return Err(MergeError::Malformed(
+                    "context keys out of order or repeated",
+                ));
+            }
             let record = MemberRecord {
                 version: r.version,
                 id: r.id.clone(),
@@ -530,6 +625,7 @@ impl MembershipState {
                 status,
                 handed_off: r.handed_off,
                 ring_seen: r.ring_seen,
+                context_keys,
             };
             if members.insert(r.id.clone(), record).is_some() {
                 return Err(MergeError::Malformed("a member listed twice"));
@@ -554,6 +650,15 @@ fn record_to_proto(r: &MemberRecord) -> pb::MemberRecord {
         status: r.status.as_str().to_string(),
         handed_off: r.handed_off,
         ring_seen: r.ring_seen,
+        context_keys: r
+            .context_keys
+            .iter()
+            .map(|k| pb::ContextKey {
+                id: k.id,
+                secret: k.secret.to_vec().into(),
+                created_ms: k.created_ms,
+            })
+            .collect(),
     }
 }
 

@@ -181,6 +181,12 @@ impl MerkleForest {
         self.leaves[self.global_leaf(key)].fetch_xor(digest, Ordering::Relaxed);
     }
 
+    /// Sets the hash of the leaf holding `key` (recomputed from storage after a record under
+    /// it was set aside; the caller holds off every write meanwhile).
+    pub fn set_leaf_of(&self, key: &[u8], hash: u64) {
+        self.leaves[self.global_leaf(key)].store(hash, Ordering::Relaxed);
+    }
+
     /// The leaf hashes of partition `p`'s tree, in ring order: what two replicas exchange once
     /// their roots differ.
     pub fn partition_leaves(&self, p: u32) -> Vec<u64> {

@@ -14,7 +14,8 @@
 //! - `quorum_failures_total{op}`: requests answered with `QuorumNotReached`.
 //! - `versions_per_read`: how many versions a get returned (the paper's divergence figure,
 //!   section 6.3: in Amazon's shopping cart 99.94% of reads saw exactly one).
-//! - `read_repairs_total`, `vector_clock_truncations_total`, `retired_writes_evicted_total`.
+//! - `read_repairs_total`, `vector_clock_truncations_total`, `retired_writes_evicted_total`,
+//!   `records_quarantined_total` (stored records that did not decode, moved aside).
 //! - `overloaded_total{cap}`: requests refused at the cap of requests in flight or of
 //!   connections; `requests_in_flight` and `connections_open`, where the caps apply.
 //! - With TLS: `tls_handshake_failures_total{reason}` (a client or node whose certificate
@@ -170,6 +171,7 @@ pub struct Metrics {
     pub read_repairs: Counter,
     pub truncations: Counter,
     pub retired_evicted: Counter,
+    pub quarantined: Counter,
     pub wal_syncs: Counter,
     pub synced_writes: Counter,
     peer_up: Family<PeerLabels, Gauge>,
@@ -250,6 +252,11 @@ impl Metrics {
             &mut registry,
             "retired_writes_evicted",
             "Ids of superseded writes forgotten for the per-key cap",
+        );
+        let quarantined = counter(
+            &mut registry,
+            "records_quarantined",
+            "Stored records that did not decode, moved aside (the key is restored from its replicas)",
         );
         let wal_syncs = counter(
             &mut registry,
@@ -433,6 +440,7 @@ impl Metrics {
             read_repairs,
             truncations,
             retired_evicted,
+            quarantined,
             wal_syncs,
             synced_writes,
             peer_up,

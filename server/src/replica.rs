@@ -47,6 +47,10 @@ pub struct SiblingLimits {
 pub enum WriteError {
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The write's context names an event of this node's actor that it never issued: no read
+    /// could have seen it. Nothing was written (and the node's counter did not move).
+    #[error("the context names a version this node never issued")]
+    ContextNotIssued,
     /// The write would grow a key past its sibling limits; nothing was written.
     #[error(
         "nothing was written: the key holds {siblings} sibling(s) with {} of values, and this write would take it past the limit of {limit}. Read the key and resolve its siblings: write the resolved value with the read's context (a write that supersedes siblings is always accepted)",
@@ -128,7 +132,16 @@ impl LocalReplica {
             let page = store.scan(Space::Data, &from, None, SCAN_PAGE)?;
             for (k, v) in &page {
                 let key = storage::user_key(k);
-                let state = storage::decode_state(v)?;
+                let state = match storage::decode_state(v) {
+                    Ok(state) => state,
+                    Err(e) => {
+                        // One bad record never stops a node: it is moved aside, the key counts
+                        // as absent here (not in the Merkle trees), and anti-entropy or a read
+                        // repair brings it back from its replicas.
+                        set_aside(store.as_ref(), &metrics, k, v, &e)?;
+                        continue;
+                    }
+                };
                 forest.add(key, merkle::state_digest(key, &state));
                 if state.is_deleted() {
                     // Writes index their tombstones; a crash between the two writes is mended
@@ -184,12 +197,79 @@ impl LocalReplica {
         &self.stripes[(key_position(key) % LOCK_STRIPES as u128) as usize]
     }
 
+    /// Runs `op` on `key`; if it fails on a stored record of the key that does not decode,
+    /// sets the record aside ([`quarantine`](Self::quarantine)) and runs `op` once more, the
+    /// key then absent here. Called with no stripe held.
+    fn healing<T, E>(
+        &self,
+        key: &[u8],
+        is_corrupt: impl Fn(&E) -> bool,
+        mut op: impl FnMut() -> Result<T, E>,
+    ) -> Result<T, E> {
+        match op() {
+            Err(e) if is_corrupt(&e) => match self.quarantine(key) {
+                Ok(true) => op(),
+                Ok(false) => Err(e),
+                Err(q) => {
+                    tracing::error!(error = %q, "could not set a corrupt record aside");
+                    Err(e)
+                }
+            },
+            done => done,
+        }
+    }
+
+    /// Moves `key`'s stored record aside if it does not decode, then recomputes the Merkle
+    /// leaf holding the key from what storage holds (the record's digest, added when it was
+    /// written, cannot be taken out any other way). Holds every stripe meanwhile, so that no
+    /// write is between its storage write and its Merkle update. Returns whether it moved it.
+    pub fn quarantine(&self, key: &[u8]) -> Result<bool, StorageError> {
+        let _all: Vec<_> = self
+            .stripes
+            .iter()
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+            .collect();
+        let sk = storage::storage_key(key);
+        let Some(raw) = self.store.get_in(Space::Data, &sk)? else {
+            return Ok(false);
+        };
+        let Err(e) = storage::decode_state(&raw) else {
+            return Ok(false);
+        };
+        set_aside(self.store.as_ref(), &self.metrics, &sk, &raw, &e)?;
+        // The leaf again, from storage; other undecodable records under it go aside too.
+        let (p, leaf) = self.forest.leaf_of_key(key);
+        let (first, last) = self.forest.leaf_range(p, leaf);
+        let end = last.checked_add(1).map(storage::position_start);
+        let mut from = storage::position_start(first).to_vec();
+        let mut digest = 0u64;
+        loop {
+            let page =
+                self.store
+                    .scan(Space::Data, &from, end.as_ref().map(|e| &e[..]), SCAN_PAGE)?;
+            for (k, v) in &page {
+                match storage::decode_state(v) {
+                    Ok(state) => digest ^= merkle::state_digest(storage::user_key(k), &state),
+                    Err(e) => set_aside(self.store.as_ref(), &self.metrics, k, v, &e)?,
+                }
+            }
+            match page.last() {
+                Some((k, _)) if page.len() == SCAN_PAGE => from = after(k),
+                _ => break,
+            }
+        }
+        self.forest.set_leaf_of(key, digest);
+        Ok(true)
+    }
+
     /// Reads this replica's state of `key`.
     pub async fn read(
         self: &Arc<Self>,
         key: Bytes,
     ) -> Result<Option<VersionedState>, StorageError> {
-        storage::read_state(self.store.as_ref(), &key)
+        self.healing(&key, StorageError::is_corrupt, || {
+            storage::read_state(self.store.as_ref(), &key)
+        })
     }
 
     /// A coordinator's write: a new version (or a tombstone, `value == None`) superseding what
@@ -205,12 +285,17 @@ impl LocalReplica {
         value: Option<Bytes>,
         sync: bool,
     ) -> Result<(VersionedState, UpdateOutcome), WriteError> {
+        let corrupt = |e: &WriteError| matches!(e, WriteError::Storage(s) if s.is_corrupt());
         if !sync {
-            return self.apply_update(&key, &context, write_id, value);
+            return self.healing(&key, corrupt, || {
+                self.apply_update(&key, &context, write_id, value.clone())
+            });
         }
         let this = Arc::clone(self);
         durably(move || {
-            let done = this.apply_update(&key, &context, write_id, value)?;
+            let done = this.healing(&key, corrupt, || {
+                this.apply_update(&key, &context, write_id, value.clone())
+            })?;
             // Outside the key's lock: other writes of the key may share the fsync. An unchanged
             // state (a retry finding its write) was written earlier, perhaps unsynced: sync too.
             this.group_commit.sync(this.store.as_ref())?;
@@ -227,6 +312,13 @@ impl LocalReplica {
         write_id: WriteId,
         value: Option<Bytes>,
     ) -> Result<(VersionedState, UpdateOutcome), WriteError> {
+        // Contexts are signed by the nodes that issue them, so a client cannot name events
+        // that never happened; but whatever a context says, this node's counter moves only by
+        // the events it issues itself: a context naming one of this actor's events that it
+        // never issued is refused before anything changes.
+        if context.clock.max_counter(self.actor) >= self.next_counter.load(Ordering::Relaxed) {
+            return Err(WriteError::ContextNotIssued);
+        }
         let _guard = self.stripe(key).lock().unwrap_or_else(|p| p.into_inner());
         let stored = storage::read_state(self.store.as_ref(), key)?;
         let existed = stored.is_some();
@@ -236,6 +328,8 @@ impl LocalReplica {
         let now = now_ms();
         let outcome = state.update(context, write_id, value, self.actor, floor, now);
         if let UpdateOutcome::Applied(dot) = outcome {
+            // The dot is `floor` unless the key's state holds a later event of this actor,
+            // which only this incarnation's own writes (counted by the sequence) can be.
             self.next_counter
                 .fetch_max(dot.counter + 1, Ordering::Relaxed);
             self.check_growth(key, &current, &state)?;
@@ -290,11 +384,15 @@ impl LocalReplica {
         sync: bool,
     ) -> Result<VersionedState, StorageError> {
         if !sync {
-            return self.apply_merge(&key, &incoming);
+            return self.healing(&key, StorageError::is_corrupt, || {
+                self.apply_merge(&key, &incoming)
+            });
         }
         let this = Arc::clone(self);
         durably(move || {
-            let state = this.apply_merge(&key, &incoming)?;
+            let state = this.healing(&key, StorageError::is_corrupt, || {
+                this.apply_merge(&key, &incoming)
+            })?;
             this.group_commit.sync(this.store.as_ref())?;
             Ok(state)
         })
@@ -327,6 +425,12 @@ impl LocalReplica {
         before: Option<&VersionedState>,
         after: &VersionedState,
     ) -> Result<(), StorageError> {
+        // Never store what this node could not read back.
+        if !after.clock().counters_in_range() {
+            return Err(StorageError::Corrupt(
+                "refused to store a state naming a counter no writer issues".into(),
+            ));
+        }
         storage::write_state(self.store.as_ref(), key, after)?;
         self.forest.update(key, before, Some(after));
         let was_deleted = before.is_some_and(VersionedState::is_deleted);
@@ -369,10 +473,17 @@ impl LocalReplica {
             .scan(Space::Data, &start, end.as_ref().map(|e| &e[..]), limit)?;
         let more = page.len() == limit;
         let mut out = Vec::with_capacity(page.len());
+        let mut corrupt = Vec::new();
         for (k, v) in page {
             let key = Bytes::copy_from_slice(storage::user_key(&k));
-            let digest = merkle::state_digest(&key, &storage::decode_state(&v)?);
-            out.push((key, digest));
+            match storage::decode_state(&v) {
+                Ok(state) => out.push((key.clone(), merkle::state_digest(&key, &state))),
+                // Listed as absent: the peer's copy comes back in its stead.
+                Err(_) => corrupt.push(key),
+            }
+        }
+        for key in corrupt {
+            self.quarantine(&key)?;
         }
         Ok((out, more))
     }
@@ -517,7 +628,9 @@ impl LocalReplica {
     /// This replica's state of `key` merged with every hint held here for it: what a fallback
     /// answers to a sloppy-quorum read.
     pub fn read_with_hints(&self, key: &[u8]) -> Result<Option<VersionedState>, StorageError> {
-        let mut state = storage::read_state(self.store.as_ref(), key)?;
+        let mut state = self.healing(key, StorageError::is_corrupt, || {
+            storage::read_state(self.store.as_ref(), key)
+        })?;
         let now = now_ms();
         for (_, hint) in self.hints_of(key)? {
             state
@@ -565,6 +678,28 @@ impl LocalReplica {
     pub fn flush(&self) -> Result<(), StorageError> {
         self.store.flush()
     }
+}
+
+/// Moves the stored record `raw` of storage key `sk`, which does not decode (`why`), from the
+/// data to the quarantine space, where an operator can look at it; counted and logged with
+/// its key.
+fn set_aside(
+    store: &dyn Storage,
+    metrics: &Metrics,
+    sk: &[u8],
+    raw: &[u8],
+    why: &StorageError,
+) -> Result<(), StorageError> {
+    store.put_in(Space::Quarantine, sk, raw)?;
+    store.delete_in(Space::Data, sk)?;
+    store.delete_in(Space::Tombstones, sk)?;
+    metrics.quarantined.inc();
+    tracing::error!(
+        key = %String::from_utf8_lossy(storage::user_key(sk)).escape_debug(),
+        error = %why,
+        "a stored record does not decode: set aside in the quarantine space; the key is restored from its replicas"
+    );
+    Ok(())
 }
 
 /// The smallest key after `key` in byte order.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use dynamokv_common::{VersionedState, WriteId};
+use dynamokv_common::{CausalContext, VersionedState, WriteId};
 use dynamokv_proto::v1 as pb;
 
 use crate::access_control::{AccessControl, Permission, UserRecord};
@@ -151,13 +151,21 @@ impl pb::kv_server::Kv for KvService {
         let key = required(req.key, "key")?;
         let state = self
             .coordinator
-            .read_for_client(key, req.include_hints, req.ring_version)
+            .read_for_client(key.clone(), req.include_hints, req.ring_version)
             .await?;
+        let view = self.coordinator.membership().current();
+        let context = match &state {
+            Some(s) => self
+                .coordinator
+                .sign(&view, &key, &CausalContext::of_read(s))?,
+            None => Default::default(),
+        };
         Ok(Response::new(pb::ReadReplicaResponse {
             state: state.map(|s| s.to_proto()),
-            node_id: self.coordinator.membership().current().self_id.clone(),
+            node_id: view.self_id.clone(),
             ring: self.ring_news(req.ring_version),
             request_id: req.request_id,
+            context,
         }))
     }
 
@@ -171,10 +179,16 @@ impl pb::kv_server::Kv for KvService {
             .await?;
         let req = req.into_inner();
         let key = required(req.key, "key")?;
-        let state = required(req.state, "state")?;
-        let state = VersionedState::from_proto(&state)
-            .map_err(|_| Error::MalformedField("state is not a valid replica state"))?;
-        self.coordinator.repair_for_client(key, state).await?;
+        if req.state.is_some() {
+            // Whatever a client sends as a state could name versions no node issued, values
+            // past every limit, history that never expires: replicas take states from
+            // replicas only.
+            return Err(Error::MalformedField(
+                "state is no longer accepted: a read repair names the replicas to read from (sources), and the node reads them itself",
+            )
+            .into());
+        }
+        self.coordinator.repair_for_client(key, req.sources).await?;
         Ok(Response::new(pb::RepairReplicaResponse {
             request_id: req.request_id,
         }))
@@ -773,6 +787,23 @@ impl pb::admin_server::Admin for AdminService {
         self.change_grants(req, false).await
     }
 
+    async fn rotate_context_key(
+        &self,
+        req: Request<pb::RotateContextKeyRequest>,
+    ) -> Result<Response<pb::RotateContextKeyResponse>, Status> {
+        let _admitted = self.operator(&req).await?;
+        let membership = self.coordinator.membership();
+        membership
+            .rotate_context_key(now_ms())
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let view = membership.current();
+        let me = view.state.member(&view.self_id);
+        Ok(Response::new(pb::RotateContextKeyResponse {
+            key_id: view.context_keys.signing().map_or(0, |k| k.id),
+            keys: me.map_or(0, |m| m.context_keys.len() as u32),
+        }))
+    }
+
     async fn ring(
         &self,
         req: Request<pb::RingRequest>,
@@ -780,7 +811,8 @@ impl pb::admin_server::Admin for AdminService {
         let _admitted = self.operator(&req).await?;
         let view = self.coordinator.membership().current();
         Ok(Response::new(pb::RingResponse {
-            state: Some(view.state.to_proto()),
+            // Context keys are for nodes only: the operator's view leaves them out.
+            state: Some(view.state.without_secrets().to_proto()),
             handover: view.previous.is_some(),
         }))
     }

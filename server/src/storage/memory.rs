@@ -11,6 +11,7 @@ pub struct MemoryStorage {
     data: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
     hints: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
     tombstones: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
+    quarantine: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
     meta: RwLock<HashMap<String, Vec<u8>>>,
 }
 
@@ -20,6 +21,7 @@ impl MemoryStorage {
             Space::Data => &self.data,
             Space::Hints => &self.hints,
             Space::Tombstones => &self.tombstones,
+            Space::Quarantine => &self.quarantine,
         }
     }
 }

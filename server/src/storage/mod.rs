@@ -46,6 +46,13 @@ pub enum StorageError {
     },
 }
 
+impl StorageError {
+    /// Whether a stored record did not decode (as opposed to the engine failing).
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, StorageError::Corrupt(_))
+    }
+}
+
 /// The key spaces of an engine, kept apart (RocksDB column families).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Space {
@@ -58,6 +65,9 @@ pub enum Space {
     /// The storage keys of states that hold only tombstones (values empty): what tombstone
     /// reaping walks, instead of all the data.
     Tombstones,
+    /// Records of `Data` that did not decode, moved aside as they were (by storage key) for an
+    /// operator to look at; the key itself is restored from its replicas.
+    Quarantine,
 }
 
 /// Key-value pairs in key order, as scans return them.

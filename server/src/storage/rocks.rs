@@ -18,6 +18,7 @@ const CF_DATA: &str = "data";
 const CF_HINTS: &str = "hints";
 const CF_TOMBSTONES: &str = "tombstones";
 const CF_META: &str = "meta";
+const CF_QUARANTINE: &str = "quarantine";
 
 pub struct RocksStorage {
     db: DB,
@@ -98,6 +99,7 @@ impl RocksStorage {
             ColumnFamilyDescriptor::new(CF_HINTS, Options::default()),
             ColumnFamilyDescriptor::new(CF_TOMBSTONES, Options::default()),
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
+            ColumnFamilyDescriptor::new(CF_QUARANTINE, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&opts, dir.join("rocksdb"), cfs).map_err(engine)?;
         Ok(RocksStorage { db, sync_writes })
@@ -114,6 +116,7 @@ impl RocksStorage {
             Space::Data => CF_DATA,
             Space::Hints => CF_HINTS,
             Space::Tombstones => CF_TOMBSTONES,
+            Space::Quarantine => CF_QUARANTINE,
         })
     }
 
@@ -187,7 +190,7 @@ impl Storage for RocksStorage {
 
     fn flush(&self) -> Result<(), StorageError> {
         self.db.flush_wal(true).map_err(engine)?;
-        for cf in [CF_DATA, CF_HINTS, CF_TOMBSTONES, CF_META] {
+        for cf in [CF_DATA, CF_HINTS, CF_TOMBSTONES, CF_META, CF_QUARANTINE] {
             self.db.flush_cf(self.cf(cf)?).map_err(engine)?;
         }
         Ok(())

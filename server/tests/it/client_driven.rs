@@ -9,7 +9,7 @@ use std::time::Duration;
 use dynamokv_client::{
     Client, Coordination, Error, PutItem, Resolver, ResolverError, WriteOptions,
 };
-use dynamokv_common::decode_routed_context;
+use dynamokv_common::inspect_context;
 
 use crate::support::{Cluster, eventually, sample, scrape};
 
@@ -108,7 +108,7 @@ async fn a_put_with_a_gets_context_goes_to_the_replica_that_answered_it_first() 
         let key = format!("ryw-{k}");
         client.put(&key, b"one".to_vec(), None).await.unwrap();
         let got = client.get(&key).await.unwrap();
-        let (_, fastest) = decode_routed_context(key.as_bytes(), got.context.as_bytes()).unwrap();
+        let (_, fastest) = inspect_context(key.as_bytes(), got.context.as_bytes()).unwrap();
         let fastest = fastest.expect("a client-coordinated get names its fastest replica");
         let at: usize = fastest.trim_start_matches("node-").parse().unwrap();
         let before = counts(&cluster, PUTS).await;

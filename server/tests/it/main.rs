@@ -13,6 +13,7 @@ mod certs;
 mod cli;
 mod client_driven;
 mod cluster;
+mod context_authentication;
 mod durability;
 mod elasticity;
 mod failure_detection;
