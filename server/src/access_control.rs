@@ -265,6 +265,10 @@ impl AccessControl {
         if !self.enabled {
             return Ok(Principal::Anyone);
         }
+        // Authenticated already, from the headers, before the body was read (`intake.rs`).
+        if let Some(crate::intake::Authenticated(who)) = req.extensions().get() {
+            return Ok(who.clone());
+        }
         let (presented, peer) = match req.extensions().get::<ConnInfo>().map(|i| &i.security) {
             Some(Security::Tls {
                 presented_certificate,

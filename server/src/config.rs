@@ -234,11 +234,33 @@ pub struct LimitsConfig {
     /// request is refused at once with OVERLOADED ("retry later"), not queued. Node-to-node
     /// calls are not counted.
     pub max_concurrent_requests: usize,
-    /// Connections open at once; past it a connection is answered OVERLOADED and closed.
+    /// Connections open at once. Past it the oldest connection that has not yet authenticated
+    /// is closed for the new one; when every one has, the new one is answered OVERLOADED and
+    /// closed (see `connections.rs`).
     pub max_connections: usize,
+    /// Connections that have not yet shown who they are (TLS handshake under way, no request
+    /// authenticated yet); past it the oldest of them is closed for the new one.
+    pub max_unauthenticated_connections: usize,
+    /// The same, from one source address.
+    pub max_unauthenticated_per_source: usize,
+    /// How long a connection has to finish its handshake and make a request that
+    /// authenticates (on a plain-text node: any request), in milliseconds.
+    pub unauthenticated_timeout_ms: u64,
+    /// A client connection that sends nothing for this long is closed, in milliseconds
+    /// (connections of member nodes are not).
+    pub idle_timeout_ms: u64,
+    /// HTTP/2 streams (requests) one connection may have open at once.
+    pub max_streams_per_connection: u32,
     /// The largest request message the client-facing services decode, in bytes. Absent: the
-    /// object limit plus 1 MiB (a client's read repair carries a whole replica state).
+    /// value limit plus the key limit plus 64 KiB (a put: its value, key and context).
     pub max_request_bytes: Option<usize>,
+    /// Bytes of client request bodies a node receives at once, all connections together;
+    /// past it a request is refused with OVERLOADED. Member nodes have a budget of their own.
+    pub max_request_bytes_in_flight: usize,
+    /// The same, for one connection.
+    pub max_request_bytes_per_connection: usize,
+    /// How long a request's body may take to arrive after its headers, in milliseconds.
+    pub request_body_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -297,7 +319,15 @@ impl Default for LimitsConfig {
             warn_object_bytes: DEFAULT_WARN_OBJECT_BYTES,
             max_concurrent_requests: 1024,
             max_connections: 4096,
+            max_unauthenticated_connections: 512,
+            max_unauthenticated_per_source: 64,
+            unauthenticated_timeout_ms: 10_000,
+            idle_timeout_ms: 300_000,
+            max_streams_per_connection: 256,
             max_request_bytes: None,
+            max_request_bytes_in_flight: 256 << 20,
+            max_request_bytes_per_connection: 64 << 20,
+            request_body_timeout_ms: 10_000,
         }
     }
 }
@@ -356,8 +386,21 @@ impl Config {
     pub fn max_request_bytes(&self) -> usize {
         self.limits
             .max_request_bytes
-            .unwrap_or(self.limits.max_object_bytes + (1 << 20))
+            .unwrap_or(self.limits.max_value_bytes + self.limits.max_key_bytes + (64 << 10))
             .min(MAX_MESSAGE_BYTES)
+    }
+
+    /// The caps on connections (see `connections.rs`).
+    pub fn connection_limits(&self) -> crate::connections::ConnectionLimits {
+        let l = &self.limits;
+        crate::connections::ConnectionLimits {
+            max_connections: l.max_connections,
+            max_unproven: l.max_unauthenticated_connections,
+            max_unproven_per_source: l.max_unauthenticated_per_source,
+            unproven_timeout: Duration::from_millis(l.unauthenticated_timeout_ms),
+            idle_timeout: Duration::from_millis(l.idle_timeout_ms),
+            bytes_per_connection: l.max_request_bytes_per_connection,
+        }
     }
 
     /// How much superseded history replicas keep.
@@ -502,19 +545,31 @@ impl Config {
         if l.max_concurrent_requests == 0
             || l.max_connections == 0
             || l.max_request_bytes == Some(0)
+            || l.max_unauthenticated_connections == 0
+            || l.max_unauthenticated_per_source == 0
+            || l.unauthenticated_timeout_ms == 0
+            || l.idle_timeout_ms == 0
+            || l.max_streams_per_connection == 0
+            || l.request_body_timeout_ms == 0
         {
             return Err(ConfigError::Invalid(
-                "limits.max_concurrent_requests, max_connections and max_request_bytes must be positive".into(),
+                "limits.max_concurrent_requests, max_connections, max_request_bytes, max_unauthenticated_connections, max_unauthenticated_per_source, unauthenticated_timeout_ms, idle_timeout_ms, max_streams_per_connection and request_body_timeout_ms must be positive".into(),
             ));
         }
-        if let Some(max) = l.max_request_bytes
-            && max < l.max_object_bytes.saturating_add(l.max_key_bytes)
-        {
-            // A client's read repair carries a key's whole state: refused as oversized, a
-            // key the client may read could never be repaired, nor its largest value written.
+        let request = self.max_request_bytes();
+        if request < l.max_value_bytes.saturating_add(l.max_key_bytes) {
+            // Refused as oversized, the largest value a client may write never could be.
             return Err(ConfigError::Invalid(format!(
-                "limits.max_request_bytes ({max}) must hold a key and its whole state: at least max_object_bytes + max_key_bytes ({}); leave it out for max_object_bytes + 1 MiB",
-                l.max_object_bytes.saturating_add(l.max_key_bytes)
+                "limits.max_request_bytes ({request}) must hold a key and a value: at least max_value_bytes + max_key_bytes ({}); leave it out for that plus 64 KiB",
+                l.max_value_bytes.saturating_add(l.max_key_bytes)
+            )));
+        }
+        if l.max_request_bytes_per_connection < request
+            || l.max_request_bytes_in_flight < l.max_request_bytes_per_connection
+        {
+            return Err(ConfigError::Invalid(format!(
+                "limits.max_request_bytes_per_connection ({}) must hold one request (max_request_bytes, {request}) and limits.max_request_bytes_in_flight ({}) one connection's",
+                l.max_request_bytes_per_connection, l.max_request_bytes_in_flight
             )));
         }
         if let Some(tls) = &self.tls {

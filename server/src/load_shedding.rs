@@ -8,42 +8,26 @@
 //!   service is not counted: its load follows from client requests some node admitted, and
 //!   refusing a replica write would only turn into hints; on a TLS cluster only members may
 //!   call it.
-//! - **Connections.** Past `limits.max_connections` a connection is still accepted, so that
-//!   its requests get a clear `OVERLOADED` instead of a reset, and closed a second later; it
-//!   does not count. The client's next request reconnects.
+//! - **Connections** (`connections.rs`). Past `limits.max_connections`, the oldest connection
+//!   that has not yet authenticated is closed to make room; when every open connection has,
+//!   a new one is still accepted, so that its requests get a clear `OVERLOADED` instead of a
+//!   reset, and closed a second later; it does not count. The client's next request
+//!   reconnects.
+//! - **Request bytes** ([`Budget`], `intake.rs`): the bodies being received, per connection
+//!   and per node.
 //! - **Request size.** `limits.max_request_bytes` is the largest message the client-facing
 //!   services decode (tonic refuses a larger one before reading it all). The config check
 //!   keeps it at least `max_object_bytes + max_key_bytes`, so that whatever a client's own
 //!   limits let through (a value, a read repair carrying a key's whole state) is decoded.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tonic::Request;
 
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::tls::ConnInfo;
-
-/// A cap on connections open at once, shared by the accepting stream and its connections.
-/// The count is the `connections_open` gauge itself (a refused connection is on it for the
-/// instant between its increment and decrement).
-#[derive(Debug, Clone)]
-pub struct ConnectionCap {
-    pub cap: usize,
-    metrics: Arc<Metrics>,
-}
-
-/// A connection's place under the cap, given back when the connection is dropped.
-#[derive(Debug)]
-pub struct ConnectionSlot {
-    metrics: Arc<Metrics>,
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.metrics.connections_open.dec();
-    }
-}
 
 /// Takes a place on `gauge` unless `cap` are taken: `Err(taken)` then.
 fn take(gauge: &prometheus_client::metrics::gauge::Gauge, cap: usize) -> Result<(), usize> {
@@ -55,17 +39,37 @@ fn take(gauge: &prometheus_client::metrics::gauge::Gauge, cap: usize) -> Result<
     Ok(())
 }
 
-impl ConnectionCap {
-    pub fn new(cap: usize, metrics: Arc<Metrics>) -> ConnectionCap {
-        ConnectionCap { cap, metrics }
+/// A byte budget shared by requests.
+#[derive(Debug)]
+pub struct Budget {
+    used: AtomicU64,
+    cap: u64,
+}
+
+impl Budget {
+    pub fn new(cap: usize) -> Budget {
+        Budget {
+            used: AtomicU64::new(0),
+            cap: cap as u64,
+        }
     }
 
-    /// A slot for a new connection, or `Err(open)` when `cap` are open already.
-    pub fn take(&self) -> Result<ConnectionSlot, usize> {
-        take(&self.metrics.connections_open, self.cap)?;
-        Ok(ConnectionSlot {
-            metrics: Arc::clone(&self.metrics),
-        })
+    /// Takes `n` bytes unless that would go past the cap.
+    pub fn try_take(&self, n: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                u.checked_add(n).filter(|t| *t <= self.cap)
+            })
+            .is_ok()
+    }
+
+    pub fn give(&self, n: u64) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Bytes taken now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
     }
 }
 
@@ -141,14 +145,5 @@ mod tests {
         );
         drop(a);
         assert!(shed.admit(&req).is_ok());
-    }
-
-    #[test]
-    fn connections_past_the_cap_get_no_slot_until_one_closes() {
-        let cap = ConnectionCap::new(1, Arc::new(Metrics::new()));
-        let first = cap.take().unwrap();
-        assert_eq!(cap.take().unwrap_err(), 1);
-        drop(first);
-        assert!(cap.take().is_ok());
     }
 }

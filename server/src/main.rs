@@ -433,7 +433,37 @@ fn main() -> ExitCode {
     }
 }
 
+/// Raises this process's limit of open files to its hard limit: every connection is one, and
+/// the usual soft default (1024) would run out long before `limits.max_connections`. Warns
+/// when even the hard limit leaves no room for the connection cap and storage's files.
+fn raise_open_files_limit(max_connections: usize) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    let was = limit.current;
+    // No hard limit (None) still means the kernel's nr_open, usually 2^20.
+    let target = limit.maximum.unwrap_or(1 << 20);
+    if limit.current.is_some_and(|c| c < target) {
+        limit.current = Some(target);
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %e, "cannot raise the open-files limit");
+        }
+    }
+    let now = getrlimit(Resource::Nofile).current;
+    // Connections, RocksDB's files, peers: the cap plus room for the rest.
+    let needed = max_connections as u64 + 1024;
+    if now.is_some_and(|n| n < needed) {
+        tracing::warn!(
+            open_files = now,
+            needed,
+            "the open-files limit is below limits.max_connections + 1024: raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower max_connections"
+        );
+    } else if now != was {
+        tracing::debug!(from = was, to = now, "raised the open-files limit");
+    }
+}
+
 async fn serve(config: Config) -> Result<(), String> {
+    raise_open_files_limit(config.limits.max_connections);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;

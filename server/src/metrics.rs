@@ -17,7 +17,9 @@
 //! - `read_repairs_total`, `vector_clock_truncations_total`, `retired_writes_evicted_total`,
 //!   `records_quarantined_total` (stored records that did not decode, moved aside).
 //! - `overloaded_total{cap}`: requests refused at the cap of requests in flight or of
-//!   connections; `requests_in_flight` and `connections_open`, where the caps apply.
+//!   connections; `requests_in_flight` and `connections_open`, where the caps apply;
+//!   `connections_unauthenticated`, `connections_closed_total{reason}` and
+//!   `requests_refused_before_decoding_total{reason}` (issue 19).
 //! - With TLS: `tls_handshake_failures_total{reason}` (a client or node whose certificate
 //!   the CA did not sign, `unknown_ca`; an expired or not yet valid one, `expired`; another
 //!   certificate fault, `bad_certificate`; plain text is not counted here, it is answered
@@ -188,6 +190,10 @@ pub struct Metrics {
     pub requests_in_flight: Gauge,
     /// Connections open (accepted and not yet closed, over-cap ones excluded).
     pub connections_open: Gauge,
+    /// Open connections that have not yet shown who they are (`connections.rs`).
+    pub connections_unauthenticated: Gauge,
+    connections_closed: Family<ReasonLabels, Counter>,
+    request_bytes_refused: Family<ReasonLabels, Counter>,
     /// Foreground latency, as admission control of background work sees it.
     pub foreground: crate::admission::Foreground,
 }
@@ -303,6 +309,24 @@ impl Metrics {
             "connections_open",
             "Accepted connections open, not counting those refused over the cap",
             connections_open.clone(),
+        );
+        let connections_unauthenticated = Gauge::default();
+        registry.register(
+            "connections_unauthenticated",
+            "Open connections that have not yet authenticated (TLS handshake, first request)",
+            connections_unauthenticated.clone(),
+        );
+        let connections_closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Connections the node closed: unauthenticated_timeout, idle_timeout, or to make room for a new one (source, unauthenticated, connections: the cap reached)",
+            connections_closed.clone(),
+        );
+        let request_bytes_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "requests_refused_before_decoding",
+            "Requests refused before their body was read or while it was: too_large, bytes_in_flight (the node's budget), body_timeout",
+            request_bytes_refused.clone(),
         );
         let peer_up = Family::<PeerLabels, Gauge>::default();
         registry.register(
@@ -455,6 +479,9 @@ impl Metrics {
             tls_expiry,
             requests_in_flight,
             connections_open,
+            connections_unauthenticated,
+            connections_closed,
+            request_bytes_refused,
             foreground: crate::admission::Foreground::default(),
         }
     }
@@ -462,6 +489,20 @@ impl Metrics {
     /// Records a request refused at cap `cap` ("requests" or "connections").
     pub fn overloaded(&self, cap: &'static str) {
         self.overloaded.get_or_create(&CapLabels { cap }).inc();
+    }
+
+    /// Records a connection the node closed, and why.
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Records a request refused before or while its body was read, and why.
+    pub fn request_refused_early(&self, reason: &'static str) {
+        self.request_bytes_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// Records a connection refused at the TLS handshake.

@@ -18,8 +18,10 @@ use dynamokv_proto::v1::replica_server::ReplicaServer;
 use crate::access_control::AccessControl;
 use crate::background::Background;
 use crate::config::{Config, ConfigError, Engine};
+use crate::connections::Connections;
 use crate::coordinator::Coordinator;
-use crate::load_shedding::{ConnectionCap, LoadShedding};
+use crate::intake::{Intake, IntakeLayer, IntakeLimits};
+use crate::load_shedding::LoadShedding;
 use crate::membership::Membership;
 use crate::metrics::{HealthInfo, Metrics};
 use crate::peers::Peers;
@@ -191,8 +193,10 @@ struct Ready {
     metrics_listener: Option<std::net::TcpListener>,
     /// The node's TLS identity, when it serves TLS.
     tls: Option<Arc<NodeTls>>,
-    connection_cap: ConnectionCap,
+    connections: Arc<Connections>,
+    intake: Arc<Intake>,
     max_request_bytes: usize,
+    max_streams_per_connection: u32,
     tls_reload: Duration,
     metrics_addr: Option<SocketAddr>,
     node_id: String,
@@ -299,8 +303,21 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
             Arc::clone(&access),
             shedding,
         ),
-        connection_cap: ConnectionCap::new(config.limits.max_connections, Arc::clone(&metrics)),
+        connections: Connections::new(config.connection_limits(), Arc::clone(&metrics)),
+        intake: Intake::new(
+            &config.node_id,
+            tls.is_some(),
+            Arc::clone(&access),
+            IntakeLimits {
+                max_request_bytes: config.max_request_bytes(),
+                max_node_message_bytes: MAX_MESSAGE_BYTES,
+                body_timeout: Duration::from_millis(config.limits.request_body_timeout_ms),
+            },
+            config.limits.max_request_bytes_in_flight,
+            Arc::clone(&metrics),
+        ),
         max_request_bytes: config.max_request_bytes(),
+        max_streams_per_connection: config.limits.max_streams_per_connection,
         replica: ReplicaService::new(
             config.node_id.clone(),
             Arc::clone(&local),
@@ -389,7 +406,14 @@ async fn serve(
                 .await;
         }
     };
+    ready.connections.run_reaper(http_stop.clone());
     let server = tonic::transport::Server::builder()
+        // Streams one connection may hold open, and the headers of one request (16 KiB: a
+        // token and a few metadata entries need far less).
+        .max_concurrent_streams(ready.max_streams_per_connection)
+        .http2_max_header_list_size(16 * 1024)
+        // The caller is known, and the body bounded, before the body is read (`intake.rs`).
+        .layer(IntakeLayer(Arc::clone(&ready.intake)))
         .add_service(health_service)
         .add_service(
             AdminServer::new(ready.admin).max_decoding_message_size(ready.max_request_bytes),
@@ -407,7 +431,11 @@ async fn serve(
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(
-            crate::tls::accept(incoming(listener), ready.tls.clone(), ready.connection_cap),
+            crate::tls::accept(
+                incoming(listener),
+                ready.tls.clone(),
+                Arc::clone(&ready.connections),
+            ),
             shutting_down,
         );
     // Graceful shutdown waits for every connection to close, and a connection that never

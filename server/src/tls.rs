@@ -42,7 +42,7 @@ use dynamokv_proto::tls::{ClientTls, certificates, client_config, private_key, p
 
 use crate::certificates::{Identity, identity};
 use crate::config::TlsConfig;
-use crate::load_shedding::{ConnectionCap, ConnectionSlot};
+use crate::connections::{Admission, Class, ConnState, ConnectionSlot, Connections};
 use crate::metrics::Metrics;
 
 /// The first byte of a TLS record carrying a handshake.
@@ -239,6 +239,8 @@ pub struct ConnInfo {
     /// Set on a connection accepted over the connection cap: (connections open, the cap).
     /// Its requests are refused and it closes shortly (see `load_shedding`).
     pub over_cap: Option<(usize, usize)>,
+    /// Its place in the connection table (none when over the cap).
+    pub state: Option<Arc<ConnState>>,
 }
 
 enum Io {
@@ -269,6 +271,7 @@ impl Conn {
                 remote,
                 security,
                 over_cap,
+                state: slot.as_ref().map(|s| Arc::clone(&s.state)),
             },
             close_at: over_cap.map(|_| Box::pin(tokio::time::sleep(OVER_CAP_LINGER))),
             _slot: slot,
@@ -305,10 +308,23 @@ impl AsyncRead for Conn {
             // End of stream: the server closes the connection.
             return Poll::Ready(Ok(()));
         }
-        match &mut self.io {
+        if let Some(state) = &self.info.state
+            && state.closing(cx)
+        {
+            // Closed by the connection table (timed out, idle, or evicted): end of stream.
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let read = match &mut self.io {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        if buf.filled().len() > before
+            && let Some(state) = &self.info.state
+        {
+            state.read_something();
         }
+        read
     }
 }
 
@@ -357,17 +373,24 @@ impl AsyncWrite for Conn {
     }
 }
 
-/// How long an accepted connection has to send its first byte and finish its TLS handshake.
+/// How long an accepted connection has to send its first byte and finish its TLS handshake
+/// (at most: the connection table closes it sooner if it has not proven itself by
+/// `limits.unauthenticated_timeout_ms`).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The connections accepted from `tcp`: plain as they come when `tls` is `None`, else sorted
-/// and handshaken (see the module doc), several handshakes at once. Everything, the listener
-/// included, is owned by the stream: when the server drops it, the port is free at once.
-pub fn accept(tcp: TcpIncoming, tls: Option<Arc<NodeTls>>, cap: ConnectionCap) -> Accept {
+/// and handshaken (see the module doc), several handshakes at once; each takes its place in
+/// `connections`. Everything, the listener included, is owned by the stream: when the server
+/// drops it, the port is free at once.
+pub fn accept(
+    tcp: TcpIncoming,
+    tls: Option<Arc<NodeTls>>,
+    connections: Arc<Connections>,
+) -> Accept {
     Accept {
         tcp,
         tls,
-        cap,
+        connections,
         handshakes: FuturesUnordered::new(),
     }
 }
@@ -378,7 +401,7 @@ type Handshake = Pin<Box<dyn std::future::Future<Output = Option<Conn>> + Send>>
 pub struct Accept {
     tcp: TcpIncoming,
     tls: Option<Arc<NodeTls>>,
-    cap: ConnectionCap,
+    connections: Arc<Connections>,
     handshakes: FuturesUnordered<Handshake>,
 }
 
@@ -399,9 +422,9 @@ impl Stream for Accept {
             match self.tcp.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(stream))) => {
                     let remote = stream.peer_addr().ok();
-                    let slot = match self.cap.take() {
-                        Ok(slot) => (Some(slot), None),
-                        Err(open) => (None, Some((open, self.cap.cap))),
+                    let slot = match self.connections.admit(remote.map(|a| a.ip())) {
+                        Admission::Admitted(slot) => (Some(slot), None),
+                        Admission::Full(open, cap) => (None, Some((open, cap))),
                     };
                     let Some(tls) = &self.tls else {
                         return Poll::Ready(Some(Ok(Conn::new(
@@ -413,12 +436,26 @@ impl Stream for Accept {
                     };
                     let acceptor = tls.acceptor();
                     let metrics = Arc::clone(&tls.metrics);
+                    let cluster = tls.cluster.clone();
+                    let state = slot.0.as_ref().map(|s| Arc::clone(&s.state));
                     self.handshakes.push(Box::pin(async move {
-                        match tokio::time::timeout(
+                        let handshake = tokio::time::timeout(
                             HANDSHAKE_TIMEOUT,
-                            secure(stream, remote, acceptor, slot),
-                        )
-                        .await
+                            secure(stream, remote, acceptor, slot, &cluster),
+                        );
+                        // Closed by the connection table meanwhile (evicted to make room, or
+                        // past the unauthenticated timeout): the handshake ends there.
+                        let closed = async {
+                            match &state {
+                                Some(s) => s.closed().await,
+                                None => std::future::pending().await,
+                            }
+                        };
+                        let outcome = tokio::select! {
+                            outcome = handshake => outcome,
+                            () = closed => return None,
+                        };
+                        match outcome
                         {
                             Ok(Ok(conn)) => Some(conn),
                             Ok(Err(e)) => {
@@ -491,6 +528,7 @@ async fn secure(
     remote: Option<SocketAddr>,
     acceptor: tokio_rustls::TlsAcceptor,
     slot: Slot,
+    cluster: &str,
 ) -> Result<Conn, Refusal> {
     let mut first = [0u8; 1];
     let n = stream
@@ -522,6 +560,15 @@ async fn secure(
     let certs = tls.get_ref().1.peer_certificates();
     let presented_certificate = certs.is_some_and(|c| !c.is_empty());
     let peer = certs.and_then(|c| c.first()).and_then(|c| identity(c));
+    // A certificate of this cluster's CA naming one of its nodes or users proves who is on
+    // the other end at once (`connections.rs`).
+    if let Some(state) = slot.0.as_ref().map(|s| &s.state) {
+        match &peer {
+            Some(Identity::Node { cluster: c, .. }) if c == cluster => state.prove(Class::Node),
+            Some(Identity::User { cluster: c, .. }) if c == cluster => state.prove(Class::Client),
+            _ => {}
+        }
+    }
     Ok(Conn::new(
         Io::Tls(Box::new(tls)),
         remote,

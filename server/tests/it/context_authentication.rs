@@ -127,10 +127,10 @@ async fn a_forged_context_is_refused_changes_nothing_and_the_node_stays_healthy(
     .unwrap_err();
     assert_eq!(code(&refused), "INVALID_CONTEXT");
 
-    for i in 0..3 {
+    for (i, was) in before.iter().enumerate() {
         assert_eq!(
-            cluster.local_state(i, key.as_bytes()).await,
-            before[i],
+            &cluster.local_state(i, key.as_bytes()).await,
+            was,
             "node-{i} changed after a refused context"
         );
     }

@@ -19,6 +19,7 @@ mod elasticity;
 mod failure_detection;
 mod healing;
 mod hostile_bytes;
+mod intake;
 mod observability;
 mod overload;
 mod security;

@@ -111,15 +111,18 @@ async fn requests_past_the_cap_are_refused_at_once_and_served_again_once_the_loa
     cluster.shutdown().await;
 }
 
+/// At the connection cap, connections that never said who they are make room for new ones
+/// (issue 19: strangers cannot lock clients out); only when every connection has made a
+/// request is a new one answered OVERLOADED and closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_past_the_cap_are_answered_overloaded_and_closed() {
+async fn connections_past_the_cap_make_room_or_are_answered_overloaded_and_closed() {
     let cluster = Cluster::start_with(1, |c| {
         c.limits.max_connections = 2;
         c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     })
     .await;
     let node = cluster.addrs[0];
-    // Two connections that say nothing hold both places.
+    // Two connections that say nothing hold both places...
     let first = TcpStream::connect(node).await.unwrap();
     let second = TcpStream::connect(node).await.unwrap();
     eventually(
@@ -128,9 +131,23 @@ async fn connections_past_the_cap_are_answered_overloaded_and_closed() {
         || async { sample(&scrape(&cluster, 0).await, "dynamokv_connections_open") >= 2.0 },
     )
     .await;
-    // The metrics endpoint is another port: the scrapes did not take a place.
-    let client = cluster.client_of(0);
-    let e = client.get(b"k").await.unwrap_err();
+    // ...until a client comes: the oldest silent one is closed for it. (The metrics endpoint
+    // is another port: the scrapes did not take a place.)
+    let a = cluster.client_of(0);
+    a.get(b"k").await.unwrap();
+    let metrics = scrape(&cluster, 0).await;
+    assert!(
+        sample(
+            &metrics,
+            "dynamokv_connections_closed_total{reason=\"connections\"}"
+        ) >= 1.0
+    );
+    let b = cluster.client_of(0);
+    b.get(b"k").await.unwrap();
+    drop((first, second));
+    // Both places are held by connections that made requests: a third is refused.
+    let c = cluster.client_of(0);
+    let e = c.get(b"k").await.unwrap_err();
     assert!(matches!(e, Error::Overloaded { .. }), "{e:?}");
     assert!(
         e.to_string().contains("connections open, the cap is 2"),
@@ -139,21 +156,23 @@ async fn connections_past_the_cap_are_answered_overloaded_and_closed() {
     let metrics = scrape(&cluster, 0).await;
     assert!(sample(&metrics, "dynamokv_overloaded_total{cap=\"connections\"}") >= 1.0);
 
-    // One closes: the client's next connection is served.
-    drop(first);
+    // One closes: the next connection is served.
+    drop(a);
     eventually(
         "a new connection to be served",
         Duration::from_secs(10),
-        || async { client.get(b"k").await.is_ok() },
+        || async { c.get(b"k").await.is_ok() },
     )
     .await;
+    drop((b, c));
     // A connection that never sends a request does not keep the node from stopping.
+    let silent = TcpStream::connect(node).await.unwrap();
     let stopping = tokio::time::timeout(Duration::from_secs(20), cluster.shutdown()).await;
     assert!(
         stopping.is_ok(),
         "the node did not stop with an idle connection open"
     );
-    drop(second);
+    drop(silent);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,20 +234,26 @@ fn zero_caps_are_refused_by_the_config_check() {
 }
 
 #[test]
-fn a_request_limit_below_what_a_valid_write_or_repair_carries_is_refused_by_the_config_check() {
-    // A value at the value limit, or a client's repair carrying a key's whole state (up to the
-    // object limit), would pass the client's checks and then be refused by the node as
-    // oversized: the config check says so at start instead.
+fn a_request_limit_below_what_a_valid_write_carries_is_refused_by_the_config_check() {
+    // A value at the value limit would pass the client's checks and then be refused by the
+    // node as oversized: the config check says so at start instead. (A read repair no longer
+    // carries a state: the node reads its sources itself.)
     let mut c = dynamokv_server::config::Config::default();
-    c.limits.max_request_bytes = Some(c.limits.max_object_bytes);
+    c.limits.max_request_bytes = Some(c.limits.max_value_bytes);
     let e = c.validate().unwrap_err().to_string();
     assert!(e.contains("max_request_bytes"), "{e}");
-    assert!(e.contains("max_object_bytes"), "{e}");
-    c.limits.max_request_bytes = Some(c.limits.max_object_bytes + c.limits.max_key_bytes);
+    assert!(e.contains("max_value_bytes"), "{e}");
+    c.limits.max_request_bytes = Some(c.limits.max_value_bytes + c.limits.max_key_bytes);
     c.validate().unwrap();
     assert_eq!(
         c.max_request_bytes(),
-        c.limits.max_object_bytes + c.limits.max_key_bytes
+        c.limits.max_value_bytes + c.limits.max_key_bytes
+    );
+    // The default: a value, its key and 64 KiB for the context and the rest.
+    let d = dynamokv_server::config::Config::default();
+    assert_eq!(
+        d.max_request_bytes(),
+        d.limits.max_value_bytes + d.limits.max_key_bytes + (64 << 10)
     );
 }
 

@@ -212,6 +212,30 @@ impl Cluster {
     }
 }
 
+/// A cluster of `n` in-process nodes serving TLS (certificates from `dynamokv_server::
+/// certificates::dev_bundle` in the returned directory: `ca.pem`, `node-node-<i>.pem`,
+/// `user-admin.pem`, a superuser), tweaked by `tweak`.
+pub async fn secure_cluster(n: usize, tweak: impl Fn(&mut Config)) -> (Cluster, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<String> = (0..n).map(|i| format!("node-{i}")).collect();
+    dynamokv_server::certificates::dev_bundle(dir.path(), "dynamokv", &ids, &["admin".to_string()])
+        .unwrap();
+    let d = dir.path().to_path_buf();
+    let cluster = Cluster::start_with(n, move |c| {
+        c.tls = Some(dynamokv_server::config::TlsConfig {
+            ca: d.join("ca.pem"),
+            cert: d.join(format!("node-{}.pem", c.node_id)),
+            key: d.join(format!("node-{}.key", c.node_id)),
+            reload_interval_ms: 100,
+        });
+        c.security.superusers = vec!["admin".into()];
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        tweak(c);
+    })
+    .await;
+    (cluster, dir)
+}
+
 /// A `dynamokv serve` process.
 pub struct Process {
     pub child: Child,
