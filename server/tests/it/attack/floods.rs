@@ -505,7 +505,9 @@ pub struct StormFindings {
 
 /// [`STORM_GETS`] gets of `key` in flight at once at node `node` (which coordinates them),
 /// by the attacker (granted read on its prefix), over four connections, each answer read and
-/// dropped as it comes, again and again until stopped.
+/// dropped as it comes, again and again until stopped. A get that is refused is made again
+/// after [`AGAIN`]: forty gets in flight is a read storm; forty refused at once and made again
+/// at once would be a request flood, another scenario's business (5).
 pub async fn read_storm(
     target: Target,
     node: usize,
@@ -565,13 +567,17 @@ pub async fn read_storm(
                                         t.elapsed().as_millis() as u64,
                                         Ordering::Relaxed,
                                     );
-                                    found.answers.lock().unwrap().add(if a.ok() {
+                                    let ok = a.ok();
+                                    found.answers.lock().unwrap().add(if ok {
                                         "answered".to_string()
                                     } else {
                                         a.code.unwrap_or_else(|| {
                                             format!("grpc-status {:?}", a.grpc_status)
                                         })
                                     });
+                                    if !ok {
+                                        pause(&stop, AGAIN).await;
+                                    }
                                 }
                                 Err(_) => return,
                             }

@@ -620,12 +620,14 @@ pub struct RepairFindings {
 
 /// `Kv.RepairReplica` with states no replica would hold, to every node, in rounds until
 /// stopped: 5,000 siblings, 20,000 history entries dated 2^64-1, a 20,000-entry clock (each
-/// round on fresh keys), and a 40 MiB object in two halves (on one key, every fourth round).
+/// round on fresh keys), and a 40 MiB object in two halves (the same two, to one key, every
+/// fourth round: the object stays 40 MiB).
 pub async fn repair_abuse(target: Target, stop: CancellationToken) -> RepairFindings {
     let token = target.attacker_token.clone();
     let mut kv: Vec<KvClient<Channel>> = (0..target.addrs.len()).map(|i| target.kv(i)).collect();
     let mut found = RepairFindings::default();
     let big_key = format!("{ATTACKER_PREFIX}repair-big");
+    let halves = [big_half(), big_half()];
     found.keys.push(big_key.clone());
     let mut round = 0u64;
     while !stop.is_cancelled() {
@@ -647,8 +649,9 @@ pub async fn repair_abuse(target: Target, stop: CancellationToken) -> RepairFind
             ),
         ];
         if round % 4 == 0 {
-            sends.push(("40 MiB object (two halves)", big_key.clone(), big_half()));
-            sends.push(("40 MiB object (two halves)", big_key.clone(), big_half()));
+            for half in &halves {
+                sends.push(("40 MiB object (two halves)", big_key.clone(), half.clone()));
+            }
         }
         for (kind, key, state) in sends {
             if !found.keys.contains(&key) {
