@@ -112,7 +112,16 @@ pub fn is_refusal(code: &str) -> bool {
 pub struct Attack<T> {
     stop: CancellationToken,
     ready: CancellationToken,
-    thread: std::thread::JoinHandle<T>,
+    /// Taken by [`Attack::stop`].
+    thread: Option<std::thread::JoinHandle<T>>,
+}
+
+impl<T> Drop for Attack<T> {
+    /// An attack dropped without being stopped (its scenario failed early) stops anyway, rather
+    /// than going on against the scenarios after it.
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 /// Starts `attack` on a runtime of its own (two worker threads). It is handed two tokens:
@@ -145,7 +154,7 @@ where
     Attack {
         stop,
         ready,
-        thread,
+        thread: Some(thread),
     }
 }
 
@@ -160,9 +169,9 @@ impl<T: Send + 'static> Attack<T> {
     }
 
     /// Stops the attack; what it found. Its connections are closed when this returns.
-    pub async fn stop(self) -> T {
+    pub async fn stop(mut self) -> T {
         self.stop.cancel();
-        let thread = self.thread;
+        let thread = self.thread.take().expect("stopped once");
         tokio::task::spawn_blocking(move || {
             let end = std::time::Instant::now() + Duration::from_secs(60);
             while !thread.is_finished() {
