@@ -20,8 +20,8 @@
 //! (SIGTERM, start again, serve), every acknowledged write is intact on each of its three
 //! replicas (read replica by replica with the debug read, `Replica.ReadLocal`), and the
 //! scenario's own check (the forged put was refused and changed nothing, ...). A row per
-//! scenario is printed and appended to [`judge::table_path`] (`make attack` prints the file) before
-//! the targets are asserted, so a failing scenario still shows its figures.
+//! scenario is printed and appended to [`judge::table_path`] (`make attack` prints the file)
+//! before the targets are asserted, so a failing scenario still shows its figures.
 //!
 //! Each attack lasts [`attack_length`]: 5 s by default (`make test`), `DYNAMOKV_ATTACK_SECONDS`
 //! otherwise (`make attack` runs 30). Scenarios run one at a time (a lock) and should run
@@ -114,7 +114,7 @@ fn flood_size() -> (usize, Option<String>) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Running and judging a scenario
+// Running a scenario (judging it is `judge`'s)
 
 /// How long an attack may take to build up its pressure (make its connections, open its
 /// streams) before the measured window starts anyway.
@@ -356,7 +356,7 @@ async fn scenario_2_oversized_unauthenticated_bodies() {
 }
 
 /// 3. Stream floods: two connections to node-1 (no credentials; the attacker's token), each
-///    opening streams that never end, up to ten thousand at once.
+///    opening streams that never end, up to 25,000 at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_3_stream_flood() {
     let _serial = begin().await;
