@@ -16,11 +16,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use dynamokv_common::versioning::MAX_COUNTER;
-use dynamokv_common::{decode_routed_context, encode_routed_context};
+use dynamokv_common::{CausalContext, inspect_context};
 use dynamokv_proto::v1 as pb;
 use dynamokv_proto::v1::admin_client::AdminClient;
 use dynamokv_proto::v1::kv_client::KvClient;
@@ -251,16 +252,20 @@ pub struct Forged {
     pub claimed: Vec<(u64, u64)>,
 }
 
+/// The bytes before a context's protobuf `SignedContext`: `"DKV" 0x03` and the key's 8-byte
+/// tag.
+const CONTEXT_HEADER: usize = 4 + 8;
+
 /// A context for `key` that says what `issued` (a context the cluster issued for `key`) says,
-/// plus each of `claims`: made by decoding genuine contexts, raising counters and encoding
-/// again, so its checksum is valid. The only code here that knows the context's format (the
-/// checksum is to become a MAC: then this is what changes, and the forgery must be refused).
+/// plus each of `claims`: every fragment of `issued` keeps its signer, key id and MAC, and its
+/// body (the causal context it signs) gets the claimed counters. This is all a client can do
+/// without a node's secret, and it must be refused (before contexts were signed, the same
+/// edit behind a recomputed CRC was taken). The only code here that knows the format.
 pub fn forge_context(key: &[u8], issued: &[u8], claims: &[Claim<'_>]) -> Forged {
-    let (mut ctx, fastest) =
-        decode_routed_context(key, issued).expect("a context the cluster issued decodes");
-    let mut claimed = Vec::new();
+    inspect_context(key, issued).expect("a context the cluster issued for the key");
+    let mut raised = Vec::new();
     for claim in claims {
-        let (seen, _) = decode_routed_context(claim.key, claim.context)
+        let (seen, _) = inspect_context(claim.key, claim.context)
             .expect("a context the cluster issued decodes");
         // The write the context was issued for: its actor's latest event in it.
         let (actor, counter) = seen
@@ -270,16 +275,28 @@ pub fn forge_context(key: &[u8], issued: &[u8], claims: &[Claim<'_>]) -> Forged 
             .chain(seen.clock.cloud().map(|d| (d.actor, d.counter)))
             .max_by_key(|(_, c)| *c)
             .expect("a put's context names the write");
-        let raised = match claim.counter {
+        let to = match claim.counter {
             Counter::Max => MAX_COUNTER,
             Counter::Ahead(n) => counter.saturating_add(n).min(MAX_COUNTER),
         };
-        ctx.clock.insert(actor, raised, 0);
-        claimed.push((actor.0, raised));
+        raised.push((actor, to));
     }
+    let mut signed = pb::SignedContext::decode(&issued[CONTEXT_HEADER..])
+        .expect("a context the cluster issued decodes");
+    for fragment in &mut signed.fragments {
+        let body = pb::CausalContext::decode(fragment.body.as_ref())
+            .expect("a context the cluster issued decodes");
+        let mut ctx = CausalContext::from_proto(&body).expect("a signed body is a context");
+        for (actor, to) in &raised {
+            ctx.clock.insert(*actor, *to, 0);
+        }
+        fragment.body = ctx.to_proto().encode_to_vec().into();
+    }
+    let mut bytes = issued[..CONTEXT_HEADER].to_vec();
+    bytes.extend_from_slice(&signed.encode_to_vec());
     Forged {
-        bytes: encode_routed_context(key, &ctx, fastest.as_deref()),
-        claimed,
+        bytes,
+        claimed: raised.iter().map(|(a, c)| (a.0, *c)).collect(),
     }
 }
 
@@ -671,7 +688,8 @@ pub async fn repair_abuse(target: Target, stop: CancellationToken) -> RepairFind
                     pb::RepairReplicaRequest {
                         key: Some(Bytes::copy_from_slice(key.as_bytes())),
                         state: Some(state.clone()),
-                        request_id: 0,
+                        // Today's message: a state, no sources.
+                        ..Default::default()
                     },
                     &token,
                 );
