@@ -23,7 +23,7 @@ APT_PACKAGES := librocksdb-dev libclang-dev pkg-config
 RUST_PACKAGES := -p dynamokv-proto -p dynamokv-common -p dynamokv-server -p dynamokv-client -p dynamokv-examples -p dynamokv-bench
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help deps build run demo test test-rust test-python test-node test-swift faults elasticity fuzz fmt lint bench clean-data
+.PHONY: help deps build run demo test test-rust test-python test-node test-swift faults attack elasticity fuzz fmt lint bench clean-data
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,8 +47,9 @@ demo: build ## Like run, but stop the cluster when the demo ends.
 test: build ## Run every test: Rust, Python, Node.js and the Swift checks.
 	$(MAKE) --no-print-directory test-rust test-python test-node test-swift
 
-test-rust: deps ## Rust unit, property, integration and cluster tests.
-	cargo test --release $(RUST_PACKAGES)
+test-rust: deps ## Rust unit, property, integration and cluster tests; then the attack campaign, alone, 5 s an attack.
+	cargo test --release $(RUST_PACKAGES) -- --skip attack::
+	$(MAKE) --no-print-directory attack ATTACK_SECONDS=5
 
 test-python: build ## Build and install the Python package, run pytest.
 	bash bindings-python/scripts/test.sh
@@ -65,6 +66,17 @@ faults: deps ## The fault campaign alone: nodes killed, hung, partitioned and wi
 	@rm -f $(CAMPAIGN_TABLE); status=0; \
 	DYNAMOKV_CAMPAIGN_TABLE=$(CAMPAIGN_TABLE) cargo test --release -p dynamokv-server --test it campaign -- --nocapture --test-threads 1 || status=$$?; \
 	echo; echo "fault campaign, scenarios that passed ($(CAMPAIGN_TABLE)):"; cat $(CAMPAIGN_TABLE) 2>/dev/null || echo "(none)"; \
+	exit $$status
+
+ATTACK_TABLE := $(or $(TMPDIR),/tmp)/dynamokv-attack.txt
+ATTACK_SECONDS ?= 30
+
+# Alone (--test-threads 1, and not beside the other tests): two scenarios hold over 12,000
+# connections from the test process, and the latency target means little beside other tests.
+attack: deps ## The attack campaign: hostile clients against a secure cluster under load, ATTACK_SECONDS (30) each; prints its table (5 s each in make test).
+	@rm -f $(ATTACK_TABLE); status=0; \
+	DYNAMOKV_ATTACK_SECONDS=$(ATTACK_SECONDS) DYNAMOKV_ATTACK_TABLE=$(ATTACK_TABLE) cargo test --release -p dynamokv-server --test it attack:: -- --nocapture --test-threads 1 || status=$$?; \
+	echo; echo "attack campaign, $(ATTACK_SECONDS) s an attack ($(ATTACK_TABLE)):"; cat $(ATTACK_TABLE) 2>/dev/null || echo "(none)"; \
 	exit $$status
 
 ELASTICITY_REPORT := $(or $(TMPDIR),/tmp)/dynamokv-elasticity.txt

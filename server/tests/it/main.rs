@@ -6,6 +6,7 @@
 mod proxy;
 mod support;
 
+mod attack;
 mod bad_input;
 mod campaign;
 mod causality;
