@@ -261,6 +261,12 @@ pub struct LimitsConfig {
     pub max_request_bytes_per_connection: usize,
     /// How long a request's body may take to arrive after its headers, in milliseconds.
     pub request_body_timeout_ms: u64,
+    /// Bytes of large states (1 MiB or more) one caller may be reading at once; its next large
+    /// read waits its turn, until its deadline (`load_shedding::ReadBudget`). At least
+    /// `max_object_bytes`.
+    pub max_read_bytes_per_caller: usize,
+    /// The same, all callers and nodes together.
+    pub max_read_bytes_in_flight: usize,
 }
 
 impl Default for Config {
@@ -328,6 +334,8 @@ impl Default for LimitsConfig {
             max_request_bytes_in_flight: 256 << 20,
             max_request_bytes_per_connection: 64 << 20,
             request_body_timeout_ms: 10_000,
+            max_read_bytes_per_caller: 32 << 20,
+            max_read_bytes_in_flight: 128 << 20,
         }
     }
 }
@@ -562,6 +570,13 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "limits.max_request_bytes ({request}) must hold a key and a value: at least max_value_bytes + max_key_bytes ({}); leave it out for that plus 64 KiB",
                 l.max_value_bytes.saturating_add(l.max_key_bytes)
+            )));
+        }
+        if l.max_read_bytes_per_caller == 0 || l.max_read_bytes_in_flight < l.max_read_bytes_per_caller
+        {
+            return Err(ConfigError::Invalid(format!(
+                "limits.max_read_bytes_per_caller ({}) must be positive and at most limits.max_read_bytes_in_flight ({})",
+                l.max_read_bytes_per_caller, l.max_read_bytes_in_flight
             )));
         }
         if l.max_request_bytes_per_connection < request

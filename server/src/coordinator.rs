@@ -41,6 +41,7 @@ use dynamokv_proto::transport::certainly_not_sent;
 use dynamokv_proto::v1 as pb;
 
 use crate::error::{Error, ReplicaFailure};
+use crate::load_shedding::ReadBudget;
 use crate::membership::{ClusterView, Membership, PeerTransport};
 use crate::metrics::{Metrics, Role};
 use crate::peers::Peers;
@@ -108,7 +109,15 @@ pub struct Coordinator {
     /// When this node last asked each signer for its context keys (at most once a second
     /// each, whatever contexts clients send).
     key_pulls: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
+    /// Admits reads of large states (`load_shedding::ReadBudget`).
+    reads: Arc<ReadBudget>,
+    /// Sizes of large states this node coordinated reads of but holds no replica of, so the
+    /// next read of one is admitted by size before it is made.
+    large_keys: std::sync::Mutex<HashMap<Bytes, usize>>,
 }
+
+/// Large keys remembered by a coordinator that does not replicate them.
+const MAX_LARGE_KEYS: usize = 1024;
 
 /// The most replicas a client's read repair may name as sources.
 const MAX_REPAIR_SOURCES: usize = 8;
@@ -133,6 +142,7 @@ impl Coordinator {
         sync_replicas: u32,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let metrics_for_reads = Arc::clone(&metrics);
         Coordinator {
             membership,
             local,
@@ -143,7 +153,57 @@ impl Coordinator {
             metrics,
             tasks: TaskTracker::new(),
             key_pulls: std::sync::Mutex::new(HashMap::new()),
+            reads: Arc::new(ReadBudget::new(
+                "this node",
+                128 << 20,
+                32 << 20,
+                Arc::clone(&metrics_for_reads),
+            )),
+            large_keys: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Admits large reads with `reads` (the node's configured budgets).
+    pub fn with_read_budget(mut self, reads: Arc<ReadBudget>) -> Self {
+        self.reads = reads;
+        self
+    }
+
+    /// How long a replica gets to answer.
+    pub fn replica_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The budgets large reads are admitted by.
+    pub fn reads(&self) -> &Arc<ReadBudget> {
+        &self.reads
+    }
+
+    /// About how many bytes a read of `key` answers: this node's own replica's size, or what
+    /// an earlier read it coordinated found (0: small or unknown).
+    pub fn size_hint(&self, key: &[u8]) -> usize {
+        let local = self.local.stored_size(key);
+        if local > 0 {
+            return local;
+        }
+        self.large_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn remember_size(&self, key: &Bytes, bytes: usize) {
+        let mut known = self.large_keys.lock().unwrap_or_else(|p| p.into_inner());
+        if bytes < crate::load_shedding::LARGE_STATE_BYTES {
+            known.remove(key);
+            return;
+        }
+        if known.len() >= MAX_LARGE_KEYS && !known.contains_key(key) {
+            known.clear();
+        }
+        known.insert(key.clone(), bytes);
     }
 
     /// The context of `key` for `ctx`, signed with this node's current context key.
@@ -279,8 +339,20 @@ impl Coordinator {
         // every primary and, in their stead, fallbacks holding hints (sloppy quorum, paper
         // 4.6). A read never waits on a known-silent peer while others suffice.
         let is_up = |m: &Member| self.peers.is_up(&m.address);
-        let (asked, extra) =
+        let (mut asked, extra) =
             sloppy_quorum::place_read(&replicas, &fallbacks, &view.self_id, r as usize, is_up);
+        // A large state is read from R replicas only, this node first when it is one, and
+        // from another in reserve whenever one fails: every replica more asked would move
+        // megabytes for an answer the quorum does not wait for (issue 19's read storm).
+        let mut reserve = std::collections::VecDeque::new();
+        if self.size_hint(&key) >= crate::load_shedding::LARGE_STATE_BYTES
+            && !sets.handover()
+            && extra.is_empty()
+            && asked.len() > r as usize
+        {
+            asked.sort_by_key(|m| m.id != view.self_id);
+            reserve.extend(asked.split_off(r as usize));
+        }
         let read = |m: Member, hints: bool| {
             let (this, key) = (Arc::clone(self), key.clone());
             async move { this.read_replica(m, key, hints).await }
@@ -305,7 +377,16 @@ impl Coordinator {
                     answers.add(&node);
                     replies.push((node, state));
                 }
-                Some((node, Err(reason))) => failures.push(ReplicaFailure { node, reason }),
+                Some((node, Err(reason))) => {
+                    failures.push(ReplicaFailure { node, reason });
+                    if let Some(m) = reserve.pop_front() {
+                        pending.push(read(m, false));
+                    }
+                }
+                None if !reserve.is_empty() => {
+                    let m = reserve.pop_front().expect("not empty");
+                    pending.push(read(m, false));
+                }
                 None if !asked_fallbacks => {
                     // Primaries that looked up did not answer: the fallbacks that are up now.
                     asked_fallbacks = true;
@@ -326,6 +407,9 @@ impl Coordinator {
             });
         }
         let merged = merge_all(replies.iter().filter_map(|(_, s)| s.as_ref()));
+        if self.local.stored_size(&key) == 0 {
+            self.remember_size(&key, merged.value_bytes());
+        }
         let result = GetResult {
             values: merged.live_values(),
             timestamps_ms: merged.live_timestamps(),

@@ -38,7 +38,7 @@ use tower::{Layer, Service};
 use crate::access_control::{AccessControl, Principal};
 use crate::connections::Class;
 use crate::error::Error;
-use crate::load_shedding::Budget;
+use crate::load_shedding::{Budget, HeldRead};
 use crate::metrics::Metrics;
 use crate::tls::{ConnInfo, Security};
 
@@ -309,7 +309,18 @@ where
             // A unary request's bytes count until it is answered (its decoded message lives
             // until then).
             drop(held);
-            answer
+            // A large read keeps its place in the read budget until its answer is sent.
+            answer.map(|mut response| {
+                match response.extensions_mut().remove::<HeldRead>() {
+                    None => response,
+                    Some(permit) => response.map(|b| {
+                        Body::new(Holding {
+                            inner: b,
+                            _permit: permit,
+                        })
+                    }),
+                }
+            })
         })
     }
 }
@@ -418,6 +429,32 @@ impl HttpBody for Limited {
             self.deadline = None;
         }
         Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body that holds a read permit until it is sent (dropped).
+struct Holding {
+    inner: Body,
+    _permit: HeldRead,
+}
+
+impl HttpBody for Holding {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

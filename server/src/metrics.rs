@@ -193,6 +193,12 @@ pub struct Metrics {
     /// Open connections that have not yet shown who they are (`connections.rs`).
     pub connections_unauthenticated: Gauge,
     connections_closed: Family<ReasonLabels, Counter>,
+    /// Reads of large states admitted and not yet answered (`load_shedding::ReadBudget`).
+    pub large_reads_in_flight: Gauge,
+    /// KiB those reads hold of the node's budget.
+    pub read_kib_in_flight: Gauge,
+    /// Large reads that waited for a budget.
+    pub large_reads_waited: Counter,
     request_bytes_refused: Family<ReasonLabels, Counter>,
     /// Foreground latency, as admission control of background work sees it.
     pub foreground: crate::admission::Foreground,
@@ -321,6 +327,23 @@ impl Metrics {
             "connections_closed",
             "Connections the node closed: unauthenticated_timeout, idle_timeout, or to make room for a new one (source, unauthenticated, connections: the cap reached)",
             connections_closed.clone(),
+        );
+        let large_reads_in_flight = Gauge::default();
+        registry.register(
+            "large_reads_in_flight",
+            "Reads of states of 1 MiB or more admitted and not yet answered",
+            large_reads_in_flight.clone(),
+        );
+        let read_kib_in_flight = Gauge::default();
+        registry.register(
+            "read_kib_in_flight",
+            "KiB of large states being read and answered",
+            read_kib_in_flight.clone(),
+        );
+        let large_reads_waited = counter(
+            &mut registry,
+            "large_reads_waited",
+            "Reads of large states that waited for the caller's or the node's read budget",
         );
         let request_bytes_refused = Family::<ReasonLabels, Counter>::default();
         registry.register(
@@ -481,6 +504,9 @@ impl Metrics {
             connections_open,
             connections_unauthenticated,
             connections_closed,
+            large_reads_in_flight,
+            read_kib_in_flight,
+            large_reads_waited,
             request_bytes_refused,
             foreground: crate::admission::Foreground::default(),
         }

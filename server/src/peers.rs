@@ -35,6 +35,12 @@ use dynamokv_proto::v1 as pb;
 use dynamokv_proto::v1::kv_client::KvClient;
 use dynamokv_proto::v1::replica_client::ReplicaClient;
 
+/// What a node answers on the exchange stream to a read of a large state (1 MiB or more):
+/// ask again by a call of its own. Megabytes on the shared stream would hold up every small
+/// read and merge queued behind them (issue 19: a storm of large reads delayed every write's
+/// replication).
+pub const READ_BY_CALL: &str = "a large state: read it by a call of its own";
+
 /// Merges whose encoded state is larger than this go as unary calls, not on the stream.
 pub const STREAMED_MERGE_MAX_BYTES: usize = 256 << 10;
 
@@ -469,6 +475,7 @@ impl Peers {
             .map_err(PeerError::Silent)?
         {
             Some(pb::peer_response::Result::Read(r)) => return Ok(r),
+            Some(pb::peer_response::Result::Failure(f)) if f.message == READ_BY_CALL => {}
             Some(other) => return Err(unexpected(other)),
             None => {}
         }

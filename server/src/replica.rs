@@ -262,14 +262,34 @@ impl LocalReplica {
         Ok(true)
     }
 
-    /// Reads this replica's state of `key`.
+    /// How many bytes this replica stores for `key` (0: none), read without copying them.
+    pub fn stored_size(&self, key: &[u8]) -> usize {
+        self.store
+            .len_in(Space::Data, &storage::storage_key(key))
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+
+    /// Reads this replica's state of `key`. A large state (1 MiB or more) is read and decoded
+    /// on a blocking thread, off the request threads: copying megabytes there would hold up
+    /// every other request of the node.
     pub async fn read(
         self: &Arc<Self>,
         key: Bytes,
     ) -> Result<Option<VersionedState>, StorageError> {
-        self.healing(&key, StorageError::is_corrupt, || {
-            storage::read_state(self.store.as_ref(), &key)
+        if self.stored_size(&key) < crate::load_shedding::LARGE_STATE_BYTES {
+            return self.healing(&key, StorageError::is_corrupt, || {
+                storage::read_state(self.store.as_ref(), &key)
+            });
+        }
+        let this = Arc::clone(self);
+        durably(move || {
+            this.healing(&key, StorageError::is_corrupt, || {
+                storage::read_state(this.store.as_ref(), &key)
+            })
         })
+        .await
     }
 
     /// A coordinator's write: a new version (or a tombstone, `value == None`) superseding what

@@ -258,6 +258,12 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
         Arc::clone(&metrics),
         config,
     );
+    let reads = Arc::new(crate::load_shedding::ReadBudget::new(
+        &config.node_id,
+        config.limits.max_read_bytes_in_flight,
+        config.limits.max_read_bytes_per_caller,
+        Arc::clone(&metrics),
+    ));
     let coordinator = Arc::new(Coordinator::new(
         membership.clone(),
         Arc::clone(&local),
@@ -266,7 +272,7 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
         config.replica_timeout(),
         config.cluster.sync_replicas,
         Arc::clone(&metrics),
-    ));
+    ).with_read_budget(reads));
     tracing::info!(
         node_id = %config.node_id,
         %addr,

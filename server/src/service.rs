@@ -70,6 +70,39 @@ fn budget<T>(req: &Request<T>) -> Option<Duration> {
     })
 }
 
+/// Who a read is counted against in the read budgets (`load_shedding::ReadBudget`): the
+/// authenticated caller on a TLS node, else its address.
+fn caller_of<T>(req: &Request<T>) -> String {
+    use crate::access_control::Principal;
+    match req.extensions().get::<crate::intake::Authenticated>() {
+        Some(crate::intake::Authenticated(Principal::User { name, .. })) => format!("user:{name}"),
+        Some(crate::intake::Authenticated(Principal::Node(id))) => format!("node:{id}"),
+        _ => req
+            .extensions()
+            .get::<crate::tls::ConnInfo>()
+            .and_then(|c| c.remote)
+            .map_or_else(|| "anyone".to_string(), |a| format!("address:{}", a.ip())),
+    }
+}
+
+/// How long a large read may wait for its turn: until shortly before the caller's deadline.
+fn read_wait<T>(req: &Request<T>) -> Duration {
+    budget(req)
+        .unwrap_or(crate::coordinator::DEFAULT_REQUEST_BUDGET)
+        .saturating_sub(Duration::from_millis(200))
+}
+
+/// `answer` carrying `permit` until it is sent.
+fn holding<T>(answer: T, permit: Option<crate::load_shedding::ReadPermit>) -> Response<T> {
+    let mut response = Response::new(answer);
+    if let Some(p) = permit {
+        response
+            .extensions_mut()
+            .insert(crate::load_shedding::HeldRead(Arc::new(p)));
+    }
+    response
+}
+
 /// The client's write id: empty means none given.
 fn write_id(raw: &[u8]) -> Result<Option<WriteId>, Status> {
     if raw.is_empty() {
@@ -127,17 +160,31 @@ impl pb::kv_server::Kv for KvService {
         let _admitted = self
             .admit(&req, Permission::Read, req.get_ref().key.as_deref())
             .await?;
+        let (caller, wait) = (caller_of(&req), read_wait(&req));
         let req = req.into_inner();
         let key = required(req.key, "key")?;
+        let permit = self
+            .coordinator
+            .reads()
+            .admit(
+                Some(&caller),
+                self.coordinator.size_hint(&key),
+                crate::load_shedding::COORDINATED_READ_COPIES,
+                wait,
+            )
+            .await?;
         let got = self.coordinator.get(key, req.r).await?;
-        Ok(Response::new(pb::GetResponse {
-            values: got.values,
-            context: got.context,
-            ring: self.ring_news(req.ring_version),
-            request_id: req.request_id,
-            timestamps_ms: got.timestamps_ms,
-            tombstone: got.tombstone,
-        }))
+        Ok(holding(
+            pb::GetResponse {
+                values: got.values,
+                context: got.context,
+                ring: self.ring_news(req.ring_version),
+                request_id: req.request_id,
+                timestamps_ms: got.timestamps_ms,
+                tombstone: got.tombstone,
+            },
+            permit,
+        ))
     }
 
     async fn read_replica(
@@ -147,8 +194,19 @@ impl pb::kv_server::Kv for KvService {
         let _admitted = self
             .admit(&req, Permission::Read, req.get_ref().key.as_deref())
             .await?;
+        let (caller, wait) = (caller_of(&req), read_wait(&req));
         let req = req.into_inner();
         let key = required(req.key, "key")?;
+        let permit = self
+            .coordinator
+            .reads()
+            .admit(
+                Some(&caller),
+                self.coordinator.size_hint(&key),
+                crate::load_shedding::REPLICA_READ_COPIES,
+                wait,
+            )
+            .await?;
         let state = self
             .coordinator
             .read_for_client(key.clone(), req.include_hints, req.ring_version)
@@ -160,13 +218,16 @@ impl pb::kv_server::Kv for KvService {
                 .sign(&view, &key, &CausalContext::of_read(s))?,
             None => Default::default(),
         };
-        Ok(Response::new(pb::ReadReplicaResponse {
-            state: state.map(|s| s.to_proto()),
-            node_id: view.self_id.clone(),
-            ring: self.ring_news(req.ring_version),
-            request_id: req.request_id,
-            context,
-        }))
+        Ok(holding(
+            pb::ReadReplicaResponse {
+                state: state.map(|s| s.to_proto()),
+                node_id: view.self_id.clone(),
+                ring: self.ring_news(req.ring_version),
+                request_id: req.request_id,
+                context,
+            },
+            permit,
+        ))
     }
 
     async fn repair_replica(
@@ -325,9 +386,24 @@ impl ReplicaService {
 }
 
 impl ReplicaService {
-    async fn read(&self, req: pb::ReadLocalRequest) -> Result<pb::ReadLocalResponse, Status> {
+    /// A replica read for another node; large ones are admitted by the node's read budget
+    /// first (the permit is the caller's to keep until the answer is sent).
+    async fn read(
+        &self,
+        req: pb::ReadLocalRequest,
+    ) -> Result<(pb::ReadLocalResponse, Option<crate::load_shedding::ReadPermit>), Status> {
         let start = std::time::Instant::now();
         let key = required(req.key, "key")?;
+        let permit = self
+            .coordinator
+            .reads()
+            .admit(
+                None,
+                self.local.stored_size(&key),
+                crate::load_shedding::REPLICA_READ_COPIES,
+                self.coordinator.replica_timeout(),
+            )
+            .await?;
         let state = if req.include_hints {
             self.local.read_with_hints(&key)
         } else {
@@ -335,10 +411,13 @@ impl ReplicaService {
         }
         .map_err(Error::from)?;
         self.metrics.latency("read", Role::Replica, start.elapsed());
-        Ok(pb::ReadLocalResponse {
-            state: state.map(|s| s.to_proto()),
-            actor: self.local.actor().0,
-        })
+        Ok((
+            pb::ReadLocalResponse {
+                state: state.map(|s| s.to_proto()),
+                actor: self.local.actor().0,
+            },
+            permit,
+        ))
     }
 
     async fn merge(&self, req: pb::MergeLocalRequest) -> Result<pb::MergeLocalResponse, Status> {
@@ -361,7 +440,16 @@ impl ReplicaService {
         use pb::peer_request::Op;
         use pb::peer_response::Result as Answer;
         let result = match req.op {
-            Some(Op::Read(r)) => self.read(r).await.map(Answer::Read),
+            // The permit is dropped with this answer, once it is built (it then waits in the
+            // stream's queue, a message at a time).
+            Some(Op::Read(r))
+                if r.key.as_ref().is_some_and(|k| {
+                    self.local.stored_size(k) >= crate::load_shedding::LARGE_STATE_BYTES
+                }) =>
+            {
+                Err(Status::out_of_range(crate::peers::READ_BY_CALL))
+            }
+            Some(Op::Read(r)) => self.read(r).await.map(|(a, _permit)| Answer::Read(a)),
             Some(Op::Merge(m)) => self.merge(m).await.map(Answer::Merge),
             None => Err(Status::invalid_argument(
                 "a peer request without an operation",
@@ -443,7 +531,8 @@ impl pb::replica_server::Replica for ReplicaService {
         req: Request<pb::ReadLocalRequest>,
     ) -> Result<Response<pb::ReadLocalResponse>, Status> {
         self.access.check_peer(&req, "ReadLocal", true)?;
-        Ok(Response::new(self.read(req.into_inner()).await?))
+        let (answer, permit) = self.read(req.into_inner()).await?;
+        Ok(holding(answer, permit))
     }
 
     async fn merge_local(

@@ -40,6 +40,15 @@ impl Storage for MemoryStorage {
             .cloned())
     }
 
+    fn len_in(&self, space: Space, key: &[u8]) -> Result<Option<usize>, StorageError> {
+        Ok(self
+            .space(space)
+            .read()
+            .map_err(poisoned)?
+            .get(key)
+            .map(Vec::len))
+    }
+
     fn put_in(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
         self.space(space)
             .write()

@@ -77,6 +77,11 @@ pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// The raw bytes stored under a key of `space`.
     fn get_in(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+    /// How many bytes are stored under a key of `space`, without copying them (a large state's
+    /// read is admitted by size before it is made: `load_shedding::ReadBudget`).
+    fn len_in(&self, space: Space, key: &[u8]) -> Result<Option<usize>, StorageError> {
+        Ok(self.get_in(space, key)?.map(|v| v.len()))
+    }
     /// Stores raw bytes under a key of `space`; durable per the engine's settings when it
     /// returns.
     fn put_in(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StorageError>;
@@ -177,7 +182,21 @@ pub fn read_state(store: &dyn Storage, key: &[u8]) -> Result<Option<VersionedSta
     let Some(raw) = store.get_raw(&storage_key(key))? else {
         return Ok(None);
     };
-    decode_state(&raw).map(Some)
+    decode_owned_state(raw).map(Some)
+}
+
+/// As [`decode_state`], taking the record: the state's values are slices of it, not copies
+/// (a large state would otherwise be copied once more on every read).
+pub fn decode_owned_state(raw: Vec<u8>) -> Result<VersionedState, StorageError> {
+    match raw.first() {
+        Some(&STATE_FORMAT) => {
+            let body = Bytes::from(raw).slice(1..);
+            let proto = pb::VersionedState::decode(body)
+                .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            VersionedState::from_proto(&proto).map_err(|e| StorageError::Corrupt(e.to_string()))
+        }
+        _ => decode_state(&raw),
+    }
 }
 
 /// Encodes and writes a key's state.

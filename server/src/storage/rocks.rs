@@ -38,6 +38,9 @@ fn engine(e: rocksdb::Error) -> StorageError {
     StorageError::Engine(e.into_string())
 }
 
+/// Memory of all memtables of a node together.
+pub const MEMTABLE_BYTES: usize = 64 << 20;
+
 /// Block cache of a node unless configured otherwise (`block_cache_mb`).
 pub const DEFAULT_BLOCK_CACHE_BYTES: usize = 128 << 20;
 
@@ -93,6 +96,11 @@ impl RocksStorage {
         opts.create_missing_column_families(true);
         opts.set_keep_log_file_num(4);
         opts.increase_parallelism(2);
+        // Memtables of every column family together stay under this (RocksDB's write buffer
+        // manager flushes the largest past it): with large values each write of a key is a
+        // whole new state in the memtable, and the default of 64 MiB per column family, two
+        // each, let a node grow by hundreds of MiB (issue 19's large-value storm).
+        opts.set_db_write_buffer_size(MEMTABLE_BYTES);
         let cache = Cache::new_lru_cache(block_cache_bytes).map_err(engine)?;
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_DATA, data_options(&cache)),
@@ -130,6 +138,15 @@ impl RocksStorage {
 impl Storage for RocksStorage {
     fn get_in(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         self.db.get_cf(self.space(space)?, key).map_err(engine)
+    }
+
+    fn len_in(&self, space: Space, key: &[u8]) -> Result<Option<usize>, StorageError> {
+        // Pinned in the block cache or memtable: no copy of the value.
+        Ok(self
+            .db
+            .get_pinned_cf(self.space(space)?, key)
+            .map_err(engine)?
+            .map(|v| v.len()))
     }
 
     fn put_in(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), StorageError> {

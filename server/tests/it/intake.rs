@@ -366,3 +366,59 @@ async fn a_connection_that_never_authenticates_is_closed_after_the_timeout() {
     );
     cluster.shutdown().await;
 }
+
+/// Item 7: a storm of reads of one large key (24 values of 1 MiB, made with ordinary puts)
+/// takes its turn: one caller's large reads go one at a time (its read budget, 32 MiB), each
+/// waiting until the last one's answer is sent, while small reads never wait. On the old main
+/// forty such gets ran at once, a node holding gigabytes and serving no one else for seconds.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_reads_take_their_turn_and_small_reads_do_not_wait() {
+    let cluster = Cluster::start_with(3, |c| {
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let writer = cluster.client_of(0);
+    for n in 0..24u8 {
+        writer.put("big", vec![n; 1 << 20], None).await.unwrap();
+    }
+    writer.put("small", b"s".to_vec(), None).await.unwrap();
+    let reader = Client::builder([cluster.seed(0)])
+        .coordination(dynamokv_client::Coordination::Server)
+        .request_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let storm: Vec<_> = (0..40)
+        .map(|_| {
+            let r = reader.clone();
+            tokio::spawn(async move { r.get("big").await.map(|g| g.values.len()) })
+        })
+        .collect();
+    // While the storm runs: small reads are answered, and never more than one large read (the
+    // caller's budget holds one 24 MiB state) is in flight on the coordinator.
+    let mut most = 0.0f64;
+    let mut small_reads = 0;
+    while !storm.iter().all(|t| t.is_finished()) {
+        assert_eq!(
+            writer.get("small").await.unwrap().values,
+            vec![b"s".to_vec()]
+        );
+        small_reads += 1;
+        most = most.max(sample(
+            &scrape(&cluster, 0).await,
+            "dynamokv_large_reads_in_flight",
+        ));
+    }
+    for t in storm {
+        assert_eq!(t.await.unwrap().unwrap(), 24);
+    }
+    assert!(most <= 1.0, "{most} large reads in flight at once");
+    let scraped = scrape(&cluster, 0).await;
+    assert!(
+        sample(&scraped, "dynamokv_large_reads_waited_total") >= 1.0,
+        "no large read waited its turn"
+    );
+    assert_eq!(sample(&scraped, "dynamokv_large_reads_in_flight"), 0.0);
+    assert_eq!(sample(&scraped, "dynamokv_read_kib_in_flight"), 0.0);
+    assert!(small_reads >= 1);
+    cluster.shutdown().await;
+}
