@@ -792,7 +792,9 @@ impl pb::admin_server::Admin for AdminService {
         let _admitted = self.operator(&req).await?;
         let seed = req.into_inner().seed;
         if seed.is_empty() {
-            return Err(Status::invalid_argument("join needs the address of a seed"));
+            return Err(
+                Error::MissingField("seed (the address of a member to join through)").into(),
+            );
         }
         // Over this node's own connection to the seed: TLS with its node certificate when the
         // cluster speaks TLS.
@@ -847,7 +849,7 @@ impl pb::admin_server::Admin for AdminService {
         let _admitted = self.operator(&req).await?;
         let id = req.into_inner().node_id;
         if id.is_empty() {
-            return Err(Status::invalid_argument("remove needs the id of the node"));
+            return Err(Error::MissingField("node_id (the node to remove)").into());
         }
         self.coordinator.membership().stage_remove(&id)?;
         Ok(Response::new(pb::RemoveResponse {}))
