@@ -12,9 +12,14 @@
 //! (`cart:`; the empty prefix is every key). Gets and replica reads need `read` on the key;
 //! puts, deletes and client repairs need `write`. The operator service needs `admin` on the
 //! empty prefix, and granting on a prefix needs `admin` on it. Users named in
-//! `security.superusers` hold every permission (how the first administrator gets in). Nodes,
-//! calling each other's client service when they forward a write, may do anything; but only
-//! nodes may call the node-to-node service, and its data calls only members of the ring.
+//! `security.superusers` hold every permission (how the first administrator gets in).
+//!
+//! **Nodes.** A node certificate is for node-to-node work only: the node-to-node service, and
+//! of the client service only the forward of a client's write to its coordinator (a `Put` or
+//! `Delete` marked `dynamokv-forwarded`, which the forwarding node authorized), any key; no
+//! other client call and no operator call. Forwards and the node-to-node service's data calls
+//! need the node to be a member of the ring; gossip and pings do not (a joining node gossips
+//! before it is one). A removed node is refused everything.
 //!
 //! **Where grants live.** In the cluster itself, as records under the reserved key prefix
 //! `\0dynamokv/` that no client may touch, written and read with the cluster's own quorums
@@ -122,6 +127,17 @@ impl Principal {
             Principal::User { name, .. } => format!("user {name}"),
         }
     }
+}
+
+/// Where a node stands in the membership, for what its certificate may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// Joining, up or leaving: a member of the ring.
+    Member,
+    /// Removed by an operator: refused everything.
+    Removed,
+    /// Never heard of (a node not yet known to this one, e.g. one that is about to join).
+    Unknown,
 }
 
 /// A key as a denial shows it: UTF-8 where it is, escaped elsewhere, at most 64 bytes.
@@ -321,6 +337,48 @@ impl AccessControl {
         }
     }
 
+    /// Refuses a node identity any call of the client and operator services but the forward of
+    /// a client's write (`forward`: a `Put` or `Delete` marked `dynamokv-forwarded`), and that
+    /// too unless the node is a member of the ring (not removed). Users pass.
+    pub fn check_node(&self, who: &Principal, forward: bool) -> Result<(), Error> {
+        let Principal::Node(id) = who else {
+            return Ok(());
+        };
+        let refused = if !forward {
+            Some(format!(
+                "node {id:?} may only forward client writes: a node certificate carries no client or operator permission"
+            ))
+        } else {
+            match self.standing(id) {
+                Standing::Member => None,
+                Standing::Removed => Some(format!(
+                    "node {id:?} was removed from the cluster: it may not forward writes"
+                )),
+                Standing::Unknown => Some(format!(
+                    "node {id:?} is not a member of the ring: it may not forward writes"
+                )),
+            }
+        };
+        let allowed = match refused {
+            None => Ok(()),
+            Some(why) => Err(Error::PermissionDenied(why)),
+        };
+        self.record("client", allowed.as_ref().err());
+        allowed
+    }
+
+    /// Where node `id` stands in this node's view of the membership.
+    fn standing(&self, id: &str) -> Standing {
+        let view = self.membership.current();
+        if view.state.is_removed(id) {
+            Standing::Removed
+        } else if view.state.member(id).is_some() {
+            Standing::Member
+        } else {
+            Standing::Unknown
+        }
+    }
+
     /// Whether `who` may do `permission` on `key` (`Ok`), or a `PermissionDenied` naming what
     /// is missing.
     pub fn authorize(
@@ -372,9 +430,9 @@ impl AccessControl {
     }
 
     /// Refuses a call of the node-to-node service unless it comes from a node of this
-    /// cluster; `data` calls (replica reads and merges, hints, anti-entropy, transfers) also
-    /// need the node to be a member of the ring (gossip and pings do not: a node that is
-    /// joining gossips before it is one).
+    /// cluster that was not removed; `data` calls (replica reads and merges, hints,
+    /// anti-entropy, transfers) also need the node to be a member of the ring (gossip and pings
+    /// do not: a node that is joining gossips before it is one).
     pub fn check_peer<T>(&self, req: &Request<T>, what: &str, data: bool) -> Result<(), Error> {
         let allowed = self.check_peer_unrecorded(req, what, data);
         self.record("node", allowed.as_ref().err());

@@ -16,6 +16,7 @@ use dynamokv_common::{CausalContext, VersionedState};
 use dynamokv_proto::tls::{ClientTls, client_config};
 use dynamokv_proto::v1 as pb;
 use dynamokv_proto::v1::admin_client::AdminClient;
+use dynamokv_proto::v1::kv_client::KvClient;
 use dynamokv_proto::v1::replica_client::ReplicaClient;
 use dynamokv_server::certificates::{self, Pem};
 use dynamokv_server::config::TlsConfig;
@@ -33,12 +34,17 @@ struct Secure {
 
 impl Secure {
     async fn start() -> Secure {
+        Self::start_with(3, |_| {}).await
+    }
+
+    /// `n` nodes, each configuration changed further by `tweak`.
+    async fn start_with(n: usize, tweak: impl Fn(&mut dynamokv_server::Config)) -> Secure {
         let dir = tempfile::tempdir().unwrap();
-        let ids: Vec<String> = (0..3).map(|i| format!("node-{i}")).collect();
+        let ids: Vec<String> = (0..n).map(|i| format!("node-{i}")).collect();
         let users = vec!["admin".to_string(), "reader".to_string()];
         certificates::dev_bundle(dir.path(), CLUSTER, &ids, &users).unwrap();
         let d = dir.path().to_path_buf();
-        let cluster = Cluster::start_with(3, move |c| {
+        let cluster = Cluster::start_with(n, move |c| {
             c.tls = Some(TlsConfig {
                 ca: d.join("ca.pem"),
                 cert: d.join(format!("node-{}.pem", c.node_id)),
@@ -48,6 +54,7 @@ impl Secure {
             c.security.superusers = vec!["admin".into()];
             c.security.cache_ms = 200;
             c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+            tweak(c);
         })
         .await;
         Secure { cluster, dir }
@@ -58,7 +65,9 @@ impl Secure {
     }
 
     fn seeds(&self) -> Vec<String> {
-        (0..3).map(|i| self.cluster.seed(i)).collect()
+        (0..self.cluster.addrs.len())
+            .map(|i| self.cluster.seed(i))
+            .collect()
     }
 
     /// A client trusting the cluster's CA, configured further by `f`.
@@ -516,6 +525,54 @@ async fn only_member_nodes_of_the_cluster_may_call_the_node_to_node_service() {
     s.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_tls_node_joins_through_a_seed_it_is_no_member_of() {
+    // A certificate for node-3, which starts alone beside the 3-node cluster.
+    let s = Secure::start_with(3, |_| {}).await;
+    let d = s.dir.path().to_path_buf();
+    let ca = certificates::read_ca(&d).unwrap();
+    let pem = certificates::issue_node(&ca, CLUSTER, "node-3", &[], 1).unwrap();
+    certificates::write_pair(&d, "node-node-3", &pem, false).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = s.cluster.configs[0].clone();
+    config.node_id = "node-3".into();
+    config.listen = addr;
+    config.data_dir = data.path().to_path_buf();
+    config.cluster.members.clear();
+    config.tls = Some(TlsConfig {
+        ca: d.join("ca.pem"),
+        cert: d.join("node-node-3.pem"),
+        key: d.join("node-node-3.key"),
+        reload_interval_ms: 100,
+    });
+    config.metrics_listen = None;
+    let lone = dynamokv_server::start_on(config, listener).await.unwrap();
+    // The operator asks node-3 to join; node-3, no member yet, asks the seed for its view with
+    // its node certificate.
+    let d = s.dir.path();
+    let endpoint = Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    let mut ops = AdminClient::new(dynamokv_proto::tls::connect_lazy(
+        &endpoint,
+        Secure::tls(
+            &d.join("ca.pem"),
+            Some((&d.join("user-admin.pem"), &d.join("user-admin.key"))),
+        ),
+    ));
+    let joined = ops
+        .join(pb::JoinRequest {
+            seed: s.cluster.seed(0),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(joined.cluster_name, CLUSTER);
+    assert_eq!(joined.members, 3);
+    lone.stop().await.unwrap();
+    s.shutdown().await;
+}
+
 /// The certificate node `i` serves now (DER of its leaf).
 async fn served_certificate(s: &Secure, i: usize) -> Vec<u8> {
     let config = Secure::tls(&s.dir.path().join("ca.pem"), None).current();
@@ -718,6 +775,205 @@ async fn a_running_client_presents_its_rotated_certificate_files_on_its_next_con
     assert_eq!(
         client.get(b"cart:9").await.unwrap().values,
         vec![b"v".to_vec()]
+    );
+    s.shutdown().await;
+}
+
+impl Secure {
+    /// A channel to node `i` presenting the certificate `<stem>.pem` (and key) of `dir`.
+    fn channel_as(&self, i: usize, stem: &str) -> Channel {
+        let d = self.dir.path();
+        self.channel(
+            i,
+            Self::tls(
+                &d.join("ca.pem"),
+                Some((
+                    &d.join(format!("{stem}.pem")),
+                    &d.join(format!("{stem}.key")),
+                )),
+            ),
+        )
+    }
+
+    /// A client that sends every request to node `i`, which coordinates it.
+    fn client_of(&self, i: usize, token: &str) -> Client {
+        Client::builder([self.cluster.seed(i)])
+            .coordination(dynamokv_client::Coordination::Server)
+            .ca_cert(self.path("ca.pem"))
+            .token(token.to_string())
+            .max_retries(0)
+            .request_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    }
+}
+
+/// A put of `key` as a node forwarding a client's write sends it.
+fn forwarded_put(key: &[u8], value: &[u8]) -> tonic::Request<pb::PutRequest> {
+    let mut r = tonic::Request::new(pb::PutRequest {
+        key: Some(Bytes::copy_from_slice(key)),
+        value: Some(Bytes::copy_from_slice(value)),
+        ..Default::default()
+    });
+    r.metadata_mut().insert(
+        "dynamokv-forwarded",
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    r
+}
+
+fn denied<T: std::fmt::Debug>(what: &str, r: Result<T, tonic::Status>) {
+    match r {
+        Err(status) => assert_eq!(
+            status.code(),
+            tonic::Code::PermissionDenied,
+            "{what}: {status:?}"
+        ),
+        Ok(answer) => panic!("{what} was allowed: {answer:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_certificates_only_forward_writes_and_only_while_their_node_is_a_member() {
+    let mut s = Secure::start_with(4, |_| {}).await;
+    let admin = s.user("admin");
+    admin
+        .put(b"cart:1", b"apples".to_vec(), None)
+        .await
+        .unwrap();
+    // A certificate from the cluster's CA for a node that never joined.
+    let d = s.dir.path().to_path_buf();
+    let ca = certificates::read_ca(&d).unwrap();
+    let pem = certificates::issue_node(&ca, CLUSTER, "node-9", &[], 1).unwrap();
+    certificates::write_pair(&d, "stranger-node-9", &pem, false).unwrap();
+
+    // Neither a member's certificate nor a stranger's is a client or an operator.
+    for stem in ["node-node-1", "stranger-node-9"] {
+        let channel = s.channel_as(0, stem);
+        let mut kv = KvClient::new(channel.clone());
+        let mut ops = AdminClient::new(channel);
+        let key = |k: &'static [u8]| Some(Bytes::from_static(k));
+        denied(
+            &format!("{stem}: get of a user record"),
+            kv.get(pb::GetRequest {
+                key: key(b"\0dynamokv/user/admin"),
+                ..Default::default()
+            })
+            .await,
+        );
+        denied(
+            &format!("{stem}: get"),
+            kv.get(pb::GetRequest {
+                key: key(b"cart:1"),
+                ..Default::default()
+            })
+            .await,
+        );
+        denied(
+            &format!("{stem}: a put that is not a forward"),
+            kv.put(pb::PutRequest {
+                key: key(b"cart:1"),
+                value: key(b"node"),
+                ..Default::default()
+            })
+            .await,
+        );
+        denied(
+            &format!("{stem}: user list"),
+            ops.user_list(pb::UserListRequest {}).await,
+        );
+        denied(
+            &format!("{stem}: token add"),
+            ops.token_add(pb::TokenAddRequest {
+                user: "admin".into(),
+            })
+            .await,
+        );
+        denied(
+            &format!("{stem}: status"),
+            ops.status(pb::StatusRequest {}).await,
+        );
+    }
+    // A stranger may not forward a write either.
+    denied(
+        "a forward by a non-member",
+        KvClient::new(s.channel_as(0, "stranger-node-9"))
+            .put(forwarded_put(b"cart:1", b"stranger"))
+            .await,
+    );
+    // Members forward writes: a key node-3 does not replicate, put through node-3.
+    let key = s.cluster.key_not_replicated_on(3, "forwarded");
+    let bob = add_user(&s, "bob").await;
+    grant(&s, "bob", "", &["read", "write"], true).await;
+    s.client_of(3, &bob)
+        .put(key.as_bytes(), b"via node-3".to_vec(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        admin.get(key.as_bytes()).await.unwrap().values,
+        vec![b"via node-3".to_vec()]
+    );
+
+    // A joining node (not yet a member) may gossip and ping.
+    let mut joining = ReplicaClient::new(s.channel_as(0, "stranger-node-9"));
+    joining
+        .gossip(pb::GossipRequest {
+            cluster: CLUSTER.into(),
+            partitions: 64,
+            from: "node-9".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    joining.ping(pb::PingRequest::default()).await.unwrap();
+
+    // Node-3 is stopped and removed: its certificate is refused everywhere.
+    s.cluster.stop(3).await;
+    s.admin(0)
+        .remove(pb::RemoveRequest {
+            node_id: "node-3".into(),
+        })
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let mut removed = ReplicaClient::new(s.channel_as(i, "node-node-3"));
+        eventually(
+            &format!("node-{i} to refuse the removed node's gossip"),
+            Duration::from_secs(15),
+            || {
+                let mut removed = removed.clone();
+                async move {
+                    let answer = removed
+                        .gossip(pb::GossipRequest {
+                            cluster: CLUSTER.into(),
+                            partitions: 64,
+                            from: "node-3".into(),
+                            ..Default::default()
+                        })
+                        .await;
+                    matches!(answer, Err(s) if s.code() == tonic::Code::PermissionDenied)
+                }
+            },
+        )
+        .await;
+        denied(
+            &format!("node-{i}: ping by a removed node"),
+            removed.ping(pb::PingRequest::default()).await,
+        );
+        denied(
+            &format!("node-{i}: merge by a removed node"),
+            merge(&mut removed, b"cart:1").await,
+        );
+        denied(
+            &format!("node-{i}: a forward by a removed node"),
+            KvClient::new(s.channel_as(i, "node-node-3"))
+                .put(forwarded_put(b"cart:1", b"removed"))
+                .await,
+        );
+    }
+    assert_eq!(
+        admin.get(b"cart:1").await.unwrap().values,
+        vec![b"apples".to_vec()]
     );
     s.shutdown().await;
 }
