@@ -106,8 +106,17 @@ pub struct SecurityConfig {
     /// administrator gets in (with a client certificate naming the user) to create the others.
     pub superusers: Vec<String>,
     /// How long a node trusts what it read of a user (its token hashes and grants), in
-    /// milliseconds: a revoked token or permission stops working within this time.
+    /// milliseconds, counted from when the read began: a revoked token or permission stops
+    /// working on every node within this time of the revoke.
     pub cache_ms: u64,
+    /// The most users a node caches, and as many names of users that do not exist (a token
+    /// naming one is refused from the cache); the oldest entry goes first.
+    pub cache_max_users: usize,
+    /// Failed token authentications from one source (an IPv4 address, an IPv6 /64) within
+    /// `auth_failure_window_ms` past which that source's tokens naming users this node does not
+    /// know are refused at once, without reading the cluster, until the window ends.
+    pub auth_failure_limit: u32,
+    pub auth_failure_window_ms: u64,
 }
 
 impl Default for SecurityConfig {
@@ -115,6 +124,9 @@ impl Default for SecurityConfig {
         SecurityConfig {
             superusers: Vec::new(),
             cache_ms: 2_000,
+            cache_max_users: crate::user_cache::DEFAULT_CACHE_MAX_USERS,
+            auth_failure_limit: crate::user_cache::DEFAULT_AUTH_FAILURE_LIMIT,
+            auth_failure_window_ms: crate::user_cache::DEFAULT_AUTH_FAILURE_WINDOW_MS,
         }
     }
 }
@@ -512,6 +524,12 @@ impl Config {
                 }
             }
         }
+        let s = &self.security;
+        if s.cache_max_users == 0 || s.auth_failure_limit == 0 || s.auth_failure_window_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "security.cache_max_users, auth_failure_limit and auth_failure_window_ms must be positive".into(),
+            ));
+        }
         if let Some(bad) = self
             .security
             .superusers
@@ -529,6 +547,20 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_user_cache_or_failure_limit_is_refused() {
+        for tweak in [
+            |s: &mut SecurityConfig| s.cache_max_users = 0,
+            |s: &mut SecurityConfig| s.auth_failure_limit = 0,
+            |s: &mut SecurityConfig| s.auth_failure_window_ms = 0,
+        ] {
+            let mut c = Config::default();
+            tweak(&mut c.security);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("cache_max_users"), "{err}");
+        }
+    }
 
     #[test]
     fn empty_file_is_a_working_single_node() {

@@ -40,6 +40,7 @@ pub mod service;
 pub mod storage;
 pub mod tls;
 pub mod tombstones;
+pub mod user_cache;
 
 pub use config::Config;
 pub use server::{NodeHandle, ServerError, run, start, start_on};

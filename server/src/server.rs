@@ -277,14 +277,21 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
         config.limits.max_concurrent_requests,
         Arc::clone(&metrics),
     ));
-    let access = Arc::new(AccessControl::new(
-        tls.is_some(),
-        &config.cluster.name,
-        &config.security.superusers,
-        Duration::from_millis(config.security.cache_ms),
-        membership,
-        Arc::clone(&coordinator),
-    ));
+    let access = Arc::new(
+        AccessControl::new(
+            tls.is_some(),
+            &config.cluster.name,
+            &config.security.superusers,
+            Duration::from_millis(config.security.cache_ms),
+            membership,
+            Arc::clone(&coordinator),
+        )
+        .with_limits(
+            config.security.cache_max_users,
+            config.security.auth_failure_limit,
+            Duration::from_millis(config.security.auth_failure_window_ms),
+        ),
+    );
     Ok(Ready {
         kv: KvService::new(
             Arc::clone(&coordinator),
