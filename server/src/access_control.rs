@@ -379,6 +379,45 @@ impl AccessControl {
         }
     }
 
+    /// Whether the caller of `req` may call the standard service `what` (health, reflection;
+    /// see `guard`): any TLS client, or an authenticated user only. Refusals are counted as
+    /// the client service's.
+    pub async fn check_standard<T>(
+        self: &Arc<Self>,
+        req: &Request<T>,
+        what: &str,
+        callers: crate::guard::Callers,
+    ) -> Result<(), Error> {
+        if !self.enabled {
+            return Ok(());
+        }
+        match callers {
+            crate::guard::Callers::TlsClients => {
+                let tls = matches!(
+                    req.extensions().get::<ConnInfo>().map(|i| &i.security),
+                    Some(Security::Tls { .. })
+                );
+                let allowed = if tls {
+                    Ok(())
+                } else {
+                    Err(Error::Unauthenticated(NEEDS_TLS.into()))
+                };
+                self.record("client", allowed.as_ref().err());
+                allowed
+            }
+            crate::guard::Callers::Users => match self.authenticate(req).await? {
+                Principal::Node(id) => {
+                    let refused = Error::PermissionDenied(format!(
+                        "{what} answers users only; node {id:?} is none"
+                    ));
+                    self.record("client", Some(&refused));
+                    Err(refused)
+                }
+                Principal::Anyone | Principal::User { .. } => Ok(()),
+            },
+        }
+    }
+
     /// Refuses a node identity any call of the client and operator services but the forward of
     /// a client's write (`forward`: a `Put` or `Delete` marked `dynamokv-forwarded`), and that
     /// too unless the node is a member of the ring (not removed). Users pass.

@@ -26,6 +26,7 @@ pub mod coordinator;
 pub mod dev;
 pub mod error;
 pub mod gossip;
+pub mod guard;
 pub mod hinted_handoff;
 pub mod key_range_transfer;
 pub mod load_shedding;

@@ -19,6 +19,7 @@ use crate::access_control::AccessControl;
 use crate::background::Background;
 use crate::config::{Config, ConfigError, Engine};
 use crate::coordinator::Coordinator;
+use crate::guard::{Callers, Guarded};
 use crate::load_shedding::{ConnectionCap, LoadShedding};
 use crate::membership::Membership;
 use crate::metrics::{HealthInfo, Metrics};
@@ -182,6 +183,8 @@ struct Ready {
     kv: KvService,
     replica: ReplicaService,
     admin: AdminService,
+    /// Who may call what, for the standard services (health, reflection).
+    access: Arc<AccessControl>,
     metrics: Arc<Metrics>,
     /// Ends the peers' exchange streams at shutdown.
     streams_stop: CancellationToken,
@@ -314,8 +317,9 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
             Arc::clone(&coordinator),
             Arc::clone(&metrics),
             streams_stop.clone(),
-            access,
+            Arc::clone(&access),
         ),
+        access,
         tls,
         tls_reload: Duration::from_millis(
             config.tls.as_ref().map_or(2_000, |t| t.reload_interval_ms),
@@ -377,6 +381,11 @@ async fn serve(
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
+    // On a TLS node: health for TLS clients, reflection for users (see `guard`).
+    let access = &ready.access;
+    let health_service = Guarded::new(health_service, Arc::clone(access), Callers::TlsClients);
+    let reflection_v1 = Guarded::new(reflection_v1, Arc::clone(access), Callers::Users);
+    let reflection_v1alpha = Guarded::new(reflection_v1alpha, Arc::clone(access), Callers::Users);
     ready.background.start();
     if let Some(tls) = &ready.tls {
         tls.watch(ready.tls_reload, http_stop.clone());

@@ -1101,3 +1101,60 @@ async fn a_revoked_token_is_refused_on_every_node_once_cache_ms_has_passed() {
     }
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_tls_clients_and_reflection_only_authenticated_ones() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+
+    let s = Secure::start().await;
+    let d = s.dir.path();
+    let plain = Endpoint::from_shared(format!("http://{}", s.cluster.seed(0)))
+        .unwrap()
+        .connect_lazy();
+    let anonymous = s.channel(0, Secure::tls(&d.join("ca.pem"), None));
+    let admin = s.channel_as(0, "user-admin");
+    let check = |channel: Channel| async move {
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: "dynamokv.v1.Kv".into(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+    };
+    let list = |channel: Channel| async move {
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut replies = ServerReflectionClient::new(channel)
+            .server_reflection_info(futures::stream::iter([request]))
+            .await?
+            .into_inner();
+        replies.message().await.map(|m| format!("{m:?}"))
+    };
+    // Load balancers probe health over TLS without credentials; plain text is refused.
+    assert_eq!(
+        check(anonymous.clone()).await.unwrap(),
+        ServingStatus::Serving as i32
+    );
+    let refused = check(plain.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("requires TLS"), "{refused:?}");
+    // Reflection describes the whole API: an authenticated caller only.
+    for (who, channel) in [("anonymous", anonymous), ("plain text", plain)] {
+        let refused = list(channel).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::Unauthenticated,
+            "{who}: {refused:?}"
+        );
+    }
+    let services = list(admin).await.unwrap();
+    assert!(services.contains("dynamokv.v1.Kv"), "{services}");
+    s.shutdown().await;
+}
