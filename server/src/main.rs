@@ -325,6 +325,12 @@ fn load(args: &ServeArgs) -> Result<Config, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve(_) | Command::Dev(_)) {
+        // Values, hints and user records are the owner's alone: RocksDB (and `dev`, for its
+        // configs and logs) create files with the process umask, which would leave them
+        // readable by every local user (0644 in 0755 directories).
+        rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -15,6 +15,7 @@ mod client_driven;
 mod cluster;
 mod durability;
 mod elasticity;
+mod exposure;
 mod failure_detection;
 mod healing;
 mod hostile_bytes;
