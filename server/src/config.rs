@@ -38,8 +38,18 @@ pub struct Config {
     /// Address other nodes and clients reach this node at; defaults to the bound address.
     pub advertise: Option<String>,
     /// Address of the HTTP endpoint serving `/metrics` (Prometheus) and `/health`; none by
-    /// default. Port 0 picks a free port.
+    /// default. Port 0 picks a free port. Beyond loopback only with `metrics_token_file` (or
+    /// `insecure`): what it shows (peers, request rates, errors) is no stranger's business.
     pub metrics_listen: Option<SocketAddr>,
+    /// A file holding a secret that `/metrics` and `/health` then require as `Authorization:
+    /// Bearer <secret>` (Prometheus: `authorization: { credentials_file: ... }`). Read at every
+    /// request, so it can be rotated in place.
+    pub metrics_token_file: Option<PathBuf>,
+    /// Serve without protection beyond loopback: plain text with no `[tls]`, or `/metrics`
+    /// without `metrics_token_file`, on an address other machines may reach. Refused unless
+    /// set (or `--insecure`): without TLS anyone who can connect reads and writes every key,
+    /// calls the operator service and poses as a node.
+    pub insecure: bool,
     /// Where the RocksDB engine keeps its files.
     pub data_dir: PathBuf,
     pub engine: Engine,
@@ -250,6 +260,8 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             advertise: None,
             metrics_listen: None,
+            metrics_token_file: None,
+            insecure: false,
             data_dir: PathBuf::from("dynamokv-data"),
             engine: Engine::Rocksdb,
             sync_writes: false,
@@ -426,8 +438,35 @@ impl Config {
         Ok(Quorums { n, r, w })
     }
 
+    /// Refuses to serve unprotected beyond loopback unless `insecure`: plain text (no
+    /// `[tls]`) on `listen`, or `/metrics` without a token on `metrics_listen`.
+    pub fn check_exposure(
+        &self,
+        listen: SocketAddr,
+        metrics: Option<SocketAddr>,
+    ) -> Result<(), ConfigError> {
+        if self.insecure {
+            return Ok(());
+        }
+        if self.tls.is_none() && !listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "listen = {listen} is not a loopback address and [tls] is not configured: anyone who can connect could read and write every key, call the operator service and pose as a node. Configure [tls] (see `dynamokv cert`), listen on a loopback address, or pass --insecure (insecure = true) to serve plain text on a network only trusted machines reach"
+            )));
+        }
+        if let Some(at) = metrics
+            && self.metrics_token_file.is_none()
+            && !at.ip().is_loopback()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "metrics_listen = {at} is not a loopback address: /metrics and /health would answer anyone (peers, request rates, errors). Set metrics_token_file to require a bearer token, listen on a loopback address, or pass --insecure (insecure = true)"
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks what can be checked before binding.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_exposure(self.listen, self.metrics_listen)?;
         if self.node_id.is_empty() {
             return Err(ConfigError::Invalid("node_id must not be empty".into()));
         }
@@ -636,6 +675,26 @@ mod tests {
                 .to_string()
                 .contains("cluster.n = 3")
         );
+    }
+
+    #[test]
+    fn serving_unprotected_beyond_loopback_needs_insecure() {
+        let mut c = Config {
+            listen: "0.0.0.0:7070".parse().unwrap(),
+            ..Config::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("--insecure") && err.contains("[tls]"), "{err}");
+        c.insecure = true;
+        c.validate().unwrap();
+        c.insecure = false;
+        c.listen = "[::1]:7070".parse().unwrap();
+        c.validate().unwrap();
+        c.metrics_listen = Some("10.0.0.1:9100".parse().unwrap());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("metrics_token_file"), "{err}");
+        c.metrics_token_file = Some("/etc/dynamokv/metrics.token".into());
+        c.validate().unwrap();
     }
 
     #[test]

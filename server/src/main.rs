@@ -288,6 +288,10 @@ struct ServeArgs {
     /// Serve `/metrics` and `/health` over HTTP on this address (overrides `metrics_listen`).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// Serve plain text (no `[tls]`), or `/metrics` without a token, on an address other
+    /// machines may reach (sets `insecure`): anyone who can connect may do anything.
+    #[arg(long)]
+    insecure: bool,
     /// Ask the cluster of this node (host:port) to admit this one; added to `cluster.seeds`.
     /// Ignored once the node has stored a membership view (it restarts as the member it was).
     #[arg(long, value_name = "SEED_ADDR")]
@@ -313,6 +317,9 @@ fn load(args: &ServeArgs) -> Result<Config, String> {
     }
     if let Some(v) = args.metrics_listen {
         config.metrics_listen = Some(v);
+    }
+    if args.insecure {
+        config.insecure = true;
     }
     for seed in &args.join {
         if !config.cluster.seeds.contains(seed) {

@@ -198,6 +198,8 @@ struct Ready {
     max_request_bytes: usize,
     tls_reload: Duration,
     metrics_addr: Option<SocketAddr>,
+    /// The secret `/metrics` and `/health` require, if any (see `metrics_token_file`).
+    metrics_token_file: Option<std::path::PathBuf>,
     node_id: String,
     addr: SocketAddr,
 }
@@ -215,6 +217,11 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
             (Some(l), Some(bound))
         }
     };
+    // Where the node really listens (a listener handed in may not be `config.listen`).
+    config.check_exposure(addr, metrics_addr)?;
+    if let Some(path) = &config.metrics_token_file {
+        crate::metrics::read_token(path).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    }
     let metrics = Arc::new(Metrics::new());
     let tls = match &config.tls {
         None => None,
@@ -329,6 +336,7 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
         metrics,
         metrics_listener,
         metrics_addr,
+        metrics_token_file: config.metrics_token_file.clone(),
         node_id: config.node_id.clone(),
         addr,
         coordinator,
@@ -354,6 +362,7 @@ async fn serve(
             let info = HealthInfo {
                 node_id: ready.node_id.clone(),
                 grpc_addr: ready.addr,
+                token_file: ready.metrics_token_file.clone(),
             };
             let metrics = Arc::clone(&ready.metrics);
             let stop = http_stop.clone();
