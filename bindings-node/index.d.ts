@@ -15,6 +15,7 @@ export type ErrorCodeName =
   | 'INVALID_CONTEXT'
   | 'INVALID_QUORUM'
   | 'MISSING_FIELD'
+  | 'INVALID_INPUT'
   | 'QUORUM_NOT_REACHED'
   | 'OUTCOME_UNKNOWN'
   | 'SIBLING_LIMIT'
@@ -48,7 +49,9 @@ export declare const ErrorCode: Readonly<{ [K in ErrorCodeName]: K }>;
  * - `TLS`: the TLS handshake failed; the message says which side refused and why.
  * - `TIMEOUT`: a read (get, clusterInfo) ran out of time. Writes never give it: a write that
  *   runs out of time gives `OUTCOME_UNKNOWN`.
- * - `MISSING_FIELD`: a malformed request, such as a `writeId` that is not 32 hex digits.
+ * - `MISSING_FIELD`: a request without a required field (a client bug).
+ * - `INVALID_INPUT`: a malformed request field, such as a `writeId` that is not 32 hex digits.
+ *   Nothing was done.
  * - `RESOLVER_FAILED`: a resolving get whose resolver failed: a built-in one (e.g.
  *   `resolvers.unionJson` over a value that is not a JSON array), or any resolver whose result
  *   cannot be stored (over the value limit). Nothing was written. A custom resolver that throws
@@ -281,7 +284,7 @@ export interface WriteOptions {
    * The write's id: 32 hex digits (16 bytes, big-endian). Left out, a fresh random one is
    * drawn. Give the `writeId` of an OUTCOME_UNKNOWN error to retry that write: one write id is
    * applied at most once, however often it is sent. Another string is refused with
-   * MISSING_FIELD, another type with a TypeError; nothing is sent.
+   * INVALID_INPUT, another type with a TypeError; nothing is sent.
    */
   writeId?: string;  /**
    * How many of the W acknowledging replicas fsync their write-ahead log before the write is

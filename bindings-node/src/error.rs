@@ -69,7 +69,7 @@ fn write_id_hex(id: u128) -> String {
 }
 
 /// Parses the `writeId` option: the 32 hex digits of a `DynamoKVError`'s `writeId` (either
-/// case). Anything else is refused, before anything is sent, with the `MISSING_FIELD` error a
+/// case). Anything else is refused, before anything is sent, with the `INVALID_INPUT` error a
 /// node gives a malformed write id.
 pub(crate) fn write_id(hex: &str) -> Result<u128, Error> {
     // from_str_radix alone would also take a sign and fewer digits.
@@ -77,7 +77,7 @@ pub(crate) fn write_id(hex: &str) -> Result<u128, Error> {
     well_formed
         .then(|| u128::from_str_radix(hex, 16).ok())
         .flatten()
-        .ok_or_else(|| Error::MissingField {
+        .ok_or_else(|| Error::InvalidInput {
             message: format!(
                 "writeId must be 32 hex digits (the writeId of an OUTCOME_UNKNOWN error, or left out for a fresh one), got {hex:?}"
             ),

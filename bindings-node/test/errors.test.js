@@ -71,6 +71,7 @@ test('the error codes are the documented set', () => {
     'INTERNAL',
     'INVALID_CONFIG',
     'INVALID_CONTEXT',
+    'INVALID_INPUT',
     'INVALID_QUORUM',
     'KEY_TOO_LARGE',
     'MISSING_FIELD',

@@ -147,7 +147,7 @@ test('the same writeId sent twice is applied once', async () => {
   assert.deepEqual((await client.get(k)).values, []);
 });
 
-test('a malformed writeId is MISSING_FIELD (or a TypeError) and changes nothing', async () => {
+test('a malformed writeId is INVALID_INPUT (or a TypeError) and changes nothing', async () => {
   const k = freshKey('malformed');
   await client.put(k, 'original');
   const before = await client.get(k);
@@ -158,7 +158,7 @@ test('a malformed writeId is MISSING_FIELD (or a TypeError) and changes nothing'
       () => client.put(k, 'x', null, { writeId }),
       () => client.delete(k, before.context, { writeId }),
     ]) {
-      const e = await rejectsWith(call(), 'MISSING_FIELD');
+      const e = await rejectsWith(call(), 'INVALID_INPUT');
       assert.match(e.message, /writeId must be 32 hex digits/);
       assert.equal(e.writeId, undefined);
     }

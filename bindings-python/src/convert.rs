@@ -45,7 +45,8 @@ impl From<Blob> for Context {
 
 /// A write id: exactly 16 bytes-like bytes, big-endian (the `write_id` of an
 /// `OutcomeUnknownError`). Another type is a `TypeError`; another length is refused, before
-/// anything is sent, with the `MissingFieldError` a node gives a malformed write id.
+/// anything is sent, with the `InvalidInputError` (`INVALID_INPUT`) a node gives a malformed
+/// write id.
 pub(crate) struct WriteId(pub(crate) u128);
 
 impl<'a, 'py> FromPyObject<'a, 'py> for WriteId {
@@ -54,7 +55,7 @@ impl<'a, 'py> FromPyObject<'a, 'py> for WriteId {
     fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
         let bytes = bytes_like(obj, "write_id", "bytes-like")?;
         let id: [u8; 16] = bytes.as_slice().try_into().map_err(|_| {
-            error::to_py(Error::MissingField {
+            error::to_py(Error::InvalidInput {
                 message: format!(
                     "write_id must be 16 bytes (the write_id of an OutcomeUnknownError, or None for a fresh one), got {} bytes",
                     bytes.len()

@@ -19,6 +19,7 @@ mod classes {
     pyo3::import_exception!(dynamokv._errors, ValueTooLargeError);
     pyo3::import_exception!(dynamokv._errors, InvalidContextError);
     pyo3::import_exception!(dynamokv._errors, InvalidQuorumError);
+    pyo3::import_exception!(dynamokv._errors, InvalidInputError);
     pyo3::import_exception!(dynamokv._errors, MissingFieldError);
     pyo3::import_exception!(dynamokv._errors, QuorumError);
     pyo3::import_exception!(dynamokv._errors, OutcomeUnknownError);
@@ -49,6 +50,7 @@ pub(crate) fn to_py(err: Error) -> PyErr {
         Error::InvalidContext { .. } => PyErr::new::<InvalidContextError, _>((message,)),
         Error::InvalidQuorum { .. } => PyErr::new::<InvalidQuorumError, _>((message,)),
         Error::MissingField { .. } => PyErr::new::<MissingFieldError, _>((message,)),
+        Error::InvalidInput { .. } => PyErr::new::<InvalidInputError, _>((message,)),
         Error::QuorumNotReached { needed, got, .. } => {
             PyErr::new::<QuorumError, _>((message, needed, got))
         }

@@ -131,6 +131,7 @@ ALL_ERRORS = [
     (dynamokv.InvalidContextError("m"), "INVALID_CONTEXT", {}),
     (dynamokv.InvalidQuorumError("m"), "INVALID_QUORUM", {}),
     (dynamokv.MissingFieldError("m"), "MISSING_FIELD", {}),
+    (dynamokv.InvalidInputError("m"), "INVALID_INPUT", {}),
     (dynamokv.QuorumError("m", 2, 1), "QUORUM_NOT_REACHED", {"needed": 2, "got": 1}),
     (dynamokv.OutcomeUnknownError("m", bytes(range(16))), "OUTCOME_UNKNOWN",
      {"write_id": bytes(range(16))}),
@@ -159,6 +160,7 @@ def test_exception_hierarchy(err: Any, code: str, fields: Any) -> None:
         dynamokv.InvalidContextError,
         dynamokv.InvalidQuorumError,
         dynamokv.MissingFieldError,
+        dynamokv.InvalidInputError,
     )
     assert isinstance(err, dynamokv.InvalidInputError) == isinstance(err, input_errors)
     assert isinstance(err, TimeoutError) == isinstance(err, dynamokv.RequestTimeoutError)

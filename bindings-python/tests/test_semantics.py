@@ -241,9 +241,9 @@ async def test_malformed_write_id(kv: Any, key: bytes) -> None:
             kv.put(key, b"x", write_id=bad),
             kv.delete(key, ctx, write_id=bad),
         ):
-            err = await raises(dynamokv.MissingFieldError, call)
-            assert err.code == "MISSING_FIELD"
-            assert isinstance(err, dynamokv.InvalidInputError)
+            err = await raises(dynamokv.InvalidInputError, call)
+            assert type(err) is dynamokv.InvalidInputError
+            assert err.code == "INVALID_INPUT"
             assert "write_id must be 16 bytes" in str(err) and f"got {len(bad)} bytes" in str(err)
     for wrong_type in ("0" * 32, 42, uuid.uuid4()):
         with pytest.raises(TypeError, match="write_id"):

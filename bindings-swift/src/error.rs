@@ -26,6 +26,8 @@ pub enum DynamoKvError {
     InvalidQuorum { message: String },
     /// A request lacked a required field (only a non-conforming client can cause this).
     MissingField { message: String },
+    /// A request field was malformed (a write id that is not 16 bytes). Nothing was done.
+    InvalidInput { message: String },
     /// Fewer than the needed replicas answered. For a write, it may be stored on those that did.
     QuorumNotReached {
         needed: u32,
@@ -77,11 +79,11 @@ pub(crate) fn id_bytes(id: u128) -> Vec<u8> {
 }
 
 /// A write id from 16 bytes; anything else is refused, before anything is sent, with the
-/// `MissingField` error a node gives a malformed write id.
+/// `InvalidInput` error a node gives a malformed write id.
 pub(crate) fn write_id(bytes: &[u8]) -> Result<u128, DynamoKvError> {
     let id: [u8; 16] = bytes
         .try_into()
-        .map_err(|_| DynamoKvError::MissingField {
+        .map_err(|_| DynamoKvError::InvalidInput {
             message: format!(
                 "writeId must be 16 bytes (the writeId of an OutcomeUnknown error, or nil for a fresh one), got {} bytes",
                 bytes.len()
@@ -116,6 +118,7 @@ impl From<kv::Error> for DynamoKvError {
             E::InvalidContext { message } => DynamoKvError::InvalidContext { message },
             E::InvalidQuorum { message } => DynamoKvError::InvalidQuorum { message },
             E::MissingField { message } => DynamoKvError::MissingField { message },
+            E::InvalidInput { message } => DynamoKvError::InvalidInput { message },
             E::QuorumNotReached {
                 needed,
                 got,
@@ -165,6 +168,7 @@ impl From<&DynamoKvError> for kv::Error {
             D::InvalidContext { message } => kv::Error::InvalidContext { message },
             D::InvalidQuorum { message } => kv::Error::InvalidQuorum { message },
             D::MissingField { message } => kv::Error::MissingField { message },
+            D::InvalidInput { message } => kv::Error::InvalidInput { message },
             D::QuorumNotReached {
                 needed,
                 got,
@@ -251,6 +255,9 @@ mod tests {
             kv::Error::MissingField {
                 message: "m".into(),
             },
+            kv::Error::InvalidInput {
+                message: "m".into(),
+            },
             kv::Error::QuorumNotReached {
                 needed: 2,
                 got: 1,
@@ -309,7 +316,7 @@ mod tests {
         for bad in [&bytes[..15], &[0u8; 17][..], &[][..]] {
             let err = write_id(bad).err();
             assert!(
-                matches!(err, Some(DynamoKvError::MissingField { .. })),
+                matches!(err, Some(DynamoKvError::InvalidInput { .. })),
                 "{bad:?}"
             );
         }

@@ -483,6 +483,7 @@ def test_error_classes_cover_every_client_core_variant(kv):
         "InvalidContext": "INVALID_CONTEXT",
         "InvalidQuorum": "INVALID_QUORUM",
         "MissingField": "MISSING_FIELD",
+        "InvalidInput": "INVALID_INPUT",
         "QuorumNotReached": "QUORUM_NOT_REACHED",
         "OutcomeUnknown": "OUTCOME_UNKNOWN",
         "SiblingLimit": "SIBLING_LIMIT",
@@ -503,6 +504,7 @@ def test_error_classes_cover_every_client_core_variant(kv):
         "InvalidContext": dict(message="m"),
         "InvalidQuorum": dict(message="m"),
         "MissingField": dict(message="m"),
+        "InvalidInput": dict(message="m"),
         "QuorumNotReached": dict(needed=2, got=1, message="m"),
         "OutcomeUnknown": dict(write_id=bytes(range(16)), message="m"),
         "SiblingLimit": dict(message="m"),
@@ -588,7 +590,7 @@ def test_same_write_id_twice_is_applied_once(client):
     run(scenario())
 
 
-def test_malformed_write_id_is_missing_field(kv, client):
+def test_malformed_write_id_is_invalid_input(kv, client):
     E = kv.DynamoKvError
 
     async def scenario():
@@ -601,10 +603,10 @@ def test_malformed_write_id_is_missing_field(kv, client):
                 client.put(k, b"x", write_id=bad),
                 client.delete(k, ctx, write_id=bad),
             ):
-                err = await _expect(kv, E.MissingField, call)
+                err = await _expect(kv, E.InvalidInput, call)
                 assert "writeId must be 16 bytes" in err.message
                 assert f"got {len(bad)} bytes" in err.message
-                assert err.code() == "MISSING_FIELD"
+                assert err.code() == "INVALID_INPUT"
         got = await client.get(k)
         assert got.values == [b"kept"] and got.context == ctx
 

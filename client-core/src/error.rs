@@ -41,6 +41,10 @@ pub enum Error {
     /// A request lacked a required field (only a non-conforming client can cause this).
     #[error("{message}")]
     MissingField { message: String },
+    /// A request field was malformed (a write id that is not 16 bytes), or an operator request
+    /// cannot be done as asked (a permission that does not exist). Nothing was done.
+    #[error("{message}")]
+    InvalidInput { message: String },
     /// Fewer than the needed replicas answered. For a write, it may be stored on those that did.
     #[error("{message}")]
     QuorumNotReached {
@@ -105,6 +109,7 @@ impl Error {
             Error::InvalidContext { .. } => ErrorCode::InvalidContext.as_str(),
             Error::InvalidQuorum { .. } => ErrorCode::InvalidQuorum.as_str(),
             Error::MissingField { .. } => ErrorCode::MissingField.as_str(),
+            Error::InvalidInput { .. } => ErrorCode::InvalidInput.as_str(),
             Error::QuorumNotReached { .. } => ErrorCode::QuorumNotReached.as_str(),
             Error::OutcomeUnknown { .. } => ErrorCode::OutcomeUnknown.as_str(),
             Error::SiblingLimit { .. } => ErrorCode::SiblingLimit.as_str(),
@@ -222,6 +227,7 @@ impl From<Status> for Error {
             Some(ErrorCode::InvalidContext) => Error::InvalidContext { message },
             Some(ErrorCode::InvalidQuorum) => Error::InvalidQuorum { message },
             Some(ErrorCode::MissingField) => Error::MissingField { message },
+            Some(ErrorCode::InvalidInput) => Error::InvalidInput { message },
             Some(ErrorCode::QuorumNotReached) => Error::QuorumNotReached {
                 needed: md(&status, QUORUM_NEEDED_METADATA),
                 got: md(&status, QUORUM_GOT_METADATA),

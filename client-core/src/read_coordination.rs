@@ -63,6 +63,7 @@ fn is_verdict(e: &Error) -> bool {
             | Error::InvalidContext { .. }
             | Error::InvalidQuorum { .. }
             | Error::MissingField { .. }
+            | Error::InvalidInput { .. }
     ) || e.is_refusal()
 }
 

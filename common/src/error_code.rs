@@ -25,6 +25,10 @@ pub enum ErrorCode {
     InvalidQuorum,
     /// A required request field is missing.
     MissingField,
+    /// A request field is present but malformed (a write id that is not 16 bytes, a replica
+    /// state that does not decode), or an operator request that cannot be done as asked (a
+    /// permission that does not exist, a user that exists already). Nothing was done.
+    InvalidInput,
     /// Fewer replicas than the quorum answered in time.
     QuorumNotReached,
     /// A write's outcome cannot be known (its answer was lost); retrying it with the same write
@@ -47,13 +51,14 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// All codes, for exhaustive tests.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::EmptyKey,
         ErrorCode::KeyTooLarge,
         ErrorCode::ValueTooLarge,
         ErrorCode::InvalidContext,
         ErrorCode::InvalidQuorum,
         ErrorCode::MissingField,
+        ErrorCode::InvalidInput,
         ErrorCode::QuorumNotReached,
         ErrorCode::OutcomeUnknown,
         ErrorCode::SiblingLimit,
@@ -73,6 +78,7 @@ impl ErrorCode {
             ErrorCode::InvalidContext => "INVALID_CONTEXT",
             ErrorCode::InvalidQuorum => "INVALID_QUORUM",
             ErrorCode::MissingField => "MISSING_FIELD",
+            ErrorCode::InvalidInput => "INVALID_INPUT",
             ErrorCode::QuorumNotReached => "QUORUM_NOT_REACHED",
             ErrorCode::OutcomeUnknown => "OUTCOME_UNKNOWN",
             ErrorCode::SiblingLimit => "SIBLING_LIMIT",

@@ -12,26 +12,35 @@
 //! (`cart:`; the empty prefix is every key). Gets and replica reads need `read` on the key;
 //! puts, deletes and client repairs need `write`. The operator service needs `admin` on the
 //! empty prefix, and granting on a prefix needs `admin` on it. Users named in
-//! `security.superusers` hold every permission (how the first administrator gets in). Nodes,
-//! calling each other's client service when they forward a write, may do anything; but only
-//! nodes may call the node-to-node service, and its data calls only members of the ring.
+//! `security.superusers` hold every permission (how the first administrator gets in).
+//!
+//! **Nodes.** A node certificate is for node-to-node work only: the node-to-node service, and
+//! of the client service only the forward of a client's write to its coordinator (a `Put` or
+//! `Delete` marked `dynamokv-forwarded`, which the forwarding node authorized), any key; no
+//! other client call and no operator call. Forwards and the node-to-node service's data calls
+//! need the node to be a member of the ring; gossip and pings do not (a joining node gossips
+//! before it is one). A removed node is refused everything.
 //!
 //! **Where grants live.** In the cluster itself, as records under the reserved key prefix
 //! `\0dynamokv/` that no client may touch, written and read with the cluster's own quorums
 //! (as Cassandra keeps its roles in `system_auth`). Each node caches what it read for
-//! `security.cache_ms` (2 s by default, as Cassandra's `roles_validity`): a revoked token or
-//! permission stops working within that time, and a cached user is refreshed in the
-//! background so requests do not wait on it.
+//! `security.cache_ms` (2 s by default, as Cassandra's `roles_validity`), counted from when the
+//! read began: a revoked token or permission stops working on every node within that time of
+//! the revoke. A user in use is read again in the background from half that age, so its
+//! requests do not wait; concurrent reads of one user are one read; the cache is bounded and
+//! names that are no user are cached too, apart; and a source whose tokens keep failing is
+//! refused without a read (see `user_cache`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::FutureExt as _;
+use futures::future::{BoxFuture, Shared};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use tokio::time::Instant;
 use tonic::Request;
 
 use crate::certificates::{Identity, valid_name};
@@ -39,6 +48,7 @@ use crate::coordinator::{Coordinator, WriteRequest};
 use crate::error::Error;
 use crate::membership::Membership;
 use crate::tls::{ConnInfo, Security};
+use crate::user_cache::{Lookup, Source, Throttle, UserCache};
 
 /// Keys starting with this hold the cluster's own records; no client may read or write them.
 pub const RESERVED_PREFIX: &[u8] = b"\0dynamokv/";
@@ -124,6 +134,17 @@ impl Principal {
     }
 }
 
+/// Where a node stands in the membership, for what its certificate may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// Joining, up or leaving: a member of the ring.
+    Member,
+    /// Removed by an operator: refused everything.
+    Removed,
+    /// Never heard of (a node not yet known to this one, e.g. one that is about to join).
+    Unknown,
+}
+
 /// A key as a denial shows it: UTF-8 where it is, escaped elsewhere, at most 64 bytes.
 fn show_key(key: &[u8]) -> String {
     let cut = &key[..key.len().min(64)];
@@ -192,12 +213,9 @@ fn token_user(token: &str) -> Result<&str, String> {
     Ok(user)
 }
 
-#[derive(Debug)]
-struct Cached {
-    record: Option<Arc<UserRecord>>,
-    read_at: Instant,
-    refreshing: bool,
-}
+/// A read of a user under way, which every request for the user awaits: the user, or why the
+/// read failed.
+type UserRead = Shared<BoxFuture<'static, Result<Option<Arc<UserRecord>>, String>>>;
 
 /// A node's access control: authentication of each request and the check of its permission.
 #[derive(Debug)]
@@ -205,10 +223,13 @@ pub struct AccessControl {
     enabled: bool,
     cluster: String,
     superusers: HashSet<String>,
-    validity: Duration,
     membership: Membership,
     coordinator: Arc<Coordinator>,
-    cache: Mutex<HashMap<String, Cached>>,
+    cache: Mutex<UserCache<Arc<UserRecord>>>,
+    /// Reads under way, by user, each with an id so that only it removes itself.
+    reads: Mutex<HashMap<String, (u64, UserRead)>>,
+    next_read: std::sync::atomic::AtomicU64,
+    throttle: Mutex<Throttle>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -218,6 +239,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 const NEEDS_TLS: &str = "this node requires TLS: connect over TLS with the cluster's CA certificate (the ca_cert option)";
 
 impl AccessControl {
+    /// Access control trusting what it read of a user for `validity` (`security.cache_ms`),
+    /// with the default cache size and failure throttle (see [`with_limits`](Self::with_limits)).
     pub fn new(
         enabled: bool,
         cluster: &str,
@@ -230,10 +253,35 @@ impl AccessControl {
             enabled,
             cluster: cluster.to_string(),
             superusers: superusers.iter().cloned().collect(),
-            validity,
             membership,
             coordinator,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(UserCache::new(
+                validity,
+                crate::user_cache::DEFAULT_CACHE_MAX_USERS,
+            )),
+            reads: Mutex::new(HashMap::new()),
+            next_read: std::sync::atomic::AtomicU64::new(0),
+            throttle: Mutex::new(Throttle::new(
+                crate::user_cache::DEFAULT_AUTH_FAILURE_LIMIT,
+                Duration::from_millis(crate::user_cache::DEFAULT_AUTH_FAILURE_WINDOW_MS),
+            )),
+        }
+    }
+
+    /// Caches at most `max_users` users (and as many unknown names), and throttles a source
+    /// past `failure_limit` failed token authentications in `failure_window` (see
+    /// `user_cache`).
+    pub fn with_limits(
+        self,
+        max_users: usize,
+        failure_limit: u32,
+        failure_window: Duration,
+    ) -> AccessControl {
+        let validity = lock(&self.cache).validity();
+        AccessControl {
+            cache: Mutex::new(UserCache::new(validity, max_users)),
+            throttle: Mutex::new(Throttle::new(failure_limit, failure_window)),
+            ..self
         }
     }
 
@@ -291,17 +339,26 @@ impl AccessControl {
             _ => {}
         }
         if let Some(token) = bearer(req)? {
-            let user = token_user(&token)
-                .map_err(Error::Unauthenticated)?
-                .to_string();
-            let record = self.user(&user).await?;
+            let source = req
+                .extensions()
+                .get::<ConnInfo>()
+                .and_then(|i| i.remote)
+                .map(|a| Source::of(a.ip()));
+            let user = match token_user(&token) {
+                Ok(user) => user.to_string(),
+                Err(why) => return Err(self.failed(source, Error::Unauthenticated(why))),
+            };
+            let record = self.user(&user, source).await?;
             let hash = sha256_hex(token.as_bytes());
             let known = record
                 .as_ref()
                 .is_some_and(|r| r.token_hashes.iter().any(|h| same(h, &hash)));
             if !known {
-                return Err(Error::Unauthenticated(
-                    "the token is not valid: unknown, revoked, or its user was removed".into(),
+                return Err(self.failed(
+                    source,
+                    Error::Unauthenticated(
+                        "the token is not valid: unknown, revoked, or its user was removed".into(),
+                    ),
                 ));
             }
             return Ok(Principal::User {
@@ -311,9 +368,10 @@ impl AccessControl {
             });
         }
         match peer {
+            // The certificate proved who it is: no throttle.
             Some(Identity::User { name, .. }) => Ok(Principal::User {
                 superuser: self.superusers.contains(&name),
-                record: self.user(&name).await?,
+                record: self.user(&name, None).await?,
                 name,
             }),
             _ if presented => Err(Error::Unauthenticated(
@@ -322,6 +380,87 @@ impl AccessControl {
             _ => Err(Error::Unauthenticated(
                 "no credentials: this cluster needs a client certificate (client_cert and client_key) or a token".into(),
             )),
+        }
+    }
+
+    /// Whether the caller of `req` may call the standard service `what` (health, reflection;
+    /// see `guard`): any TLS client, or an authenticated user only. Refusals are counted as
+    /// the client service's.
+    pub async fn check_standard<T>(
+        self: &Arc<Self>,
+        req: &Request<T>,
+        what: &str,
+        callers: crate::guard::Callers,
+    ) -> Result<(), Error> {
+        if !self.enabled {
+            return Ok(());
+        }
+        match callers {
+            crate::guard::Callers::TlsClients => {
+                let tls = matches!(
+                    req.extensions().get::<ConnInfo>().map(|i| &i.security),
+                    Some(Security::Tls { .. })
+                );
+                let allowed = if tls {
+                    Ok(())
+                } else {
+                    Err(Error::Unauthenticated(NEEDS_TLS.into()))
+                };
+                self.record("client", allowed.as_ref().err());
+                allowed
+            }
+            crate::guard::Callers::Users => match self.authenticate(req).await? {
+                Principal::Node(id) => {
+                    let refused = Error::PermissionDenied(format!(
+                        "{what} answers users only; node {id:?} is none"
+                    ));
+                    self.record("client", Some(&refused));
+                    Err(refused)
+                }
+                Principal::Anyone | Principal::User { .. } => Ok(()),
+            },
+        }
+    }
+
+    /// Refuses a node identity any call of the client and operator services but the forward of
+    /// a client's write (`forward`: a `Put` or `Delete` marked `dynamokv-forwarded`), and that
+    /// too unless the node is a member of the ring (not removed). Users pass.
+    pub fn check_node(&self, who: &Principal, forward: bool) -> Result<(), Error> {
+        let Principal::Node(id) = who else {
+            return Ok(());
+        };
+        let refused = if !forward {
+            Some(format!(
+                "node {id:?} may only forward client writes: a node certificate carries no client or operator permission"
+            ))
+        } else {
+            match self.standing(id) {
+                Standing::Member => None,
+                Standing::Removed => Some(format!(
+                    "node {id:?} was removed from the cluster: it may not forward writes"
+                )),
+                Standing::Unknown => Some(format!(
+                    "node {id:?} is not a member of the ring: it may not forward writes"
+                )),
+            }
+        };
+        let allowed = match refused {
+            None => Ok(()),
+            Some(why) => Err(Error::PermissionDenied(why)),
+        };
+        self.record("client", allowed.as_ref().err());
+        allowed
+    }
+
+    /// Where node `id` stands in this node's view of the membership.
+    fn standing(&self, id: &str) -> Standing {
+        let view = self.membership.current();
+        if view.state.is_removed(id) {
+            Standing::Removed
+        } else if view.state.member(id).is_some() {
+            Standing::Member
+        } else {
+            Standing::Unknown
         }
     }
 
@@ -376,9 +515,9 @@ impl AccessControl {
     }
 
     /// Refuses a call of the node-to-node service unless it comes from a node of this
-    /// cluster; `data` calls (replica reads and merges, hints, anti-entropy, transfers) also
-    /// need the node to be a member of the ring (gossip and pings do not: a node that is
-    /// joining gossips before it is one).
+    /// cluster that was not removed; `data` calls (replica reads and merges, hints,
+    /// anti-entropy, transfers) also need the node to be a member of the ring (gossip and pings
+    /// do not: a node that is joining gossips before it is one).
     pub fn check_peer<T>(&self, req: &Request<T>, what: &str, data: bool) -> Result<(), Error> {
         let allowed = self.check_peer_unrecorded(req, what, data);
         self.record("node", allowed.as_ref().err());
@@ -406,16 +545,14 @@ impl AccessControl {
         };
         match peer {
             Some(Identity::Node { cluster, node_id }) if cluster == self.cluster => {
-                if !data {
-                    return Ok(());
-                }
-                let view = self.membership.current();
-                if view.state.member(&node_id).is_some() && !view.state.is_removed(&node_id) {
-                    Ok(())
-                } else {
-                    refuse(format!(
+                match self.standing(&node_id) {
+                    Standing::Removed => refuse(format!(
+                        "node {node_id:?}, which was removed from the cluster,"
+                    )),
+                    Standing::Unknown if data => refuse(format!(
                         "node {node_id:?}, which is not a member of the ring,"
-                    ))
+                    )),
+                    Standing::Member | Standing::Unknown => Ok(()),
                 }
             }
             Some(Identity::Node { cluster, node_id }) => {
@@ -429,61 +566,97 @@ impl AccessControl {
         }
     }
 
-    /// The user `name` as the cluster holds it, from the cache while it is valid.
-    async fn user(self: &Arc<Self>, name: &str) -> Result<Option<Arc<UserRecord>>, Error> {
+    /// Counts a failed token authentication of `source`; `refusal` is what the caller gets.
+    fn failed(&self, source: Option<Source>, refusal: Error) -> Error {
+        if let Some(source) = source {
+            lock(&self.throttle).failed(source, Instant::now());
+        }
+        refusal
+    }
+
+    /// The user `name` as the cluster holds it: from the cache while what it holds is valid
+    /// (reading it again in the background once past half its validity), else from a read,
+    /// shared by every request for `name` meanwhile. A `source` past its failure limit is
+    /// refused without a read for a name not known to be a user.
+    async fn user(
+        self: &Arc<Self>,
+        name: &str,
+        source: Option<Source>,
+    ) -> Result<Option<Arc<UserRecord>>, Error> {
         let now = Instant::now();
-        {
-            let mut cache = lock(&self.cache);
-            if let Some(c) = cache.get_mut(name) {
-                if now.duration_since(c.read_at) < self.validity {
-                    return Ok(c.record.clone());
+        let lookup = lock(&self.cache).lookup(name, now);
+        match lookup {
+            Lookup::Fresh { value, refresh } => {
+                if refresh {
+                    // Not awaited: the read goes on by itself and fills the cache.
+                    drop(self.read(name));
                 }
-                // Stale but recent: answer with it and refresh in the background, so a hot
-                // user's requests never wait on the read.
-                if now.duration_since(c.read_at) < self.validity * 2 {
-                    if !c.refreshing {
-                        c.refreshing = true;
-                        let this = Arc::clone(self);
-                        let name = name.to_string();
-                        tokio::spawn(async move {
-                            let read = this.read_user(&name).await;
-                            this.remember(&name, read.ok());
-                        });
+                Ok(value)
+            }
+            Lookup::Read { known_user } => {
+                let throttled = match source {
+                    Some(source) if !known_user => {
+                        let throttle = lock(&self.throttle);
+                        throttle
+                            .throttled(source, now)
+                            .map(|left| (source, left, throttle.limits()))
                     }
-                    return Ok(c.record.clone());
+                    _ => None,
+                };
+                if let Some((source, left, (limit, window))) = throttled {
+                    return Err(Error::Unauthenticated(format!(
+                        "too many failed authentications from {source} ({limit} within {} s): for the next {} ms its tokens naming users this node does not know are refused without being checked",
+                        window.as_secs(),
+                        left.as_millis()
+                    )));
                 }
-            }
-        }
-        let read = self.read_user(name).await?;
-        self.remember(name, Some(read.clone()));
-        Ok(read)
-    }
-
-    /// Caches what was read of `name` (`None`: the read failed; keep the old entry stale).
-    fn remember(&self, name: &str, read: Option<Option<Arc<UserRecord>>>) {
-        let mut cache = lock(&self.cache);
-        match read {
-            Some(record) => {
-                cache.insert(
-                    name.to_string(),
-                    Cached {
-                        record,
-                        read_at: Instant::now(),
-                        refreshing: false,
-                    },
-                );
-            }
-            None => {
-                if let Some(c) = cache.get_mut(name) {
-                    c.refreshing = false;
-                }
+                self.read(name).await.map_err(Error::CredentialsUnavailable)
             }
         }
     }
 
-    /// Forgets what this node cached of `name` (after it changed the user itself).
+    /// The read of `name` under way, or a new one. A read runs in a task of its own, so it
+    /// completes (and fills the cache) even if every request awaiting it goes away.
+    fn read(self: &Arc<Self>, name: &str) -> UserRead {
+        let mut reads = lock(&self.reads);
+        if let Some((_, read)) = reads.get(name) {
+            return read.clone();
+        }
+        let id = self
+            .next_read
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (this, user) = (Arc::clone(self), name.to_string());
+        // Its age counts from now, before the quorum read: what it finds is at least this new.
+        let (began, epoch) = (Instant::now(), lock(&self.cache).epoch());
+        let task = tokio::spawn(async move {
+            let read = this.read_user(&user).await;
+            if let Ok(found) = &read {
+                lock(&this.cache).remember(&user, found.clone(), began, epoch);
+            }
+            let mut reads = lock(&this.reads);
+            if reads.get(&user).is_some_and(|(i, _)| *i == id) {
+                reads.remove(&user);
+            }
+            read.map_err(|e| match e {
+                Error::CredentialsUnavailable(why) => why,
+                other => other.to_string(),
+            })
+        });
+        let read: UserRead = async move {
+            task.await
+                .unwrap_or_else(|e| Err(format!("the read of a user did not complete: {e}")))
+        }
+        .boxed()
+        .shared();
+        reads.insert(name.to_string(), (id, read.clone()));
+        read
+    }
+
+    /// Forgets what this node cached of `name` (after it changed the user itself): the next
+    /// request reads it anew, and no read that began before is kept.
     fn forget(&self, name: &str) {
-        lock(&self.cache).remove(name);
+        lock(&self.cache).forget(name);
+        lock(&self.reads).remove(name);
     }
 
     /// Reads user `name` with the cluster's read quorum.

@@ -38,8 +38,18 @@ pub struct Config {
     /// Address other nodes and clients reach this node at; defaults to the bound address.
     pub advertise: Option<String>,
     /// Address of the HTTP endpoint serving `/metrics` (Prometheus) and `/health`; none by
-    /// default. Port 0 picks a free port.
+    /// default. Port 0 picks a free port. Beyond loopback only with `metrics_token_file` (or
+    /// `insecure`): what it shows (peers, request rates, errors) is no stranger's business.
     pub metrics_listen: Option<SocketAddr>,
+    /// A file holding a secret that `/metrics` and `/health` then require as `Authorization:
+    /// Bearer <secret>` (Prometheus: `authorization: { credentials_file: ... }`). Read at every
+    /// request, so it can be rotated in place.
+    pub metrics_token_file: Option<PathBuf>,
+    /// Serve without protection beyond loopback: plain text with no `[tls]`, or `/metrics`
+    /// without `metrics_token_file`, on an address other machines may reach. Refused unless
+    /// set (or `--insecure`): without TLS anyone who can connect reads and writes every key,
+    /// calls the operator service and poses as a node.
+    pub insecure: bool,
     /// Where the RocksDB engine keeps its files.
     pub data_dir: PathBuf,
     pub engine: Engine,
@@ -106,8 +116,17 @@ pub struct SecurityConfig {
     /// administrator gets in (with a client certificate naming the user) to create the others.
     pub superusers: Vec<String>,
     /// How long a node trusts what it read of a user (its token hashes and grants), in
-    /// milliseconds: a revoked token or permission stops working within this time.
+    /// milliseconds, counted from when the read began: a revoked token or permission stops
+    /// working on every node within this time of the revoke.
     pub cache_ms: u64,
+    /// The most users a node caches, and as many names of users that do not exist (a token
+    /// naming one is refused from the cache); the oldest entry goes first.
+    pub cache_max_users: usize,
+    /// Failed token authentications from one source (an IPv4 address, an IPv6 /64) within
+    /// `auth_failure_window_ms` past which that source's tokens naming users this node does not
+    /// know are refused at once, without reading the cluster, until the window ends.
+    pub auth_failure_limit: u32,
+    pub auth_failure_window_ms: u64,
 }
 
 impl Default for SecurityConfig {
@@ -115,6 +134,9 @@ impl Default for SecurityConfig {
         SecurityConfig {
             superusers: Vec::new(),
             cache_ms: 2_000,
+            cache_max_users: crate::user_cache::DEFAULT_CACHE_MAX_USERS,
+            auth_failure_limit: crate::user_cache::DEFAULT_AUTH_FAILURE_LIMIT,
+            auth_failure_window_ms: crate::user_cache::DEFAULT_AUTH_FAILURE_WINDOW_MS,
         }
     }
 }
@@ -276,6 +298,8 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             advertise: None,
             metrics_listen: None,
+            metrics_token_file: None,
+            insecure: false,
             data_dir: PathBuf::from("dynamokv-data"),
             engine: Engine::Rocksdb,
             sync_writes: false,
@@ -477,8 +501,35 @@ impl Config {
         Ok(Quorums { n, r, w })
     }
 
+    /// Refuses to serve unprotected beyond loopback unless `insecure`: plain text (no
+    /// `[tls]`) on `listen`, or `/metrics` without a token on `metrics_listen`.
+    pub fn check_exposure(
+        &self,
+        listen: SocketAddr,
+        metrics: Option<SocketAddr>,
+    ) -> Result<(), ConfigError> {
+        if self.insecure {
+            return Ok(());
+        }
+        if self.tls.is_none() && !listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "listen = {listen} is not a loopback address and [tls] is not configured: anyone who can connect could read and write every key, call the operator service and pose as a node. Configure [tls] (see `dynamokv cert`), listen on a loopback address, or pass --insecure (insecure = true) to serve plain text on a network only trusted machines reach"
+            )));
+        }
+        if let Some(at) = metrics
+            && self.metrics_token_file.is_none()
+            && !at.ip().is_loopback()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "metrics_listen = {at} is not a loopback address: /metrics and /health would answer anyone (peers, request rates, errors). Set metrics_token_file to require a bearer token, listen on a loopback address, or pass --insecure (insecure = true)"
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks what can be checked before binding.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_exposure(self.listen, self.metrics_listen)?;
         if self.node_id.is_empty() {
             return Err(ConfigError::Invalid("node_id must not be empty".into()));
         }
@@ -605,6 +656,12 @@ impl Config {
                 }
             }
         }
+        let s = &self.security;
+        if s.cache_max_users == 0 || s.auth_failure_limit == 0 || s.auth_failure_window_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "security.cache_max_users, auth_failure_limit and auth_failure_window_ms must be positive".into(),
+            ));
+        }
         if let Some(bad) = self
             .security
             .superusers
@@ -622,6 +679,20 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_user_cache_or_failure_limit_is_refused() {
+        for tweak in [
+            |s: &mut SecurityConfig| s.cache_max_users = 0,
+            |s: &mut SecurityConfig| s.auth_failure_limit = 0,
+            |s: &mut SecurityConfig| s.auth_failure_window_ms = 0,
+        ] {
+            let mut c = Config::default();
+            tweak(&mut c.security);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("cache_max_users"), "{err}");
+        }
+    }
 
     #[test]
     fn empty_file_is_a_working_single_node() {
@@ -697,6 +768,26 @@ mod tests {
                 .to_string()
                 .contains("cluster.n = 3")
         );
+    }
+
+    #[test]
+    fn serving_unprotected_beyond_loopback_needs_insecure() {
+        let mut c = Config {
+            listen: "0.0.0.0:7070".parse().unwrap(),
+            ..Config::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("--insecure") && err.contains("[tls]"), "{err}");
+        c.insecure = true;
+        c.validate().unwrap();
+        c.insecure = false;
+        c.listen = "[::1]:7070".parse().unwrap();
+        c.validate().unwrap();
+        c.metrics_listen = Some("10.0.0.1:9100".parse().unwrap());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("metrics_token_file"), "{err}");
+        c.metrics_token_file = Some("/etc/dynamokv/metrics.token".into());
+        c.validate().unwrap();
     }
 
     #[test]

@@ -161,8 +161,19 @@ pub async fn run(opts: DevOptions) -> Result<(), String> {
     }
     let exe =
         std::env::current_exe().map_err(|e| format!("cannot find the dynamokv binary: {e}"))?;
-    std::fs::create_dir_all(&opts.base_dir)
-        .map_err(|e| format!("cannot create {}: {e}", opts.base_dir.display()))?;
+    // Node data, configs, logs and keys: the owner's only (each node's own data directory is
+    // made so too, by its storage).
+    {
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&opts.base_dir)
+            .and_then(|()| {
+                std::fs::set_permissions(&opts.base_dir, std::fs::Permissions::from_mode(0o700))
+            })
+            .map_err(|e| format!("cannot create {}: {e}", opts.base_dir.display()))?;
+    }
     let ports = ports(&opts)?;
     let members: Vec<(String, String)> = ports
         .iter()

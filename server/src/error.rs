@@ -33,6 +33,7 @@ pub enum Error {
     Context(#[from] ContextError),
     #[error("the request has no {0}: it is required")]
     MissingField(&'static str),
+    /// A field that is present but malformed. Nothing was done.
     #[error("the request's {0}")]
     MalformedField(&'static str),
     /// The verdict of the node this one forwarded the request to, passed on unchanged.
@@ -137,9 +138,8 @@ impl Error {
                 .and_then(|v| v.to_str().ok())
                 .and_then(ErrorCode::parse)
                 .unwrap_or(ErrorCode::Internal),
-            Error::MissingField(_) | Error::MalformedField(_) | Error::Invalid(_) => {
-                ErrorCode::MissingField
-            }
+            Error::MissingField(_) => ErrorCode::MissingField,
+            Error::MalformedField(_) | Error::Invalid(_) => ErrorCode::InvalidInput,
             Error::CredentialsUnavailable(_) => ErrorCode::Unavailable,
             Error::QuorumNotReached { .. } => ErrorCode::QuorumNotReached,
             Error::OutcomeUnknown { .. } => ErrorCode::OutcomeUnknown,

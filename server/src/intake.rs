@@ -201,7 +201,16 @@ impl Intake {
             Target::Kv | Target::Admin => {
                 if self.tls {
                     // The handler reads it from the extensions (see `Authenticated`).
-                    grant.principal = Some(self.access.authenticate(&tonic_request(req)).await?);
+                    let who = self.access.authenticate(&tonic_request(req)).await?;
+                    // A node certificate may only forward a client's write, as a member: any
+                    // other call of it is refused before its body is read.
+                    let forward = matches!(target, Target::Kv)
+                        && matches!(method, "Put" | "Delete")
+                        && req
+                            .headers
+                            .contains_key(crate::coordinator::FORWARDED_METADATA);
+                    self.access.check_node(&who, forward)?;
+                    grant.principal = Some(who);
                 }
                 prove(Class::Client);
             }

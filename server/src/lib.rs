@@ -29,6 +29,7 @@ pub mod coordinator;
 pub mod dev;
 pub mod error;
 pub mod gossip;
+pub mod guard;
 pub mod hinted_handoff;
 pub mod intake;
 pub mod key_range_transfer;
@@ -44,6 +45,7 @@ pub mod service;
 pub mod storage;
 pub mod tls;
 pub mod tombstones;
+pub mod user_cache;
 
 pub use config::Config;
 pub use server::{NodeHandle, ServerError, run, start, start_on};

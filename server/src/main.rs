@@ -296,6 +296,10 @@ struct ServeArgs {
     /// Serve `/metrics` and `/health` over HTTP on this address (overrides `metrics_listen`).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// Serve plain text (no `[tls]`), or `/metrics` without a token, on an address other
+    /// machines may reach (sets `insecure`): anyone who can connect may do anything.
+    #[arg(long)]
+    insecure: bool,
     /// Ask the cluster of this node (host:port) to admit this one; added to `cluster.seeds`.
     /// Ignored once the node has stored a membership view (it restarts as the member it was).
     #[arg(long, value_name = "SEED_ADDR")]
@@ -321,6 +325,9 @@ fn load(args: &ServeArgs) -> Result<Config, String> {
     }
     if let Some(v) = args.metrics_listen {
         config.metrics_listen = Some(v);
+    }
+    if args.insecure {
+        config.insecure = true;
     }
     for seed in &args.join {
         if !config.cluster.seeds.contains(seed) {
@@ -382,6 +389,12 @@ fn main() -> ExitCode {
     map_large_allocations();
     purge_freed_memory_at_once();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve(_) | Command::Dev(_)) {
+        // Values, hints and user records are the owner's alone: RocksDB (and `dev`, for its
+        // configs and logs) create files with the process umask, which would leave them
+        // readable by every local user (0644 in 0755 directories).
+        rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

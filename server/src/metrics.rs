@@ -1,5 +1,6 @@
 //! What a node tells its operators: Prometheus metrics at `/metrics` and a liveness check at
-//! `/health`, over plain HTTP on `metrics_listen`.
+//! `/health`, over plain HTTP on `metrics_listen` (loopback unless `metrics_token_file` or
+//! `insecure`; with `metrics_token_file`, both ask for `Authorization: Bearer <its secret>`).
 //!
 //! Metrics are kept with `prometheus-client` (the Prometheus project's own Rust client: typed
 //! counters and histograms updated with atomics, label families, and the text exposition
@@ -41,13 +42,14 @@
 //!   latency was above `latency_bound_ms` (admission control, paper 6.5).
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -621,6 +623,71 @@ impl Metrics {
 pub struct HealthInfo {
     pub node_id: String,
     pub grpc_addr: SocketAddr,
+    /// The file holding the secret both pages require, if any (`metrics_token_file`).
+    pub token_file: Option<PathBuf>,
+}
+
+/// The secret in `path` (`metrics_token_file`): its text without surrounding whitespace. An
+/// empty file is refused: it would let in whoever sends an empty token.
+pub fn read_token(path: &Path) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot read metrics_token_file {}: {e}", path.display()),
+        )
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("metrics_token_file {} is empty", path.display()),
+        ));
+    }
+    Ok(token.to_string())
+}
+
+/// The refusal of a request without the bearer token of `metrics_token_file`, when one is
+/// set. The file is read at each request, so a rotated secret takes effect at once.
+fn refusal(s: &HttpState, headers: &HeaderMap) -> Option<Response> {
+    use sha2::{Digest as _, Sha256};
+    let path = s.health.token_file.as_ref()?;
+    let want = match read_token(path) {
+        Ok(want) => want,
+        Err(e) => {
+            tracing::error!(error = %e, "refusing a metrics request");
+            return Some(
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the node cannot read its metrics_token_file\n",
+                )
+                    .into_response(),
+            );
+        }
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    // Compared as digests, in time that does not depend on where they differ.
+    let same = given.is_some_and(|g| {
+        Sha256::digest(g.as_bytes())
+            .iter()
+            .zip(Sha256::digest(want.as_bytes()).iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    });
+    if same {
+        return None;
+    }
+    Some(
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer realm=\"dynamokv\"")],
+            "this endpoint needs `Authorization: Bearer <the secret in the node's metrics_token_file>`\n",
+        )
+            .into_response(),
+    )
 }
 
 #[derive(Clone)]
@@ -629,7 +696,10 @@ struct HttpState {
     health: Arc<HealthInfo>,
 }
 
-async fn metrics_page(State(s): State<HttpState>) -> impl IntoResponse {
+async fn metrics_page(State(s): State<HttpState>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refusal(&s, &headers) {
+        return refused;
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -637,9 +707,13 @@ async fn metrics_page(State(s): State<HttpState>) -> impl IntoResponse {
         )],
         s.metrics.encode(),
     )
+        .into_response()
 }
 
-async fn health_page(State(s): State<HttpState>) -> impl IntoResponse {
+async fn health_page(State(s): State<HttpState>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refusal(&s, &headers) {
+        return refused;
+    }
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
@@ -648,6 +722,7 @@ async fn health_page(State(s): State<HttpState>) -> impl IntoResponse {
             s.health.node_id, s.health.grpc_addr
         ),
     )
+        .into_response()
 }
 
 /// Serves `/metrics` and `/health` on `listener` until `shutdown` fires.

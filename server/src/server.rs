@@ -20,6 +20,7 @@ use crate::background::Background;
 use crate::config::{Config, ConfigError, Engine};
 use crate::connections::Connections;
 use crate::coordinator::Coordinator;
+use crate::guard::{Callers, Guarded};
 use crate::intake::{Intake, IntakeLayer, IntakeLimits};
 use crate::load_shedding::LoadShedding;
 use crate::membership::Membership;
@@ -184,6 +185,8 @@ struct Ready {
     kv: KvService,
     replica: ReplicaService,
     admin: AdminService,
+    /// Who may call what, for the standard services (health, reflection).
+    access: Arc<AccessControl>,
     metrics: Arc<Metrics>,
     /// Ends the peers' exchange streams at shutdown.
     streams_stop: CancellationToken,
@@ -199,6 +202,8 @@ struct Ready {
     max_streams_per_connection: u32,
     tls_reload: Duration,
     metrics_addr: Option<SocketAddr>,
+    /// The secret `/metrics` and `/health` require, if any (see `metrics_token_file`).
+    metrics_token_file: Option<std::path::PathBuf>,
     node_id: String,
     addr: SocketAddr,
 }
@@ -216,6 +221,11 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
             (Some(l), Some(bound))
         }
     };
+    // Where the node really listens (a listener handed in may not be `config.listen`).
+    config.check_exposure(addr, metrics_addr)?;
+    if let Some(path) = &config.metrics_token_file {
+        crate::metrics::read_token(path).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    }
     let metrics = Arc::new(Metrics::new());
     let tls = match &config.tls {
         None => None,
@@ -287,14 +297,21 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
         config.limits.max_concurrent_requests,
         Arc::clone(&metrics),
     ));
-    let access = Arc::new(AccessControl::new(
-        tls.is_some(),
-        &config.cluster.name,
-        &config.security.superusers,
-        Duration::from_millis(config.security.cache_ms),
-        membership,
-        Arc::clone(&coordinator),
-    ));
+    let access = Arc::new(
+        AccessControl::new(
+            tls.is_some(),
+            &config.cluster.name,
+            &config.security.superusers,
+            Duration::from_millis(config.security.cache_ms),
+            membership,
+            Arc::clone(&coordinator),
+        )
+        .with_limits(
+            config.security.cache_max_users,
+            config.security.auth_failure_limit,
+            Duration::from_millis(config.security.auth_failure_window_ms),
+        ),
+    );
     Ok(Ready {
         kv: KvService::new(
             Arc::clone(&coordinator),
@@ -330,8 +347,9 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
             Arc::clone(&coordinator),
             Arc::clone(&metrics),
             streams_stop.clone(),
-            access,
+            Arc::clone(&access),
         ),
+        access,
         tls,
         tls_reload: Duration::from_millis(
             config.tls.as_ref().map_or(2_000, |t| t.reload_interval_ms),
@@ -341,6 +359,7 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
         metrics,
         metrics_listener,
         metrics_addr,
+        metrics_token_file: config.metrics_token_file.clone(),
         node_id: config.node_id.clone(),
         addr,
         coordinator,
@@ -366,6 +385,7 @@ async fn serve(
             let info = HealthInfo {
                 node_id: ready.node_id.clone(),
                 grpc_addr: ready.addr,
+                token_file: ready.metrics_token_file.clone(),
             };
             let metrics = Arc::clone(&ready.metrics);
             let stop = http_stop.clone();
@@ -393,6 +413,11 @@ async fn serve(
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
+    // On a TLS node: health for TLS clients, reflection for users (see `guard`).
+    let access = &ready.access;
+    let health_service = Guarded::new(health_service, Arc::clone(access), Callers::TlsClients);
+    let reflection_v1 = Guarded::new(reflection_v1, Arc::clone(access), Callers::Users);
+    let reflection_v1alpha = Guarded::new(reflection_v1alpha, Arc::clone(access), Callers::Users);
     ready.background.start();
     if let Some(tls) = &ready.tls {
         tls.watch(ready.tls_reload, http_stop.clone());

@@ -127,16 +127,19 @@ impl KvService {
 
 /// Admits `req` under the cap of requests in flight, authenticates its caller and checks
 /// that it may `permission` on `key` (a request without a key fails its handler's own check
-/// next). Client and operator calls alike.
+/// next). Client and operator calls alike. A node may make only a forward of a client's write
+/// (`forwardable`: a put or delete, marked forwarded), as a member of the ring.
 async fn admit<'a, T>(
     shedding: &'a LoadShedding,
     access: &Arc<AccessControl>,
     req: &Request<T>,
     permission: Permission,
     key: Option<&[u8]>,
+    forwardable: bool,
 ) -> Result<Admitted<'a>, Status> {
     let admitted = shedding.admit(req)?;
     let who = access.authenticate(req).await?;
+    access.check_node(&who, forwardable && forwarded(req))?;
     if let Some(key) = key {
         access.authorize(&who, permission, key)?;
     }
@@ -150,7 +153,24 @@ impl KvService {
         permission: Permission,
         key: Option<&[u8]>,
     ) -> Result<Admitted<'_>, Status> {
-        admit(&self.shedding, &self.access, req, permission, key).await
+        admit(&self.shedding, &self.access, req, permission, key, false).await
+    }
+
+    /// [`admit`] for a put or delete, which a member node may send as a forward.
+    async fn admit_write<T>(
+        &self,
+        req: &Request<T>,
+        key: Option<&[u8]>,
+    ) -> Result<Admitted<'_>, Status> {
+        admit(
+            &self.shedding,
+            &self.access,
+            req,
+            Permission::Write,
+            key,
+            true,
+        )
+        .await
     }
 }
 
@@ -256,9 +276,7 @@ impl pb::kv_server::Kv for KvService {
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        let _admitted = self
-            .admit(&req, Permission::Write, req.get_ref().key.as_deref())
-            .await?;
+        let _admitted = self.admit_write(&req, req.get_ref().key.as_deref()).await?;
         let (fwd, budget) = (forwarded(&req), budget(&req));
         let req = req.into_inner();
         let (routed_by, request_id) = (req.ring_version, req.request_id);
@@ -288,9 +306,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let _admitted = self
-            .admit(&req, Permission::Write, req.get_ref().key.as_deref())
-            .await?;
+        let _admitted = self.admit_write(&req, req.get_ref().key.as_deref()).await?;
         let (fwd, budget) = (forwarded(&req), budget(&req));
         let req = req.into_inner();
         let (routed_by, request_id) = (req.ring_version, req.request_id);
@@ -726,6 +742,7 @@ impl AdminService {
             req,
             Permission::Admin,
             Some(b""),
+            false,
         )
         .await
     }
@@ -745,6 +762,7 @@ impl AdminService {
             &req,
             Permission::Admin,
             Some(prefix),
+            false,
         )
         .await?;
         let req = req.into_inner();
@@ -913,23 +931,45 @@ impl pb::admin_server::Admin for AdminService {
         let _admitted = self.operator(&req).await?;
         let seed = req.into_inner().seed;
         if seed.is_empty() {
-            return Err(Status::invalid_argument("join needs the address of a seed"));
+            return Err(
+                Error::MissingField("seed (the address of a member to join through)").into(),
+            );
         }
         // Over this node's own connection to the seed: TLS with its node certificate when the
-        // cluster speaks TLS.
+        // cluster speaks TLS. By gossip, the one call a node that is no member yet may make: a
+        // digest that holds nothing asks for the seed's whole view and gives it nothing.
         let mut client = self
             .coordinator
             .peers()
-            .admin(&seed)
+            .replica(&seed)
             .map_err(|e| Status::unavailable(format!("cannot reach the seed {seed}: {e}")))?;
+        let ours = self.coordinator.membership().state();
         let theirs = client
-            .ring(pb::RingRequest {})
+            .gossip(pb::GossipRequest {
+                cluster: ours.cluster.clone(),
+                partitions: ours.partitions,
+                from: self.coordinator.membership().current().self_id.clone(),
+                digest: Some(pb::MembershipDigest {
+                    members: Default::default(),
+                    ring: Some(pb::RingVersion::default()),
+                }),
+                ..Default::default()
+            })
             .await
             .map_err(|e| {
-                Status::unavailable(format!("the seed {seed} did not answer: {}", e.message()))
+                let why = format!("the seed {seed} refused: {}", e.message());
+                match e.code() {
+                    tonic::Code::FailedPrecondition | tonic::Code::PermissionDenied => {
+                        Status::failed_precondition(why)
+                    }
+                    _ => Status::unavailable(format!(
+                        "the seed {seed} did not answer: {}",
+                        e.message()
+                    )),
+                }
             })?
             .into_inner()
-            .state
+            .delta
             .ok_or_else(|| Status::internal("the seed sent no membership state"))?;
         let holds_data = (0..self.local.forest().partitions()).any(|p| {
             self.local
@@ -968,7 +1008,7 @@ impl pb::admin_server::Admin for AdminService {
         let _admitted = self.operator(&req).await?;
         let id = req.into_inner().node_id;
         if id.is_empty() {
-            return Err(Status::invalid_argument("remove needs the id of the node"));
+            return Err(Error::MissingField("node_id (the node to remove)").into());
         }
         self.coordinator.membership().stage_remove(&id)?;
         Ok(Response::new(pb::RemoveResponse {}))

@@ -437,7 +437,8 @@ class Client(_Base):
         ``write_id`` (16 bytes) names the write; left ``None``, a fresh random one is drawn.
         Give the ``write_id`` of an :class:`OutcomeUnknownError` to retry that write: one write
         id is applied at most once, however often it is sent. Another length raises
-        :class:`MissingFieldError`, another type ``TypeError``; nothing is sent.
+        :class:`InvalidInputError` (code ``INVALID_INPUT``), another type ``TypeError``;
+        nothing is sent.
 
         ``sync_replicas`` is how many of the ``w`` acknowledging replicas fsync their write-ahead
         log before the write is acknowledged, 0 to W (default: the cluster's ``sync_replicas``,

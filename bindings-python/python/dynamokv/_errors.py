@@ -5,13 +5,14 @@ with the variant's fields as attributes::
 
     DynamoKVError (.code, .message)
     ├── InvalidConfigError
-    ├── InvalidInputError            nothing was written
+    ├── InvalidInputError            nothing was written; raised itself (code INVALID_INPUT)
+    │   │                            for a malformed field, e.g. a write_id not 16 bytes
     │   ├── EmptyKeyError            .max
     │   ├── KeyTooLargeError         .size, .max
     │   ├── ValueTooLargeError       .size, .max
     │   ├── InvalidContextError
     │   ├── InvalidQuorumError
-    │   └── MissingFieldError        also a write_id that is not 16 bytes
+    │   └── MissingFieldError        a required field left out (a client bug)
     ├── QuorumError                  .needed, .got
     ├── OutcomeUnknownError          .write_id (16 bytes): a write applied once or not at all
     ├── SiblingLimitError            nothing was written: read the key and resolve it
@@ -92,7 +93,11 @@ class InvalidConfigError(DynamoKVError):
 
 
 class InvalidInputError(DynamoKVError):
-    """The request was refused before anything was written."""
+    """The request was refused before anything was written. The base class of the input
+    errors below; raised itself (``code`` ``INVALID_INPUT``) for a malformed field, such as a
+    ``write_id`` that is not 16 bytes (refused before sending, as the server refuses one)."""
+
+    code = "INVALID_INPUT"
 
     def _fields(self) -> Tuple[Any, ...]:
         return ()
@@ -146,8 +151,7 @@ class InvalidQuorumError(InvalidInputError):
 
 
 class MissingFieldError(InvalidInputError):
-    """A request lacked a required field or had a malformed one: a client bug, or a ``write_id``
-    that is not 16 bytes (refused before sending, as the server refuses one)."""
+    """A request lacked a required field: a client bug."""
 
     code = "MISSING_FIELD"
 

@@ -2567,6 +2567,11 @@ enum DynamoKvError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError 
     case MissingField(message: String
     )
     /**
+     * A request field was malformed (a write id that is not 16 bytes). Nothing was done.
+     */
+    case InvalidInput(message: String
+    )
+    /**
      * Fewer than the needed replicas answered. For a write, it may be stored on those that did.
      */
     case QuorumNotReached(needed: UInt32, got: UInt32, message: String
@@ -2705,40 +2710,43 @@ public struct FfiConverterTypeDynamoKvError: FfiConverterRustBuffer {
         case 7: return .MissingField(
             message: try FfiConverterString.read(from: &buf)
             )
-        case 8: return .QuorumNotReached(
+        case 8: return .InvalidInput(
+            message: try FfiConverterString.read(from: &buf)
+            )
+        case 9: return .QuorumNotReached(
             needed: try FfiConverterUInt32.read(from: &buf), 
             got: try FfiConverterUInt32.read(from: &buf), 
             message: try FfiConverterString.read(from: &buf)
             )
-        case 9: return .OutcomeUnknown(
+        case 10: return .OutcomeUnknown(
             writeId: try FfiConverterData.read(from: &buf), 
             message: try FfiConverterString.read(from: &buf)
             )
-        case 10: return .SiblingLimit(
+        case 11: return .SiblingLimit(
             message: try FfiConverterString.read(from: &buf)
             )
-        case 11: return .Unavailable(
+        case 12: return .Unavailable(
             message: try FfiConverterString.read(from: &buf)
             )
-        case 12: return .Overloaded(
+        case 13: return .Overloaded(
             message: try FfiConverterString.read(from: &buf)
             )
-        case 13: return .Unauthenticated(
+        case 14: return .Unauthenticated(
             message: try FfiConverterString.read(from: &buf)
             )
-        case 14: return .PermissionDenied(
+        case 15: return .PermissionDenied(
             message: try FfiConverterString.read(from: &buf)
             )
-        case 15: return .Tls(
+        case 16: return .Tls(
             message: try FfiConverterString.read(from: &buf)
             )
-        case 16: return .Timeout(
+        case 17: return .Timeout(
             after: try FfiConverterDuration.read(from: &buf)
             )
-        case 17: return .ResolverFailed(
+        case 18: return .ResolverFailed(
             message: try FfiConverterString.read(from: &buf)
             )
-        case 18: return .Internal(
+        case 19: return .Internal(
             message: try FfiConverterString.read(from: &buf)
             )
 
@@ -2790,61 +2798,66 @@ public struct FfiConverterTypeDynamoKvError: FfiConverterRustBuffer {
             FfiConverterString.write(message, into: &buf)
             
         
-        case let .QuorumNotReached(needed,got,message):
+        case let .InvalidInput(message):
             writeInt(&buf, Int32(8))
+            FfiConverterString.write(message, into: &buf)
+            
+        
+        case let .QuorumNotReached(needed,got,message):
+            writeInt(&buf, Int32(9))
             FfiConverterUInt32.write(needed, into: &buf)
             FfiConverterUInt32.write(got, into: &buf)
             FfiConverterString.write(message, into: &buf)
             
         
         case let .OutcomeUnknown(writeId,message):
-            writeInt(&buf, Int32(9))
+            writeInt(&buf, Int32(10))
             FfiConverterData.write(writeId, into: &buf)
             FfiConverterString.write(message, into: &buf)
             
         
         case let .SiblingLimit(message):
-            writeInt(&buf, Int32(10))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .Unavailable(message):
             writeInt(&buf, Int32(11))
             FfiConverterString.write(message, into: &buf)
             
         
-        case let .Overloaded(message):
+        case let .Unavailable(message):
             writeInt(&buf, Int32(12))
             FfiConverterString.write(message, into: &buf)
             
         
-        case let .Unauthenticated(message):
+        case let .Overloaded(message):
             writeInt(&buf, Int32(13))
             FfiConverterString.write(message, into: &buf)
             
         
-        case let .PermissionDenied(message):
+        case let .Unauthenticated(message):
             writeInt(&buf, Int32(14))
             FfiConverterString.write(message, into: &buf)
             
         
-        case let .Tls(message):
+        case let .PermissionDenied(message):
             writeInt(&buf, Int32(15))
             FfiConverterString.write(message, into: &buf)
             
         
-        case let .Timeout(after):
+        case let .Tls(message):
             writeInt(&buf, Int32(16))
+            FfiConverterString.write(message, into: &buf)
+            
+        
+        case let .Timeout(after):
+            writeInt(&buf, Int32(17))
             FfiConverterDuration.write(after, into: &buf)
             
         
         case let .ResolverFailed(message):
-            writeInt(&buf, Int32(17))
+            writeInt(&buf, Int32(18))
             FfiConverterString.write(message, into: &buf)
             
         
         case let .Internal(message):
-            writeInt(&buf, Int32(18))
+            writeInt(&buf, Int32(19))
             FfiConverterString.write(message, into: &buf)
             
         }

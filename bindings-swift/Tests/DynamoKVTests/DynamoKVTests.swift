@@ -559,13 +559,13 @@ final class DynamoKVTests: XCTestCase {
             do {
                 _ = try await client.put(key: key, value: bytes("x"), context: context, writeId: writeId)
                 XCTFail("put with a \(writeId.count)-byte write id was accepted")
-            } catch DynamoKvError.MissingField(let message) {
+            } catch DynamoKvError.InvalidInput(let message) {
                 XCTAssertTrue(message.contains("writeId must be 16 bytes"))
             }
             do {
                 _ = try await client.delete(key: key, context: context, writeId: writeId)
                 XCTFail("delete with a \(writeId.count)-byte write id was accepted")
-            } catch DynamoKvError.MissingField(let message) {
+            } catch DynamoKvError.InvalidInput(let message) {
                 XCTAssertTrue(message.contains("writeId must be 16 bytes"))
             }
         }

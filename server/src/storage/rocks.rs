@@ -5,7 +5,13 @@
 //! (actor, node id).
 //! Every write goes through the write-ahead log before it is acknowledged, so it survives a
 //! `kill -9` of the process; `sync_writes` adds an fsync per write for power loss.
+//!
+//! The data directory and the database directory in it are the owner's only (0700), and the
+//! files in it too (0600): values, hints and user records are no other local user's to read.
+//! RocksDB creates its files with the process umask, which `dynamokv serve` sets to 0077; a
+//! directory left open by an earlier version is closed at the next start.
 
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::Path;
 
 use rocksdb::{
@@ -72,6 +78,41 @@ fn data_options(cache: &Cache) -> Options {
     opts
 }
 
+/// Takes the group's and others' permissions off `path` (setting `mode`), if it has any;
+/// whether it had.
+fn restrict(path: &Path, mode: u32) -> Result<bool, StorageError> {
+    let failed = |e: std::io::Error| {
+        StorageError::Engine(format!(
+            "cannot make {} readable by its owner only: {e}",
+            path.display()
+        ))
+    };
+    let now = std::fs::symlink_metadata(path).map_err(failed)?;
+    if now.file_type().is_symlink() || now.permissions().mode() & 0o077 == 0 {
+        return Ok(false);
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(failed)?;
+    Ok(true)
+}
+
+/// [`restrict`] on the directory `dir` (0700) and everything in it (files 0600); how many
+/// were open to others.
+fn restrict_tree(dir: &Path) -> Result<usize, StorageError> {
+    let mut opened = usize::from(restrict(dir, 0o700)?);
+    let listing =
+        |e: std::io::Error| StorageError::Engine(format!("cannot list {}: {e}", dir.display()));
+    for entry in std::fs::read_dir(dir).map_err(listing)? {
+        let entry = entry.map_err(listing)?;
+        let path = entry.path();
+        opened += if entry.file_type().map_err(listing)?.is_dir() {
+            restrict_tree(&path)?
+        } else {
+            usize::from(restrict(&path, 0o600)?)
+        };
+    }
+    Ok(opened)
+}
+
 impl RocksStorage {
     /// Opens (creating if needed) the database under `dir`, with the default block cache.
     pub fn open(dir: &Path, sync_writes: bool) -> Result<RocksStorage, StorageError> {
@@ -85,12 +126,17 @@ impl RocksStorage {
         sync_writes: bool,
         block_cache_bytes: usize,
     ) -> Result<RocksStorage, StorageError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StorageError::Engine(format!(
-                "cannot create data directory {}: {e}",
-                dir.display()
-            ))
-        })?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| {
+                StorageError::Engine(format!(
+                    "cannot create data directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
+        let mut opened = usize::from(restrict(dir, 0o700)?);
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -110,6 +156,13 @@ impl RocksStorage {
             ColumnFamilyDescriptor::new(CF_QUARANTINE, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&opts, dir.join("rocksdb"), cfs).map_err(engine)?;
+        opened += restrict_tree(&dir.join("rocksdb"))?;
+        if opened > 0 {
+            tracing::warn!(
+                data_dir = %dir.display(),
+                "{opened} data files and directories were readable by other local users: made them the owner's only (0600 files, 0700 directories)"
+            );
+        }
         Ok(RocksStorage { db, sync_writes })
     }
 

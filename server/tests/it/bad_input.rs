@@ -168,9 +168,88 @@ async fn requests_missing_required_fields_are_refused() {
         .await
         .unwrap_err();
     match Error::from(bad_write_id) {
-        Error::MissingField { message } => assert!(message.contains("write_id"), "{message}"),
-        other => panic!("expected MissingField, got {other:?}"),
+        Error::InvalidInput { message } => assert!(message.contains("write_id"), "{message}"),
+        other => panic!("expected InvalidInput, got {other:?}"),
     }
+    assert_unchanged(&client, "existing", b"original").await;
+    cluster.shutdown().await;
+}
+
+/// The stable code a node attached to `status` (`dynamokv-error`).
+fn wire_code(status: &tonic::Status) -> &str {
+    status
+        .metadata()
+        .get("dynamokv-error")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_fields_are_invalid_input_not_missing_field() {
+    let cluster = Cluster::start_with(1, |c| c.cluster.members.clear()).await;
+    let client = cluster.client_of(0);
+    client
+        .put("existing", b"original".to_vec(), None)
+        .await
+        .unwrap();
+    let channel = format!("http://{}", cluster.addrs[0]);
+    let mut raw = KvClient::connect(channel.clone()).await.unwrap();
+    // A write id one byte short, on a put and on a delete.
+    let short = Bytes::from(vec![7u8; 15]);
+    let put = raw
+        .put(pb::PutRequest {
+            key: Some(Bytes::from_static(b"existing")),
+            value: Some(Bytes::from_static(b"changed")),
+            write_id: short.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    let delete = raw
+        .delete(pb::DeleteRequest {
+            key: Some(Bytes::from_static(b"existing")),
+            write_id: short,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    // An operator request naming no permission there is.
+    let mut admin = dynamokv_proto::v1::admin_client::AdminClient::connect(channel)
+        .await
+        .unwrap();
+    let grant = admin
+        .grant(pb::GrantRequest {
+            user: "alice".into(),
+            prefix: String::new(),
+            permissions: vec!["fly".into()],
+        })
+        .await
+        .unwrap_err();
+    for (what, status, says) in [
+        ("put", &put, "write_id"),
+        ("delete", &delete, "write_id"),
+        ("grant", &grant, "not a permission"),
+    ] {
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{what}: {status:?}"
+        );
+        assert_eq!(wire_code(status), "INVALID_INPUT", "{what}: {status:?}");
+        assert!(status.message().contains(says), "{what}: {status:?}");
+        let e = Error::from(status.clone());
+        assert!(matches!(e, Error::InvalidInput { .. }), "{what}: {e:?}");
+        assert_eq!(e.code(), "INVALID_INPUT");
+    }
+    // A field left out is still MISSING_FIELD.
+    let no_value = raw
+        .put(pb::PutRequest {
+            key: Some(Bytes::from_static(b"existing")),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(wire_code(&no_value), "MISSING_FIELD", "{no_value:?}");
     assert_unchanged(&client, "existing", b"original").await;
     cluster.shutdown().await;
 }

@@ -199,11 +199,14 @@ fn sync_replicas_above_w_is_a_config_error() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_serving_plain_text_beyond_loopback_says_so_at_start() {
     let dir = tempfile::tempdir().unwrap();
+    // (Beyond loopback only with `insecure`, see `exposure`.)
     let start = |listen: &str, name: &str| {
         let config = dir.path().join(format!("{name}.toml"));
         std::fs::write(
             &config,
-            format!("node_id = \"{name}\"\nlisten = \"{listen}\"\nengine = \"memory\"\n"),
+            format!(
+                "node_id = \"{name}\"\nlisten = \"{listen}\"\nengine = \"memory\"\ninsecure = true\n"
+            ),
         )
         .unwrap();
         let log = dir.path().join(format!("{name}.log"));

@@ -17,6 +17,7 @@ mod cluster;
 mod context_authentication;
 mod durability;
 mod elasticity;
+mod exposure;
 mod failure_detection;
 mod healing;
 mod hostile_bytes;

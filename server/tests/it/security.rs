@@ -16,6 +16,7 @@ use dynamokv_common::{CausalContext, VersionedState};
 use dynamokv_proto::tls::{ClientTls, client_config};
 use dynamokv_proto::v1 as pb;
 use dynamokv_proto::v1::admin_client::AdminClient;
+use dynamokv_proto::v1::kv_client::KvClient;
 use dynamokv_proto::v1::replica_client::ReplicaClient;
 use dynamokv_server::certificates::{self, Pem};
 use dynamokv_server::config::TlsConfig;
@@ -33,12 +34,17 @@ struct Secure {
 
 impl Secure {
     async fn start() -> Secure {
+        Self::start_with(3, |_| {}).await
+    }
+
+    /// `n` nodes, each configuration changed further by `tweak`.
+    async fn start_with(n: usize, tweak: impl Fn(&mut dynamokv_server::Config)) -> Secure {
         let dir = tempfile::tempdir().unwrap();
-        let ids: Vec<String> = (0..3).map(|i| format!("node-{i}")).collect();
+        let ids: Vec<String> = (0..n).map(|i| format!("node-{i}")).collect();
         let users = vec!["admin".to_string(), "reader".to_string()];
         certificates::dev_bundle(dir.path(), CLUSTER, &ids, &users).unwrap();
         let d = dir.path().to_path_buf();
-        let cluster = Cluster::start_with(3, move |c| {
+        let cluster = Cluster::start_with(n, move |c| {
             c.tls = Some(TlsConfig {
                 ca: d.join("ca.pem"),
                 cert: d.join(format!("node-{}.pem", c.node_id)),
@@ -48,6 +54,7 @@ impl Secure {
             c.security.superusers = vec!["admin".into()];
             c.security.cache_ms = 200;
             c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+            tweak(c);
         })
         .await;
         Secure { cluster, dir }
@@ -58,7 +65,9 @@ impl Secure {
     }
 
     fn seeds(&self) -> Vec<String> {
-        (0..3).map(|i| self.cluster.seed(i)).collect()
+        (0..self.cluster.addrs.len())
+            .map(|i| self.cluster.seed(i))
+            .collect()
     }
 
     /// A client trusting the cluster's CA, configured further by `f`.
@@ -516,6 +525,54 @@ async fn only_member_nodes_of_the_cluster_may_call_the_node_to_node_service() {
     s.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_tls_node_joins_through_a_seed_it_is_no_member_of() {
+    // A certificate for node-3, which starts alone beside the 3-node cluster.
+    let s = Secure::start_with(3, |_| {}).await;
+    let d = s.dir.path().to_path_buf();
+    let ca = certificates::read_ca(&d).unwrap();
+    let pem = certificates::issue_node(&ca, CLUSTER, "node-3", &[], 1).unwrap();
+    certificates::write_pair(&d, "node-node-3", &pem, false).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = s.cluster.configs[0].clone();
+    config.node_id = "node-3".into();
+    config.listen = addr;
+    config.data_dir = data.path().to_path_buf();
+    config.cluster.members.clear();
+    config.tls = Some(TlsConfig {
+        ca: d.join("ca.pem"),
+        cert: d.join("node-node-3.pem"),
+        key: d.join("node-node-3.key"),
+        reload_interval_ms: 100,
+    });
+    config.metrics_listen = None;
+    let lone = dynamokv_server::start_on(config, listener).await.unwrap();
+    // The operator asks node-3 to join; node-3, no member yet, asks the seed for its view with
+    // its node certificate.
+    let d = s.dir.path();
+    let endpoint = Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    let mut ops = AdminClient::new(dynamokv_proto::tls::connect_lazy(
+        &endpoint,
+        Secure::tls(
+            &d.join("ca.pem"),
+            Some((&d.join("user-admin.pem"), &d.join("user-admin.key"))),
+        ),
+    ));
+    let joined = ops
+        .join(pb::JoinRequest {
+            seed: s.cluster.seed(0),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(joined.cluster_name, CLUSTER);
+    assert_eq!(joined.members, 3);
+    lone.stop().await.unwrap();
+    s.shutdown().await;
+}
+
 /// The certificate node `i` serves now (DER of its leaf).
 async fn served_certificate(s: &Secure, i: usize) -> Vec<u8> {
     let config = Secure::tls(&s.dir.path().join("ca.pem"), None).current();
@@ -719,5 +776,385 @@ async fn a_running_client_presents_its_rotated_certificate_files_on_its_next_con
         client.get(b"cart:9").await.unwrap().values,
         vec![b"v".to_vec()]
     );
+    s.shutdown().await;
+}
+
+impl Secure {
+    /// A channel to node `i` presenting the certificate `<stem>.pem` (and key) of `dir`.
+    fn channel_as(&self, i: usize, stem: &str) -> Channel {
+        let d = self.dir.path();
+        self.channel(
+            i,
+            Self::tls(
+                &d.join("ca.pem"),
+                Some((
+                    &d.join(format!("{stem}.pem")),
+                    &d.join(format!("{stem}.key")),
+                )),
+            ),
+        )
+    }
+
+    /// A client that sends every request to node `i`, which coordinates it.
+    fn client_of(&self, i: usize, token: &str) -> Client {
+        Client::builder([self.cluster.seed(i)])
+            .coordination(dynamokv_client::Coordination::Server)
+            .ca_cert(self.path("ca.pem"))
+            .token(token.to_string())
+            .max_retries(0)
+            .request_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    }
+}
+
+/// A put of `key` as a node forwarding a client's write sends it.
+fn forwarded_put(key: &[u8], value: &[u8]) -> tonic::Request<pb::PutRequest> {
+    let mut r = tonic::Request::new(pb::PutRequest {
+        key: Some(Bytes::copy_from_slice(key)),
+        value: Some(Bytes::copy_from_slice(value)),
+        ..Default::default()
+    });
+    r.metadata_mut().insert(
+        "dynamokv-forwarded",
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    r
+}
+
+fn denied<T: std::fmt::Debug>(what: &str, r: Result<T, tonic::Status>) {
+    match r {
+        Err(status) => assert_eq!(
+            status.code(),
+            tonic::Code::PermissionDenied,
+            "{what}: {status:?}"
+        ),
+        Ok(answer) => panic!("{what} was allowed: {answer:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_certificates_only_forward_writes_and_only_while_their_node_is_a_member() {
+    let mut s = Secure::start_with(4, |_| {}).await;
+    let admin = s.user("admin");
+    admin
+        .put(b"cart:1", b"apples".to_vec(), None)
+        .await
+        .unwrap();
+    // A certificate from the cluster's CA for a node that never joined.
+    let d = s.dir.path().to_path_buf();
+    let ca = certificates::read_ca(&d).unwrap();
+    let pem = certificates::issue_node(&ca, CLUSTER, "node-9", &[], 1).unwrap();
+    certificates::write_pair(&d, "stranger-node-9", &pem, false).unwrap();
+
+    // Neither a member's certificate nor a stranger's is a client or an operator.
+    for stem in ["node-node-1", "stranger-node-9"] {
+        let channel = s.channel_as(0, stem);
+        let mut kv = KvClient::new(channel.clone());
+        let mut ops = AdminClient::new(channel);
+        let key = |k: &'static [u8]| Some(Bytes::from_static(k));
+        denied(
+            &format!("{stem}: get of a user record"),
+            kv.get(pb::GetRequest {
+                key: key(b"\0dynamokv/user/admin"),
+                ..Default::default()
+            })
+            .await,
+        );
+        denied(
+            &format!("{stem}: get"),
+            kv.get(pb::GetRequest {
+                key: key(b"cart:1"),
+                ..Default::default()
+            })
+            .await,
+        );
+        denied(
+            &format!("{stem}: a put that is not a forward"),
+            kv.put(pb::PutRequest {
+                key: key(b"cart:1"),
+                value: key(b"node"),
+                ..Default::default()
+            })
+            .await,
+        );
+        denied(
+            &format!("{stem}: user list"),
+            ops.user_list(pb::UserListRequest {}).await,
+        );
+        denied(
+            &format!("{stem}: token add"),
+            ops.token_add(pb::TokenAddRequest {
+                user: "admin".into(),
+            })
+            .await,
+        );
+        denied(
+            &format!("{stem}: status"),
+            ops.status(pb::StatusRequest {}).await,
+        );
+    }
+    // A stranger may not forward a write either.
+    denied(
+        "a forward by a non-member",
+        KvClient::new(s.channel_as(0, "stranger-node-9"))
+            .put(forwarded_put(b"cart:1", b"stranger"))
+            .await,
+    );
+    // Members forward writes: a key node-3 does not replicate, put through node-3.
+    let key = s.cluster.key_not_replicated_on(3, "forwarded");
+    let bob = add_user(&s, "bob").await;
+    grant(&s, "bob", "", &["read", "write"], true).await;
+    s.client_of(3, &bob)
+        .put(key.as_bytes(), b"via node-3".to_vec(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        admin.get(key.as_bytes()).await.unwrap().values,
+        vec![b"via node-3".to_vec()]
+    );
+
+    // A joining node (not yet a member) may gossip and ping.
+    let mut joining = ReplicaClient::new(s.channel_as(0, "stranger-node-9"));
+    joining
+        .gossip(pb::GossipRequest {
+            cluster: CLUSTER.into(),
+            partitions: 64,
+            from: "node-9".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    joining.ping(pb::PingRequest::default()).await.unwrap();
+
+    // Node-3 is stopped and removed: its certificate is refused everywhere.
+    s.cluster.stop(3).await;
+    s.admin(0)
+        .remove(pb::RemoveRequest {
+            node_id: "node-3".into(),
+        })
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let mut removed = ReplicaClient::new(s.channel_as(i, "node-node-3"));
+        eventually(
+            &format!("node-{i} to refuse the removed node's gossip"),
+            Duration::from_secs(15),
+            || {
+                let mut removed = removed.clone();
+                async move {
+                    let answer = removed
+                        .gossip(pb::GossipRequest {
+                            cluster: CLUSTER.into(),
+                            partitions: 64,
+                            from: "node-3".into(),
+                            ..Default::default()
+                        })
+                        .await;
+                    matches!(answer, Err(s) if s.code() == tonic::Code::PermissionDenied)
+                }
+            },
+        )
+        .await;
+        denied(
+            &format!("node-{i}: ping by a removed node"),
+            removed.ping(pb::PingRequest::default()).await,
+        );
+        denied(
+            &format!("node-{i}: merge by a removed node"),
+            merge(&mut removed, b"cart:1").await,
+        );
+        denied(
+            &format!("node-{i}: a forward by a removed node"),
+            KvClient::new(s.channel_as(i, "node-node-3"))
+                .put(forwarded_put(b"cart:1", b"removed"))
+                .await,
+        );
+    }
+    assert_eq!(
+        admin.get(b"cart:1").await.unwrap().values,
+        vec![b"apples".to_vec()]
+    );
+    s.shutdown().await;
+}
+
+/// Gets node `i` coordinated: every credential lookup is one, as nothing else reads there.
+async fn coordinated_gets(s: &Secure, i: usize) -> f64 {
+    sample(
+        &scrape(&s.cluster, i).await,
+        "dynamokv_request_duration_seconds_count{op=\"get\",role=\"coordinator\"}",
+    )
+}
+
+fn unknown_token(user: &str) -> String {
+    format!("dkv1.{user}.{}", "0".repeat(64))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_naming_unknown_users_cost_one_read_a_burst_and_a_spraying_source_none() {
+    // The default limit, in a window no slow machine outlasts.
+    let s = Secure::start_with(3, |c| {
+        c.security.auth_failure_limit = 20;
+        c.security.auth_failure_window_ms = 600_000;
+    })
+    .await;
+    let bob = add_user(&s, "bob").await;
+    grant(&s, "bob", "", &["read"], true).await;
+
+    // A burst of requests naming one unknown user, over connections already open: one read
+    // between them.
+    let mut callers = Vec::new();
+    for _ in 0..64 {
+        let channel = s.channel(1, Secure::tls(&s.dir.path().join("ca.pem"), None));
+        // Opened (and its handshake done) by a health check, which reads no credentials.
+        tonic_health::pb::health_client::HealthClient::new(channel.clone())
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .unwrap();
+        callers.push(KvClient::new(channel));
+    }
+    let nobody = format!("Bearer {}", unknown_token("nobody"));
+    let before = coordinated_gets(&s, 1).await;
+    let answers = futures::future::join_all(callers.iter_mut().map(|kv| {
+        let mut r = tonic::Request::new(pb::GetRequest {
+            key: Some(Bytes::from_static(b"cart:1")),
+            ..Default::default()
+        });
+        r.metadata_mut()
+            .insert("authorization", nobody.parse().unwrap());
+        kv.get(r)
+    }))
+    .await;
+    for a in &answers {
+        assert!(
+            matches!(a, Err(s) if s.code() == tonic::Code::Unauthenticated),
+            "{a:?}"
+        );
+    }
+    let reads = coordinated_gets(&s, 1).await - before;
+    assert!(
+        reads <= 1.0,
+        "64 requests for one unknown user cost {reads} reads"
+    );
+
+    // One source naming a new user in each request: past a few failures its requests are
+    // refused without a read, while a known user from the same address still gets in.
+    s.client_of(2, &bob).get(b"cart:1").await.unwrap();
+    let before = coordinated_gets(&s, 2).await;
+    let mut last = String::new();
+    for i in 0..100 {
+        let e = s
+            .client_of(2, &unknown_token(&format!("sprayed-{i}")))
+            .get(b"cart:1")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Unauthenticated { .. }), "{e:?}");
+        last = e.to_string();
+    }
+    let reads = coordinated_gets(&s, 2).await - before;
+    assert!(
+        reads <= 20.0,
+        "100 requests naming 100 unknown users cost {reads} reads"
+    );
+    assert!(last.contains("too many failed"), "{last}");
+    s.client_of(2, &bob).get(b"cart:1").await.unwrap();
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_refused_on_every_node_once_cache_ms_has_passed() {
+    let cache = Duration::from_millis(2_000);
+    let s = Secure::start_with(3, |c| c.security.cache_ms = 2_000).await;
+    let added = s
+        .admin(0)
+        .user_add(pb::UserAddRequest {
+            name: "carol".into(),
+            token: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    grant(&s, "carol", "", &["read"], true).await;
+    let clients: Vec<Client> = (0..3).map(|i| s.client_of(i, &added.token)).collect();
+    // Every node reads carol once (its cache holds what it read, good for `cache_ms`)...
+    for c in &clients {
+        c.get(b"cart:1").await.unwrap();
+    }
+    let cached_by = tokio::time::Instant::now();
+    // ...then the token is revoked.
+    s.admin(1)
+        .token_revoke(pb::TokenRevokeRequest {
+            user: "carol".into(),
+            token_id: added.token_id.clone(),
+        })
+        .await
+        .unwrap();
+    // Every node read carol before `cached_by`: from `cache_ms` after it, no node may admit
+    // the token on what it cached then. (Waiting out the validity is what is tested here.)
+    tokio::time::sleep_until(cached_by + cache + Duration::from_millis(100)).await;
+    for (i, c) in clients.iter().enumerate() {
+        let answer = c.get(b"cart:1").await;
+        assert!(
+            matches!(answer, Err(Error::Unauthenticated { .. })),
+            "node-{i} admitted a token revoked more than cache_ms ago: {answer:?}"
+        );
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_tls_clients_and_reflection_only_authenticated_ones() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+
+    let s = Secure::start().await;
+    let d = s.dir.path();
+    let plain = Endpoint::from_shared(format!("http://{}", s.cluster.seed(0)))
+        .unwrap()
+        .connect_lazy();
+    let anonymous = s.channel(0, Secure::tls(&d.join("ca.pem"), None));
+    let admin = s.channel_as(0, "user-admin");
+    let check = |channel: Channel| async move {
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: "dynamokv.v1.Kv".into(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+    };
+    let list = |channel: Channel| async move {
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut replies = ServerReflectionClient::new(channel)
+            .server_reflection_info(futures::stream::iter([request]))
+            .await?
+            .into_inner();
+        replies.message().await.map(|m| format!("{m:?}"))
+    };
+    // Load balancers probe health over TLS without credentials; plain text is refused.
+    assert_eq!(
+        check(anonymous.clone()).await.unwrap(),
+        ServingStatus::Serving as i32
+    );
+    let refused = check(plain.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("requires TLS"), "{refused:?}");
+    // Reflection describes the whole API: an authenticated caller only.
+    for (who, channel) in [("anonymous", anonymous), ("plain text", plain)] {
+        let refused = list(channel).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::Unauthenticated,
+            "{who}: {refused:?}"
+        );
+    }
+    let services = list(admin).await.unwrap();
+    assert!(services.contains("dynamokv.v1.Kv"), "{services}");
     s.shutdown().await;
 }
