@@ -241,9 +241,14 @@ test('DynamoKVError carries writeId as given', () => {
   assert.equal(new DynamoKVError('SIBLING_LIMIT', 'm').writeId, undefined);
 });
 
-test('a node at its connection cap answers OVERLOADED, then serves again once a place is free', async () => {
-  // Resource limits (issue 11): past the cap a connection is answered, not reset.
-  const capped = await startNode({ nodeId: 'test-capped', config: '[limits]\nmax_connections = 1\n' });
+test('a node at its connection cap makes room by closing an idle socket, answers OVERLOADED when clients hold every place, then serves again once one is free', async () => {
+  // Resource limits (issues 11 and 19): idle sockets cannot lock clients out; past the cap a
+  // connection is answered, not reset. Client connections idle 1 s (not 5 min) are closed, so
+  // that the place comes free within the test.
+  const capped = await startNode({
+    nodeId: 'test-capped',
+    config: '[limits]\nmax_connections = 1\nidle_timeout_ms = 1000\n',
+  });
   const [host, port] = [capped.address.slice(0, capped.address.lastIndexOf(':')), Number(capped.address.slice(capped.address.lastIndexOf(':') + 1))];
   const holder = net.connect(port, host);
   try {
@@ -251,15 +256,22 @@ test('a node at its connection cap answers OVERLOADED, then serves again once a 
       holder.once('connect', resolve);
       holder.once('error', reject);
     });
-    const c = new Client([capped.address], { maxRetries: 0, coordination: 'server', requestTimeoutMs: 5000 });
-    const e = await rejectsWith(c.get('k'), 'OVERLOADED');
+    holder.on('error', () => {});
+    const closed = new Promise((resolve) => holder.once('close', resolve));
+    holder.resume();
+    const first = new Client([capped.address], { maxRetries: 0, coordination: 'server', requestTimeoutMs: 5000 });
+    assert.deepEqual((await first.get('k')).values, []);
+    // The idle socket was closed to make room for the first client.
+    await closed;
+    const second = new Client([capped.address], { maxRetries: 0, coordination: 'server', requestTimeoutMs: 5000 });
+    const e = await rejectsWith(second.get('k'), 'OVERLOADED');
     assert.match(e.message, /connections open, the cap is 1/);
     assert.match(e.message, /retry later/);
-    holder.destroy();
+    // The first client's connection idles past idle_timeout_ms and is closed: room again.
     const deadline = Date.now() + 10000;
     for (;;) {
       try {
-        await c.get('k');
+        await second.get('k');
         break;
       } catch (err) {
         if (Date.now() > deadline) throw err;

@@ -295,12 +295,16 @@ async def test_timestamps_and_a_delete_concurrent_with_a_value(kv: Any, key: byt
     assert after.values == [b"b"] and after.tombstone is False
 
 
-OVERLOAD_CONFIG = "[limits]\nmax_connections = 1\n"
+# One place for connections, and client connections closed after 1 s idle (instead of 5 min)
+# so that the place comes free within the test.
+OVERLOAD_CONFIG = "[limits]\nmax_connections = 1\nidle_timeout_ms = 1000\n"
 
 
 def test_a_node_at_its_connection_cap_answers_overloaded(start_node: Any) -> None:
-    """Resource limits (issue 11): past its cap of connections a node answers OVERLOADED (retry
-    later) instead of resetting the connection, and serves again once a place is free."""
+    """Resource limits (issues 11 and 19): at its cap of connections a node closes one that has
+    not made a request to make room for a new one, so idle sockets cannot lock clients out;
+    when every place is held by a client, it answers OVERLOADED (retry later) instead of
+    resetting the connection, and serves again once a place is free."""
     import socket
 
     capped = start_node("test-capped", config=OVERLOAD_CONFIG, metrics=True)
@@ -315,11 +319,26 @@ def test_a_node_at_its_connection_cap_answers_overloaded(start_node: Any) -> Non
     holder = socket.create_connection((host, int(port)))
     try:
         poll("the holder to take the one place", lambda: open_connections() == 1)
-        client = dynamokv.Client([capped.address], request_timeout=5.0, max_retries=0,
-                                 coordination="server")
-        with pytest.raises(dynamokv.OverloadedError, match="connections open, the cap is 1") as info:
-            client.get(b"k")
-        assert info.value.code == "OVERLOADED" and "retry later" in info.value.message
+        first = dynamokv.Client([capped.address], request_timeout=5.0, max_retries=0,
+                                coordination="server")
+        assert first.get(b"k").values == []
+        # The idle socket was closed for it.
+        holder.settimeout(5.0)
+        closed = False
+        try:
+            while holder.recv(4096):
+                pass
+            closed = True
+        except ConnectionResetError:
+            closed = True
+        assert closed
     finally:
         holder.close()
-    poll("the node to serve again", lambda: client.get(b"k").values == [] or "empty")
+    # Now the one place is the first client's: a second is answered, not reset.
+    second = dynamokv.Client([capped.address], request_timeout=5.0, max_retries=0,
+                             coordination="server")
+    with pytest.raises(dynamokv.OverloadedError, match="connections open, the cap is 1") as info:
+        second.get(b"k")
+    assert info.value.code == "OVERLOADED" and "retry later" in info.value.message
+    # The first client's connection idles past `idle_timeout_ms` and is closed: room again.
+    poll("the node to serve again", lambda: second.get(b"k").values == [] or "empty")

@@ -623,7 +623,8 @@ impl Config {
                 l.max_value_bytes.saturating_add(l.max_key_bytes)
             )));
         }
-        if l.max_read_bytes_per_caller == 0 || l.max_read_bytes_in_flight < l.max_read_bytes_per_caller
+        if l.max_read_bytes_per_caller == 0
+            || l.max_read_bytes_in_flight < l.max_read_bytes_per_caller
         {
             return Err(ConfigError::Invalid(format!(
                 "limits.max_read_bytes_per_caller ({}) must be positive and at most limits.max_read_bytes_in_flight ({})",

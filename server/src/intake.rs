@@ -319,8 +319,8 @@ where
             // until then).
             drop(held);
             // A large read keeps its place in the read budget until its answer is sent.
-            answer.map(|mut response| {
-                match response.extensions_mut().remove::<HeldRead>() {
+            answer.map(
+                |mut response| match response.extensions_mut().remove::<HeldRead>() {
                     None => response,
                     Some(permit) => response.map(|b| {
                         Body::new(Holding {
@@ -328,8 +328,8 @@ where
                             _permit: permit,
                         })
                     }),
-                }
-            })
+                },
+            )
         })
     }
 }

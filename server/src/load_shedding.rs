@@ -21,8 +21,8 @@
 //!   limits let through (a value, a read repair carrying a key's whole state) is decoded.
 
 use std::sync::Arc;
-use std::time::Duration;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use tonic::Request;
 
@@ -133,7 +133,12 @@ fn kib(bytes: usize) -> u32 {
 }
 
 impl ReadBudget {
-    pub fn new(node_id: &str, node_bytes: usize, caller_bytes: usize, metrics: Arc<Metrics>) -> ReadBudget {
+    pub fn new(
+        node_id: &str,
+        node_bytes: usize,
+        caller_bytes: usize,
+        metrics: Arc<Metrics>,
+    ) -> ReadBudget {
         let node_cap_kib = kib(node_bytes).max(1);
         ReadBudget {
             node_id: node_id.to_string(),
@@ -153,9 +158,9 @@ impl ReadBudget {
             callers.retain(|_, s| s.available_permits() < cap);
         }
         Arc::clone(
-            callers
-                .entry(name.to_string())
-                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.caller_cap_kib as usize))),
+            callers.entry(name.to_string()).or_insert_with(|| {
+                Arc::new(tokio::sync::Semaphore::new(self.caller_cap_kib as usize))
+            }),
         )
     }
 
@@ -190,7 +195,12 @@ impl ReadBudget {
             None => None,
             Some(name) => {
                 let sem = self.caller(name);
-                match tokio::time::timeout(wait, sem.acquire_many_owned(want.min(self.caller_cap_kib))).await {
+                match tokio::time::timeout(
+                    wait,
+                    sem.acquire_many_owned(want.min(self.caller_cap_kib)),
+                )
+                .await
+                {
                     Ok(Ok(p)) => Some(p),
                     _ => return Err(refused("this caller")),
                 }
@@ -303,10 +313,28 @@ mod tests {
         let e = budget.admit(Some("alice"), big, 1, wait).await.unwrap_err();
         assert!(matches!(e, Error::Overloaded { .. }), "{e:?}");
         // Bob's is served; small reads pass with no permit at all.
-        assert!(budget.admit(Some("bob"), big, 1, wait).await.unwrap().is_some());
-        assert!(budget.admit(Some("alice"), 4096, 1, wait).await.unwrap().is_none());
+        assert!(
+            budget
+                .admit(Some("bob"), big, 1, wait)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            budget
+                .admit(Some("alice"), 4096, 1, wait)
+                .await
+                .unwrap()
+                .is_none()
+        );
         drop(first);
-        assert!(budget.admit(Some("alice"), big, 1, wait).await.unwrap().is_some());
+        assert!(
+            budget
+                .admit(Some("alice"), big, 1, wait)
+                .await
+                .unwrap()
+                .is_some()
+        );
         // The node's budget bounds every caller together (nodes' reads included).
         let node = ReadBudget::new("n1", 40 << 20, 32 << 20, Arc::new(Metrics::new()));
         let _a = node.admit(Some("a"), big, 1, wait).await.unwrap();

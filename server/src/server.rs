@@ -274,15 +274,18 @@ fn prepare(config: &Config, addr: SocketAddr) -> Result<Ready, ServerError> {
         config.limits.max_read_bytes_per_caller,
         Arc::clone(&metrics),
     ));
-    let coordinator = Arc::new(Coordinator::new(
-        membership.clone(),
-        Arc::clone(&local),
-        peers,
-        config.limits(),
-        config.replica_timeout(),
-        config.cluster.sync_replicas,
-        Arc::clone(&metrics),
-    ).with_read_budget(reads));
+    let coordinator = Arc::new(
+        Coordinator::new(
+            membership.clone(),
+            Arc::clone(&local),
+            peers,
+            config.limits(),
+            config.replica_timeout(),
+            config.cluster.sync_replicas,
+            Arc::clone(&metrics),
+        )
+        .with_read_budget(reads),
+    );
     tracing::info!(
         node_id = %config.node_id,
         %addr,

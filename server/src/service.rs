@@ -407,7 +407,13 @@ impl ReplicaService {
     async fn read(
         &self,
         req: pb::ReadLocalRequest,
-    ) -> Result<(pb::ReadLocalResponse, Option<crate::load_shedding::ReadPermit>), Status> {
+    ) -> Result<
+        (
+            pb::ReadLocalResponse,
+            Option<crate::load_shedding::ReadPermit>,
+        ),
+        Status,
+    > {
         let start = std::time::Instant::now();
         let key = required(req.key, "key")?;
         let permit = self

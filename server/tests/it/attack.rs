@@ -371,7 +371,7 @@ async fn scenario_3_stream_flood() {
         .map(|(name, f)| {
             let advertised = f.advertised.load(std::sync::atomic::Ordering::Relaxed);
             format!(
-                "{name}: {} open at most ({} opened, {} ended by the node, limit {})",
+                "{name}: {} open or queued by the attacker's HTTP/2 client at most ({} opened, {} ended by the node, limit {})",
                 f.open.peak(),
                 f.opened.load(std::sync::atomic::Ordering::Relaxed),
                 f.ended.load(std::sync::atomic::Ordering::Relaxed),
