@@ -469,7 +469,8 @@ fn signed(key: &[u8], ctx: &CausalContext, signer: usize, fastest: Option<&str>)
     let one = sign_context(key, ctx, &test_keys()[signer]);
     match fastest {
         None => one,
-        Some(_) => combine_contexts(key, [one.as_slice()], fastest).unwrap(),
+        Some(_) => combine_contexts(key, [one.as_slice()], fastest)
+            .expect("a context of one fragment combines"),
     }
 }
 
@@ -553,7 +554,7 @@ fn context_vectors() -> Vec<ContextVector> {
         ],
         Some("node-2"),
     )
-    .unwrap();
+    .expect("two signed contexts of one key combine");
     let mut joined = a.clone();
     joined.join(&b);
     out.push(ContextVector {
@@ -574,7 +575,8 @@ fn invalid_context_vectors() -> Vec<InvalidContextVector> {
     // A fragment signed with test key 0 around `body`, as if a node had signed it.
     let with_body = |body: pb::CausalContext| {
         let key0 = &test_keys()[0];
-        let mut envelope = pb::SignedContext::decode(&valid[12..]).unwrap();
+        let mut envelope =
+            pb::SignedContext::decode(&valid[12..]).expect("a signed context's envelope decodes");
         let f = &mut envelope.fragments[0];
         f.signer = key0.signer.clone();
         f.body = body.encode_to_vec().into();
