@@ -147,6 +147,22 @@ async fn admit<'a, T>(
 }
 
 impl KvService {
+    /// Admits a client's read of `key` by its size (`load_shedding::ReadBudget`; small reads
+    /// pass with no permit).
+    async fn admit_read(
+        &self,
+        caller: &str,
+        key: &[u8],
+        copies: usize,
+        wait: Duration,
+    ) -> Result<Option<crate::load_shedding::ReadPermit>, Status> {
+        Ok(self
+            .coordinator
+            .reads()
+            .admit(Some(caller), self.coordinator.size_hint(key), copies, wait)
+            .await?)
+    }
+
     async fn admit<T>(
         &self,
         req: &Request<T>,
@@ -184,11 +200,9 @@ impl pb::kv_server::Kv for KvService {
         let req = req.into_inner();
         let key = required(req.key, "key")?;
         let permit = self
-            .coordinator
-            .reads()
-            .admit(
-                Some(&caller),
-                self.coordinator.size_hint(&key),
+            .admit_read(
+                &caller,
+                &key,
                 crate::load_shedding::COORDINATED_READ_COPIES,
                 wait,
             )
@@ -218,11 +232,9 @@ impl pb::kv_server::Kv for KvService {
         let req = req.into_inner();
         let key = required(req.key, "key")?;
         let permit = self
-            .coordinator
-            .reads()
-            .admit(
-                Some(&caller),
-                self.coordinator.size_hint(&key),
+            .admit_read(
+                &caller,
+                &key,
                 crate::load_shedding::REPLICA_READ_COPIES,
                 wait,
             )
