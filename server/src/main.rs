@@ -345,7 +345,7 @@ const MMAP_THRESHOLD_BYTES: i32 = 1 << 20;
 /// whole blocks, one a value of megabytes). Left alone, glibc raises the threshold to the size
 /// of each mapped block freed, up to 32 MiB, after which blocks of megabytes come from its
 /// heaps and stay resident once freed (issue 19: a storm of reads of one 24 MiB value held
-/// nodes at 450 to 640 MiB; with the threshold fixed at 1 MiB, 230 to 310 MiB).
+/// nodes at 450 to 640 MiB; with the threshold fixed at 1 MiB, 260 to 470 MiB).
 /// `MALLOC_MMAP_THRESHOLD_` set in the environment still wins.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn map_large_allocations() {
@@ -363,31 +363,8 @@ fn map_large_allocations() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn map_large_allocations() {}
 
-/// `mi_option_purge_delay` in mimalloc's `mimalloc.h` (v2 and v3; libmimalloc-sys names
-/// only some options).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Gives memory the Rust side frees back to the system at once instead of after mimalloc's
-/// default delay (10 ms for pages, 100 ms for its arenas): states of megabytes are decoded and
-/// answered on threads that then go idle, and their freed buffers stayed resident until the
-/// thread allocated again (issue 19's read storm, 10 s, three runs each: peaks of 261 to 474
-/// MiB a node without this, 230 to 309 MiB with it). `MIMALLOC_PURGE_DELAY` set in the
-/// environment still wins.
-fn purge_freed_memory_at_once() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-        return;
-    }
-    // SAFETY: `mi_option_set` stores an integer option of the allocator (an atomic store in
-    // mimalloc); it takes no pointers and is safe to call at any time from any thread.
-    #[allow(unsafe_code)]
-    unsafe {
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
-    }
-}
-
 fn main() -> ExitCode {
     map_large_allocations();
-    purge_freed_memory_at_once();
     let cli = Cli::parse();
     if matches!(cli.command, Command::Serve(_) | Command::Dev(_)) {
         // Values, hints and user records are the owner's alone: RocksDB (and `dev`, for its
