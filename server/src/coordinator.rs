@@ -228,19 +228,34 @@ impl Coordinator {
             let view = self.membership.current();
             decode_context(key, bytes, &view.context_keys.at(now_ms()))
         };
-        match decode() {
-            Err(ContextError::UnknownKey { signer, .. }) => {
-                self.learn_context_keys(&signer).await;
-                match decode() {
-                    Err(ContextError::UnknownKey { .. }) => Err(ContextError::NotIssued(
-                        "it names a context key that no node of the cluster holds",
-                    )
-                    .into()),
-                    other => Ok(other?),
-                }
-            }
-            other => Ok(other?),
+        let Err(ContextError::UnknownKey { signer, .. }) = decode() else {
+            return Ok(decode()?);
+        };
+        // The signer first; if it cannot tell (hung, down, partitioned away: its key may not
+        // have reached this node by gossip before it stopped), the other live members, any of
+        // which may have learnt the key from it already.
+        self.learn_context_keys(&signer).await;
+        if !matches!(decode(), Err(ContextError::UnknownKey { .. })) {
+            return Ok(decode()?);
         }
+        let view = self.membership.current();
+        let others: Vec<String> = view
+            .ring
+            .members()
+            .iter()
+            .filter(|m| m.id != signer && m.id != view.self_id && self.peers.is_up(&m.address))
+            .map(|m| m.id.clone())
+            .collect();
+        for other in others {
+            self.learn_context_keys(&other).await;
+            if !matches!(decode(), Err(ContextError::UnknownKey { .. })) {
+                return Ok(decode()?);
+            }
+        }
+        Err(
+            ContextError::NotIssued("it names a context key that no node of the cluster holds")
+                .into(),
+        )
     }
 
     /// Asks member `signer` for its context keys (one gossip exchange), unless this node asked

@@ -390,6 +390,10 @@ impl Membership {
         metrics: Arc<crate::metrics::Metrics>,
     ) {
         let mut round = 0u64;
+        // This node's context keys reach every node it knows of at once, rather than over
+        // a few rounds: a context it signs must verify at a node that cannot ask it (it may
+        // hang a moment later).
+        self.announce(&transport, &metrics).await;
         loop {
             let view = self.current();
             let m = &metrics.membership;
@@ -402,8 +406,10 @@ impl Membership {
                 _ = tokio::time::sleep(interval.mul_f64(jitter)) => {}
             }
             round += 1;
-            if let Err(e) = self.rotate_context_key_if_due(now_ms()) {
-                tracing::error!(error = %e, "cannot publish the membership view");
+            match self.rotate_context_key_if_due(now_ms()) {
+                Ok(true) => self.announce(&transport, &metrics).await,
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "cannot publish the membership view"),
             }
             let Some(peer) = self.gossip_target(round) else {
                 continue;
@@ -464,6 +470,41 @@ impl Membership {
             tracing::error!(error = %e, "cannot publish the membership view");
         }
         Ok(changed)
+    }
+
+    /// One exchange with every seed and live member at once (each push-pull, so they learn
+    /// this node's records, its context keys among them, and it theirs); failures are left
+    /// to the rounds that follow.
+    async fn announce<T: GossipTransport>(&self, transport: &T, metrics: &crate::metrics::Metrics) {
+        let me = &self.inner.me.address;
+        let mut targets: Vec<String> = self
+            .inner
+            .gossiper
+            .state()
+            .live_members()
+            .filter(|r| r.id != self.inner.self_id)
+            .map(|r| {
+                listed_address(&self.inner.cluster, &r.id).unwrap_or_else(|| r.address.clone())
+            })
+            .collect();
+        targets.extend(self.inner.cluster.seeds.iter().cloned());
+        targets.retain(|t| t != me);
+        targets.sort();
+        targets.dedup();
+        let exchanges = targets
+            .iter()
+            .map(|t| self.inner.gossiper.exchange(transport, t));
+        let changed = futures::future::join_all(exchanges)
+            .await
+            .into_iter()
+            .filter(|r| matches!(r, Ok(true)))
+            .count();
+        if changed > 0 {
+            metrics.membership.gossip_exchanges.inc_by(changed as u64);
+            if let Err(e) = self.publish() {
+                tracing::error!(error = %e, "cannot publish the membership view");
+            }
+        }
     }
 
     /// Whom to gossip with in round `round`: an address.
