@@ -4,7 +4,8 @@
 //! Each node makes its own keys: 32 random bytes and a random id, kept in its member record
 //! (`membership_state::MemberRecord::context_keys`), which gossip carries to every node and
 //! the membership view stores in the data directory (mode 0600). A node signs with its newest
-//! key and makes a new one every `cluster.context_key_rotation_ms` (7 days by default); a key
+//! key that gossip has announced to the other nodes (`Membership::announced_keys`) and makes
+//! a new one every `cluster.context_key_rotation_ms` (7 days by default); a key
 //! stays valid for `cluster.context_key_grace_ms` (7 days) after the next one of its node was
 //! made, so a context a client keeps for a while still works after a rotation, and at most
 //! [`MAX_CONTEXT_KEYS`](crate::membership_state::MAX_CONTEXT_KEYS) keys a node are ever kept.
@@ -27,8 +28,8 @@ pub struct Keyring {
     /// (signer, key id) to the secret and when it stops verifying (ms since the epoch;
     /// `None`: its signer's newest key).
     keys: HashMap<(String, u64), Key>,
-    /// What this node signs with now.
-    signing: Option<ContextKey>,
+    /// This node's own keys, with when each was made, oldest first.
+    own: Vec<(u64, ContextKey)>,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -67,22 +68,38 @@ impl Keyring {
                     },
                 );
             }
-            if m.id == self_id
-                && let Some(k) = keys.last()
-            {
-                ring.signing = Some(ContextKey {
-                    signer: m.id.clone(),
-                    id: k.id,
-                    secret: k.secret,
-                });
+            if m.id == self_id {
+                ring.own = keys
+                    .iter()
+                    .map(|k| {
+                        let key = ContextKey {
+                            signer: m.id.clone(),
+                            id: k.id,
+                            secret: k.secret,
+                        };
+                        (k.created_ms, key)
+                    })
+                    .collect();
             }
         }
         ring
     }
 
-    /// The key this node signs contexts with (none before its record has one).
+    /// This node's newest key (none before its record has one).
     pub fn signing(&self) -> Option<&ContextKey> {
-        self.signing.as_ref()
+        self.own.last().map(|(_, k)| k)
+    }
+
+    /// The key this node signs contexts with when the keys it made up to `announced_ms` have
+    /// reached the other nodes (`Membership::announced_keys`): the newest of those, or its
+    /// newest key when none has.
+    pub fn signing_as_of(&self, announced_ms: u64) -> Option<&ContextKey> {
+        self.own
+            .iter()
+            .rev()
+            .find(|(created, _)| *created <= announced_ms)
+            .or(self.own.last())
+            .map(|(_, k)| k)
     }
 
     /// The keys as they verify at `now_ms` (ms since the epoch).
@@ -151,6 +168,31 @@ mod tests {
         // A key id is a signer's: b's key does not verify as a's.
         assert_eq!(at(0).lookup("a", 3), KeyLookup::Unknown);
         assert!(ring.knows_signer("b") && !ring.knows_signer("z"));
+    }
+
+    #[test]
+    fn a_node_signs_with_its_newest_announced_key() {
+        let state = MembershipState::of_members(
+            "c",
+            8,
+            [
+                record("a", &[(1, 1_000), (2, 5_000)]),
+                record("b", &[(3, 2_000)]),
+            ],
+        );
+        let ring = Keyring::of_state(&state, "a", 10_000);
+        // Key 2 made but not yet announced: key 1 signs.
+        assert_eq!(ring.signing_as_of(1_000).map(|k| k.id), Some(1));
+        assert_eq!(ring.signing_as_of(4_999).map(|k| k.id), Some(1));
+        assert_eq!(ring.signing_as_of(5_000).map(|k| k.id), Some(2));
+        // Nothing announced (a first start whose announce gave up): the newest.
+        assert_eq!(ring.signing_as_of(0).map(|k| k.id), Some(2));
+        let b = Keyring::of_state(&state, "b", 10_000);
+        assert_eq!(b.signing_as_of(0).map(|k| k.id), Some(3));
+        assert_eq!(
+            Keyring::of_state(&state, "z", 10_000).signing_as_of(9_999),
+            None
+        );
     }
 
     #[test]

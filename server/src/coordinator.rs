@@ -59,6 +59,9 @@ pub const DEFAULT_REQUEST_BUDGET: Duration = Duration::from_secs(10);
 const VERDICT_MARGIN: Duration = Duration::from_millis(200);
 /// How long a node marked down gets to answer a ping before a request that needs it is refused.
 const QUICK_PING: Duration = Duration::from_millis(200);
+/// Longest a node's first signature waits for its first key to be announced (one gossip
+/// exchange with every other node, each bounded by the replica timeout).
+const KEY_ANNOUNCE_WAIT: Duration = Duration::from_secs(3);
 /// What a forwarder gives a coordinator beyond the coordinator's own replica timeout.
 const FORWARD_MARGIN: Duration = Duration::from_millis(500);
 
@@ -206,16 +209,19 @@ impl Coordinator {
         known.insert(key.clone(), bytes);
     }
 
-    /// The context of `key` for `ctx`, signed with this node's current context key.
-    pub fn sign(
+    /// The context of `key` for `ctx`, signed with this node's newest context key that the
+    /// other nodes have been told of (on a node's first start, its first context waits up to
+    /// [`KEY_ANNOUNCE_WAIT`] for that).
+    pub async fn sign(
         &self,
         view: &ClusterView,
         key: &[u8],
         ctx: &CausalContext,
     ) -> Result<Bytes, Error> {
+        let announced = self.membership.announced_keys(KEY_ANNOUNCE_WAIT).await;
         let signing = view
             .context_keys
-            .signing()
+            .signing_as_of(announced)
             .ok_or_else(|| Error::Internal("this node has no context key to sign with".into()))?;
         Ok(Bytes::from(sign_context(key, ctx, signing)))
     }
@@ -429,7 +435,9 @@ impl Coordinator {
             values: merged.live_values(),
             timestamps_ms: merged.live_timestamps(),
             tombstone: merged.has_tombstone(),
-            context: self.sign(&view, &key, &CausalContext::of_read(&merged))?,
+            context: self
+                .sign(&view, &key, &CausalContext::of_read(&merged))
+                .await?,
         };
 
         // Late replies and read repair happen after the client has its answer.
@@ -613,11 +621,15 @@ impl Coordinator {
                 return;
             }
         };
-        let reply = match self.sign(
-            &self.membership.current(),
-            &w.key,
-            &w.context.with_write(w.write_id, &outcome.dots()),
-        ) {
+        let view = self.membership.current();
+        let reply = match self
+            .sign(
+                &view,
+                &w.key,
+                &w.context.with_write(w.write_id, &outcome.dots()),
+            )
+            .await
+        {
             Ok(reply) => reply,
             Err(e) => {
                 let _ = tx.send(Err(e));

@@ -106,6 +106,13 @@ struct Inner {
     me: MemberRecord,
     /// The context keys this node made (see `context_keys.rs`), oldest first.
     own_keys: Mutex<Vec<ContextKeyRecord>>,
+    /// When the newest of `own_keys` that an announce has carried to every node it reached
+    /// was made (ms since the epoch; 0: none yet). The node signs with that key, not a newer
+    /// one: a context it signs then verifies at the other nodes even if it hangs a moment
+    /// later and cannot be asked for its key.
+    keys_announced: watch::Sender<u64>,
+    /// Wakes the gossip loop to announce this node's keys (a key was made).
+    announce_now: tokio::sync::Notify,
     /// The state the published view was built from.
     published: Mutex<MembershipState>,
     /// Seeds given at run time (`admin join`), besides the configured ones.
@@ -258,6 +265,9 @@ impl Membership {
             .member(&config.node_id)
             .map(|r| r.context_keys.clone())
             .unwrap_or_default();
+        // Stored keys were announced in the node's earlier life (gossip had them); a key made
+        // now waits for the first announce.
+        let keys_announced = own_keys.last().map_or(0, |k| k.created_ms);
         if own_keys.is_empty() {
             own_keys.push(ContextKeyRecord::generate(now_ms()));
         }
@@ -273,6 +283,8 @@ impl Membership {
                 self_id: config.node_id.clone(),
                 me,
                 own_keys: Mutex::new(own_keys),
+                keys_announced: watch::Sender::new(keys_announced),
+                announce_now: tokio::sync::Notify::new(),
                 published: Mutex::new(state.clone()),
                 extra_seeds: Mutex::new(Vec::new()),
             }),
@@ -392,7 +404,7 @@ impl Membership {
         let mut round = 0u64;
         // This node's context keys reach every node it knows of at once, rather than over
         // a few rounds: a context it signs must verify at a node that cannot ask it (it may
-        // hang a moment later).
+        // hang a moment later). It signs with a new key only once this is done.
         self.announce(&transport, &metrics).await;
         loop {
             let view = self.current();
@@ -403,13 +415,16 @@ impl Membership {
             let jitter = rand::rng().random_range(0.75..1.25);
             tokio::select! {
                 _ = stop.cancelled() => return,
+                () = self.inner.announce_now.notified() => {
+                    self.announce(&transport, &metrics).await;
+                    continue;
+                }
                 _ = tokio::time::sleep(interval.mul_f64(jitter)) => {}
             }
             round += 1;
-            match self.rotate_context_key_if_due(now_ms()) {
-                Ok(true) => self.announce(&transport, &metrics).await,
-                Ok(false) => {}
-                Err(e) => tracing::error!(error = %e, "cannot publish the membership view"),
+            // A key made now is announced at the top of the next iteration.
+            if let Err(e) = self.rotate_context_key_if_due(now_ms()) {
+                tracing::error!(error = %e, "cannot publish the membership view");
             }
             let Some(peer) = self.gossip_target(round) else {
                 continue;
@@ -454,8 +469,45 @@ impl Membership {
             let fresh = ContextKeyRecord::generate(created);
             *own = union_keys(&own, &[fresh]);
         }
-        tracing::info!("made a new context key: contexts are signed with it from now on");
-        self.publish()
+        tracing::info!(
+            "made a new context key: contexts are signed with it once it has been announced to the other nodes"
+        );
+        self.publish()?;
+        self.inner.announce_now.notify_one();
+        Ok(())
+    }
+
+    /// When the newest of this node's keys that it may sign with was made: the newest that
+    /// an announce has carried to the other nodes. A node whose first key has not been
+    /// announced yet (it has just started for the first time) waits up to `wait` for that,
+    /// then signs with it anyway (its gossip reaches no one: the verifiers ask it).
+    pub async fn announced_keys(&self, wait: Duration) -> u64 {
+        let announced = *self.inner.keys_announced.borrow();
+        if announced > 0 {
+            return announced;
+        }
+        let mut rx = self.inner.keys_announced.subscribe();
+        if tokio::time::timeout(wait, rx.wait_for(|v| *v > 0))
+            .await
+            .is_err()
+        {
+            let newest = lock(&self.inner.own_keys)
+                .last()
+                .map_or(0, |k| k.created_ms);
+            self.keys_announced(newest);
+        }
+        *self.inner.keys_announced.borrow()
+    }
+
+    /// Records that the keys up to the one made at `created_ms` have been announced.
+    fn keys_announced(&self, created_ms: u64) {
+        self.inner.keys_announced.send_if_modified(|v| {
+            let newer = created_ms > *v;
+            if newer {
+                *v = created_ms;
+            }
+            newer
+        });
     }
 
     /// One gossip exchange with the node at `address` now (a node that meets a context key it
@@ -476,6 +528,9 @@ impl Membership {
     /// this node's records, its context keys among them, and it theirs); failures are left
     /// to the rounds that follow.
     async fn announce<T: GossipTransport>(&self, transport: &T, metrics: &crate::metrics::Metrics) {
+        let newest = lock(&self.inner.own_keys)
+            .last()
+            .map_or(0, |k| k.created_ms);
         let me = &self.inner.me.address;
         let mut targets: Vec<String> = self
             .inner
@@ -505,6 +560,9 @@ impl Membership {
                 tracing::error!(error = %e, "cannot publish the membership view");
             }
         }
+        // Every node that answered holds the keys now; those that did not learn them by
+        // gossip later, or ask this node when they meet one.
+        self.keys_announced(newest);
     }
 
     /// Whom to gossip with in round `round`: an address.
@@ -810,6 +868,7 @@ impl GossipTransport for PeerTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dynamokv_common::context::{ContextKeys, KeyLookup};
 
     fn config(seeds: &[&str]) -> Config {
         let mut c = Config {
@@ -862,6 +921,118 @@ mod tests {
         let view = m.current();
         assert_eq!(view.ring.member("peer").unwrap().address, "proxy-to-peer:1");
         assert_eq!(view.ring.member("me").unwrap().address, "proxy-to-me:1");
+    }
+
+    /// Calls reach `to` only once `open` is true, as a peer whose answers are held up.
+    struct Held {
+        to: Membership,
+        open: watch::Receiver<bool>,
+    }
+
+    impl GossipTransport for Held {
+        async fn call(
+            &self,
+            _peer: &str,
+            request: pb::GossipRequest,
+        ) -> Result<pb::GossipResponse, String> {
+            let _ = self.open.clone().wait_for(|open| *open).await;
+            self.to.handle_gossip(&request).map_err(|e| e.to_string())
+        }
+    }
+
+    fn pair(id: &str) -> Config {
+        use crate::config::MemberConfig;
+        let mut c = config(&[]);
+        c.node_id = id.into();
+        c.cluster.members = ["a", "b"]
+            .iter()
+            .map(|id| MemberConfig {
+                id: id.to_string(),
+                address: format!("{id}:1"),
+                zone: String::new(),
+                weight: 1,
+            })
+            .collect();
+        c
+    }
+
+    /// The key `a` signs with, as its coordinator picks it now.
+    fn signing_id(a: &Membership) -> u64 {
+        let announced = *a.inner.keys_announced.borrow();
+        a.current()
+            .context_keys
+            .signing_as_of(announced)
+            .unwrap()
+            .id
+    }
+
+    #[tokio::test]
+    async fn a_node_signs_only_with_keys_its_peers_were_told_of() {
+        let a = Membership::open(&pair("a"), "a:1", None).unwrap();
+        let b = Membership::open(&pair("b"), "b:1", None).unwrap();
+        let first = a.current().context_keys.signing().unwrap().id;
+        let knows = |b: &Membership, id: u64| {
+            matches!(
+                b.current().context_keys.at(now_ms()).lookup("a", id),
+                KeyLookup::Valid(_)
+            )
+        };
+        assert!(!knows(&b, first));
+        let (open, held) = watch::channel(false);
+        let stop = CancellationToken::new();
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let gossip = tokio::spawn(a.clone().run_gossip(
+            Held {
+                to: b.clone(),
+                open: held,
+            },
+            Duration::from_secs(3600),
+            stop.clone(),
+            metrics,
+        ));
+        // A first start: the first signature waits for the announce, which b holds up.
+        let signer = {
+            let a = a.clone();
+            tokio::spawn(async move { a.announced_keys(Duration::from_secs(3600)).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!signer.is_finished());
+        assert_eq!(*a.inner.keys_announced.borrow(), 0);
+        open.send_replace(true);
+        assert!(signer.await.unwrap() > 0);
+        assert!(knows(&b, first), "a signs with a key b does not hold");
+        assert_eq!(signing_id(&a), first);
+
+        // A rotation: the old key signs until the new one reached b.
+        open.send_replace(false);
+        a.rotate_context_key(now_ms()).unwrap();
+        let second = a.current().context_keys.signing().unwrap().id;
+        assert_ne!(second, first);
+        tokio::task::yield_now().await;
+        assert_eq!(signing_id(&a), first);
+        assert!(!knows(&b, second));
+        open.send_replace(true);
+        let made = lock(&a.inner.own_keys).last().unwrap().created_ms;
+        let mut announced = a.inner.keys_announced.subscribe();
+        tokio::time::timeout(Duration::from_secs(10), announced.wait_for(|v| *v >= made))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(knows(&b, second));
+        assert_eq!(signing_id(&a), second);
+        stop.cancel();
+        gossip.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_node_that_reaches_no_one_signs_after_a_bounded_wait() {
+        let a = Membership::open(&pair("a"), "a:1", None).unwrap();
+        // No gossip runs: the announce never comes.
+        assert!(a.announced_keys(Duration::from_millis(20)).await > 0);
+        assert_eq!(
+            signing_id(&a),
+            a.current().context_keys.signing().unwrap().id
+        );
     }
 
     #[test]

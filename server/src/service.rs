@@ -245,9 +245,11 @@ impl pb::kv_server::Kv for KvService {
             .await?;
         let view = self.coordinator.membership().current();
         let context = match &state {
-            Some(s) => self
-                .coordinator
-                .sign(&view, &key, &CausalContext::of_read(s))?,
+            Some(s) => {
+                self.coordinator
+                    .sign(&view, &key, &CausalContext::of_read(s))
+                    .await?
+            }
             None => Default::default(),
         };
         Ok(holding(

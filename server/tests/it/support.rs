@@ -413,7 +413,12 @@ impl ProcCluster {
                     format!("  {{ id = \"node-{j}\", address = \"{address}\" }},\n")
                 })
                 .collect();
-            let dir = tempfile::tempdir().unwrap();
+            let mut dir = tempfile::tempdir().unwrap();
+            if std::env::var_os("DYNAMOKV_KEEP_TEST_NODES").is_some() {
+                // For a post-mortem of a failed run: data, config and node.log stay.
+                dir.disable_cleanup(true);
+                eprintln!("node-{i} keeps its files in {}", dir.path().display());
+            }
             let path = dir.path().join("node.toml");
             let text = format!(
                 "node_id = \"node-{i}\"\nlisten = \"127.0.0.1:0\"\nadvertise = \"{}\"\n\
