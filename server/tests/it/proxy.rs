@@ -33,7 +33,8 @@ pub enum Mode {
 pub struct Proxy {
     pub addr: SocketAddr,
     mode: watch::Sender<Mode>,
-    target: Arc<Mutex<SocketAddr>>,
+    /// Where new connections go; `None` (not pointed yet): they are closed at once.
+    target: Arc<Mutex<Option<SocketAddr>>>,
     accept: JoinHandle<()>,
 }
 
@@ -43,13 +44,29 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (mode, _) = watch::channel(Mode::Pass);
-        let target = Arc::new(Mutex::new(addr));
+        let target = Arc::new(Mutex::new(None));
         let accept = {
             let (mode, target) = (mode.clone(), Arc::clone(&target));
             tokio::spawn(async move {
-                while let Ok((inbound, _)) = listener.accept().await {
-                    let to = *target.lock().unwrap();
-                    tokio::spawn(carry(inbound, to, mode.clone()));
+                loop {
+                    match listener.accept().await {
+                        Ok((inbound, _)) => {
+                            // Not pointed anywhere yet: closed (it once pointed at itself, and
+                            // a connection made then looped through it until no descriptor
+                            // was left).
+                            let Some(to) = *target.lock().unwrap() else {
+                                continue;
+                            };
+                            tokio::spawn(carry(inbound, to, mode.clone()));
+                        }
+                        // A connection its client gave up on before it was accepted
+                        // (ECONNABORTED), or no descriptor free a moment: the listener still
+                        // works. Ending here left the proxy refusing every connection after.
+                        Err(e) => {
+                            eprintln!("proxy {addr}: accept failed ({e}); still listening");
+                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        }
+                    }
                 }
             })
         };
@@ -63,7 +80,7 @@ impl Proxy {
 
     /// Where new connections go.
     pub fn point_at(&self, target: SocketAddr) {
-        *self.target.lock().unwrap() = target;
+        *self.target.lock().unwrap() = Some(target);
     }
 
     pub fn set(&self, mode: Mode) {
@@ -210,4 +227,28 @@ impl FrameScanner {
         }
         found
     }
+}
+
+/// A proxy that is not pointed anywhere yet (a node not started) closes what reaches it, and
+/// carries bytes once pointed. It used to point at itself: one connection then looped through
+/// it until the process ran out of descriptors and the proxy stopped accepting for good.
+#[tokio::test]
+async fn a_proxy_not_pointed_yet_closes_connections_and_works_once_pointed() {
+    let proxy = Proxy::start().await;
+    let mut early = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), early.read(&mut buf))
+        .await
+        .expect("a connection to a proxy not pointed anywhere stays open")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+
+    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    proxy.point_at(echo.local_addr().unwrap());
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut server, _) = echo.accept().await.unwrap();
+    client.write_all(b"ping").await.unwrap();
+    let mut got = [0u8; 4];
+    server.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"ping");
 }
