@@ -893,19 +893,23 @@ mod tests {
         assert!(other.ring_version().owners.is_empty());
     }
 
-    #[test]
-    fn a_node_reaches_peers_at_the_addresses_its_own_member_list_gives() {
-        use crate::config::MemberConfig;
-        let mut c = config(&[]);
-        c.cluster.members = ["me", "peer"]
+    /// A static member list: `ids`, each listed at `address(id)`.
+    fn listing(c: &mut Config, ids: &[&str], address: impl Fn(&str) -> String) {
+        c.cluster.members = ids
             .iter()
-            .map(|id| MemberConfig {
+            .map(|id| crate::config::MemberConfig {
                 id: id.to_string(),
-                address: format!("proxy-to-{id}:1"),
+                address: address(id),
                 zone: String::new(),
                 weight: 1,
             })
             .collect();
+    }
+
+    #[test]
+    fn a_node_reaches_peers_at_the_addresses_its_own_member_list_gives() {
+        let mut c = config(&[]);
+        listing(&mut c, &["me", "peer"], |id| format!("proxy-to-{id}:1"));
         let m = Membership::open(&c, "10.0.0.1:7070", None).unwrap();
         // Gossip brings the address the peer announces for itself.
         m.update(|s| -> Result<(), MembershipError> {
@@ -941,18 +945,9 @@ mod tests {
     }
 
     fn pair(id: &str) -> Config {
-        use crate::config::MemberConfig;
         let mut c = config(&[]);
         c.node_id = id.into();
-        c.cluster.members = ["a", "b"]
-            .iter()
-            .map(|id| MemberConfig {
-                id: id.to_string(),
-                address: format!("{id}:1"),
-                zone: String::new(),
-                weight: 1,
-            })
-            .collect();
+        listing(&mut c, &["a", "b"], |id| format!("{id}:1"));
         c
     }
 

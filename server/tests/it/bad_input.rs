@@ -124,14 +124,21 @@ async fn each_bad_input_class_is_refused_and_changes_nothing() {
     cluster.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn requests_missing_required_fields_are_refused() {
+/// A single node, and a client of it, holding key `existing` = `original` (which every
+/// refused request must leave as it is).
+async fn one_node_holding_existing() -> (Cluster, dynamokv_client::Client) {
     let cluster = Cluster::start_with(1, |c| c.cluster.members.clear()).await;
     let client = cluster.client_of(0);
     client
         .put("existing", b"original".to_vec(), None)
         .await
         .unwrap();
+    (cluster, client)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_missing_required_fields_are_refused() {
+    let (cluster, client) = one_node_holding_existing().await;
     let mut raw = KvClient::connect(format!("http://{}", cluster.addrs[0]))
         .await
         .unwrap();
@@ -186,12 +193,7 @@ fn wire_code(status: &tonic::Status) -> &str {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_fields_are_invalid_input_not_missing_field() {
-    let cluster = Cluster::start_with(1, |c| c.cluster.members.clear()).await;
-    let client = cluster.client_of(0);
-    client
-        .put("existing", b"original".to_vec(), None)
-        .await
-        .unwrap();
+    let (cluster, client) = one_node_holding_existing().await;
     let channel = format!("http://{}", cluster.addrs[0]);
     let mut raw = KvClient::connect(channel.clone()).await.unwrap();
     // A write id one byte short, on a put and on a delete.
